@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.register_assert_rewrite("zcraq.store.conformance")
+
+from zcraq.store import (  # noqa: E402
+    Item,
+    LevelDBStore,
+    MemoryStore,
+    StoreClosedError,
+    StoreError,
+    open_store,
+)
+from zcraq.store.conformance import CHECKS, Check, PathFactory, StoreFactory  # noqa: E402
+from zcraq.store.leveldb import decode_key, encode_key  # noqa: E402
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class MemoryFactory:
+    """Memory stores "persist" through reopen via crash_copy, which holds what was flushed."""
+
+    def __init__(self) -> None:
+        self._opened: list[MemoryStore] = []
+
+    def new(self) -> MemoryStore:
+        self._opened.append(MemoryStore())
+        return self._opened[-1]
+
+    def reopen(self) -> MemoryStore:
+        last = self._opened[-1]
+        last.close()
+        self._opened.append(last.crash_copy())
+        return self._opened[-1]
+
+    def close_all(self) -> None:
+        for store in self._opened:
+            store.close()
+
+
+FACTORIES: dict[str, Callable[[Path], MemoryFactory | PathFactory]] = {
+    "memory": lambda tmp: MemoryFactory(),
+    "leveldb": lambda tmp: PathFactory(tmp, LevelDBStore),
+}
+
+
+@pytest.fixture(params=list(FACTORIES))
+def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    made = FACTORIES[request.param](tmp_path)
+    yield made
+    made.close_all()
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__.removeprefix("check_") for c in CHECKS])
+def test_conformance(factory: StoreFactory, check: Check) -> None:
+    check(factory)
+
+
+# -- LevelDB specifics ---------------------------------------------------------------------------
+
+
+def test_leveldb_async_durability(tmp_path: Path) -> None:
+    store = LevelDBStore(tmp_path / "db", durability="async")
+    store.put("k", 1, b"v", committed=True)
+    store.flush()
+    store.close()
+    with LevelDBStore(tmp_path / "db", durability="async") as again:
+        assert again.latest_committed("k") == Item("k", 1, b"v", committed=True)
+
+
+@pytest.mark.parametrize("durability", ["", "fsync", "SYNC", "none"])
+def test_leveldb_rejects_unknown_durability(tmp_path: Path, durability: str) -> None:
+    with pytest.raises(ValueError, match="durability"):
+        LevelDBStore(tmp_path / "db", durability=durability)
+
+
+def test_leveldb_locked_directory(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    with LevelDBStore(path):
+        with pytest.raises(StoreError) as info:
+            LevelDBStore(path)
+    assert str(path) in str(info.value)
+    # Released on close: the directory opens again.
+    LevelDBStore(path).close()
+
+
+def test_leveldb_closed_store_raises(tmp_path: Path) -> None:
+    store = LevelDBStore(tmp_path / "db")
+    store.close()
+    with pytest.raises(StoreClosedError, match="closed"):
+        store.latest("k")
+    with pytest.raises(RuntimeError):
+        store.put("k", 1, b"v")
+
+
+def test_leveldb_key_encoding_orders_by_key_then_version() -> None:
+    rng = random.Random(7)
+    alphabet = ["", "\x00", "\x01", "a", "b", "\xff", "é", "🔑"]
+    versions = [1, 9, 10, 256, 2**64 - 1]
+    pairs = {
+        ("".join(rng.choice(alphabet) for _ in range(rng.randrange(4))), rng.choice(versions))
+        for _ in range(500)
+    }
+    for key, version in pairs:
+        assert decode_key(encode_key(key, version)) == (key, version)
+    by_bytes = sorted(pairs, key=lambda p: encode_key(*p))
+    assert by_bytes == sorted(pairs, key=lambda p: (p[0].encode("utf-8"), p[1]))
+
+
+def test_leveldb_flush_survives_crash_without_close(tmp_path: Path) -> None:
+    # Dropping the handle without close() loses only what was never flushed.
+    store = LevelDBStore(tmp_path / "db")
+    store.put("kept", 1, b"v", committed=True)
+    store.flush()
+    store.put("lost", 1, b"v")
+    store._pending.clear()  # what a crash would lose
+    store.close()
+    with LevelDBStore(tmp_path / "db") as again:
+        assert again.versions("kept") == [1]
+        assert again.versions("lost") == []
+
+
+# -- MemoryStore specifics -----------------------------------------------------------------------
+
+
+def test_memory_crash_copy_drops_unflushed_writes() -> None:
+    store = MemoryStore()
+    store.put("a", 1, b"a1", committed=True)
+    store.put("b", 1, b"b1")
+    store.flush()
+    store.put("c", 1, b"c1")
+    store.commit("b", 1)
+    store.delete("a")
+    crashed = store.crash_copy()
+    assert crashed.latest("a") == Item("a", 1, b"a1", committed=True)
+    assert crashed.latest("b") == Item("b", 1, b"b1")
+    assert crashed.latest("c") is None
+    # The copy is independent of the original.
+    crashed.put("d", 1, b"d1")
+    assert store.latest("d") is None
+    assert store.latest("a") is None
+
+
+def test_memory_crash_copy_is_deterministic() -> None:
+    def build() -> list[Item]:
+        store = MemoryStore()
+        for i in range(200):
+            store.put(f"key{i * 7919 % 200}", i + 1, b"x")
+            if i % 3:
+                store.commit(f"key{i * 7919 % 200}", i + 1)
+        store.flush()
+        copy = store.crash_copy()
+        return [*copy.committed_page(None, 1000).items, *copy.dirty_items()]
+
+    assert build() == build()
+
+
+# -- open_store ----------------------------------------------------------------------------------
+
+
+def test_open_store(tmp_path: Path) -> None:
+    mem = open_store("memory", None, "sync")
+    assert isinstance(mem, MemoryStore)
+    db = open_store("leveldb", tmp_path / "db", "async")
+    assert isinstance(db, LevelDBStore) and db.durability == "async"
+    db.close()
+    with pytest.raises(ValueError):
+        open_store("rocksdb", tmp_path / "x", "sync")
+    with pytest.raises(ValueError):
+        open_store("leveldb", None, "sync")

@@ -1,0 +1,3 @@
+from zcraq.cli import main
+
+main()

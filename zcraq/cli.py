@@ -1,0 +1,178 @@
+"""The ``zcraq`` command: run a node or the coordinator, use the chain, check a history.
+
+Exit codes: 0 success; 1 not found or failed; 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from zcraq.config import ConfigError, default_coordinator_endpoint, load_coordinator_config, load_node_config
+from zcraq.errors import KeyNotFound, ZcraqError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+def _config_failure(error: Exception) -> None:
+    click.echo(f"zcraq: {error}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="zcraq")
+def main() -> None:
+    """zcraq: a strongly consistent replicated key-value store (CRAQ on ZeroMQ and LevelDB)."""
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="Node config file, e.g. config/node1.toml.")
+def node(config_path: str) -> None:
+    """Run a chain node until SIGINT or SIGTERM (on SIGTERM it leaves the chain cleanly)."""
+    from zcraq.node import run_node
+    from zcraq.store import StoreError
+
+    try:
+        config = load_node_config(config_path)
+        _setup_logging(config.log_level)
+        run_node(config)
+    except (ConfigError, StoreError) as error:
+        _config_failure(error)
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="Coordinator config file, e.g. config/coordinator.toml.")
+def coordinator(config_path: str) -> None:
+    """Run the coordinator until SIGINT or SIGTERM."""
+    from zcraq.coordinator import StateError, run_coordinator
+
+    try:
+        config = load_coordinator_config(config_path)
+        _setup_logging(config.log_level)
+        run_coordinator(config)
+    except (ConfigError, StateError) as error:
+        _config_failure(error)
+
+
+@main.command()
+@click.option("--config-dir", default="config", show_default=True, type=click.Path(file_okay=False),
+              help="Directory holding coordinator.toml and node*.toml.")
+def run(config_dir: str) -> None:
+    """Run a local coordinator and every node*.toml in the foreground; Ctrl-C stops them all."""
+    from zcraq.local import run_local
+
+    sys.exit(run_local(config_dir))
+
+
+# ------------------------------------------------------------------------------------- client
+
+
+@main.group()
+@click.option("-c", "--coordinator", "coordinator_endpoint", default=None, metavar="ENDPOINT",
+              help="Coordinator endpoint (default: $ZCRAQ_COORDINATOR or tcp://127.0.0.1:7000).")
+@click.option("-n", "--node", default=None, metavar="NODE",
+              help="Node id or service endpoint to send reads to (default: spread over all nodes).")
+@click.option("-t", "--timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds to wait for an answer, retries included.")
+@click.pass_context
+def client(ctx: click.Context, coordinator_endpoint: str | None, node: str | None, timeout: float) -> None:
+    """Read, write and inspect the chain."""
+    from zcraq.client import ZClient
+
+    zclient = ZClient(coordinator_endpoint or default_coordinator_endpoint(), timeout=timeout)
+    ctx.call_on_close(zclient.close)
+    ctx.obj = {"client": zclient, "node": node}
+
+
+def _fail(error: ZcraqError) -> None:
+    click.echo(f"error: {error}", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+@client.command("write")
+@click.argument("key")
+@click.argument("value")
+@click.pass_obj
+def client_write(obj: dict, key: str, value: str) -> None:
+    """Write VALUE under KEY; prints the committed version."""
+    try:
+        version = obj["client"].write(key, value)
+    except ZcraqError as error:
+        _fail(error)
+    click.echo(f"ok version {version}")
+
+
+@client.command("read")
+@click.argument("key")
+@click.option("--mode", type=click.Choice(["strong", "eventual"]), default="strong", show_default=True,
+              help="strong: linearizable; eventual: the node's newest committed version.")
+@click.pass_obj
+def client_read(obj: dict, key: str, mode: str) -> None:
+    """Print the committed value of KEY."""
+    try:
+        value = obj["client"].read(key, obj["node"], mode=mode)
+    except KeyNotFound:
+        click.echo(f"key {key!r} does not exist", err=True)
+        sys.exit(EXIT_FAILED)
+    except ZcraqError as error:
+        _fail(error)
+    sys.stdout.buffer.write(value + b"\n")
+
+
+@client.command("delete")
+@click.argument("key")
+@click.pass_obj
+def client_delete(obj: dict, key: str) -> None:
+    """Delete KEY."""
+    try:
+        version = obj["client"].delete(key)
+    except ZcraqError as error:
+        _fail(error)
+    click.echo(f"ok version {version}")
+
+
+@client.command("status")
+@click.pass_obj
+def client_status(obj: dict) -> None:
+    """Show the chain: position, node id, endpoints, role, epoch."""
+    try:
+        topology = obj["client"].topology()
+    except ZcraqError as error:
+        _fail(error)
+    rows = [("POS", "NODE", "ROLE", "SERVICE", "WRITE-IN", "ACK-IN", "EPOCH")]
+    last = len(topology.members) - 1
+    for index, member in enumerate(topology.members):
+        role = "head+tail" if last == 0 else "head" if index == 0 else "tail" if index == last else "middle"
+        rows.append((str(index), member.id, role, member.service, member.write_in, member.ack_in,
+                     str(topology.epoch)))
+    if topology.learner is not None:
+        m = topology.learner
+        rows.append(("-", m.id, "learner", m.service, m.write_in, m.ack_in, str(topology.epoch)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    if not topology.members:
+        click.echo(f"(the chain is empty at epoch {topology.epoch})")
+
+
+@main.command()
+@click.argument("history", type=click.Path(exists=True, dir_okay=False))
+def verify(history: str) -> None:
+    """Check a JSON Lines history for linearizability (exit 0 yes, 1 no, 2 malformed)."""
+    from zcraq.checker.cli import main as check_main
+
+    sys.exit(check_main([history]))
+
+
+if __name__ == "__main__":
+    main()

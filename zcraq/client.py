@@ -1,0 +1,232 @@
+"""ZClient: the Python client. Reads spread over every node; writes go to the head.
+
+A ZClient is not thread-safe (ZeroMQ sockets are not): use one per thread.
+
+Retries follow what is safe. A read can be retried anywhere. A write is retried only when the node
+refused it before doing anything (not the head, not serving); once a write may have been applied,
+a missing answer raises ``WriteOutcomeUnknown`` instead of writing twice.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from itertools import count
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from zcraq import sockets, wire
+from zcraq.config import default_coordinator_endpoint
+from zcraq.errors import BadRequest, KeyNotFound, Timeout, Unavailable, WriteOutcomeUnknown, ZcraqError, error_for
+from zcraq.topology import Topology
+
+# Errors after which a write surely did not happen, so sending it again is safe.
+_WRITE_RETRYABLE = {"not_head", "unavailable", "busy"}
+_READ_RETRYABLE = {"unavailable", "not_tail", "wrong_epoch", "timeout"}
+
+
+class ZClient:
+    def __init__(self, coordinator: str | None = None, *, timeout: float = 5.0) -> None:
+        """``coordinator``: its request endpoint, ``tcp://HOST:PORT``; default: the one
+        config/coordinator.toml starts (or $ZCRAQ_COORDINATOR). ``timeout``: seconds any call may
+        take in all, retries included."""
+        self.coordinator = coordinator or default_coordinator_endpoint()
+        self.timeout = timeout
+        self._ctx = zmq.Context()
+        self._sockets: dict[str, zmq.Socket] = {}
+        self._ids = count(1)
+        self._topology: Topology | None = None
+        self._topology_at = float("-inf")
+        self._next_node = random.randrange(1 << 16)
+        self._closed = False
+
+    # ------------------------------------------------------------------ public API
+
+    def topology(self) -> Topology:
+        """The chain as the coordinator sees it now."""
+        deadline = time.monotonic() + self.timeout
+        reply = self._call(self.coordinator, "topology", deadline)
+        self._raise_if_error(reply)
+        self._topology = Topology.from_dict(reply.header.get("topology"))
+        self._topology_at = time.monotonic()
+        return self._topology
+
+    def write(self, key: str, value: bytes | str) -> int:
+        """Store ``value`` under ``key``; returns the committed version."""
+        data = value.encode() if isinstance(value, str) else bytes(value)
+        return self._write("write", key, data)
+
+    def delete(self, key: str) -> int:
+        """Delete ``key``; returns the version of the deletion."""
+        return self._write("delete", key, None)
+
+    def read(self, key: str, node: str | None = None, *, mode: str = "strong") -> bytes:
+        """The committed value of ``key``. ``node``: a node id or service endpoint to ask;
+        default: spread over every node. ``mode``: "strong" (linearizable) or "eventual" (the
+        newest version committed at that node, never asking the tail)."""
+        return self.read_versioned(key, node, mode=mode)[0]
+
+    def read_versioned(self, key: str, node: str | None = None, *, mode: str = "strong") -> tuple[bytes, int]:
+        """Like read(), with the version of the value returned."""
+        self._check_key(key)
+        deadline = time.monotonic() + self.timeout
+        last_error: ZcraqError = Unavailable("no node answered")
+        while time.monotonic() < deadline:
+            endpoint = self._node_endpoint(node, deadline) if node else self._pick_reader(deadline)
+            if endpoint is None:
+                last_error = Unavailable("the chain has no members")
+            else:
+                try:
+                    reply = self._call(endpoint, "read", self._attempt_deadline(deadline), key=key, mode=mode)
+                except Timeout:
+                    last_error = Timeout(f"{endpoint} did not answer in time")
+                    self._topology_at = float("-inf")
+                    if node:
+                        break
+                    continue
+                if reply.ok:
+                    return (reply.values[0] if reply.values else b""), int(reply.header.get("version", 0))
+                if reply.code not in _READ_RETRYABLE:
+                    self._raise_if_error(reply)
+                last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
+                self._topology_at = float("-inf")
+                if node:
+                    break
+            self._pause(deadline)
+        raise last_error
+
+    def status(self, node: str | None = None) -> dict[str, Any]:
+        """A node's own report (role, epoch, counters), or the coordinator's when ``node`` is None."""
+        deadline = time.monotonic() + self.timeout
+        endpoint = self._node_endpoint(node, deadline) if node else self.coordinator
+        if endpoint is None:
+            raise Unavailable(f"no node {node!r} in the chain")
+        reply = self._call(endpoint, "status", deadline)
+        self._raise_if_error(reply)
+        return reply.header
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for sock in self._sockets.values():
+            sock.close(0)
+        self._sockets.clear()
+        self._ctx.term()
+
+    def __enter__(self) -> ZClient:
+        return self
+
+    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ writes
+
+    def _write(self, kind: str, key: str, value: bytes | None) -> int:
+        self._check_key(key)
+        deadline = time.monotonic() + self.timeout
+        last_error: ZcraqError = Unavailable("no head available")
+        while time.monotonic() < deadline:
+            topology = self._cached_topology(deadline)
+            head = topology.head if topology else None
+            # Straight to the head; through the coordinator when the head is unknown.
+            endpoint = head.service if head else self.coordinator
+            try:
+                reply = self._call(endpoint, kind, deadline, value=value, key=key)
+            except Timeout:
+                raise WriteOutcomeUnknown(
+                    f"{kind} of {key!r}: no answer from {endpoint} within {self.timeout:g}s; "
+                    "it may or may not have committed") from None
+            if reply.ok:
+                return int(reply.header["version"])
+            if reply.code not in _WRITE_RETRYABLE:
+                self._raise_if_error(reply)
+            last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
+            self._topology_at = float("-inf")
+            self._pause(deadline)
+        raise last_error
+
+    # ------------------------------------------------------------------ plumbing
+
+    @staticmethod
+    def _check_key(key: str) -> None:
+        if not isinstance(key, str) or not key:
+            raise BadRequest("key must be a non-empty string")
+
+    def _attempt_deadline(self, deadline: float) -> float:
+        return min(deadline, time.monotonic() + max(1.0, self.timeout / 3))
+
+    @staticmethod
+    def _pause(deadline: float) -> None:
+        time.sleep(max(0.0, min(0.05, deadline - time.monotonic())))
+
+    def _cached_topology(self, deadline: float) -> Topology | None:
+        if self._topology is None or time.monotonic() - self._topology_at > 1.0:
+            try:
+                reply = self._call(self.coordinator, "topology", self._attempt_deadline(deadline))
+                if reply.ok:
+                    self._topology = Topology.from_dict(reply.header.get("topology"))
+                    self._topology_at = time.monotonic()
+            except (Timeout, ValueError):
+                pass  # keep the last topology: the chain may well be fine without the coordinator
+        return self._topology
+
+    def _pick_reader(self, deadline: float) -> str | None:
+        topology = self._cached_topology(deadline)
+        if topology is None or not topology.members:
+            return None
+        self._next_node += 1
+        return topology.members[self._next_node % len(topology.members)].service
+
+    def _node_endpoint(self, node: str, deadline: float) -> str | None:
+        if node.startswith("tcp://"):
+            return node
+        topology = self._cached_topology(deadline)
+        member = topology.member(node) if topology else None
+        return member.service if member else None
+
+    def _socket(self, endpoint: str) -> zmq.Socket:
+        sock = self._sockets.get(endpoint)
+        if sock is None:
+            sock = sockets.connected(self._ctx, zmq.DEALER, endpoint)
+            self._sockets[endpoint] = sock
+        return sock
+
+    def _call(self, endpoint: str, kind: str, deadline: float, value: bytes | None = None,
+              **fields: Any) -> wire.Reply:
+        if self._closed:
+            raise ZcraqError("client is closed")
+        request_id = next(self._ids)
+        sock = self._socket(endpoint)
+        if not sockets.send_nowait(sock, [b"", *wire.encode_request(kind, request_id, value, **fields)]):
+            self._drop_socket(endpoint)
+            raise Unavailable(f"cannot send to {endpoint}")
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(max(1, int(remaining * 1000))):
+                # Lazy Pirate: a fresh socket next time drops whatever is queued for a dead peer.
+                self._drop_socket(endpoint)
+                raise Timeout(f"{kind}: no answer from {endpoint}")
+            frames = sock.recv_multipart()
+            try:
+                reply = wire.decode_reply(frames[1:] if frames and frames[0] == b"" else frames)
+            except wire.WireError:
+                continue
+            if reply.id == request_id:
+                return reply
+            # else: a late answer to an earlier, abandoned request
+
+    def _drop_socket(self, endpoint: str) -> None:
+        sock = self._sockets.pop(endpoint, None)
+        if sock is not None:
+            sock.close(0)
+
+    @staticmethod
+    def _raise_if_error(reply: wire.Reply) -> None:
+        if not reply.ok:
+            raise error_for(reply.code, reply.message or reply.code)
+
+
+__all__ = ["ZClient", "ZcraqError", "KeyNotFound", "Timeout", "WriteOutcomeUnknown", "Unavailable", "BadRequest"]

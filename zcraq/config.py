@@ -1,0 +1,542 @@
+"""TOML configuration for nodes and the coordinator, validated strictly before anything starts.
+
+A node file has a ``[node]`` table and an optional ``[limits]`` table; a coordinator file has a
+``[coordinator]`` table and an optional ``[limits]`` table. Unknown tables and keys are errors
+(with a "did you mean" hint when one is close), so a typo never silently falls back to a default.
+
+Relative paths (``data_dir``, ``state_dir``) are resolved against the directory that contains the
+config file, not the current directory, so a daemon finds the same data however it is started.
+
+Every problem raises ``ConfigError``, whose message names the file and the dotted key, e.g.
+``config/node1.toml: node.service_port: expected an integer from 1 to 65535, got "abc"``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# One definition of the size limits: the config hands these straight to the wire codec.
+from zcraq.wire import Limits
+
+__all__ = [
+    "ConfigError",
+    "Limits",
+    "NodeConfig",
+    "CoordinatorConfig",
+    "load_node_config",
+    "load_coordinator_config",
+    "node_config_from_dict",
+    "coordinator_config_from_dict",
+    "default_coordinator_endpoint",
+    "parse_endpoint",
+    "format_endpoint",
+    "DEFAULT_COORDINATOR_ENDPOINT",
+]
+
+DEFAULT_COORDINATOR_ENDPOINT = "tcp://127.0.0.1:7000"
+COORDINATOR_ENV = "ZCRAQ_COORDINATOR"
+
+WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::"})
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DURABILITIES = ("sync", "async")
+
+MAX_KEY_BYTES = 65535
+MAX_VALUE_BYTES = 64 * 1024 * 1024
+MAX_MS = 3_600_000  # an hour: anything longer is a typo, and ZeroMQ timeouts are 32-bit ms
+MIN_LEASE_MS = 100
+MAX_CATCHUP_PAGE_ITEMS = 100_000
+
+_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_ENDPOINT_RE = re.compile(r"tcp://(\[[^\]]*\]|[^:\[\]/]*):([0-9]+)")
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used. ``key`` is dotted (``node.service_port``) or None."""
+
+    def __init__(self, path: str | os.PathLike[str], key: str | None, problem: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{self.path}: {key}: {problem}" if key else f"{self.path}: {problem}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Addresses
+
+
+def format_endpoint(host: str, port: int) -> str:
+    """``tcp://host:port``, with IPv6 literals in brackets as ZeroMQ expects."""
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_hostname(host: str) -> bool:
+    name = host[:-1] if host.endswith(".") else host
+    return 0 < len(name) <= 253 and all(_HOST_LABEL_RE.fullmatch(label) for label in name.split("."))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
+def _is_unspecified(host: str) -> bool:
+    if host == "*":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_unspecified
+    except ValueError:
+        return False
+
+
+def _bracket_hint(host: str) -> str:
+    return " (write IPv6 addresses without brackets)" if host.startswith("[") else ""
+
+
+def _check_bind_host(host: str) -> None:
+    if host in WILDCARD_HOSTS or host == "localhost" or _is_ip(host):
+        return
+    raise ValueError(
+        f"unusable address {_show(host)}: expected an IPv4 or IPv6 address, \"localhost\", "
+        f"or a wildcard (\"*\", \"0.0.0.0\", \"::\"){_bracket_hint(host)}"
+    )
+
+
+def _check_connect_host(host: str) -> None:
+    if _is_unspecified(host):
+        raise ValueError(f"{_show(host)} is a wildcard; other processes cannot connect to it")
+    if not (_is_ip(host) or _is_hostname(host)):
+        raise ValueError(
+            f"unusable address {_show(host)}: expected an IP address or a host name{_bracket_hint(host)}"
+        )
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """Split a connectable ``tcp://HOST:PORT`` into (host, port); ValueError says what is wrong."""
+    match = _ENDPOINT_RE.fullmatch(endpoint)
+    if match is None:
+        raise ValueError(f'unusable endpoint {_show(endpoint)}: expected "tcp://HOST:PORT"')
+    host, port_text = match.groups()
+    if host.startswith("["):
+        host = host[1:-1]
+        if ":" not in host or not _is_ip(host):
+            raise ValueError(f"unusable endpoint {_show(endpoint)}: only IPv6 addresses go in brackets")
+    elif not host:
+        raise ValueError(f'unusable endpoint {_show(endpoint)}: expected "tcp://HOST:PORT"')
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"unusable endpoint {_show(endpoint)}: port must be from 1 to 65535")
+    try:
+        _check_connect_host(host)
+    except ValueError as exc:
+        raise ValueError(f"unusable endpoint {_show(endpoint)}: {exc}") from None
+    return host, port
+
+
+def default_coordinator_endpoint() -> str:
+    """The coordinator clients and tools talk to: ``$ZCRAQ_COORDINATOR`` if set, else loopback."""
+    return os.environ.get(COORDINATOR_ENV) or DEFAULT_COORDINATOR_ENDPOINT
+
+
+# ---------------------------------------------------------------------------------------------
+# Config objects
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """A validated node config. Endpoint properties are what other processes connect to;
+    ``*_bind_endpoint`` are what this node binds."""
+
+    path: Path
+    id: str
+    coordinator: str
+    bind_host: str
+    advertise_host: str
+    service_port: int
+    write_port: int
+    ack_port: int
+    data_dir: Path
+    durability: str
+    heartbeat_interval_ms: int
+    request_timeout_ms: int
+    catchup_page_items: int
+    log_level: str
+    insecure: bool
+    limits: Limits
+
+    @property
+    def service_endpoint(self) -> str:
+        return format_endpoint(self.advertise_host, self.service_port)
+
+    @property
+    def write_endpoint(self) -> str:
+        return format_endpoint(self.advertise_host, self.write_port)
+
+    @property
+    def ack_endpoint(self) -> str:
+        return format_endpoint(self.advertise_host, self.ack_port)
+
+    def bind_endpoint(self, port: int) -> str:
+        return format_endpoint(self.bind_host, port)
+
+    @property
+    def service_bind_endpoint(self) -> str:
+        return self.bind_endpoint(self.service_port)
+
+    @property
+    def write_bind_endpoint(self) -> str:
+        return self.bind_endpoint(self.write_port)
+
+    @property
+    def ack_bind_endpoint(self) -> str:
+        return self.bind_endpoint(self.ack_port)
+
+    @property
+    def uses_ipv6(self) -> bool:
+        """True when a configured address is IPv6: ZeroMQ sockets then need ``zmq.IPV6 = 1``."""
+        coordinator_host = parse_endpoint(self.coordinator)[0]
+        return any(":" in h for h in (self.bind_host, self.advertise_host, coordinator_host))
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorConfig:
+    """A validated coordinator config. ``endpoint``/``publish_endpoint`` are advertised;
+    ``*_bind_endpoint`` are what the coordinator binds."""
+
+    path: Path
+    bind_host: str
+    advertise_host: str
+    port: int
+    publish_port: int
+    state_dir: Path
+    lease_ms: int
+    republish_interval_ms: int
+    request_timeout_ms: int
+    log_level: str
+    insecure: bool
+    limits: Limits
+
+    @property
+    def endpoint(self) -> str:
+        return format_endpoint(self.advertise_host, self.port)
+
+    @property
+    def publish_endpoint(self) -> str:
+        return format_endpoint(self.advertise_host, self.publish_port)
+
+    def bind_endpoint(self, port: int) -> str:
+        return format_endpoint(self.bind_host, port)
+
+    @property
+    def request_bind_endpoint(self) -> str:
+        return self.bind_endpoint(self.port)
+
+    @property
+    def publish_bind_endpoint(self) -> str:
+        return self.bind_endpoint(self.publish_port)
+
+    @property
+    def uses_ipv6(self) -> bool:
+        """True when a configured address is IPv6: ZeroMQ sockets then need ``zmq.IPV6 = 1``."""
+        return ":" in self.bind_host or ":" in self.advertise_host
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers
+
+
+def _show(value: Any) -> str:
+    """A value the way it looks in TOML, for error messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return str(value)
+
+
+def _suggest(name: str, choices: Iterable[str], fmt: str = '"{}"') -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {fmt.format(close[0])}?)" if close else ""
+
+
+_MISSING: Any = object()
+
+
+class _Table:
+    """Typed, one-key-at-a-time access to one TOML table, raising ConfigError on misuse."""
+
+    def __init__(self, path: str, name: str, data: Any, known: Iterable[str]) -> None:
+        self.path = path
+        self.name = name
+        if not isinstance(data, Mapping):
+            raise ConfigError(path, name, f"expected a table [{name}], got {_show(data)}")
+        self.data = data
+        known = tuple(known)
+        for key in data:
+            if key not in known:
+                raise ConfigError(path, f"{name}.{key}", f"unknown key{_suggest(key, known)}")
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, f"{self.name}.{key}", problem)
+
+    def _get(self, key: str, default: Any, check: Callable[[Any], bool], expected: str) -> Any:
+        value = self.data.get(key, _MISSING)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise self.error(key, "missing required key")
+            return default
+        if not check(value):
+            raise self.error(key, f"expected {expected}, got {_show(value)}")
+        return value
+
+    def get_int(self, key: str, lo: int, hi: int, default: Any = _MISSING) -> int:
+        def ok(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+        return self._get(key, default, ok, f"an integer from {lo} to {hi}")
+
+    def get_str(self, key: str, default: Any = _MISSING) -> str:
+        value = self._get(key, default, lambda v: isinstance(v, str), "a string")
+        if not value:
+            raise self.error(key, "must not be empty")
+        return value
+
+    def get_bool(self, key: str, default: Any = _MISSING) -> bool:
+        return self._get(key, default, lambda v: isinstance(v, bool), "true or false")
+
+    def get_choice(self, key: str, choices: tuple[str, ...], default: Any = _MISSING) -> str:
+        expected = "one of " + ", ".join(_show(c) for c in choices)
+        return self._get(key, default, lambda v: isinstance(v, str) and v in choices, expected)
+
+    def get_path(self, key: str, base: Path) -> Path:
+        value = Path(self.get_str(key))
+        return value if value.is_absolute() else Path(os.path.normpath(base / value))
+
+
+def _check_top_level(path: str, data: Any, main: str, other_kind: str) -> None:
+    if not isinstance(data, Mapping):
+        raise ConfigError(path, None, "expected a TOML document")
+    allowed = (main, "limits")
+    for key, value in data.items():
+        if key in allowed:
+            continue
+        if not isinstance(value, Mapping):
+            raise ConfigError(path, key, f"unknown key outside any table (keys belong under [{main}])")
+        if key == other_kind:
+            hint = f" (this looks like a {other_kind} config; a {main} config needs [{main}])"
+        else:
+            hint = _suggest(key, allowed, "[{}]")
+        raise ConfigError(path, key, f"unknown table [{key}]{hint}")
+    if main not in data:
+        raise ConfigError(path, main, f"missing required table [{main}]")
+
+
+_DEFAULTS = Limits()
+
+
+def _limits(path: str, data: Mapping[str, Any]) -> Limits:
+    table = _Table(path, "limits", data.get("limits", {}), ("max_key_bytes", "max_value_bytes"))
+    return Limits(
+        max_key_bytes=table.get_int("max_key_bytes", 1, MAX_KEY_BYTES, _DEFAULTS.max_key_bytes),
+        max_value_bytes=table.get_int("max_value_bytes", 1, MAX_VALUE_BYTES, _DEFAULTS.max_value_bytes),
+    )
+
+
+def _hosts(table: _Table, insecure: bool) -> tuple[str, str]:
+    """bind_host and advertise_host, with the wildcard and plaintext-exposure rules applied."""
+    bind_host = table.get_str("bind_host", "127.0.0.1")
+    try:
+        _check_bind_host(bind_host)
+    except ValueError as exc:
+        raise table.error("bind_host", str(exc)) from None
+    if not _is_loopback(bind_host) and not insecure:
+        raise table.error(
+            "bind_host",
+            f"binding {_show(bind_host)} exposes this process beyond the local machine, and "
+            "traffic is neither encrypted nor authenticated (encryption is not configured); "
+            f"bind a loopback address, or set insecure = true in [{table.name}] to accept that",
+        )
+    if "advertise_host" in table.data:
+        advertise_host = table.get_str("advertise_host")
+        try:
+            _check_connect_host(advertise_host)
+        except ValueError as exc:
+            raise table.error("advertise_host", str(exc)) from None
+    elif _is_unspecified(bind_host):
+        raise table.error(
+            "advertise_host",
+            f"missing required key: bind_host {_show(bind_host)} is a wildcard, so set the "
+            "address other processes should connect to",
+        )
+    else:
+        advertise_host = bind_host
+    return bind_host, advertise_host
+
+
+def _distinct_ports(table: _Table, ports: dict[str, int]) -> None:
+    seen: dict[int, str] = {}
+    for key, port in ports.items():
+        if port in seen:
+            raise table.error(key, f"port {port} is already used by {table.name}.{seen[port]}")
+        seen[port] = key
+
+
+def _base_dir(path: str | os.PathLike[str]) -> Path:
+    return Path(os.path.abspath(path)).parent
+
+
+# ---------------------------------------------------------------------------------------------
+# Node and coordinator
+
+
+_NODE_KEYS = (
+    "id",
+    "coordinator",
+    "bind_host",
+    "advertise_host",
+    "service_port",
+    "write_port",
+    "ack_port",
+    "data_dir",
+    "durability",
+    "heartbeat_interval_ms",
+    "request_timeout_ms",
+    "catchup_page_items",
+    "log_level",
+    "insecure",
+)
+
+_COORDINATOR_KEYS = (
+    "bind_host",
+    "advertise_host",
+    "port",
+    "publish_port",
+    "state_dir",
+    "lease_ms",
+    "republish_interval_ms",
+    "request_timeout_ms",
+    "log_level",
+    "insecure",
+)
+
+
+def node_config_from_dict(data: Mapping[str, Any], path: str | os.PathLike[str]) -> NodeConfig:
+    """Validate a parsed node file. ``path`` names it in errors and anchors relative paths."""
+    where = str(path)
+    _check_top_level(where, data, "node", "coordinator")
+    t = _Table(where, "node", data["node"], _NODE_KEYS)
+
+    node_id = t.get_str("id")
+    if not _ID_RE.fullmatch(node_id):
+        raise t.error("id", f"expected 1 to 64 characters of A-Z a-z 0-9 _ . -, got {_show(node_id)}")
+    coordinator = t.get_str("coordinator")
+    try:
+        parse_endpoint(coordinator)
+    except ValueError as exc:
+        raise t.error("coordinator", str(exc)) from None
+    insecure = t.get_bool("insecure", False)
+    bind_host, advertise_host = _hosts(t, insecure)
+    ports = {k: t.get_int(k, 1, 65535) for k in ("service_port", "write_port", "ack_port")}
+    _distinct_ports(t, ports)
+
+    return NodeConfig(
+        path=Path(path),
+        id=node_id,
+        coordinator=coordinator,
+        bind_host=bind_host,
+        advertise_host=advertise_host,
+        data_dir=t.get_path("data_dir", _base_dir(path)),
+        durability=t.get_choice("durability", DURABILITIES, "sync"),
+        heartbeat_interval_ms=t.get_int("heartbeat_interval_ms", 1, MAX_MS, 500),
+        request_timeout_ms=t.get_int("request_timeout_ms", 1, MAX_MS, 2000),
+        catchup_page_items=t.get_int("catchup_page_items", 1, MAX_CATCHUP_PAGE_ITEMS, 1000),
+        log_level=t.get_choice("log_level", LOG_LEVELS, "info"),
+        insecure=insecure,
+        limits=_limits(where, data),
+        **ports,
+    )
+
+
+def coordinator_config_from_dict(
+    data: Mapping[str, Any], path: str | os.PathLike[str]
+) -> CoordinatorConfig:
+    """Validate a parsed coordinator file. ``path`` names it in errors and anchors relative paths."""
+    where = str(path)
+    _check_top_level(where, data, "coordinator", "node")
+    t = _Table(where, "coordinator", data["coordinator"], _COORDINATOR_KEYS)
+
+    insecure = t.get_bool("insecure", False)
+    bind_host, advertise_host = _hosts(t, insecure)
+    ports = {
+        "port": t.get_int("port", 1, 65535, 7000),
+        "publish_port": t.get_int("publish_port", 1, 65535, 7001),
+    }
+    _distinct_ports(t, ports)
+
+    return CoordinatorConfig(
+        path=Path(path),
+        bind_host=bind_host,
+        advertise_host=advertise_host,
+        state_dir=t.get_path("state_dir", _base_dir(path)),
+        lease_ms=t.get_int("lease_ms", MIN_LEASE_MS, MAX_MS, 3000),
+        republish_interval_ms=t.get_int("republish_interval_ms", 1, MAX_MS, 1000),
+        request_timeout_ms=t.get_int("request_timeout_ms", 1, MAX_MS, 5000),
+        log_level=t.get_choice("log_level", LOG_LEVELS, "info"),
+        insecure=insecure,
+        limits=_limits(where, data),
+        **ports,
+    )
+
+
+def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, None, "file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(path, None, "is a directory, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, "invalid TOML: file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"invalid TOML: {exc}") from None
+
+
+def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
+    """Read and validate a node config file."""
+    return node_config_from_dict(_read_toml(path), path)
+
+
+def load_coordinator_config(path: str | os.PathLike[str]) -> CoordinatorConfig:
+    """Read and validate a coordinator config file."""
+    return coordinator_config_from_dict(_read_toml(path), path)

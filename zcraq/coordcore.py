@@ -1,0 +1,249 @@
+"""The coordinator's protocol: membership, epochs and leases, with no sockets or clocks.
+
+Everything that changes the coordinator's state lives in this module. The shell
+(zcraq/coordinator.py) passes each request and the current monotonic time, then carries out
+``drain()``'s effects in order: ``Persist`` before ``Publish`` and replies, so no node or client
+ever sees an epoch that a restart could forget.
+
+Theory of operation
+-------------------
+The coordinator alone decides the chain: an ordered list of members (head first) and at most one
+learner catching up behind the tail. Every change bumps the epoch and is published.
+
+- join: a node registers; into an empty chain it becomes the only member, otherwise the learner
+  (one at a time: a second joiner is told to retry). A join from a node already listed means it
+  restarted and lost its in-flight state, so it is taken out and let in again as a new incarnation.
+- caught_up: the learner has copied the committed state; it becomes the tail in a new epoch.
+- heartbeat: renews a member's lease. The lease is what entitles a node to serve; the node times it
+  from when it sent the heartbeat, the coordinator from when it received it, so the coordinator's
+  view always ends later.
+- a member silent for a lease plus a grace period has surely stopped serving: it is removed. The
+  last member is never removed (its data would be lost); the chain waits for it.
+- after a restart the coordinator cannot know which leases its previous run granted, so it removes
+  nobody until a full lease has passed.
+- leave: a node going away cleanly is removed at once.
+- write/delete from clients are forwarded to the head and answered when the head answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from itertools import count
+from typing import Any
+
+from zcraq import wire
+from zcraq.effects import Effect, PeerRequest, Persist, Publish, Reply
+from zcraq.topology import EMPTY, Member, Topology
+from zcraq.wire import Limits, Request, WireError
+
+log = logging.getLogger("zcraq.coordinator")
+
+COORDINATOR_REQUESTS = frozenset({"topology", "write", "delete", "join", "heartbeat", "caught_up",
+                                  "leave", "status"})
+
+
+@dataclass(slots=True)
+class CoordinatorTimings:
+    lease: float = 3.0
+    republish_interval: float = 1.0
+    request_timeout: float = 5.0
+
+    @property
+    def removal_after(self) -> float:
+        """Silence after which a member's lease has surely expired on its own clock."""
+        return self.lease + max(0.1, self.lease / 10)
+
+
+@dataclass(slots=True)
+class _Forward:
+    client: Any
+    request_id: Any
+    deadline: float
+
+
+class CoordinatorCore:
+    def __init__(self, publish_endpoint: str, state: dict[str, Any] | None, now: float,
+                 limits: Limits | None = None, timings: CoordinatorTimings | None = None) -> None:
+        self.publish_endpoint = publish_endpoint
+        self.limits = limits or Limits()
+        self.timings = timings or CoordinatorTimings()
+        self.topology = Topology.from_dict(state["topology"]) if state else EMPTY
+        # Any member may hold a lease from a previous run: give each a full period from now.
+        self.last_seen: dict[str, float] = {m.id: now for m in self._listed()}
+        self.removals_allowed_at = now + self.timings.removal_after
+        self._forwards: dict[int, _Forward] = {}
+        self._ids = count(1)
+        self._outbox: list[Effect] = []
+        self._last_publish = float("-inf")
+        self.counters = {"bad_messages": 0, "forwarded_writes": 0, "removals": 0}
+
+    def _listed(self) -> list[Member]:
+        learner = [self.topology.learner] if self.topology.learner else []
+        return [*self.topology.members, *learner]
+
+    def drain(self) -> list[Effect]:
+        effects, self._outbox = self._outbox, []
+        return effects
+
+    # ------------------------------------------------------------------ topology changes
+
+    def _change(self, members: list[Member], learner: Member | None, why: str) -> None:
+        self.topology = Topology(self.topology.epoch + 1, tuple(members), learner)
+        log.info("epoch %d: %s; chain %s%s", self.topology.epoch, why,
+                 " -> ".join(m.id for m in members) or "(empty)",
+                 f", learner {learner.id}" if learner else "")
+        self._outbox.append(Persist({"topology": self.topology.to_dict()}))
+        self._publish()
+
+    def _publish(self) -> None:
+        self._outbox.append(Publish(self.topology))
+
+    def _remove(self, node_id: str, why: str) -> None:
+        members = [m for m in self.topology.members if m.id != node_id]
+        learner = self.topology.learner
+        if learner is not None and learner.id == node_id:
+            learner = None
+        elif not members:
+            log.warning("%s is the last member: kept, the chain waits for it (%s)", node_id, why)
+            return
+        self.last_seen.pop(node_id, None)
+        self.counters["removals"] += 1
+        self._change(members, learner, f"{node_id} removed ({why})")
+
+    # ------------------------------------------------------------------ requests
+
+    def on_request(self, client: Any, frames: list[bytes], now: float) -> None:
+        try:
+            request = wire.decode_request(frames, self.limits, COORDINATOR_REQUESTS)
+        except WireError as error:
+            self.counters["bad_messages"] += 1
+            self._error(client, error.request_id, error.code, str(error))
+            return
+        getattr(self, "_handle_" + request.type)(client, request, now)
+
+    def _handle_topology(self, client: Any, request: Request, now: float) -> None:
+        self._ok(client, request.id, topology=self.topology.to_dict())
+
+    def _handle_status(self, client: Any, request: Request, now: float) -> None:
+        self._ok(client, request.id, topology=self.topology.to_dict(), counters=self.counters,
+                 lease_ms=int(self.timings.lease * 1000))
+
+    def _handle_join(self, client: Any, request: Request, now: float) -> None:
+        try:
+            node = Member.from_dict(request.fields["node"])
+        except ValueError as error:
+            self._error(client, request.id, "bad_request", str(error))
+            return
+        if len(node.id) > wire.MAX_NODE_ID_CHARS:
+            self._error(client, request.id, "bad_request", "node id too long")
+            return
+        others = [m for m in self._listed() if m.id != node.id]
+        clash = {node.service, node.write_in, node.ack_in} & {e for m in others
+                                                              for e in (m.service, m.write_in, m.ack_in)}
+        if clash:
+            self._error(client, request.id, "bad_request",
+                        f"endpoint {sorted(clash)[0]} is already used by another node")
+            return
+        if self.topology.member(node.id) is not None:
+            # A restarted node: its old incarnation's uncommitted state is gone.
+            self._remove(node.id, "restarted")
+            if self.topology.member(node.id) is not None:  # it was the last member: let it back in
+                self._change([], None, f"{node.id} restarted as the last member")
+        if not self.topology.members:
+            self._change([node], self.topology.learner, f"{node.id} joined an empty chain")
+        elif self.topology.learner is None:
+            self._change(list(self.topology.members), node, f"{node.id} joined and is catching up")
+        else:
+            self._error(client, request.id, "busy",
+                        f"{self.topology.learner.id} is catching up; one node joins at a time, retry")
+            return
+        self.last_seen[node.id] = now
+        self._ok(client, request.id, topology=self.topology.to_dict(), publish=self.publish_endpoint,
+                 lease_ms=int(self.timings.lease * 1000))
+
+    def _handle_heartbeat(self, client: Any, request: Request, now: float) -> None:
+        node_id = request.fields["node_id"]
+        if self.topology.position(node_id) is not None:
+            status = "member"
+        elif self.topology.learner is not None and self.topology.learner.id == node_id:
+            status = "learner"
+        else:
+            self._error(client, request.id, "unknown_node", f"{node_id} is not in the chain; join again")
+            return
+        self.last_seen[node_id] = now
+        self._ok(client, request.id, epoch=self.topology.epoch, status=status,
+                 lease_ms=int(self.timings.lease * 1000))
+
+    def _handle_caught_up(self, client: Any, request: Request, now: float) -> None:
+        node_id = request.fields["node_id"]
+        learner = self.topology.learner
+        if self.topology.position(node_id) is not None:
+            self._ok(client, request.id, epoch=self.topology.epoch)
+            return
+        if learner is None or learner.id != node_id or request.fields["epoch"] != self.topology.epoch:
+            self._error(client, request.id, "wrong_epoch", "not the learner of the current epoch",
+                        epoch=self.topology.epoch)
+            return
+        self._change([*self.topology.members, learner], None, f"{node_id} caught up and is the tail")
+        self._ok(client, request.id, epoch=self.topology.epoch)
+
+    def _handle_leave(self, client: Any, request: Request, now: float) -> None:
+        node_id = request.fields["node_id"]
+        if self.topology.member(node_id) is not None:
+            self._remove(node_id, "left")
+        self._ok(client, request.id, epoch=self.topology.epoch)
+
+    def _handle_write(self, client: Any, request: Request, now: float) -> None:
+        self._forward_to_head(client, request, now)
+
+    def _handle_delete(self, client: Any, request: Request, now: float) -> None:
+        self._forward_to_head(client, request, now)
+
+    def _forward_to_head(self, client: Any, request: Request, now: float) -> None:
+        head = self.topology.head
+        if head is None:
+            self._error(client, request.id, "unavailable", "the chain has no members")
+            return
+        call_id = next(self._ids)
+        self._forwards[call_id] = _Forward(client, request.id, now + self.timings.request_timeout)
+        self.counters["forwarded_writes"] += 1
+        self._outbox.append(PeerRequest(head.service, wire.encode_request(
+            request.type, call_id, request.value, key=request.key)))
+
+    def on_peer_reply(self, frames: list[bytes], now: float) -> None:
+        try:
+            reply = wire.decode_reply(frames)
+        except WireError as error:
+            self.counters["bad_messages"] += 1
+            log.warning("dropped a malformed reply from a node: %s", error)
+            return
+        forward = self._forwards.pop(reply.id, None) if isinstance(reply.id, int) else None
+        if forward is None:
+            return
+        header = dict(reply.header, id=forward.request_id)
+        self._outbox.append(Reply(forward.client, [wire.orjson.dumps(header), *reply.values]))
+
+    # ------------------------------------------------------------------ time
+
+    def tick(self, now: float) -> None:
+        for call_id in [c for c, f in self._forwards.items() if f.deadline <= now]:
+            forward = self._forwards.pop(call_id)
+            self._error(forward.client, forward.request_id, "unknown_outcome",
+                        "the head did not answer in time; the write may still commit")
+        if now >= self.removals_allowed_at:
+            for node in self._listed():
+                silent_for = now - self.last_seen.get(node.id, now)
+                if silent_for > self.timings.removal_after:
+                    self._remove(node.id, f"silent for {silent_for:.1f}s")
+        if now - self._last_publish >= self.timings.republish_interval:
+            self._last_publish = now
+            self._publish()
+
+    # ------------------------------------------------------------------ replies
+
+    def _ok(self, client: Any, request_id: Any, **fields: Any) -> None:
+        self._outbox.append(Reply(client, wire.encode_reply(request_id, fields)))
+
+    def _error(self, client: Any, request_id: Any, code: str, message: str, **extra: Any) -> None:
+        self._outbox.append(Reply(client, wire.encode_error(request_id, code, message, **extra)))

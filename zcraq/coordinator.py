@@ -1,0 +1,162 @@
+"""The coordinator process: its request endpoint, its topology publisher and its durable state.
+
+State (the current topology with its epoch) is written to ``state_dir/state.json`` atomically
+(write, fsync, rename, fsync the directory) before any reply or publication that depends on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import orjson
+import zmq
+
+from zcraq import sockets
+from zcraq.config import ConfigError, CoordinatorConfig
+from zcraq.coordcore import CoordinatorCore, CoordinatorTimings
+from zcraq.effects import Effect, PeerRequest, Persist, Publish, Reply
+from zcraq.wire import Limits, encode_error
+
+log = logging.getLogger("zcraq.coordinator")
+
+BATCH = 256
+TOPIC = b"topology"
+STATE_FILE = "state.json"
+
+
+class StateError(Exception):
+    """The durable state cannot be read or written."""
+
+
+def load_state(state_dir: Path) -> dict[str, Any] | None:
+    path = state_dir / STATE_FILE
+    try:
+        data = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError) as error:
+        raise StateError(f"cannot read coordinator state {path}: {error}") from None
+    if not isinstance(data, dict) or "topology" not in data:
+        raise StateError(f"coordinator state {path} has no topology")
+    return data
+
+
+def save_state(state_dir: Path, state: dict[str, Any]) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    final = state_dir / STATE_FILE
+    temporary = state_dir / (STATE_FILE + ".tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(orjson.dumps(state, option=orjson.OPT_INDENT_2))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, final)
+    directory = os.open(state_dir, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+class CoordinatorProcess:
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        state = load_state(config.state_dir)
+        limits = Limits(config.limits.max_key_bytes, config.limits.max_value_bytes)
+        timings = CoordinatorTimings(
+            lease=config.lease_ms / 1000,
+            republish_interval=config.republish_interval_ms / 1000,
+            request_timeout=config.request_timeout_ms / 1000,
+        )
+        self.core = CoordinatorCore(config.publish_endpoint, state, time.monotonic(), limits, timings)
+        if state is not None:
+            log.info("restored epoch %d from %s; no removals for %.1fs (leases of the previous run)",
+                     self.core.topology.epoch, config.state_dir, timings.removal_after)
+        self.ctx = zmq.Context()
+        self.poller = zmq.Poller()
+        self._stopping = False
+        max_message = limits.max_value_bytes + limits.max_key_bytes + 64 * 1024
+        self.service: zmq.Socket | None = None
+        self.pub: zmq.Socket | None = None
+        try:
+            self.service = self._bind(zmq.ROUTER, "port", max_message)
+            self.pub = self._bind(zmq.PUB, "publish_port")
+        except ConfigError:
+            self.close()
+            raise
+        self.poller.register(self.service, zmq.POLLIN)
+        self.peers = sockets.DealerPool(self.ctx, self.poller)
+
+    def _bind(self, kind: int, key: str, max_message: int = sockets.MAX_MESSAGE_BYTES) -> zmq.Socket:
+        endpoint = self.config.bind_endpoint(getattr(self.config, key))
+        try:
+            return sockets.bound(self.ctx, kind, endpoint, max_message)
+        except sockets.AddressError as error:
+            raise ConfigError(str(self.config.path), f"coordinator.{key}", str(error)) from None
+
+    def run(self) -> None:
+        log.info("coordinator: requests %s, topology %s, state %s", self.config.endpoint,
+                 self.config.publish_endpoint, self.config.state_dir)
+        while not self._stopping:
+            ready = dict(self.poller.poll(50))
+            now = time.monotonic()
+            for sock in ready:
+                for frames in sockets.recv_batch(sock, BATCH):
+                    if sock is self.service:
+                        self._on_service(frames, now)
+                    elif frames and frames[0] == b"":
+                        self.core.on_peer_reply(frames[1:], now)
+            self.core.tick(now)
+            self._execute(self.core.drain())
+        self.close()
+
+    def _on_service(self, frames: list[bytes], now: float) -> None:
+        split = sockets.split_envelope(frames)
+        if split is None:
+            self.core.counters["bad_messages"] += 1
+            sockets.send_nowait(self.service, [frames[0], b"", *encode_error(
+                None, "bad_request", "missing empty delimiter frame before the header (see PROTOCOL.md)")])
+            return
+        envelope, body = split
+        self.core.on_request(envelope, body, now)
+
+    def _execute(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Persist):
+                save_state(self.config.state_dir, effect.state)
+            elif isinstance(effect, Publish):
+                sockets.send_nowait(self.pub, [TOPIC, orjson.dumps(effect.topology.to_dict())])
+                self.peers.keep_only(m.service for m in effect.topology.members)
+            elif isinstance(effect, Reply):
+                sockets.send_nowait(self.service, [*effect.client, *effect.frames])
+            elif isinstance(effect, PeerRequest):
+                self.peers.send(effect.endpoint, effect.frames)
+
+    def stop(self, *_args: object) -> None:
+        self._stopping = True
+
+    def close(self) -> None:
+        for sock in (self.service, self.pub):
+            if sock is not None:
+                sock.close(0)
+        if hasattr(self, "peers"):
+            self.peers.close()
+        self.ctx.term()
+
+
+def run_coordinator(config: CoordinatorConfig) -> None:
+    """Run the coordinator until SIGINT or SIGTERM."""
+    process = CoordinatorProcess(config)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        process.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    process.run()

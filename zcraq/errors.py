@@ -1,0 +1,64 @@
+"""Exceptions a zcraq client raises, and the wire error codes they come from.
+
+Every client failure is a ``ZcraqError``; the subclass says what a caller can do about it.
+"""
+
+from __future__ import annotations
+
+
+class ZcraqError(Exception):
+    """Base class of every error zcraq raises to a client."""
+
+    code = "internal"
+
+
+class KeyNotFound(ZcraqError):
+    """The key has no committed value (never written, or deleted)."""
+
+    code = "not_found"
+
+
+class Timeout(ZcraqError):
+    """No answer within the deadline. For a write, the outcome is unknown: see WriteOutcomeUnknown."""
+
+    code = "timeout"
+
+
+class WriteOutcomeUnknown(Timeout):
+    """A write or delete was sent but its outcome is unknown: it may or may not have committed."""
+
+    code = "unknown_outcome"
+
+
+class Unavailable(ZcraqError):
+    """No node or coordinator could serve the request right now (chain empty, node not serving,
+    topology changing). Retrying later may succeed."""
+
+    code = "unavailable"
+
+
+class BadRequest(ZcraqError):
+    """The request was malformed or exceeded a limit; retrying it unchanged will fail again."""
+
+    code = "bad_request"
+
+
+# Wire error codes (PROTOCOL.md) -> the exception a client raises for them.
+ERROR_CODES: dict[str, type[ZcraqError]] = {
+    "not_found": KeyNotFound,
+    "bad_request": BadRequest,
+    "too_large": BadRequest,
+    "timeout": Timeout,
+    "unknown_outcome": WriteOutcomeUnknown,
+    "unavailable": Unavailable,
+    "not_head": Unavailable,
+    "not_tail": Unavailable,
+    "wrong_epoch": Unavailable,
+    "busy": Unavailable,
+    "unknown_node": Unavailable,
+    "internal": ZcraqError,
+}
+
+
+def error_for(code: str, message: str) -> ZcraqError:
+    return ERROR_CODES.get(code, ZcraqError)(message)

@@ -1,0 +1,215 @@
+"""The node process: binds its sockets, runs the poll loop, and feeds the node core.
+
+One thread owns every socket. Each loop turn reads what is waiting (in bounded batches), hands it
+to the core, flushes the store once (group commit: one durable batch per turn, whatever the load),
+and only then sends the effects, so nothing is forwarded or acknowledged before it is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from types import FrameType
+
+import orjson
+import zmq
+
+from zcraq import sockets
+from zcraq.config import ConfigError, NodeConfig
+from zcraq.effects import Effect, PeerRequest, Relink, Reply, SendDown, SendUp, Subscribe
+from zcraq.nodecore import NodeCore, NodeTimings
+from zcraq.store import LevelDBStore
+from zcraq.topology import Member, Topology
+from zcraq.wire import Limits, WireError, decode_reply, encode_chain, encode_error, encode_request
+
+log = logging.getLogger("zcraq.node")
+
+BATCH = 256  # messages taken from one socket per loop turn: fairness between sockets
+TOPIC = b"topology"
+
+
+class NodeProcess:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.ctx = zmq.Context()
+        self.poller = zmq.Poller()
+        self._stopping = False
+        self.me = Member(config.id, config.service_endpoint, config.write_endpoint, config.ack_endpoint)
+        limits = Limits(config.limits.max_key_bytes, config.limits.max_value_bytes)
+        self.max_message = limits.max_value_bytes + limits.max_key_bytes + 64 * 1024
+        self.store = LevelDBStore(config.data_dir, config.durability)
+        timings = NodeTimings(
+            heartbeat_interval=config.heartbeat_interval_ms / 1000,
+            request_timeout=config.request_timeout_ms / 1000,
+            catchup_page_items=config.catchup_page_items,
+        )
+        self.core = NodeCore(self.me, self.store, limits, timings)
+        self.service = self.write_in = self.ack_in = self.sub = None
+        try:
+            self.service = self._bind(zmq.ROUTER, "service_port", self.max_message)
+            self.write_in = self._bind(zmq.PULL, "write_port")
+            self.ack_in = self._bind(zmq.PULL, "ack_port")
+        except ConfigError:
+            self.close()
+            raise
+        for sock in (self.service, self.write_in, self.ack_in):
+            self.poller.register(sock, zmq.POLLIN)
+        self.down = sockets.PushLink(self.ctx)
+        self.up = sockets.PushLink(self.ctx)
+        self.peers = sockets.DealerPool(self.ctx, self.poller, {"coordinator": config.coordinator})
+
+    def _bind(self, kind: int, key: str, max_message: int = sockets.MAX_MESSAGE_BYTES) -> zmq.Socket:
+        endpoint = self.config.bind_endpoint(getattr(self.config, key))
+        try:
+            return sockets.bound(self.ctx, kind, endpoint, max_message)
+        except sockets.AddressError as error:
+            raise ConfigError(str(self.config.path), f"node.{key}", str(error)) from None
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        log.info("node %s: service %s, writes %s, acks %s, data %s", self.me.id, self.me.service,
+                 self.me.write_in, self.me.ack_in, self.config.data_dir)
+        self.core.start(time.monotonic())
+        self._execute(self.core.drain())
+        while not self._stopping:
+            now = time.monotonic()
+            timeout_ms = max(0, int((self.core.next_deadline(now) - now) * 1000))
+            ready = dict(self.poller.poll(timeout_ms))
+            now = time.monotonic()
+            for sock in ready:
+                self._dispatch(sock, now)
+            self.core.tick(now)
+            self.store.flush()
+            self._execute(self.core.drain())
+        self._leave()
+
+    def _dispatch(self, sock: zmq.Socket, now: float) -> None:
+        core = self.core
+        for frames in sockets.recv_batch(sock, BATCH):
+            if sock is self.write_in:
+                if len(frames) == 1:
+                    core.on_write_frame(frames[0], now)
+                else:
+                    core.counters["bad_messages"] += 1
+            elif sock is self.ack_in:
+                if len(frames) == 1:
+                    core.on_ack_frame(frames[0], now)
+                else:
+                    core.counters["bad_messages"] += 1
+            elif sock is self.service:
+                self._on_service(frames, now)
+            elif sock is self.sub:
+                self._on_topology_message(frames, now)
+            else:  # a DEALER: a reply from a peer or the coordinator
+                if frames and frames[0] == b"":
+                    core.on_peer_reply(frames[1:], now)
+                else:
+                    core.counters["bad_messages"] += 1
+
+    def _on_service(self, frames: list[bytes], now: float) -> None:
+        split = sockets.split_envelope(frames)
+        if split is None:
+            self.core.counters["bad_messages"] += 1
+            sockets.send_nowait(self.service, [frames[0], b"", *encode_error(
+                None, "bad_request", "missing empty delimiter frame before the header (see PROTOCOL.md)")])
+            return
+        envelope, body = split
+        self.core.on_request(envelope, body, now)
+
+    def _on_topology_message(self, frames: list[bytes], now: float) -> None:
+        if len(frames) != 2 or frames[0] != TOPIC:
+            self.core.counters["bad_messages"] += 1
+            return
+        try:
+            topology = Topology.from_dict(orjson.loads(frames[1]))
+        except (orjson.JSONDecodeError, ValueError) as error:
+            self.core.counters["bad_messages"] += 1
+            log.warning("ignored a malformed topology update: %s", error)
+            return
+        self.core.on_topology(topology, now)
+
+    # ------------------------------------------------------------------ effects
+
+    def _execute(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, SendDown):
+                self.down.send(encode_chain(effect.frame))
+            elif isinstance(effect, SendUp):
+                self.up.send(encode_chain(effect.frame))
+            elif isinstance(effect, Reply):
+                sockets.send_nowait(self.service, [*effect.client, *effect.frames])
+            elif isinstance(effect, PeerRequest):
+                self.peers.send(effect.endpoint, effect.frames)
+            elif isinstance(effect, Relink):
+                self.down.retarget(effect.down)
+                self.up.retarget(effect.up)
+                self._prune_peers()
+            elif isinstance(effect, Subscribe):
+                self._subscribe(effect.endpoint)
+
+    def _prune_peers(self) -> None:
+        topology = self.core.topology
+        keep = [m.service for m in topology.members]
+        if topology.learner is not None:
+            keep.append(topology.learner.service)
+        self.peers.keep_only(keep)
+
+    def _subscribe(self, endpoint: str) -> None:
+        if self.sub is not None:
+            if self.sub.getsockopt_string(zmq.LAST_ENDPOINT) == endpoint:
+                return
+            self.poller.unregister(self.sub)
+            self.sub.close(0)
+        self.sub = sockets.connected(self.ctx, zmq.SUB, endpoint)
+        self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC)
+        self.poller.register(self.sub, zmq.POLLIN)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def stop(self, *_args: object) -> None:
+        self._stopping = True
+
+    def _leave(self) -> None:
+        """Tell the coordinator we are going, so it repairs the chain at once, then close."""
+        if self.core.joined:
+            log.info("leaving the chain")
+            self.peers.send("coordinator", encode_request("leave", 0, node_id=self.me.id))
+            deadline = time.monotonic() + 1.0
+            coordinator = self.peers.sockets.get(self.config.coordinator)
+            while coordinator is not None and time.monotonic() < deadline:
+                if coordinator.poll(100) and self._is_leave_reply(coordinator.recv_multipart()):
+                    break
+        self.close()
+
+    @staticmethod
+    def _is_leave_reply(frames: list[bytes]) -> bool:
+        try:
+            return decode_reply(frames[1:]).id == 0
+        except WireError:
+            return False
+
+    def close(self) -> None:
+        for name in ("service", "write_in", "ack_in", "sub"):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close(0)
+        for name in ("down", "up", "peers"):
+            part = getattr(self, name, None)
+            if part is not None:
+                part.close()
+        self.store.close()
+        self.ctx.term()
+
+
+def run_node(config: NodeConfig) -> None:
+    """Run a node until SIGINT or SIGTERM."""
+    process = NodeProcess(config)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        process.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    process.run()

@@ -1,0 +1,34 @@
+"""Versioned key-value stores for zcraq nodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import Item, Page, Store
+from .errors import StoreClosedError, StoreError
+from .leveldb import LevelDBStore
+from .memory import MemoryStore
+
+__all__ = [
+    "Item",
+    "LevelDBStore",
+    "MemoryStore",
+    "Page",
+    "Store",
+    "StoreClosedError",
+    "StoreError",
+    "open_store",
+]
+
+STORE_KINDS = ("leveldb", "memory")
+
+
+def open_store(kind: str, path: str | Path | None = None, durability: str = "sync") -> Store:
+    """Open a store by kind: "leveldb" (needs ``path``) or "memory" (ignores path/durability)."""
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "leveldb":
+        if path is None:
+            raise ValueError("a leveldb store needs a path")
+        return LevelDBStore(path, durability)
+    raise ValueError(f"unknown store kind {kind!r}; expected one of {STORE_KINDS}")

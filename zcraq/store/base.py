@@ -1,0 +1,99 @@
+"""The storage interface every zcraq store implements.
+
+A store keeps versioned items: for each key, every version the node has seen that is not yet
+superseded by a newer committed version. Versions are positive integers assigned by the head;
+version order is numeric order. A version is *dirty* until the tail has committed it; committing
+version v of a key makes every older version of that key obsolete, so the store prunes them.
+
+Rules every implementation follows (the conformance suite in ``zcraq.store.conformance`` checks
+them):
+
+- ``put`` never stores a version that is older than, or equal to, the newest committed version of
+  its key: a late duplicate of an old write can never resurrect old data.
+- ``commit`` and ``put(committed=True)`` are idempotent and monotone: a commit that arrives after a
+  newer commit of the same key changes nothing, so commits arriving out of order never lose the
+  newest committed version.
+- deletions are tombstone versions (``tombstone=True``): they take part in versioning like any
+  other write, so the head never reuses a version number after a delete.
+- mutations are buffered until ``flush``; reads see buffered mutations at once. ``flush`` makes
+  them durable as one atomic batch according to the store's durability policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One version of one key."""
+
+    key: str
+    version: int
+    value: bytes
+    committed: bool = False
+    tombstone: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of committed items for catch-up; ``cursor`` is None on the last page."""
+
+    items: list[Item]
+    cursor: str | None
+
+
+class Store(Protocol):
+    def put(
+        self,
+        key: str,
+        version: int,
+        value: bytes,
+        *,
+        committed: bool = False,
+        tombstone: bool = False,
+    ) -> bool:
+        """Store one version. Returns False (and changes nothing) when the version is already held
+        or is not newer than the newest committed version of the key. With ``committed=True`` the
+        version is stored as committed and older versions are pruned."""
+
+    def commit(self, key: str, version: int) -> bool:
+        """Mark a held version committed and prune every older version of the key.
+        Returns False (and changes nothing) when the version is not held or an equal or newer
+        version is already committed."""
+
+    def latest(self, key: str) -> Item | None:
+        """The newest version held, dirty or committed, or None."""
+
+    def latest_committed(self, key: str) -> Item | None:
+        """The newest committed version held (possibly a tombstone), or None."""
+
+    def get(self, key: str, version: int) -> Item | None:
+        """That exact version, or None if not held."""
+
+    def versions(self, key: str) -> list[int]:
+        """Every version held for the key, ascending."""
+
+    def prune(self, key: str, below: int) -> int:
+        """Delete every version older than ``below``; returns how many were deleted."""
+
+    def committed_page(self, after: str | None, limit: int) -> Page:
+        """Up to ``limit`` newest-committed items (tombstones included), one per key, for keys
+        strictly after the cursor ``after`` in the store's key order (None = from the start)."""
+
+    def dirty_items(self) -> Iterator[Item]:
+        """Every uncommitted version held."""
+
+    def drop_uncommitted(self) -> int:
+        """Delete every uncommitted version; returns how many were deleted."""
+
+    def delete(self, key: str) -> None:
+        """Remove every version of the key, committed or not."""
+
+    def flush(self) -> None:
+        """Write buffered mutations as one atomic batch, durable per the store's policy."""
+
+    def close(self) -> None:
+        """Flush and release the store. Further use raises."""

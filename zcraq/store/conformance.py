@@ -1,0 +1,638 @@
+"""The conformance suite every store must pass.
+
+Each check is a plain function taking a ``StoreFactory`` and raising ``AssertionError`` on failure,
+so any test runner can drive it. To run it against a new store::
+
+    from zcraq.store.conformance import CHECKS, FreshFactory, PathFactory
+
+    @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+    def test_conformance(check, tmp_path):
+        factory = PathFactory(tmp_path, MyStore)   # or FreshFactory(MyStore) if not persistent
+        try:
+            check(factory)
+        finally:
+            factory.close_all()
+
+``StoreFactory.new()`` returns a fresh, empty store. ``StoreFactory.reopen()`` closes the store
+most recently returned and opens the same storage again, or returns None when the store does not
+persist; checks about persistence then return early (they pass vacuously).
+
+Call ``pytest.register_assert_rewrite("zcraq.store.conformance")`` before importing this module to
+get pytest's detailed assertion messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from .base import Item, Page, Store
+
+
+class StoreFactory(Protocol):
+    def new(self) -> Store:
+        """A fresh, empty, open store."""
+
+    def reopen(self) -> Store | None:
+        """Close the store last returned by new()/reopen() and open its storage again;
+        None when the store kind does not persist."""
+
+
+class FreshFactory:
+    """A factory for stores that do not persist: ``reopen()`` always returns None."""
+
+    def __init__(self, make: Callable[[], Store]) -> None:
+        self._make = make
+        self._opened: list[Store] = []
+
+    def new(self) -> Store:
+        store = self._make()
+        self._opened.append(store)
+        return store
+
+    def reopen(self) -> Store | None:
+        return None
+
+    def close_all(self) -> None:
+        for store in self._opened:
+            store.close()
+
+
+class PathFactory:
+    """A factory for stores living in a directory: each ``new()`` gets its own directory under
+    ``root`` and ``reopen()`` opens the last one again."""
+
+    def __init__(self, root: Path, open_at: Callable[[Path], Store]) -> None:
+        self._root = root
+        self._open_at = open_at
+        self._opened: list[Store] = []
+        self._last: tuple[Path, Store] | None = None
+
+    def new(self) -> Store:
+        path = self._root / f"store-{len(self._opened)}"
+        return self._open(path)
+
+    def reopen(self) -> Store | None:
+        if self._last is None:
+            raise RuntimeError("reopen() before new()")
+        path, store = self._last
+        store.close()
+        return self._open(path)
+
+    def close_all(self) -> None:
+        for store in self._opened:
+            store.close()
+
+    def _open(self, path: Path) -> Store:
+        store = self._open_at(path)
+        self._opened.append(store)
+        self._last = (path, store)
+        return store
+
+
+Check = Callable[[StoreFactory], None]
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _all_committed(store: Store, limit: int = 1000) -> list[Item]:
+    items: list[Item] = []
+    cursor: str | None = None
+    while True:
+        page = store.committed_page(cursor, limit)
+        items.extend(page.items)
+        if page.cursor is None:
+            return items
+        cursor = page.cursor
+
+
+def _snapshot(store: Store, keys: list[str]) -> dict[str, object]:
+    return {
+        "items": {k: [store.get(k, v) for v in store.versions(k)] for k in keys},
+        "latest": {k: store.latest(k) for k in keys},
+        "committed": _all_committed(store),
+        "dirty": list(store.dirty_items()),
+    }
+
+
+def _utf8_order(keys: list[str]) -> list[str]:
+    return sorted(keys, key=lambda k: k.encode("utf-8"))
+
+
+# -- basics --------------------------------------------------------------------------------------
+
+
+def check_put_and_get(factory: StoreFactory) -> None:
+    s = factory.new()
+    assert s.put("k", 1, b"one") is True
+    assert s.get("k", 1) == Item("k", 1, b"one", committed=False, tombstone=False)
+    assert s.get("k", 2) is None
+    assert s.get("missing", 1) is None
+    assert s.latest("missing") is None
+    assert s.latest_committed("missing") is None
+    assert s.versions("missing") == []
+    assert s.latest("k") == Item("k", 1, b"one")
+    assert s.latest_committed("k") is None
+
+
+def check_latest_and_latest_committed(factory: StoreFactory) -> None:
+    s = factory.new()
+    s.put("k", 1, b"one")
+    assert s.commit("k", 1) is True
+    s.put("k", 2, b"two")
+    assert s.latest("k") == Item("k", 2, b"two")
+    assert s.latest_committed("k") == Item("k", 1, b"one", committed=True)
+    assert s.versions("k") == [1, 2]
+
+
+def check_versions_order_numerically(factory: StoreFactory) -> None:
+    s = factory.new()
+    for v in (2, 10, 9):
+        assert s.put("k", v, str(v).encode())
+    assert s.versions("k") == [2, 9, 10]
+    assert s.latest("k") == Item("k", 10, b"10")
+    # Byte boundaries of the on-disk encoding and the largest allowed version.
+    big = [255, 256, 65535, 65536, 2**32, 2**63, 2**64 - 1]
+    for v in reversed(big):
+        assert s.put("k", v, b"")
+    assert s.versions("k") == [2, 9, 10, *big]
+    assert s.latest("k") == Item("k", 2**64 - 1, b"")
+    assert s.commit("k", 256)
+    assert s.versions("k") == big[1:]
+    assert s.latest_committed("k") == Item("k", 256, b"", committed=True)
+
+
+def check_keys_never_mix(factory: StoreFactory) -> None:
+    s = factory.new()
+    keys = ["", "a", "a\x00", "a\x00\x00", "a\x00b", "a\x01", "ab", "b", "\x00"]
+    for i, key in enumerate(keys):
+        for v in (i + 1, i + 100):
+            assert s.put(key, v, key.encode() + b"|" + str(v).encode())
+        assert s.commit(key, i + 1)
+    for i, key in enumerate(keys):
+        assert s.versions(key) == [i + 1, i + 100], key
+        assert s.latest(key) == Item(key, i + 100, key.encode() + b"|" + str(i + 100).encode())
+        assert s.latest_committed(key) == Item(
+            key, i + 1, key.encode() + b"|" + str(i + 1).encode(), committed=True
+        )
+    assert [it.key for it in _all_committed(s)] == _utf8_order(keys)
+    assert [(it.key, it.version) for it in s.dirty_items()] == [
+        (k, keys.index(k) + 100) for k in _utf8_order(keys)
+    ]
+    s.delete("a")
+    assert s.versions("a") == []
+    for i, key in enumerate(keys):
+        if key != "a":
+            assert s.versions(key) == [i + 1, i + 100], key
+    assert s.prune("a\x00", 10**6) == 2
+    assert s.versions("a\x00b") == [keys.index("a\x00b") + 1, keys.index("a\x00b") + 100]
+    assert s.versions("a\x00\x00") == [keys.index("a\x00\x00") + 1, keys.index("a\x00\x00") + 100]
+
+
+# -- put and commit rules ------------------------------------------------------------------------
+
+
+def check_put_rejects_held_versions(factory: StoreFactory) -> None:
+    s = factory.new()
+    assert s.put("k", 1, b"first")
+    assert s.put("k", 1, b"second") is False
+    assert s.get("k", 1) == Item("k", 1, b"first")
+    assert s.put("k", 2, b"x")
+    assert s.put("k", 2, b"y", committed=True) is False
+    assert s.get("k", 2) == Item("k", 2, b"x")
+    assert s.put("k", 2, b"y", tombstone=True) is False
+    assert s.versions("k") == [1, 2]
+
+
+def check_put_rejects_versions_not_newer_than_committed(factory: StoreFactory) -> None:
+    s = factory.new()
+    s.put("k", 5, b"five")
+    s.commit("k", 5)
+    assert s.put("k", 3, b"late duplicate") is False
+    assert s.put("k", 5, b"again") is False
+    assert s.put("k", 4, b"old", committed=True) is False
+    assert s.put("k", 3, b"old", tombstone=True) is False
+    assert s.versions("k") == [5]
+    assert s.latest_committed("k") == Item("k", 5, b"five", committed=True)
+    assert s.put("k", 6, b"six")
+    assert s.versions("k") == [5, 6]
+
+
+def check_commit_prunes_older_keeps_newer(factory: StoreFactory) -> None:
+    s = factory.new()
+    s.put("k", 1, b"1", committed=True)
+    for v in (2, 3, 4):
+        s.put("k", v, str(v).encode())
+    assert s.commit("k", 3) is True
+    assert s.versions("k") == [3, 4]
+    assert s.get("k", 3) == Item("k", 3, b"3", committed=True)
+    assert s.get("k", 4) == Item("k", 4, b"4")
+    assert s.get("k", 1) is None and s.get("k", 2) is None
+    assert s.latest_committed("k") == Item("k", 3, b"3", committed=True)
+
+
+def check_commits_out_of_order(factory: StoreFactory) -> None:
+    s = factory.new()
+    for v in (3, 4, 5):
+        s.put("k", v, str(v).encode())
+    assert s.commit("k", 5) is True
+    before = _snapshot(s, ["k"])
+    assert s.commit("k", 3) is False
+    assert s.commit("k", 4) is False
+    assert s.put("k", 3, b"3") is False
+    assert s.put("k", 4, b"4", committed=True) is False
+    assert _snapshot(s, ["k"]) == before
+    assert s.latest_committed("k") == Item("k", 5, b"5", committed=True)
+    assert s.versions("k") == [5]
+
+
+def check_commit_is_idempotent(factory: StoreFactory) -> None:
+    s = factory.new()
+    assert s.commit("k", 1) is False  # not held
+    assert s.versions("k") == []
+    s.put("k", 1, b"1")
+    s.put("k", 2, b"2")
+    assert s.commit("k", 1) is True
+    before = _snapshot(s, ["k"])
+    assert s.commit("k", 1) is False
+    assert s.commit("k", 7) is False  # not held
+    assert _snapshot(s, ["k"]) == before
+
+
+def check_put_committed(factory: StoreFactory) -> None:
+    s = factory.new()
+    assert s.put("k", 1, b"1", committed=True) is True
+    assert s.latest_committed("k") == Item("k", 1, b"1", committed=True)
+    s.put("k", 2, b"2")
+    s.put("k", 4, b"4")
+    # Stored committed, prunes older versions dirty or committed, keeps newer dirty ones.
+    assert s.put("k", 3, b"3", committed=True) is True
+    assert s.versions("k") == [3, 4]
+    assert s.latest_committed("k") == Item("k", 3, b"3", committed=True)
+    assert s.latest("k") == Item("k", 4, b"4")
+    assert s.put("k", 2, b"2", committed=True) is False
+    assert s.put("k", 4, b"4", committed=True) is False  # already held: commit() it instead
+    assert s.put("k", 5, b"5", committed=True) is True
+    assert s.versions("k") == [5]
+
+
+# -- tombstones, prune, delete -------------------------------------------------------------------
+
+
+def check_tombstones(factory: StoreFactory) -> None:
+    s = factory.new()
+    s.put("k", 1, b"alive", committed=True)
+    assert s.put("k", 2, b"", tombstone=True)
+    assert s.latest("k") == Item("k", 2, b"", tombstone=True)
+    assert s.latest_committed("k") == Item("k", 1, b"alive", committed=True)
+    assert s.commit("k", 2)
+    dead = Item("k", 2, b"", committed=True, tombstone=True)
+    assert s.latest_committed("k") == dead
+    assert s.versions("k") == [2]
+    assert _all_committed(s) == [dead]
+    # The deletion takes part in versioning: its version cannot be reused.
+    assert s.put("k", 2, b"again") is False
+    assert s.put("k", 3, b"reborn")
+    s.put("gone", 7, b"", committed=True, tombstone=True)
+    assert s.latest_committed("gone") == Item("gone", 7, b"", committed=True, tombstone=True)
+    assert [it.key for it in _all_committed(s)] == ["gone", "k"]
+
+
+def check_prune(factory: StoreFactory) -> None:
+    s = factory.new()
+    for v in range(1, 6):
+        s.put("k", v, str(v).encode())
+    s.commit("k", 2)
+    s.put("other", 1, b"o")
+    assert s.prune("k", 4) == 2  # the committed 2 and the dirty 3
+    assert s.versions("k") == [4, 5]
+    assert s.latest_committed("k") is None
+    assert s.prune("k", 4) == 0
+    assert s.prune("missing", 10) == 0
+    assert s.versions("other") == [1]
+    assert s.prune("k", 100) == 2
+    assert s.versions("k") == [] and s.latest("k") is None
+
+
+def check_delete(factory: StoreFactory) -> None:
+    s = factory.new()
+    s.put("k", 1, b"1", committed=True)
+    s.put("k", 2, b"2")
+    s.put("keep", 1, b"k", committed=True)
+    s.delete("k")
+    assert s.versions("k") == [] and s.latest("k") is None and s.latest_committed("k") is None
+    assert [it.key for it in _all_committed(s)] == ["keep"]
+    assert list(s.dirty_items()) == []
+    s.delete("missing")  # no error
+    assert s.put("k", 1, b"fresh")  # nothing held any more, so nothing blocks it
+    assert s.latest("k") == Item("k", 1, b"fresh")
+
+
+# -- scans ---------------------------------------------------------------------------------------
+
+
+def check_committed_page_pages_many_keys(factory: StoreFactory) -> None:
+    s = factory.new()
+    expected: dict[str, Item] = {}
+    for i in range(2500):
+        key = f"k{i}"  # string order differs from numeric order on purpose
+        if i % 7 == 0:
+            s.put(key, 1, b"dirty only")
+            continue
+        s.put(key, 1, b"old", committed=True)
+        s.put(key, 2, f"v{i}".encode())
+        s.commit(key, 2)
+        expected[key] = Item(key, 2, f"v{i}".encode(), committed=True)
+        if i % 3 == 0:
+            s.put(key, 3, b"newer dirty")
+        if i % 300 == 0:
+            s.flush()  # leave a mix of flushed and buffered data
+    pages: list[Page] = []
+    cursor: str | None = None
+    while True:
+        page = s.committed_page(cursor, 1000)
+        pages.append(page)
+        assert len(page.items) <= 1000
+        if page.cursor is None:
+            break
+        assert page.cursor == page.items[-1].key
+        cursor = page.cursor
+        assert len(pages) < 10, "paging does not terminate"
+    got = [it for p in pages for it in p.items]
+    assert [it.key for it in got] == _utf8_order(list(expected))
+    assert got == [expected[k] for k in _utf8_order(list(expected))]
+    assert [len(p.items) for p in pages] == [1000, 1000, len(expected) - 2000]
+
+
+def check_committed_page_edges(factory: StoreFactory) -> None:
+    s = factory.new()
+    assert s.committed_page(None, 10) == Page([], None)
+    for key in ("a", "c", "e"):
+        s.put(key, 1, key.encode(), committed=True)
+    s.put("d", 1, b"dirty")
+    a, c, e = (Item(k, 1, k.encode(), committed=True) for k in "ace")
+    # A full last page still ends with cursor None.
+    assert s.committed_page(None, 3) == Page([a, c, e], None)
+    assert s.committed_page(None, 2) == Page([a, c], "c")
+    assert s.committed_page("c", 2) == Page([e], None)
+    # The cursor need not be a key the store holds.
+    assert s.committed_page("b", 10) == Page([c, e], None)
+    assert s.committed_page("", 1) == Page([a], "a")
+    assert s.committed_page("e", 10) == Page([], None)
+    assert s.committed_page("z", 10) == Page([], None)
+    # A cursor that is a prefix of held keys excludes only itself.
+    s.put("c\x00", 1, b"x", committed=True)
+    s.put("cc", 1, b"y", committed=True)
+    assert [it.key for it in s.committed_page("c", 10).items] == ["c\x00", "cc", "e"]
+
+
+def check_dirty_items(factory: StoreFactory) -> None:
+    s = factory.new()
+    s.put("b", 10, b"b10")
+    s.put("b", 9, b"b9")
+    s.put("a\x00", 2, b"a02")
+    s.put("a", 10, b"a10")
+    s.put("a", 2, b"a2")
+    s.put("c", 1, b"c1", committed=True)
+    s.put("c", 5, b"c5", tombstone=True)
+    assert list(s.dirty_items()) == [
+        Item("a", 2, b"a2"),
+        Item("a", 10, b"a10"),
+        Item("a\x00", 2, b"a02"),
+        Item("b", 9, b"b9"),
+        Item("b", 10, b"b10"),
+        Item("c", 5, b"c5", tombstone=True),
+    ]
+    # Mutating while iterating is allowed (recovery commits dirty items as it walks them).
+    for item in s.dirty_items():
+        s.commit(item.key, item.version)
+    assert list(s.dirty_items()) == []
+
+
+def check_drop_uncommitted(factory: StoreFactory) -> None:
+    s = factory.new()
+    s.put("a", 1, b"a1", committed=True)
+    s.put("a", 2, b"a2")
+    s.put("b", 1, b"b1")
+    s.put("c", 3, b"c3", committed=True)
+    assert s.drop_uncommitted() == 2
+    assert list(s.dirty_items()) == []
+    assert s.versions("a") == [1] and s.versions("b") == [] and s.versions("c") == [3]
+    assert s.latest("a") == s.latest_committed("a") == Item("a", 1, b"a1", committed=True)
+    assert s.drop_uncommitted() == 0
+
+
+# -- buffering and persistence -------------------------------------------------------------------
+
+
+def check_reads_see_unflushed_writes(factory: StoreFactory) -> None:
+    s = factory.new()
+    keys = ["a", "b", "c"]
+    s.put("a", 1, b"a1", committed=True)
+    s.put("b", 1, b"b1")
+    s.put("c", 1, b"c1")
+    s.put("c", 2, b"c2")
+    before = _snapshot(s, keys)
+    assert before["committed"] == [Item("a", 1, b"a1", committed=True)]
+    s.flush()
+    assert _snapshot(s, keys) == before
+    # Mutations over flushed data are visible before the next flush.
+    s.commit("c", 2)
+    s.delete("a")
+    s.put("b", 2, b"b2")
+    s.prune("b", 2)
+    after = _snapshot(s, keys)
+    assert after["items"] == {
+        "a": [],
+        "b": [Item("b", 2, b"b2")],
+        "c": [Item("c", 2, b"c2", committed=True)],
+    }
+    assert after["committed"] == [Item("c", 2, b"c2", committed=True)]
+    assert after["dirty"] == [Item("b", 2, b"b2")]
+    s.flush()
+    assert _snapshot(s, keys) == after
+    s.drop_uncommitted()
+    assert s.versions("b") == []
+    s.flush()
+    assert s.versions("b") == []
+
+
+def check_reopen_keeps_flushed_data(factory: StoreFactory) -> None:
+    s = factory.new()
+    keys = ["live", "dead", "dirty", "gone", "ü"]
+    s.put("live", 1, b"l1", committed=True)
+    s.put("live", 2, b"l2")
+    s.put("dead", 4, b"", committed=True, tombstone=True)
+    s.put("dirty", 9, b"d9")
+    s.put("gone", 1, b"g", committed=True)
+    s.put("ü", 3, b"\x00\xff", committed=True)
+    s.flush()
+    s.delete("gone")
+    s.commit("live", 2)
+    s.flush()
+    expected = _snapshot(s, keys)
+    reopened = factory.reopen()
+    if reopened is None:
+        return  # the store does not persist
+    assert _snapshot(reopened, keys) == expected
+    # Versioning rules hold across the restart.
+    assert reopened.put("live", 1, b"stale") is False
+    assert reopened.put("live", 3, b"l3")
+
+
+def check_close_flushes(factory: StoreFactory) -> None:
+    s = factory.new()
+    s.put("k", 1, b"1", committed=True)
+    s.flush()
+    s.put("k", 2, b"2")
+    s.commit("k", 2)
+    s.put("k", 3, b"3")
+    expected = _snapshot(s, ["k"])
+    reopened = factory.reopen()  # closes s, which must flush
+    if reopened is None:
+        return
+    assert _snapshot(reopened, ["k"]) == expected
+
+
+def check_overwrites_before_flush(factory: StoreFactory) -> None:
+    s = factory.new()
+    s.put("k", 1, b"1")
+    s.commit("k", 1)
+    s.put("k", 2, b"2")
+    s.prune("k", 3)
+    s.put("k", 3, b"3")
+    s.delete("k")
+    s.put("k", 1, b"one", committed=True)
+    s.put("j", 1, b"j")
+    s.delete("j")
+    s.flush()
+    assert s.versions("k") == [1] and s.versions("j") == []
+    reopened = factory.reopen()
+    if reopened is None:
+        return
+    assert reopened.versions("k") == [1] and reopened.versions("j") == []
+    assert reopened.get("k", 1) == Item("k", 1, b"one", committed=True)
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+def check_binary_values(factory: StoreFactory) -> None:
+    s = factory.new()
+    values = [
+        b"",
+        b"\x00",
+        b"\x00\x00\xff\x00",
+        b"\xff\xfe\xfd",  # not UTF-8
+        b"\x01\x02",  # looks like a flags byte
+        bytes(range(256)),
+        bytes(range(256)) * 4096,  # 1 MiB
+    ]
+    for i, value in enumerate(values):
+        s.put(f"v{i}", 1, value, committed=True)
+        s.put(f"v{i}", 2, value)
+    s.put("t", 1, b"\x00tomb", committed=True, tombstone=True)
+    for i, value in enumerate(values):
+        assert s.get(f"v{i}", 1) == Item(f"v{i}", 1, value, committed=True)
+        assert s.latest(f"v{i}") == Item(f"v{i}", 2, value)
+    s.flush()
+    for i, value in enumerate(values):
+        assert s.latest_committed(f"v{i}") == Item(f"v{i}", 1, value, committed=True)
+    assert s.latest_committed("t") == Item("t", 1, b"\x00tomb", committed=True, tombstone=True)
+    reopened = factory.reopen()
+    if reopened is None:
+        return
+    for i, value in enumerate(values):
+        assert reopened.get(f"v{i}", 2) == Item(f"v{i}", 2, value)
+
+
+def check_unicode_keys(factory: StoreFactory) -> None:
+    s = factory.new()
+    keys = ["e", "é", "e\u0301", "ключ", "鍵", "\uffff", "🔑", "a🔑b", "\x7f", "\x80"]
+    for i, key in enumerate(keys):
+        s.put(key, i + 1, key.encode("utf-8"), committed=True)
+    for i, key in enumerate(keys):
+        assert s.latest(key) == Item(key, i + 1, key.encode("utf-8"), committed=True)
+    assert [it.key for it in _all_committed(s, limit=3)] == _utf8_order(keys)
+    s.flush()
+    reopened = factory.reopen()
+    if reopened is None:
+        return
+    assert [it.key for it in _all_committed(reopened, limit=3)] == _utf8_order(keys)
+
+
+def check_rejects_invalid_versions(factory: StoreFactory) -> None:
+    s = factory.new()
+    for bad in (0, -1, 2**64):
+        try:
+            s.put("k", bad, b"x")
+        except ValueError:
+            pass
+        else:
+            raise AssertionError(f"put accepted version {bad}")
+    assert s.versions("k") == []
+
+
+def check_closed_store_raises(factory: StoreFactory) -> None:
+    s = factory.new()
+    s.put("k", 1, b"1")
+    s.close()
+    s.close()  # closing twice is harmless
+    calls: list[Callable[[], object]] = [
+        lambda: s.put("k", 2, b"2"),
+        lambda: s.get("k", 1),
+        lambda: s.latest("k"),
+        lambda: s.committed_page(None, 10),
+        lambda: list(s.dirty_items()),
+        s.flush,
+    ]
+    for call in calls:
+        try:
+            call()
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("a closed store accepted a call")
+
+
+CHECKS: list[Check] = [
+    check_put_and_get,
+    check_latest_and_latest_committed,
+    check_versions_order_numerically,
+    check_keys_never_mix,
+    check_put_rejects_held_versions,
+    check_put_rejects_versions_not_newer_than_committed,
+    check_commit_prunes_older_keeps_newer,
+    check_commits_out_of_order,
+    check_commit_is_idempotent,
+    check_put_committed,
+    check_tombstones,
+    check_prune,
+    check_delete,
+    check_committed_page_pages_many_keys,
+    check_committed_page_edges,
+    check_dirty_items,
+    check_drop_uncommitted,
+    check_reads_see_unflushed_writes,
+    check_reopen_keeps_flushed_data,
+    check_close_flushes,
+    check_overwrites_before_flush,
+    check_binary_values,
+    check_unicode_keys,
+    check_rejects_invalid_versions,
+    check_closed_store_raises,
+]
+
+
+def run_all(make_factory: Callable[[], StoreFactory]) -> None:
+    """Run every check, each with its own factory (closed afterwards if it has ``close_all``)."""
+    for check in CHECKS:
+        factory = make_factory()
+        try:
+            check(factory)
+        finally:
+            close_all = getattr(factory, "close_all", None)
+            if close_all is not None:
+                close_all()
