@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from cluster import Cluster  # noqa: E402
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Cluster]]:
+    """Build clusters in this test's temporary directory; all are stopped at teardown, and their
+    logs are printed when the test failed."""
+    clusters: list[Cluster] = []
+
+    def make(**options: object) -> Cluster:
+        root = tmp_path / f"cluster{len(clusters)}"
+        root.mkdir()
+        cluster = Cluster(root, **options)  # type: ignore[arg-type]
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    failed = getattr(request.node, "rep_call", None)
+    for cluster in clusters:
+        cluster.close()
+        if failed is not None and failed.failed:
+            print(cluster.dump_logs())
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, "rep_" + report.when, report)
