@@ -76,6 +76,7 @@ class CoordinatorCore:
         self._ids = count(1)
         self._outbox: list[Effect] = []
         self._last_publish = float("-inf")
+        self._kept_last: set[str] = set()  # warned about once
         self.counters = {"bad_messages": 0, "forwarded_writes": 0, "removals": 0}
 
     def _listed(self) -> list[Member]:
@@ -105,7 +106,9 @@ class CoordinatorCore:
         if learner is not None and learner.id == node_id:
             learner = None
         elif not members:
-            log.warning("%s is the last member: kept, the chain waits for it (%s)", node_id, why)
+            if node_id not in self._kept_last:
+                self._kept_last.add(node_id)
+                log.warning("%s is the last member: kept, the chain waits for it (%s)", node_id, why)
             return
         self.last_seen.pop(node_id, None)
         self.counters["removals"] += 1
@@ -164,6 +167,7 @@ class CoordinatorCore:
 
     def _handle_heartbeat(self, client: Any, request: Request, now: float) -> None:
         node_id = request.fields["node_id"]
+        self._kept_last.discard(node_id)
         if self.topology.position(node_id) is not None:
             status = "member"
         elif self.topology.learner is not None and self.topology.learner.id == node_id:

@@ -36,8 +36,9 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
-def _wait_ready(endpoint: str, node_ids: list[str], children: list[subprocess.Popen[bytes]],
-                stopping: list[bool]) -> bool:
+def _wait_members(endpoint: str, node_ids: list[str], children: list[subprocess.Popen[bytes]],
+                  stopping: list[bool]) -> bool:
+    """Until the chain lists exactly ``node_ids`` (in that order); False if a child died."""
     from zcraq.client import ZClient
     from zcraq.errors import ZcraqError
 
@@ -47,12 +48,10 @@ def _wait_ready(endpoint: str, node_ids: list[str], children: list[subprocess.Po
             if any(child.poll() is not None for child in children):
                 return False
             try:
-                members = [m.id for m in zclient.topology().members]
+                if [m.id for m in zclient.topology().members] == node_ids:
+                    return True
             except ZcraqError:
-                members = []
-            if sorted(members) == sorted(node_ids):
-                print(f"zcraq: chain ready: {' -> '.join(members)}", flush=True)
-                return True
+                pass
             time.sleep(0.1)
     return stopping[0]
 
@@ -78,23 +77,29 @@ def run_local(config_dir: str) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     print(f"zcraq: coordinator on {coordinator.endpoint} (topology on {coordinator.publish_endpoint})", flush=True)
     coordinator_process = _spawn("coordinator", coordinator.path)
-    node_processes = []
-    for config in nodes:
+    children = [coordinator_process]
+    node_processes: list[subprocess.Popen[bytes]] = []
+    ready = True
+    # One at a time, so the chain's order is the order of the files: node1 -> node2 -> node3.
+    for index, config in enumerate(nodes):
         print(f"zcraq: {config.id} serves on {config.service_endpoint}, data in {config.data_dir}", flush=True)
         node_processes.append(_spawn("node", config.path))
-    children = [coordinator_process, *node_processes]
+        children.append(node_processes[-1])
+        if not _wait_members(coordinator.endpoint, [n.id for n in nodes[: index + 1]], children, stopping):
+            ready = False
+            break
     status = 0
-    if _wait_ready(coordinator.endpoint, [n.id for n in nodes], children, stopping):
-        if not stopping[0]:
-            print("zcraq: try `zcraq client write hello world` and `zcraq client read hello`; "
-                  "Ctrl-C stops everything", flush=True)
+    if ready and not stopping[0]:
+        print(f"zcraq: chain ready: {' -> '.join(n.id for n in nodes)}", flush=True)
+        print("zcraq: try `zcraq client write hello world` and `zcraq client read hello`; "
+              "Ctrl-C stops everything", flush=True)
         while not stopping[0]:
             if any(child.poll() is not None for child in children):
                 print("zcraq: a process exited unexpectedly; stopping the rest", file=sys.stderr)
                 status = 1
                 break
             time.sleep(0.2)
-    else:
+    elif not ready:
         print("zcraq: the chain did not come up; stopping", file=sys.stderr)
         status = 1
     print("zcraq: stopping", flush=True)

@@ -56,6 +56,9 @@ from zcraq.wire import ChainFrame, Limits, Request, WireError, WriteRecord
 
 log = logging.getLogger("zcraq.node")
 
+# Test-only protocol bugs that can be switched on to check that the checkers catch them.
+UNSAFE_FAULTS = frozenset({"dirty_read_local"})  # answer dirty reads without asking the tail
+
 # Requests a node's service endpoint accepts.
 NODE_REQUESTS = frozenset({"read", "write", "delete", "version", "catchup", "status"})
 
@@ -100,8 +103,11 @@ class _LinkIn:
 
 class NodeCore:
     def __init__(self, me: Member, store: Store, limits: Limits | None = None,
-                 timings: NodeTimings | None = None) -> None:
+                 timings: NodeTimings | None = None, unsafe: frozenset[str] = frozenset()) -> None:
         self.me = me
+        # Deliberate protocol bugs, for tests proving that the simulator and the chaos runner
+        # catch them. Never set in production: see UNSAFE_FAULTS.
+        self.unsafe = unsafe
         self.store = store
         self.limits = limits or Limits()
         self.timings = timings or NodeTimings()
@@ -179,12 +185,30 @@ class NodeCore:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, now: float) -> None:
-        """A fresh incarnation: versions that were never committed may never be, so drop them and
-        register with the coordinator."""
-        dropped = self.store.drop_uncommitted()
-        if dropped:
-            log.info("dropped %d uncommitted versions from a previous run", dropped)
+        """A fresh incarnation: register with the coordinator. What becomes of versions left
+        uncommitted by the previous run depends on where the coordinator puts us (see
+        ``_settle_uncommitted``)."""
         self._send_join(now)
+
+    def _settle_uncommitted(self) -> None:
+        """Uncommitted versions from a previous incarnation, once the join is answered.
+
+        As a learner they go: the chain holds everything that was committed, and a stale dirty
+        version could clash with a version number the head assigns again. As the only member they
+        are committed: a tail removed since may have committed them (and served them to readers),
+        and this node is the only copy left; a write that never committed anywhere was never
+        acknowledged, so letting it take effect now is a correct outcome of an unknown write.
+        """
+        if self.is_learner:
+            dropped = self.store.drop_uncommitted()
+            if dropped:
+                log.info("dropped %d uncommitted versions left by a previous run", dropped)
+        elif self.is_tail:
+            dirty = [(item.key, item.version) for item in self.store.dirty_items()]
+            for key, version in dirty:
+                self.store.commit(key, version)
+            if dirty:
+                log.info("committed %d versions left uncommitted by a previous run", len(dirty))
 
     def _send_join(self, now: float) -> None:
         self._join_sent_at = now
@@ -259,7 +283,6 @@ class NodeCore:
                 self._reply_error(write.client, write.request_id, "unknown_outcome",
                                   "this node left the chain before the write committed")
         self._pending_writes.clear()
-        self.store.drop_uncommitted()
         self._send_join(now)
 
     def _commit_everything_sent(self, now: float) -> None:
@@ -488,6 +511,9 @@ class NodeCore:
                               else self.store.latest_committed(key))
             return
         self.counters["dirty_reads"] += 1
+        if "dirty_read_local" in self.unsafe:
+            self._answer_item(client, request.id, key, latest)
+            return
         tail = self.topology.tail
         assert tail is not None
         self._call(tail.service, "version", now, client=client, request_id=request.id, key=key,
@@ -632,6 +658,7 @@ class NodeCore:
         self.joined = True
         self.topology = EMPTY  # adopt the join reply's topology whatever its epoch
         self.on_topology(topology, now)
+        self._settle_uncommitted()
         self._last_heartbeat = float("-inf")
 
     def _reply_to_topology(self, call: _PendingCall, reply: wire.Reply, now: float) -> None:

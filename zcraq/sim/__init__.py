@@ -1,0 +1,5 @@
+"""Deterministic simulation of zcraq: the real protocol cores under a seeded network and clock."""
+
+from zcraq.sim.scenario import NEMESIS_KINDS, SimConfig, SimResult, simulate
+
+__all__ = ["NEMESIS_KINDS", "SimConfig", "SimResult", "simulate"]

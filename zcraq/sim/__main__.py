@@ -1,0 +1,55 @@
+"""python -m zcraq.sim --seed N [--seeds K]: run simulated seeds; a failing seed prints itself
+and the command that replays it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from zcraq.nodecore import UNSAFE_FAULTS
+from zcraq.sim import NEMESIS_KINDS, SimConfig, simulate
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m zcraq.sim", description=__doc__)
+    parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--seeds", type=int, default=1, help="how many consecutive seeds to run")
+    parser.add_argument("--duration", type=float, default=12.0, help="simulated seconds of workload")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--nemesis", default=",".join(NEMESIS_KINDS),
+                        help=f"comma-separated fault kinds from {','.join(NEMESIS_KINDS)} ('' for none)")
+    parser.add_argument("--unsafe", default="", help=f"test-only protocol bugs to enable: {','.join(UNSAFE_FAULTS)}")
+    parser.add_argument("--history", type=Path, help="write the (last) run's history here as JSON Lines")
+    parser.add_argument("--verbose", action="store_true", help="log what the cores log")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.CRITICAL,
+                        format="%(name)s: %(message)s")
+    nemesis = tuple(k for k in args.nemesis.split(",") if k)
+    unsafe = frozenset(k for k in args.unsafe.split(",") if k)
+    if not set(nemesis) <= set(NEMESIS_KINDS) or not unsafe <= UNSAFE_FAULTS:
+        parser.error("unknown nemesis or unsafe kind")
+    failures = 0
+    started = time.monotonic()
+    for seed in range(args.seed, args.seed + args.seeds):
+        result = simulate(SimConfig(seed=seed, nodes=args.nodes, clients=args.clients, duration=args.duration,
+                                    nemesis=nemesis, unsafe=unsafe))
+        if args.history:
+            args.history.write_bytes(result.history_jsonl())
+        if not result.ok:
+            failures += 1
+            print(f"seed {seed}: FAILED", file=sys.stderr)
+            for problem in result.problems:
+                print("  " + problem.replace("\n", "\n  "), file=sys.stderr)
+            print(f"  replay: python -m zcraq.sim --seed {seed} --duration {args.duration:g}"
+                  + (f" --unsafe {args.unsafe}" if args.unsafe else ""), file=sys.stderr)
+    elapsed = time.monotonic() - started
+    print(f"{args.seeds - failures} passed, {failures} failed ({args.seeds} seeds in {elapsed:.1f}s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""One simulated run: a coordinator, nodes and clients under a nemesis, then the verdict.
+
+The run has three phases: a workload under faults, a heal (every process restarted or resumed,
+partitions removed) with a quiet period, and final reads of every key at every member. The history
+goes to the linearizability checker; the stores are checked for lost writes and convergence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from zcraq import wire
+from zcraq.checker import check_history, operations_from_events
+from zcraq.coordcore import CoordinatorTimings
+from zcraq.nodecore import NodeTimings
+from zcraq.sim.actors import COORDINATOR, SimCoordinator, SimNode, service_of
+from zcraq.sim.world import NetworkFaults, World
+from zcraq.topology import Topology
+
+NEMESIS_KINDS = ("crash", "pause", "partition", "coordinator", "flaky")
+KEYS = ("k0", "k1", "k2")
+RETRYABLE_WRITE = {"not_head", "unavailable", "busy"}
+
+
+@dataclass(slots=True)
+class SimConfig:
+    seed: int
+    nodes: int = 3
+    clients: int = 4
+    duration: float = 12.0
+    settle: float = 8.0
+    nemesis: tuple[str, ...] = NEMESIS_KINDS
+    unsafe: frozenset[str] = frozenset()
+    network: NetworkFaults = field(default_factory=lambda: NetworkFaults(drop_rate=0.002, duplicate_rate=0.01,
+                                                                         slow_rate=0.005))
+
+
+@dataclass(slots=True)
+class SimResult:
+    seed: int
+    problems: list[str]
+    history: list[dict[str, Any]]
+    stats: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def history_jsonl(self) -> bytes:
+        return b"".join(orjson.dumps(event) + b"\n" for event in self.history)
+
+
+class SimClient:
+    """One process of the workload: one operation at a time, like a Jepsen client."""
+
+    def __init__(self, sim: Simulation, index: int) -> None:
+        self.sim = sim
+        self.name = f"client{index}"
+        self.process = index
+        self.topology: Topology | None = None
+        self.attempt = 0
+        self.op: dict[str, Any] | None = None
+        self.writes = 0
+        self.final = False
+
+    # A reply or a timeout for an attempt that is no longer current is ignored.
+    def _send(self, endpoint: str, kind: str, value: bytes | None = None, **fields: Any) -> None:
+        self.attempt += 1
+        attempt = self.attempt
+        ref = ("client", self.name, attempt)
+        frames = wire.encode_request(kind, attempt, value, **fields)
+        self.sim.world.send(self.name, endpoint, lambda: self.sim.deliver_request(endpoint, ref, frames))
+        self.sim.world.after(0.6, lambda: self._timeout(attempt))
+
+    def start_op(self) -> None:
+        world = self.sim.world
+        if world.now >= self.sim.config.duration and not self.final:
+            return
+        rng = world.rng
+        roll = rng.random()
+        key = rng.choice(KEYS)
+        if roll < 0.5:
+            f, value = "read", None
+        elif roll < 0.9:
+            self.writes += 1
+            f, value = "write", f"v{self.process}-{self.writes}"
+        else:
+            f, value = "delete", None
+        self.begin(f, key, value)
+
+    def begin(self, f: str, key: str, value: str | None, node: str | None = None) -> None:
+        now = self.sim.world.now
+        self.op = {"f": f, "key": key, "value": value, "deadline": now + 3.0, "maybe": False, "node": node}
+        self.sim.record(self.process, "invoke", f, key, value)
+        self._try()
+
+    def _try(self) -> None:
+        op = self.op
+        assert op is not None
+        world = self.sim.world
+        if world.now >= op["deadline"]:
+            self._finish("info" if op["maybe"] else "fail", None)
+            return
+        if self.topology is None:
+            self._send(service_of(COORDINATOR), "topology")
+            return
+        members = self.topology.members
+        if op["f"] == "read":
+            if op["node"] is not None:
+                target = service_of(op["node"])
+            elif not members:
+                self._refresh_later()
+                return
+            else:
+                target = world.rng.choice(members).service
+            self._send(target, "read", key=op["key"])
+        else:
+            target = members[0].service if members else service_of(COORDINATOR)
+            value = op["value"].encode() if op["f"] == "write" else None
+            self._send(target, op["f"], value, key=op["key"])
+
+    def _refresh_later(self) -> None:
+        self.topology = None
+        self.sim.world.after(0.05, self._try_if_open)
+
+    def _try_if_open(self) -> None:
+        if self.op is not None:
+            self._try()
+
+    def _timeout(self, attempt: int) -> None:
+        if attempt != self.attempt or self.op is None:
+            return
+        if self.op["f"] != "read" and self.topology is not None:
+            # The write may have been applied: retrying could apply it twice.
+            self._finish("info", None)
+            return
+        self._refresh_later()
+
+    def on_reply(self, ref: tuple[Any, ...], frames: list[bytes]) -> None:
+        if ref[2] != self.attempt or self.op is None:
+            return
+        try:
+            reply = wire.decode_reply(frames)
+        except wire.WireError:
+            return
+        if "topology" in reply.header and reply.ok:
+            self.topology = Topology.from_dict(reply.header["topology"])
+            self._try()
+            return
+        f = self.op["f"]
+        if reply.ok:
+            value = reply.values[0].decode() if f == "read" and reply.values else self.op["value"]
+            self._finish("ok", value if f != "delete" else None)
+        elif f == "read" and reply.code == "not_found":
+            self._finish("ok", None)
+        elif f == "read" and self.op["node"] is None or reply.code in RETRYABLE_WRITE:
+            self._refresh_later()
+        elif reply.code == "unknown_outcome":
+            self._finish("info", None)
+        else:
+            self._finish("fail", None)
+
+    def _finish(self, outcome: str, value: Any) -> None:
+        op = self.op
+        assert op is not None
+        self.op = None
+        if op["f"] == "read" and outcome == "info":
+            outcome = "fail"  # a read that never answered had no effect
+        recorded = value if op["f"] == "read" else op["value"]
+        self.sim.record(self.process, outcome, op["f"], op["key"], recorded)
+        if not self.final:
+            self.sim.world.after(self.sim.world.rng.uniform(0.0, 0.02), self.start_op)
+
+
+class Simulation:
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.world = World(config.seed, config.network)
+        node_timings = NodeTimings(heartbeat_interval=0.2, request_timeout=0.5, write_timeout=2.0,
+                                   resend_interval=0.5, catchup_page_items=2)
+        self.coordinator = SimCoordinator(self, CoordinatorTimings(lease=1.0, republish_interval=0.5,
+                                                                   request_timeout=1.5))
+        self.nodes = {f"n{i}": SimNode(self, f"n{i}", node_timings, config.unsafe)
+                      for i in range(1, config.nodes + 1)}
+        self.clients = {c.name: c for c in (SimClient(self, i) for i in range(config.clients))}
+        self.history: list[dict[str, Any]] = []
+        self._faulty: set[str] = set()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def record(self, process: int, kind: str, f: str, key: str, value: Any) -> None:
+        self.history.append({"process": process, "type": kind, "f": f, "key": key, "value": value,
+                             "time": int(self.world.now * 1e9)})
+
+    def deliver_request(self, endpoint: str, ref: tuple[Any, ...], frames: list[bytes]) -> None:
+        owner = endpoint.split("/")[0]
+        if owner == COORDINATOR:
+            coordinator = self.coordinator
+            coordinator.deliver(lambda: coordinator.core.on_request(ref, frames, self.world.now))
+        elif owner in self.nodes:
+            node = self.nodes[owner]
+            node.deliver(lambda: node.core.on_request(ref, frames, self.world.now))
+
+    def deliver_reply(self, ref: tuple[Any, ...], frames: list[bytes]) -> None:
+        kind, name, tag = ref
+        if kind == "client":
+            self.clients[name].on_reply(ref, frames)
+            return
+        process = self.coordinator if name == COORDINATOR else self.nodes[name]
+        if process.incarnation == tag:
+            process.deliver(lambda: process.core.on_peer_reply(frames, self.world.now))
+
+    # ------------------------------------------------------------------ nemesis
+
+    def _schedule_nemesis(self, at: float) -> None:
+        if at >= self.config.duration - 1.0 or not self.config.nemesis:
+            return
+        self.world.at(at, self._strike)
+
+    def _strike(self) -> None:
+        world = self.world
+        rng = world.rng
+        kind = rng.choice(self.config.nemesis)
+        healthy = [n for n in self.nodes if n not in self._faulty]
+        heal_after = rng.uniform(0.3, 4.0)
+        if kind == "coordinator" and COORDINATOR not in self._faulty:
+            self._faulty.add(COORDINATOR)
+            self.coordinator.crash()
+            world.after(heal_after, lambda: self._heal(COORDINATOR, self.coordinator.start))
+        elif kind == "flaky":
+            world.break_connections_of(rng.choice([*self.nodes, COORDINATOR]))
+        elif healthy and kind in ("crash", "pause", "partition"):
+            name = rng.choice(healthy)
+            node = self.nodes[name]
+            self._faulty.add(name)
+            if kind == "crash":
+                node.crash()
+                world.after(heal_after, lambda: self._heal(name, node.start))
+            elif kind == "pause":
+                node.pause()
+                world.after(heal_after, lambda: self._heal(name, node.resume))
+            else:
+                side = frozenset({name})
+                others = frozenset([*self.nodes, COORDINATOR, *self.clients]) - side
+                world.partitions.append((side, others))
+                world.after(heal_after, lambda: self._heal(name, lambda: world.partitions.remove((side, others))))
+        self._schedule_nemesis(world.now + rng.uniform(0.3, 2.0))
+
+    def _heal(self, name: str, action: Any) -> None:
+        if name in self._faulty:
+            self._faulty.discard(name)
+            action()
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> SimResult:
+        config, world = self.config, self.world
+        self.coordinator.start()
+        for index, node in enumerate(self.nodes.values()):
+            world.at(0.01 + 0.05 * index, node.start)
+        for client in self.clients.values():
+            world.at(0.5 + world.rng.uniform(0, 0.1), client.start_op)
+        self._schedule_nemesis(1.0)
+        world.run_until(config.duration)
+        # Heal everything that is still broken; let the chain settle.
+        world.partitions.clear()
+        if not self.coordinator.alive:
+            self.coordinator.start()
+        for node in self.nodes.values():
+            if not node.alive:
+                node.start()
+            elif node.paused:
+                node.resume()
+        self._faulty.clear()
+        world.run_until(config.duration + config.settle)
+        self._final_reads()
+        return SimResult(config.seed, self._check(), self.history,
+                         {"delivered": world.delivered, "dropped": world.dropped})
+
+    def _final_reads(self) -> None:
+        topology = self.coordinator.core.topology if self.coordinator.core else None
+        members = [m.id for m in topology.members] if topology else []
+        reader = SimClient(self, 1000)
+        reader.final = True
+        self.clients[reader.name] = reader
+        for key in KEYS:
+            for member in members:
+                start = self.world.now
+                reader.begin("read", key, None, node=member)
+                self.world.run_until(start + 3.5)
+                if reader.op is not None:
+                    reader._finish("fail", None)  # noqa: SLF001
+
+    def _check(self) -> list[str]:
+        problems: list[str] = []
+        result = check_history(operations_from_events(self.history))
+        if not result.ok:
+            problems.append("history is not linearizable:\n" + result.describe())
+        topology = self.coordinator.core.topology if self.coordinator.core else None
+        members = [self.nodes[m.id] for m in topology.members] if topology else []
+        if len(members) != len(self.nodes) or topology.learner is not None:
+            problems.append(f"after healing, the chain is {[m.name for m in members]}"
+                            f" (learner {topology.learner.id if topology.learner else None})")
+        # A lost acknowledged write shows up in the history: the final reads miss it.
+        for key in KEYS:
+            states = {n.name: n.store.latest_committed(key) for n in members}
+            seen = {(i.version, i.value, i.tombstone) if i else None for i in states.values()}
+            if len(seen) > 1:
+                problems.append(f"replicas disagree on {key}: {states}")
+        for node in members:
+            dirty = list(node.store.dirty_items())
+            if dirty:
+                problems.append(f"{node.name} still holds {len(dirty)} uncommitted versions after settling")
+        final_failures = [e for e in self.history if e["process"] == 1000 and e["type"] == "fail"]
+        if final_failures:
+            problems.append(f"{len(final_failures)} final reads failed after healing")
+        return problems
+
+
+def simulate(config: SimConfig) -> SimResult:
+    return Simulation(config).run()
