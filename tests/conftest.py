@@ -11,6 +11,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cluster import Cluster  # noqa: E402
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--sim-seeds", type=int, default=300, help="simulated seeds to run (default 300)")
+    parser.addoption("--sim-seed", type=int, default=0, help="first simulated seed (default 0)")
+
+
 @pytest.fixture
 def make_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Cluster]]:
     """Build clusters in this test's temporary directory; all are stopped at teardown, and their
