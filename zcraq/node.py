@@ -8,6 +8,7 @@ and only then sends the effects, so nothing is forwarded or acknowledged before 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from types import FrameType
@@ -18,7 +19,7 @@ import zmq
 from zcraq import sockets
 from zcraq.config import ConfigError, NodeConfig
 from zcraq.effects import Effect, PeerRequest, Relink, Reply, SendDown, SendUp, Subscribe
-from zcraq.nodecore import NodeCore, NodeTimings
+from zcraq.nodecore import UNSAFE_FAULTS, NodeCore, NodeTimings
 from zcraq.store import LevelDBStore
 from zcraq.topology import Member, Topology
 from zcraq.wire import Limits, WireError, decode_reply, encode_chain, encode_error, encode_request
@@ -27,6 +28,21 @@ log = logging.getLogger("zcraq.node")
 
 BATCH = 256  # messages taken from one socket per loop turn: fairness between sockets
 TOPIC = b"topology"
+
+
+UNSAFE_ENV = "ZCRAQ_UNSAFE_TEST_FAULTS"
+
+
+def unsafe_faults_from_environment() -> frozenset[str]:
+    """Deliberate protocol bugs for tests that prove the checkers catch them (never in production).
+    Unknown names stop the node rather than being silently ignored."""
+    names = frozenset(n for n in os.environ.get(UNSAFE_ENV, "").split(",") if n)
+    unknown = names - UNSAFE_FAULTS
+    if unknown:
+        raise ConfigError(UNSAFE_ENV, None, f"unknown test fault {sorted(unknown)[0]!r}")
+    if names:
+        log.warning("UNSAFE test faults enabled: %s", ", ".join(sorted(names)))
+    return names
 
 
 class NodeProcess:
@@ -44,7 +60,7 @@ class NodeProcess:
             request_timeout=config.request_timeout_ms / 1000,
             catchup_page_items=config.catchup_page_items,
         )
-        self.core = NodeCore(self.me, self.store, limits, timings)
+        self.core = NodeCore(self.me, self.store, limits, timings, unsafe_faults_from_environment())
         self.service = self.write_in = self.ack_in = self.sub = None
         try:
             self.service = self._bind(zmq.ROUTER, "service_port", self.max_message)
