@@ -148,19 +148,22 @@ class CoordinatorCore:
             self._error(client, request.id, "bad_request",
                         f"endpoint {sorted(clash)[0]} is already used by another node")
             return
-        if self.topology.member(node.id) is not None:
-            # A restarted node: its old incarnation's uncommitted state is gone.
-            self._remove(node.id, "restarted")
-            if self.topology.member(node.id) is not None:  # it was the last member: let it back in
-                self._change([], None, f"{node.id} restarted as the last member")
-        if not self.topology.members:
-            self._change([node], self.topology.learner, f"{node.id} joined an empty chain")
-        elif self.topology.learner is None:
-            self._change(list(self.topology.members), node, f"{node.id} joined and is catching up")
+        if [m.id for m in self.topology.members] == [node.id]:
+            # The last member restarted: let it back in, in one epoch (an empty chain must never
+            # be persisted: the next node to join would become the only member, without the data).
+            self._change([node], None, f"{node.id} restarted as the last member")
         else:
-            self._error(client, request.id, "busy",
-                        f"{self.topology.learner.id} is catching up; one node joins at a time, retry")
-            return
+            if self.topology.member(node.id) is not None:
+                # A restarted node: its old incarnation's in-flight state is gone.
+                self._remove(node.id, "restarted")
+            if not self.topology.members:
+                self._change([node], self.topology.learner, f"{node.id} joined an empty chain")
+            elif self.topology.learner is None:
+                self._change(list(self.topology.members), node, f"{node.id} joined and is catching up")
+            else:
+                self._error(client, request.id, "busy",
+                            f"{self.topology.learner.id} is catching up; one node joins at a time, retry")
+                return
         self.last_seen[node.id] = now
         self._ok(client, request.id, topology=self.topology.to_dict(), publish=self.publish_endpoint,
                  lease_ms=int(self.timings.lease * 1000))

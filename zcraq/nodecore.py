@@ -364,6 +364,7 @@ class NodeCore:
         assert link is not None
         if frame.kind == "r":
             self.counters["resyncs"] += 1
+            link.expected = max(link.expected, frame.seq + 1)
             self._send_sync(now)
             return
         if frame.seq > link.expected:
@@ -627,7 +628,7 @@ class NodeCore:
                               f"the tail could not confirm the committed version: {reply.message}")
             return
         committed = reply.header.get("version")
-        if not isinstance(committed, int) or committed < 0:
+        if not wire.is_int(committed) or committed < 0:
             self._reply_error(call.client, call.request_id, "unavailable", "bad version reply from the tail")
             return
         local = self.store.latest_committed(key)
@@ -703,7 +704,8 @@ class NodeCore:
             return
         for entry, value in zip(items, reply.values):
             if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
-                    and isinstance(entry[1], int) and entry[1] > 0):
+                    and wire.is_int(entry[1]) and entry[1] > 0 and wire.is_int(entry[2])
+                    and 0 <= entry[2] <= 3):
                 self.counters["bad_messages"] += 1
                 self._next_catchup_try = now + 0.1
                 return

@@ -248,7 +248,8 @@ def _take(data: bytes, offset: int, what: str) -> tuple[bytes, int]:
     return data[start:end], end
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer that is not a bool (JSON true would pass isinstance(x, int))."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -265,7 +266,7 @@ def decode_chain(data: bytes, limits: Limits) -> ChainFrame:
         raise WireError(f"unknown chain frame type {kind!r}")
     if not isinstance(sender, str) or not 0 < len(sender) <= MAX_NODE_ID_CHARS:
         raise WireError("chain frame sender must be a node id")
-    if not (_is_int(epoch) and epoch >= 0 and _is_int(seq) and seq >= 0):
+    if not (is_int(epoch) and epoch >= 0 and is_int(seq) and seq >= 0):
         raise WireError("chain frame epoch and seq must be non-negative integers")
     writes: list[WriteRecord] = []
     commits: list[tuple[str, int]] = []
@@ -281,7 +282,7 @@ def decode_chain(data: bytes, limits: Limits) -> ChainFrame:
                 raise WireError("write record meta must be [key, version, flags]")
             key, version, flags = meta
             _check_key(key, limits, None)
-            if not (_is_int(version) and version > 0 and _is_int(flags) and 0 <= flags <= 3):
+            if not (is_int(version) and version > 0 and is_int(flags) and 0 <= flags <= 3):
                 raise WireError("write record version must be positive and flags 0..3")
             if len(value) > limits.max_value_bytes:
                 raise WireError("write record value too large", "too_large")
@@ -294,7 +295,7 @@ def decode_chain(data: bytes, limits: Limits) -> ChainFrame:
             if not isinstance(raw, list):
                 raise WireError("commit frame needs a commits list")
             for entry in raw:
-                if not (isinstance(entry, list) and len(entry) == 2 and _is_int(entry[1]) and entry[1] > 0):
+                if not (isinstance(entry, list) and len(entry) == 2 and is_int(entry[1]) and entry[1] > 0):
                     raise WireError("commit entries must be [key, positive version]")
                 commits.append((_check_key(entry[0], limits, None), entry[1]))
     return ChainFrame(kind, sender, epoch, seq, tuple(writes), tuple(commits))

@@ -1,0 +1,830 @@
+"""NodeCore driven directly: messages in with explicit times, effects out. No sockets, no clocks."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import orjson
+import pytest
+
+from zcraq import wire
+from zcraq.effects import PeerRequest, Relink, Reply, SendDown, SendUp, Subscribe
+from zcraq.nodecore import NodeCore, NodeTimings
+from zcraq.store import MemoryStore
+from zcraq.topology import Member, Topology
+from zcraq.wire import ChainFrame, WriteRecord
+
+pytestmark = pytest.mark.timeout(60)
+
+TIMINGS = NodeTimings(heartbeat_interval=0.5, request_timeout=2.0, write_timeout=10.0,
+                      resend_interval=1.0, catchup_page_items=2)
+LEASE_MS = 3000
+
+
+def member(name: str) -> Member:
+    return Member(name, f"{name}/service", f"{name}/write", f"{name}/ack")
+
+
+A, B, C, D = (member(name) for name in "abcd")
+
+
+def topo(epoch: int, *members: Member, learner: Member | None = None) -> Topology:
+    return Topology(epoch, tuple(members), learner)
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def peer_requests(effects: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(e.endpoint, orjson.loads(e.frames[0])) for e in effects if isinstance(e, PeerRequest)]
+
+
+def call_id(effects: list[Any], kind: str) -> int:
+    ids = [header["id"] for _, header in peer_requests(effects) if header["type"] == kind]
+    assert len(ids) == 1, f"expected one {kind} call, got {peer_requests(effects)}"
+    return ids[0]
+
+
+def replies(effects: list[Any]) -> list[tuple[Any, wire.Reply]]:
+    return [(e.client, wire.decode_reply(e.frames)) for e in effects if isinstance(e, Reply)]
+
+
+def only_reply(effects: list[Any]) -> wire.Reply:
+    found = replies(effects)
+    assert len(found) == 1, found
+    return found[0][1]
+
+
+def downs(effects: list[Any]) -> list[ChainFrame]:
+    return [e.frame for e in effects if isinstance(e, SendDown)]
+
+
+def ups(effects: list[Any]) -> list[ChainFrame]:
+    return [e.frame for e in effects if isinstance(e, SendUp)]
+
+
+def join(me: Member, topology: Topology, now: float = 0.0, store: MemoryStore | None = None,
+         lease: bool = True, unsafe: frozenset[str] = frozenset()) -> NodeCore:
+    """A node whose join the coordinator answered with ``topology``, optionally with a lease."""
+    node = NodeCore(me, store if store is not None else MemoryStore(), timings=TIMINGS, unsafe=unsafe)
+    node.start(now)
+    assert call_id(node.drain(), "join") == 1
+    node.on_peer_reply(wire.encode_reply(1, {"topology": topology.to_dict(), "publish": "coord/pub"}), now)
+    node.drain()
+    if lease:
+        grant_lease(node, now)
+    return node
+
+
+def grant_lease(node: NodeCore, now: float, lease_ms: int = LEASE_MS) -> None:
+    node.tick(now)
+    heartbeat = call_id(node.drain(), "heartbeat")
+    node.on_peer_reply(wire.encode_reply(heartbeat, {"epoch": node.topology.epoch, "status": "member",
+                                                     "lease_ms": lease_ms}), now)
+    node.drain()
+
+
+def rec(key: str, version: int, value: bytes | None = None, committed: bool = False,
+        tombstone: bool = False) -> WriteRecord:
+    return WriteRecord(key, version, value if value is not None else f"{key}{version}".encode(),
+                       committed, tombstone)
+
+
+def raw_chain(header: dict[str, Any]) -> bytes:
+    head = orjson.dumps(header)
+    return struct.pack(">I", len(head)) + head
+
+
+def wframe(sender: str, epoch: int, seq: int, *records: WriteRecord) -> bytes:
+    return wire.encode_chain(ChainFrame("w", sender, epoch, seq, tuple(records)))
+
+
+def cframe(sender: str, epoch: int, seq: int, *commits: tuple[str, int]) -> bytes:
+    return wire.encode_chain(ChainFrame("c", sender, epoch, seq, commits=tuple(commits)))
+
+
+def rframe(sender: str, epoch: int, seq: int) -> bytes:
+    return wire.encode_chain(ChainFrame("r", sender, epoch, seq))
+
+
+def write(node: NodeCore, key: str, value: bytes, now: float, request_id: Any = "w", client: Any = "cl") -> list[Any]:
+    node.on_request(client, wire.encode_request("write", request_id, value, key=key), now)
+    return node.drain()
+
+
+def read(node: NodeCore, key: str, now: float, mode: str | None = None, request_id: Any = "r") -> list[Any]:
+    fields = {"mode": mode} if mode else {}
+    node.on_request("reader", wire.encode_request("read", request_id, key=key, **fields), now)
+    return node.drain()
+
+
+def store_view(node: NodeCore, key: str) -> list[tuple[int, bool]]:
+    return [(v, node.store.get(key, v).committed) for v in node.store.versions(key)]
+
+
+# ---------------------------------------------------------------------------------- joining
+
+
+def test_join_helper_makes_a_serving_member():
+    node = NodeCore(A, MemoryStore(), timings=TIMINGS)
+    node.start(0.0)
+    [(endpoint, header)] = peer_requests(node.drain())
+    assert endpoint == "coordinator" and header["type"] == "join" and header["id"] == 1
+    assert header["node"] == A.to_dict()
+    node.on_peer_reply(wire.encode_reply(1, {"topology": topo(1, A, B).to_dict(), "publish": "coord/pub"}), 0.0)
+    effects = node.drain()
+    assert Subscribe("coord/pub") in effects
+    assert Relink(down=B.write_in, up=None) in effects
+    assert node.role == "head" and not node.serving(0.0)
+    grant_lease(node, 0.0)
+    assert node.serving(0.0)
+
+
+# ---------------------------------------------------------------------------------- head writes
+
+
+def test_head_assigns_latest_plus_one_per_key():
+    head = join(A, topo(1, A, B))
+    sent = []
+    for index, key in enumerate(["k", "k", "j", "k"]):
+        effects = write(head, key, f"v{index}".encode(), 0.1, request_id=index)
+        assert replies(effects) == []
+        [frame] = downs(effects)
+        sent.extend(frame.writes)
+    assert [(r.key, r.version, r.value, r.committed) for r in sent] == [
+        ("k", 1, b"v0", False), ("k", 2, b"v1", False), ("j", 1, b"v2", False), ("k", 3, b"v3", False)]
+    assert store_view(head, "k") == [(1, False), (2, False), (3, False)]
+
+
+def test_head_answers_a_write_only_when_its_commit_arrives():
+    head = join(A, topo(1, A, B))
+    write(head, "k", b"x", 0.1, request_id="req-1", client="client-1")
+    head.on_ack_frame(cframe("b", 1, 0, ("other", 1)), 0.2)
+    assert replies(head.drain()) == []
+    head.on_ack_frame(cframe("b", 1, 1, ("k", 1)), 0.3)
+    [(client, reply)] = replies(head.drain())
+    assert client == "client-1" and reply.ok and reply.id == "req-1" and reply.header["version"] == 1
+    assert store_view(head, "k") == [(1, True)]
+
+
+def test_newer_commit_acknowledges_an_older_pending_write():
+    head = join(A, topo(1, A, B))
+    write(head, "k", b"one", 0.1, request_id=1)
+    write(head, "k", b"two", 0.1, request_id=2)
+    head.on_ack_frame(cframe("b", 1, 0, ("k", 2)), 0.2)
+    answered = {reply.id: reply.header["version"] for _, reply in replies(head.drain())}
+    assert answered == {1: 1, 2: 2}
+    assert store_view(head, "k") == [(2, True)]
+    assert head._sent == {}
+
+
+def test_single_member_chain_answers_writes_at_once_with_committed_versions():
+    node = join(A, topo(1, A))
+    assert node.role == "head+tail"
+    for expected in (1, 2):
+        effects = write(node, "k", f"v{expected}".encode(), 0.1)
+        reply = only_reply(effects)
+        assert reply.ok and reply.header["version"] == expected
+        assert downs(effects) == [] and ups(effects) == []
+    assert store_view(node, "k") == [(2, True)]
+    node.on_request("cl", wire.encode_request("delete", "d", key="k"), 0.1)
+    assert only_reply(node.drain()).header["version"] == 3
+    assert only_reply(read(node, "k", 0.2)).code == "not_found"
+
+
+# ---------------------------------------------------------------------------------- middle and tail
+
+
+def test_middle_stores_dirty_and_forwards_exactly_the_record():
+    middle = join(B, topo(1, A, B, C))
+    record = rec("k", 4, b"\x00value", tombstone=False)
+    tomb = rec("gone", 2, b"", tombstone=True)
+    middle.on_write_frame(wframe("a", 1, 0, record, tomb), 0.1)
+    effects = middle.drain()
+    assert store_view(middle, "k") == [(4, False)]
+    assert middle.store.get("gone", 2).tombstone
+    [frame] = downs(effects)
+    assert (frame.kind, frame.sender, frame.epoch) == ("w", "b", 1)
+    assert frame.writes == (record, tomb)
+    assert ups(effects) == []
+
+
+def test_middle_commits_prunes_and_forwards_the_commit_upstream():
+    middle = join(B, topo(1, A, B, C))
+    middle.on_write_frame(wframe("a", 1, 0, rec("k", 1), rec("k", 2), rec("k", 3)), 0.1)
+    middle.drain()
+    middle.on_ack_frame(cframe("c", 1, 0, ("k", 2)), 0.2)
+    effects = middle.drain()
+    assert store_view(middle, "k") == [(2, True), (3, False)]
+    [frame] = ups(effects)
+    assert (frame.kind, frame.sender, frame.epoch, frame.commits) == ("c", "b", 1, (("k", 2),))
+    assert list(middle._sent) == [("k", 3)]
+
+
+def test_tail_commits_on_receipt_and_sends_the_commit_upstream():
+    tail = join(C, topo(1, A, B, C))
+    tail.on_write_frame(wframe("b", 1, 0, rec("k", 1), rec("j", 5)), 0.1)
+    effects = tail.drain()
+    assert store_view(tail, "k") == [(1, True)] and store_view(tail, "j") == [(5, True)]
+    [frame] = ups(effects)
+    assert (frame.kind, frame.sender, frame.epoch) == ("c", "c", 1)
+    assert frame.commits == (("k", 1), ("j", 5))
+    assert downs(effects) == []
+
+
+def test_duplicate_write_of_a_committed_version_makes_the_tail_echo_the_commit():
+    tail = join(C, topo(1, A, B, C))
+    tail.on_write_frame(wframe("b", 1, 0, rec("k", 1)), 0.1)
+    tail.on_write_frame(wframe("b", 1, 1, rec("k", 2)), 0.1)
+    tail.drain()
+    tail.on_write_frame(wframe("b", 1, 2, rec("k", 1, b"stale")), 0.2)
+    effects = tail.drain()
+    assert store_view(tail, "k") == [(2, True)]
+    assert [f.commits for f in ups(effects)] == [(("k", 1),)]
+
+
+def test_duplicate_write_of_a_committed_version_makes_the_middle_echo_the_commit():
+    middle = join(B, topo(1, A, B, C))
+    middle.on_write_frame(wframe("a", 1, 0, rec("k", 1)), 0.1)
+    middle.on_ack_frame(cframe("c", 1, 0, ("k", 1)), 0.1)
+    middle.drain()
+    middle.on_write_frame(wframe("a", 1, 1, rec("k", 1)), 0.2)
+    effects = middle.drain()
+    assert store_view(middle, "k") == [(1, True)]
+    assert downs(effects) == []
+    assert [f.commits for f in ups(effects)] == [(("k", 1),)]
+
+
+# ---------------------------------------------------------------------------------- reads
+
+
+def middle_with(records: list[WriteRecord], commits: list[tuple[str, int]] = (), **kw: Any) -> NodeCore:
+    node = join(B, topo(1, A, B, C), **kw)
+    node.on_write_frame(wframe("a", 1, 0, *records), 0.1)
+    if commits:
+        node.on_ack_frame(cframe("c", 1, 0, *commits), 0.1)
+    node.drain()
+    return node
+
+
+def test_strong_read_of_a_clean_key_is_answered_locally():
+    node = middle_with([rec("k", 1, b"clean")], [("k", 1)])
+    effects = read(node, "k", 0.2)
+    assert peer_requests(effects) == []
+    reply = only_reply(effects)
+    assert reply.ok and reply.values == [b"clean"] and reply.header["version"] == 1
+    assert only_reply(read(node, "never", 0.2)).code == "not_found"
+
+
+def test_strong_read_of_a_dirty_key_asks_the_tail_and_answers_its_version():
+    node = middle_with([rec("k", 1, b"old"), rec("k", 2, b"new")], [("k", 1)])
+    effects = read(node, "k", 0.2, request_id="q")
+    assert replies(effects) == []
+    [(endpoint, header)] = peer_requests(effects)
+    assert endpoint == "c/service"
+    assert (header["type"], header["key"], header["epoch"]) == ("version", "k", 1)
+    node.on_peer_reply(wire.encode_reply(header["id"], {"version": 2}), 0.3)
+    reply = only_reply(node.drain())
+    assert reply.id == "q" and reply.values == [b"new"] and reply.header["version"] == 2
+    assert node.counters["dirty_reads"] == 1
+
+
+def test_strong_read_answers_the_older_version_the_tail_reports():
+    node = middle_with([rec("k", 1, b"old"), rec("k", 2, b"new")], [("k", 1)])
+    header = peer_requests(read(node, "k", 0.2))[0][1]
+    node.on_peer_reply(wire.encode_reply(header["id"], {"version": 1}), 0.3)
+    reply = only_reply(node.drain())
+    assert reply.values == [b"old"] and reply.header["version"] == 1
+
+
+def test_strong_read_race_newer_commit_prunes_the_asked_version():
+    # Only dirty versions when the read starts: the tail will report 1, but by then version 2 has
+    # committed here and pruned 1. The answer must be version 2, never not_found.
+    node = middle_with([rec("k", 1, b"first")])
+    header = peer_requests(read(node, "k", 0.2))[0][1]
+    node.on_write_frame(wframe("a", 1, 1, rec("k", 2, b"second")), 0.25)
+    node.on_ack_frame(cframe("c", 1, 0, ("k", 2)), 0.25)
+    node.drain()
+    assert node.store.versions("k") == [2]
+    node.on_peer_reply(wire.encode_reply(header["id"], {"version": 1}), 0.3)
+    reply = only_reply(node.drain())
+    assert reply.ok and reply.values == [b"second"] and reply.header["version"] == 2
+
+
+def test_strong_read_tail_reports_nothing_committed_gives_not_found():
+    node = middle_with([rec("k", 1)])
+    header = peer_requests(read(node, "k", 0.2))[0][1]
+    node.on_peer_reply(wire.encode_reply(header["id"], {"version": 0}), 0.3)
+    assert only_reply(node.drain()).code == "not_found"
+
+
+def test_strong_read_tail_error_or_silence_gives_unavailable():
+    node = middle_with([rec("k", 1)])
+    header = peer_requests(read(node, "k", 0.2, request_id="e"))[0][1]
+    node.on_peer_reply(wire.encode_error(header["id"], "not_tail", "no", epoch=1), 0.3)
+    reply = only_reply(node.drain())
+    assert (reply.id, reply.code) == ("e", "unavailable")
+    read(node, "k", 0.4, request_id="t")
+    node.tick(0.4 + TIMINGS.request_timeout - 0.01)
+    assert replies(node.drain()) == []
+    node.tick(0.4 + TIMINGS.request_timeout)
+    reply = only_reply(node.drain())
+    assert (reply.id, reply.code) == ("t", "unavailable")
+
+
+@pytest.mark.parametrize("version", [-1, "2", None, 1.0, True])
+def test_strong_read_with_a_malformed_version_reply_is_unavailable(version):
+    node = middle_with([rec("k", 1), rec("k", 2)])
+    header = peer_requests(read(node, "k", 0.2))[0][1]
+    node.on_peer_reply(wire.encode_reply(header["id"], {"version": version}), 0.3)
+    assert only_reply(node.drain()).code == "unavailable"
+
+
+def test_strong_read_tail_error_with_newer_epoch_asks_for_the_topology():
+    node = middle_with([rec("k", 1)])
+    header = peer_requests(read(node, "k", 0.2))[0][1]
+    node.on_peer_reply(wire.encode_error(header["id"], "wrong_epoch", "no", epoch=5), 0.3)
+    effects = node.drain()
+    assert only_reply(effects).code == "unavailable"
+    assert [h["type"] for endpoint, h in peer_requests(effects) if endpoint == "coordinator"] == ["topology"]
+
+
+def test_eventual_read_answers_newest_committed_without_asking_the_tail():
+    node = middle_with([rec("k", 1, b"committed"), rec("k", 2, b"dirty"), rec("j", 1)], [("k", 1)])
+    effects = read(node, "k", 0.2, mode="eventual")
+    assert peer_requests(effects) == []
+    assert only_reply(effects).values == [b"committed"]
+    effects = read(node, "j", 0.2, mode="eventual")
+    assert peer_requests(effects) == [] and only_reply(effects).code == "not_found"
+
+
+def test_dirty_read_local_fault_answers_dirty_values_without_the_tail():
+    node = middle_with([rec("k", 1, b"committed"), rec("k", 2, b"dirty")], [("k", 1)],
+                       unsafe=frozenset({"dirty_read_local"}))
+    effects = read(node, "k", 0.2)
+    assert peer_requests(effects) == []
+    assert only_reply(effects).values == [b"dirty"]
+
+
+def test_tail_answers_reads_from_its_committed_state():
+    tail = join(C, topo(1, A, B, C))
+    tail.on_write_frame(wframe("b", 1, 0, rec("k", 1, b"v")), 0.1)
+    tail.drain()
+    effects = read(tail, "k", 0.2)
+    assert peer_requests(effects) == [] and only_reply(effects).values == [b"v"]
+
+
+# ---------------------------------------------------------------------------------- not serving
+
+
+def test_no_lease_means_unavailable():
+    head = join(A, topo(1, A, B), lease=False)
+    assert only_reply(read(head, "k", 0.1)).code == "unavailable"
+    effects = write(head, "k", b"x", 0.1)
+    assert only_reply(effects).code == "unavailable" and downs(effects) == []
+    assert head.store.versions("k") == []
+
+
+def test_lease_runs_from_the_heartbeat_send_time_and_expires():
+    head = join(A, topo(1, A, B), lease=False)
+    head.tick(1.0)
+    heartbeat = call_id(head.drain(), "heartbeat")
+    head.on_peer_reply(wire.encode_reply(heartbeat, {"epoch": 1, "status": "member", "lease_ms": 2000}), 1.5)
+    head.drain()
+    assert head.serving(2.99)
+    assert only_reply(read(head, "k", 2.99)).code == "not_found"
+    assert not head.serving(3.0)
+    assert only_reply(read(head, "k", 3.0)).code == "unavailable"
+    assert only_reply(write(head, "k", b"x", 3.0)).code == "unavailable"
+
+
+def test_heartbeat_reply_for_another_epoch_or_status_grants_no_lease():
+    head = join(A, topo(1, A, B), lease=False)
+    head.tick(0.0)
+    first = call_id(head.drain(), "heartbeat")
+    head.on_peer_reply(wire.encode_reply(first, {"epoch": 2, "status": "member", "lease_ms": 3000}), 0.0)
+    head.drain()
+    head.tick(0.5)
+    second = call_id(head.drain(), "heartbeat")
+    head.on_peer_reply(wire.encode_reply(second, {"epoch": 1, "status": "learner", "lease_ms": 3000}), 0.5)
+    head.drain()
+    assert not head.serving(0.6)
+
+
+def test_unjoined_node_refuses_reads_and_writes():
+    node = NodeCore(A, MemoryStore(), timings=TIMINGS)
+    node.start(0.0)
+    node.drain()
+    assert only_reply(read(node, "k", 0.1)).code == "unavailable"
+    reply = only_reply(write(node, "k", b"x", 0.1))
+    assert reply.code == "not_head" and reply.header["head"] is None
+
+
+def test_write_at_a_non_head_is_not_head_with_the_head_hint():
+    middle = join(B, topo(1, A, B, C))
+    effects = write(middle, "k", b"x", 0.1, request_id=7)
+    reply = only_reply(effects)
+    assert (reply.id, reply.code, reply.header["head"]) == (7, "not_head", "a/service")
+    assert middle.store.versions("k") == [] and downs(effects) == []
+
+
+def test_learner_refuses_reads_and_writes():
+    learner = join(B, topo(2, A, learner=B))
+    assert learner.role == "learner"
+    assert only_reply(read(learner, "k", 0.1)).code == "unavailable"
+    assert only_reply(read(learner, "k", 0.1, mode="eventual")).code == "unavailable"
+    reply = only_reply(write(learner, "k", b"x", 0.1))
+    assert reply.code == "not_head" and reply.header["head"] == "a/service"
+
+
+def test_removed_node_fails_pending_writes_rejoins_and_refuses_requests():
+    head = join(A, topo(1, A, B))
+    write(head, "k", b"x", 0.1, request_id="pending")
+    head.on_topology(topo(2, B), 0.2)
+    effects = head.drain()
+    reply = only_reply(effects)
+    assert (reply.id, reply.code) == ("pending", "unknown_outcome")
+    assert Relink(down=None, up=None) in effects
+    assert [h["type"] for _, h in peer_requests(effects)] == ["join"]
+    assert not head.joined and head.role == "joining"
+    assert only_reply(read(head, "k", 0.3)).code == "unavailable"
+    reply = only_reply(write(head, "k", b"y", 0.3))
+    assert reply.code == "not_head" and reply.header["head"] == "b/service"
+
+
+def test_pending_write_times_out_as_unknown_outcome():
+    head = join(A, topo(1, A, B))
+    write(head, "k", b"x", 1.0, request_id="slow")
+    head.tick(1.0 + TIMINGS.write_timeout - 0.01)
+    assert replies(head.drain()) == []
+    head.tick(1.0 + TIMINGS.write_timeout)
+    reply = only_reply(head.drain())
+    assert (reply.id, reply.code) == ("slow", "unknown_outcome")
+
+
+# ---------------------------------------------------------------------------------- version queries
+
+
+def version_query(node: NodeCore, key: str, epoch: int, now: float) -> wire.Reply:
+    node.on_request("peer", wire.encode_request("version", 9, key=key, epoch=epoch), now)
+    return only_reply(node.drain())
+
+
+def test_version_query_at_the_tail():
+    tail = join(C, topo(1, A, B, C))
+    tail.on_write_frame(wframe("b", 1, 0, rec("k", 3)), 0.1)
+    tail.drain()
+    reply = version_query(tail, "k", 1, 0.2)
+    assert reply.ok and reply.header["version"] == 3
+    assert version_query(tail, "never", 1, 0.2).header["version"] == 0
+    reply = version_query(tail, "k", 2, 0.2)
+    assert reply.code == "wrong_epoch" and reply.header["epoch"] == 1
+
+
+def test_version_query_at_a_non_tail_is_not_tail():
+    middle = join(B, topo(1, A, B, C))
+    reply = version_query(middle, "k", 1, 0.2)
+    assert reply.code == "not_tail" and reply.header["epoch"] == 1
+
+
+def test_version_query_at_an_unsynced_tail_is_not_tail():
+    tail = join(C, topo(1, A, B, C))  # no sync frame from b yet
+    assert version_query(tail, "k", 1, 0.2).code == "not_tail"
+
+
+# ---------------------------------------------------------------------------------- link checks
+
+
+def test_write_frames_from_a_non_predecessor_or_another_epoch_are_ignored():
+    middle = join(B, topo(2, A, B, C))
+    middle.on_write_frame(wframe("c", 2, 0, rec("k", 1)), 0.1)  # the successor, not the predecessor
+    middle.on_write_frame(wframe("d", 2, 0, rec("k", 1)), 0.1)  # a stranger
+    middle.on_write_frame(wframe("a", 1, 0, rec("k", 1)), 0.1)  # an old epoch
+    effects = middle.drain()
+    assert middle.store.versions("k") == []
+    assert middle.counters["stale_chain_frames"] == 3
+    assert downs(effects) == [] and peer_requests(effects) == []
+
+
+def test_ack_frames_from_a_non_successor_or_another_epoch_are_ignored():
+    head = join(A, topo(2, A, B, C))
+    write(head, "k", b"x", 0.1)
+    head.on_ack_frame(cframe("c", 2, 0, ("k", 1)), 0.2)  # not the successor
+    head.on_ack_frame(cframe("b", 1, 0, ("k", 1)), 0.2)  # old epoch
+    effects = head.drain()
+    assert replies(effects) == [] and store_view(head, "k") == [(1, False)]
+    assert head.counters["stale_chain_frames"] == 2
+
+
+def test_chain_frame_with_a_higher_epoch_asks_the_coordinator_for_the_topology():
+    middle = join(B, topo(1, A, B, C))
+    middle.on_write_frame(wframe("a", 3, 0, rec("k", 1)), 0.1)
+    middle.on_ack_frame(cframe("c", 3, 0, ("k", 1)), 0.1)
+    effects = middle.drain()
+    assert middle.store.versions("k") == []
+    assert middle.counters["stale_chain_frames"] == 2
+    # One topology call at a time.
+    assert [(e, h["type"]) for e, h in peer_requests(effects)] == [("coordinator", "topology")]
+
+
+def test_gap_in_the_write_link_requests_a_resync_upstream():
+    middle = join(B, topo(1, A, B, C))
+    middle.on_write_frame(wframe("a", 1, 0, rec("k", 1)), 0.1)
+    middle.on_write_frame(wframe("a", 1, 1, rec("k", 2)), 0.2)
+    assert [f.kind for f in ups(middle.drain())] == []
+    middle.on_write_frame(wframe("a", 1, 3, rec("k", 4)), 1.0)  # frame 2 was lost
+    effects = middle.drain()
+    assert [(f.kind, f.sender, f.epoch) for f in ups(effects)] == [("r", "b", 1)]
+    assert middle.store.versions("k") == [1, 2, 4]  # the frame's records still count
+    assert middle.counters["resyncs"] == 0
+
+
+def test_resync_request_from_the_successor_resends_the_whole_sent_list_as_frame_zero():
+    head = join(A, topo(1, A, B))
+    write(head, "k", b"1", 0.1)
+    write(head, "j", b"1", 0.1)
+    write(head, "k", b"2", 0.1)
+    head.on_ack_frame(cframe("b", 1, 0, ("j", 1)), 0.2)
+    head.drain()
+    head.on_ack_frame(rframe("b", 1, 1), 0.3)
+    effects = head.drain()
+    [frame] = downs(effects)
+    assert (frame.kind, frame.seq, frame.epoch) == ("w", 0, 1)
+    assert [(r.key, r.version) for r in frame.writes] == [("k", 1), ("k", 2)]
+    assert head.counters["resyncs"] == 1
+
+
+def test_resync_request_does_not_make_the_next_commit_frame_look_like_a_gap():
+    # The successor numbers "r" and "c" frames on one sequence, so after r(seq 0) its next commit
+    # frame is seq 1: that is not a loss and must not trigger a second full resend.
+    head = join(A, topo(1, A, B))
+    write(head, "k", b"1", 0.1)
+    write(head, "j", b"1", 0.1)
+    head.on_ack_frame(rframe("b", 1, 0), 0.2)
+    assert len(downs(head.drain())) == 1
+    head.on_ack_frame(cframe("b", 1, 1, ("k", 1)), 0.3)
+    assert downs(head.drain()) == []
+
+
+def test_uncommitted_sent_entries_are_resent_after_resend_interval():
+    head = join(A, topo(1, A, B))
+    write(head, "k", b"x", 1.0)
+    head.tick(1.0 + TIMINGS.resend_interval - 0.01)
+    assert downs(head.drain()) == []
+    head.tick(1.0 + TIMINGS.resend_interval)
+    [frame] = downs(head.drain())
+    assert [(r.key, r.version, r.value) for r in frame.writes] == [("k", 1, b"x")]
+    assert frame.seq > 0 and head.counters["resends"] == 1
+    head.on_ack_frame(cframe("b", 1, 0, ("k", 1)), 2.1)
+    head.drain()
+    head.tick(5.0)
+    assert downs(head.drain()) == []
+
+
+# ---------------------------------------------------------------------------------- reconfiguration
+
+
+def test_new_tail_commits_everything_sent_and_serves_only_after_sync():
+    middle = join(B, topo(1, A, B, C))
+    middle.on_write_frame(wframe("a", 1, 0, rec("k", 1, b"one"), rec("j", 1)), 0.1)
+    middle.drain()
+    middle.on_topology(topo(2, A, B), 0.2)  # the tail c was removed
+    effects = middle.drain()
+    assert middle.role == "tail"
+    assert store_view(middle, "k") == [(1, True)] and store_view(middle, "j") == [(1, True)]
+    commits = [c for f in ups(effects) if f.kind == "c" for c in f.commits]
+    assert sorted(commits) == [("j", 1), ("k", 1)]
+    assert all(f.epoch == 2 for f in ups(effects))
+    assert "r" in [f.kind for f in ups(effects)]
+    assert middle._sent == {}
+    # The lease still holds, but no reads until frame 0 of epoch 2 from a arrives.
+    assert not middle.serving(0.3)
+    assert only_reply(read(middle, "k", 0.3)).code == "unavailable"
+    middle.on_write_frame(wframe("a", 1, 5, rec("k", 2)), 0.3)  # old epoch: no sync
+    middle.on_write_frame(wframe("a", 2, 1), 0.3)  # not frame 0
+    middle.drain()
+    assert not middle.serving(0.3)
+    middle.on_write_frame(wframe("a", 2, 0, rec("k", 2, b"two")), 0.4)
+    middle.drain()
+    assert middle.serving(0.4)
+    assert only_reply(read(middle, "k", 0.4)).values == [b"two"]
+
+
+def test_head_left_alone_commits_its_pending_writes_and_answers_them():
+    head = join(A, topo(1, A, B))
+    write(head, "k", b"x", 0.1, request_id="w1")
+    head.on_topology(topo(2, A), 0.2)
+    reply = only_reply(head.drain())
+    assert reply.ok and (reply.id, reply.header["version"]) == ("w1", 1)
+    assert store_view(head, "k") == [(1, True)]
+
+
+def test_learner_copies_pages_follows_the_cursor_then_reports_caught_up():
+    learner = NodeCore(B, MemoryStore(), timings=TIMINGS)
+    learner.start(0.0)
+    learner.drain()
+    learner.on_peer_reply(wire.encode_reply(1, {"topology": topo(2, A, learner=B).to_dict()}), 0.0)
+    effects = learner.drain()
+    assert Relink(down=None, up=A.ack_in) in effects
+    [(endpoint, first)] = peer_requests(effects)
+    assert endpoint == "a/service"
+    assert (first["type"], first["after"], first["epoch"], first["limit"]) == ("catchup", None, 2, 2)
+    learner.on_peer_reply(wire.encode_reply(first["id"], {"items": [["j", 4, 0], ["k", 2, 0]], "cursor": "k"},
+                                            [b"jv", b"kv"]), 0.1)
+    [(endpoint, second)] = peer_requests(learner.drain())
+    assert (endpoint, second["type"], second["after"], second["epoch"]) == ("a/service", "catchup", "k", 2)
+    assert store_view(learner, "j") == [(4, True)] and store_view(learner, "k") == [(2, True)]
+    assert not learner.caught_up
+    learner.on_peer_reply(wire.encode_reply(second["id"], {"items": [["z", 3, wire.TOMBSTONE]], "cursor": None},
+                                            [b""]), 0.2)
+    [(endpoint, report)] = peer_requests(learner.drain())
+    assert endpoint == "coordinator"
+    assert (report["type"], report["node_id"], report["epoch"]) == ("caught_up", "b", 2)
+    assert learner.caught_up and learner.store.get("z", 3).tombstone
+    assert learner.store.get("z", 3).committed
+    # The report is repeated until the coordinator promotes the learner.
+    learner.tick(1.0)
+    assert "caught_up" in [h["type"] for _, h in peer_requests(learner.drain())]
+
+
+def test_learner_ignores_a_catchup_page_of_an_older_epoch():
+    learner = NodeCore(B, MemoryStore(), timings=TIMINGS)
+    learner.start(0.0)
+    learner.drain()
+    learner.on_peer_reply(wire.encode_reply(1, {"topology": topo(2, A, learner=B).to_dict()}), 0.0)
+    first = call_id(learner.drain(), "catchup")
+    learner.on_topology(topo(3, C, learner=B), 0.1)  # a new source: copying starts over
+    second = call_id(learner.drain(), "catchup")
+    learner.on_peer_reply(wire.encode_reply(first, {"items": [["k", 1, 0]], "cursor": None}, [b"x"]), 0.2)
+    assert learner.store.versions("k") == [] and not learner.caught_up
+    assert peer_requests(learner.drain()) == []
+    assert second != first
+
+
+def test_tail_forwards_committed_writes_to_the_learner_and_forgets_them_on_ack():
+    node = join(A, topo(2, A, learner=B))
+    effects = write(node, "k", b"x", 0.1)
+    assert only_reply(effects).header["version"] == 1
+    [frame] = downs(effects)
+    assert frame.sender == "a" and frame.writes == (WriteRecord("k", 1, b"x", True, False),)
+    assert list(node._sent) == [("k", 1)]
+    node.on_ack_frame(cframe("b", 2, 0, ("k", 1)), 0.2)
+    node.drain()
+    assert node._sent == {} and store_view(node, "k") == [(1, True)]
+
+
+def test_learner_stores_forwarded_writes_committed_and_acks_them():
+    learner = join(B, topo(2, A, learner=B), lease=False)
+    learner.on_write_frame(wframe("a", 2, 0, rec("k", 1, committed=True), rec("j", 2, committed=True)), 0.1)
+    effects = learner.drain()
+    assert store_view(learner, "k") == [(1, True)] and store_view(learner, "j") == [(2, True)]
+    assert [(f.kind, f.commits) for f in ups(effects)] == [("c", (("k", 1), ("j", 2)))]
+    assert downs(effects) == []
+
+
+def test_promoted_learner_serves_after_the_sync_from_the_old_tail():
+    learner = join(B, topo(2, A, learner=B), lease=False)
+    learner.on_topology(topo(3, A, B), 0.5)
+    learner.drain()
+    assert learner.role == "tail" and learner.caught_up
+    grant_lease(learner, 0.5)
+    assert not learner.serving(0.5)
+    learner.on_write_frame(wframe("a", 3, 0), 0.6)
+    assert learner.serving(0.6)
+
+
+def leftover_store() -> MemoryStore:
+    store = MemoryStore()
+    store.put("k", 1, b"committed", committed=True)
+    store.put("k", 2, b"dirty")
+    store.put("j", 1, b"dirty-only")
+    return store
+
+
+def test_node_restarted_as_learner_drops_leftover_dirty_versions():
+    node = join(B, topo(5, A, learner=B), store=leftover_store(), lease=False)
+    assert store_view(node, "k") == [(1, True)]
+    assert node.store.versions("j") == []
+
+
+def test_node_restarted_as_the_only_member_commits_leftover_dirty_versions():
+    node = join(A, topo(5, A), store=leftover_store())
+    assert store_view(node, "k") == [(2, True)] and store_view(node, "j") == [(1, True)]
+    assert only_reply(read(node, "k", 0.1)).values == [b"dirty"]
+    # The next write continues after the committed leftover.
+    assert only_reply(write(node, "k", b"new", 0.1)).header["version"] == 3
+
+
+# ---------------------------------------------------------------------------------- malformed input
+
+
+@pytest.mark.parametrize("frames, request_id", [
+    ([b"not json"], None),
+    ([orjson.dumps({"type": "write", "id": 5, "key": "k"})], 5),  # no value frame
+    ([orjson.dumps({"type": "write", "id": 6, "key": ""}), b"v"], 6),
+    ([orjson.dumps({"type": "explode", "id": 7, "key": "k"})], 7),
+    ([orjson.dumps({"type": "read", "id": 8, "key": "k", "mode": "sloppy"})], 8),
+    ([orjson.dumps({"type": "write", "id": 9, "key": "k"}), b"v", b"extra"], None),
+])
+def test_malformed_client_request_is_bad_request_and_stores_nothing(frames, request_id):
+    node = join(A, topo(1, A))
+    node.on_request("cl", frames, 0.1)
+    effects = node.drain()
+    reply = only_reply(effects)
+    assert not reply.ok and reply.code == "bad_request" and reply.id == request_id
+    assert node.store.versions("k") == [] and downs(effects) == []
+    assert node.counters["bad_messages"] == 1
+
+
+@pytest.mark.parametrize("data", [
+    b"",
+    b"\x00\x00\x00\x05{}",
+    b"garbage that is not a frame",
+    wframe("a", 1, 0, rec("k", 1))[:-3],  # truncated record
+    wire.encode_chain(ChainFrame("w", "a", 1, 0)) + b"\x00\x00\x00\x02[]\x00\x00\x00\x00",
+    raw_chain({"t": "w", "from": "a", "epoch": -1, "seq": 0}),
+    raw_chain({"t": "x", "from": "a", "epoch": 1, "seq": 0}),
+    raw_chain({"t": "c", "from": "a", "epoch": 1, "seq": 0, "commits": [["k", 0]]}),
+])
+def test_malformed_chain_frame_is_counted_and_stores_nothing(data):
+    middle = join(B, topo(1, A, B, C))
+    middle.on_write_frame(wframe("a", 1, 0), 0.1)
+    middle.drain()
+    middle.on_write_frame(data, 0.2)
+    middle.on_ack_frame(data, 0.2)
+    effects = middle.drain()
+    assert middle.counters["bad_messages"] == 2
+    assert middle.store.versions("k") == [] and downs(effects) == [] and ups(effects) == []
+
+
+def test_chain_frame_of_the_wrong_kind_for_the_link_is_counted():
+    middle = join(B, topo(1, A, B, C))
+    middle.on_write_frame(cframe("a", 1, 0, ("k", 1)), 0.1)
+    middle.on_ack_frame(wframe("c", 1, 0, rec("k", 1)), 0.1)
+    middle.drain()
+    assert middle.counters["bad_messages"] == 2 and middle.store.versions("k") == []
+
+
+def learner_waiting_for_a_page() -> tuple[NodeCore, int]:
+    learner = NodeCore(B, MemoryStore(), timings=TIMINGS)
+    learner.start(0.0)
+    learner.drain()
+    learner.on_peer_reply(wire.encode_reply(1, {"topology": topo(2, A, learner=B).to_dict()}), 0.0)
+    return learner, call_id(learner.drain(), "catchup")
+
+
+@pytest.mark.parametrize("items, values", [
+    ([["k", 1, 0]], []),  # values do not match the items
+    ([["k", 0, 0]], [b"x"]),
+    ([["k", 1]], [b"x"]),
+    ([[1, 1, 0]], [b"x"]),
+    ([["k", 1, "tombstone"]], [b"x"]),  # flags must be an integer
+    ([["k", 1, None]], [b"x"]),
+    ([["k", True, 0]], [b"x"]),  # a boolean is not a version
+])
+def test_malformed_catchup_page_is_counted_stores_nothing_and_is_retried(items, values):
+    learner, page = learner_waiting_for_a_page()
+    learner.on_peer_reply(wire.encode_reply(page, {"items": items, "cursor": None}, values), 0.1)
+    assert learner.counters["bad_messages"] == 1
+    assert learner.store.versions("k") == [] and not learner.caught_up
+    assert peer_requests(learner.drain()) == []
+    learner.tick(0.25)
+    assert [h["type"] for _, h in peer_requests(learner.drain()) if h["type"] == "catchup"] == ["catchup"]
+
+
+def test_catchup_source_serves_committed_pages_in_its_epoch_only():
+    tail = join(C, topo(2, A, B, C))
+    tail.on_write_frame(wframe("b", 2, 0, rec("a", 1), rec("b", 2), rec("c", 3, tombstone=True)), 0.1)
+    tail.drain()
+    tail.on_request("learner", wire.encode_request("catchup", 1, after=None, limit=2, epoch=2), 0.2)
+    reply = only_reply(tail.drain())
+    assert reply.header["items"] == [["a", 1, 0], ["b", 2, 0]] and reply.header["cursor"] == "b"
+    assert reply.values == [b"a1", b"b2"]
+    tail.on_request("learner", wire.encode_request("catchup", 2, after="b", limit=2, epoch=2), 0.2)
+    reply = only_reply(tail.drain())
+    assert reply.header["items"] == [["c", 3, wire.TOMBSTONE]] and reply.header["cursor"] is None
+    tail.on_request("learner", wire.encode_request("catchup", 3, after=None, limit=2, epoch=1), 0.2)
+    assert only_reply(tail.drain()).code == "wrong_epoch"
+
+
+def test_heartbeat_answered_unknown_node_makes_the_node_rejoin():
+    head = join(A, topo(1, A, B))
+    head.tick(1.0)
+    heartbeat = call_id(head.drain(), "heartbeat")
+    head.on_peer_reply(wire.encode_error(heartbeat, "unknown_node", "join again"), 1.0)
+    effects = head.drain()
+    assert not head.joined and not head.serving(1.0)
+    assert [h["type"] for _, h in peer_requests(effects)] == ["join"]
+
+
+def test_unanswered_join_is_repeated_after_request_timeout():
+    node = NodeCore(A, MemoryStore(), timings=TIMINGS)
+    node.start(0.0)
+    node.drain()
+    node.tick(TIMINGS.request_timeout - 0.01)
+    assert peer_requests(node.drain()) == []
+    node.tick(TIMINGS.request_timeout)
+    assert [h["type"] for _, h in peer_requests(node.drain())] == ["join"]
+    node.on_peer_reply(wire.encode_error(1, "bad_request", "endpoint clash"), 2.5)
+    assert not node.joined
