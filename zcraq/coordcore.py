@@ -77,7 +77,7 @@ class CoordinatorCore:
         self._outbox: list[Effect] = []
         self._last_publish = float("-inf")
         self._kept_last: set[str] = set()  # warned about once
-        self.counters = {"bad_messages": 0, "forwarded_writes": 0, "removals": 0}
+        self.counters = {"bad_messages": 0, "forwarded_writes": 0, "removals": 0, "internal_errors": 0}
 
     def _listed(self) -> list[Member]:
         learner = [self.topology.learner] if self.topology.learner else []

@@ -107,10 +107,14 @@ class CoordinatorProcess:
             now = time.monotonic()
             for sock in ready:
                 for frames in sockets.recv_batch(sock, BATCH):
-                    if sock is self.service:
-                        self._on_service(frames, now)
-                    elif frames and frames[0] == b"":
-                        self.core.on_peer_reply(frames[1:], now)
+                    try:
+                        if sock is self.service:
+                            self._on_service(frames, now)
+                        elif frames and frames[0] == b"":
+                            self.core.on_peer_reply(frames[1:], now)
+                    except Exception:  # a message the validation missed must not stop the chain
+                        self.core.counters["internal_errors"] += 1
+                        log.exception("error while handling a message; message dropped")
             self.core.tick(now)
             self._execute(self.core.drain())
         self.close()

@@ -101,27 +101,30 @@ class NodeProcess:
         self._leave()
 
     def _dispatch(self, sock: zmq.Socket, now: float) -> None:
-        core = self.core
         for frames in sockets.recv_batch(sock, BATCH):
-            if sock is self.write_in:
-                if len(frames) == 1:
-                    core.on_write_frame(frames[0], now)
-                else:
-                    core.counters["bad_messages"] += 1
-            elif sock is self.ack_in:
-                if len(frames) == 1:
-                    core.on_ack_frame(frames[0], now)
-                else:
-                    core.counters["bad_messages"] += 1
-            elif sock is self.service:
-                self._on_service(frames, now)
-            elif sock is self.sub:
-                self._on_topology_message(frames, now)
-            else:  # a DEALER: a reply from a peer or the coordinator
-                if frames and frames[0] == b"":
-                    core.on_peer_reply(frames[1:], now)
-                else:
-                    core.counters["bad_messages"] += 1
+            try:
+                self._handle(sock, frames, now)
+            except Exception:  # a message the validation missed must not take the node down
+                self.core.counters["internal_errors"] += 1
+                log.exception("error while handling a message; message dropped")
+
+    def _handle(self, sock: zmq.Socket, frames: list[bytes], now: float) -> None:
+        core = self.core
+        if sock is self.service:
+            self._on_service(frames, now)
+        elif sock is self.sub:
+            self._on_topology_message(frames, now)
+        elif sock is self.write_in or sock is self.ack_in:
+            if len(frames) != 1:
+                core.counters["bad_messages"] += 1
+            elif sock is self.write_in:
+                core.on_write_frame(frames[0], now)
+            else:
+                core.on_ack_frame(frames[0], now)
+        elif frames and frames[0] == b"":  # a DEALER: a reply from a peer or the coordinator
+            core.on_peer_reply(frames[1:], now)
+        else:
+            core.counters["bad_messages"] += 1
 
     def _on_service(self, frames: list[bytes], now: float) -> None:
         split = sockets.split_envelope(frames)

@@ -136,7 +136,7 @@ class NodeCore:
         self._last_caught_up_report = float("-inf")
         self.counters: dict[str, int] = {
             "reads": 0, "dirty_reads": 0, "writes": 0, "commits": 0, "bad_messages": 0,
-            "stale_chain_frames": 0, "resyncs": 0, "resends": 0,
+            "stale_chain_frames": 0, "resyncs": 0, "resends": 0, "internal_errors": 0,
         }
 
     # ------------------------------------------------------------------ derived state
