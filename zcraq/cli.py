@@ -174,5 +174,78 @@ def verify(history: str) -> None:
     sys.exit(check_main([history]))
 
 
+@main.command()
+@click.option("--duration", default=60.0, show_default=True, type=click.FloatRange(min=1.0),
+              help="Seconds of workload under faults (healing, final reads and checking come after).")
+@click.option("--nemesis", "nemesis_kinds", default="all", show_default=True, metavar="KINDS",
+              help="Comma list of kill, pause, partition, coordinator; or all, or none.")
+@click.option("--clients", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Concurrent client threads (Jepsen processes).")
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 20), help="Chain nodes.")
+@click.option("--seed", default=None, type=int, help="Seed of the workload and the fault schedule [default: random].")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Empty or new directory for history.jsonl, nemesis.jsonl, summary.json, verdict.txt, "
+                   "logs [default: a new directory under the system temp dir].")
+@click.option("--unsafe", default="", metavar="FAULTS",
+              help="Deliberate bugs to switch on in the nodes (ZCRAQ_UNSAFE_TEST_FAULTS), e.g. dirty_read_local.")
+@click.option("--keys", default=5, show_default=True, type=click.IntRange(min=1), help="Hot keys k0..kN-1.")
+@click.option("--read-ratio", default=0.5, show_default=True, type=click.FloatRange(0.0, 0.9),
+              help="Share of reads; deletes are a tenth, writes the rest.")
+@click.option("--think-ms", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="Each client waits up to this long between operations.")
+@click.option("--network", default="auto", show_default=True, type=click.Choice(["auto", "netns", "loopback"]),
+              help="netns: each process in its own network namespace (needed for partitions); auto: netns "
+                   "when partitions are wanted.")
+@click.option("--durability", default="sync", show_default=True, type=click.Choice(["sync", "async"]),
+              help="The nodes' durability setting.")
+@click.option("--lease-ms", default=2000, show_default=True, type=click.IntRange(min=100), help="Coordinator lease.")
+@click.option("--heartbeat-ms", default=200, show_default=True, type=click.IntRange(min=10), help="Node heartbeat.")
+@click.option("--client-timeout", default=3.0, show_default=True, type=click.FloatRange(min=0.5),
+              help="Seconds each client operation may take, retries included.")
+@click.option("--converge-timeout", default=90.0, show_default=True, type=click.FloatRange(min=1.0),
+              help="Seconds the healed chain may take to have every node serving.")
+def chaos(duration: float, nemesis_kinds: str, clients: int, nodes: int, seed: int | None, out_dir: str | None,
+          unsafe: str, keys: int, read_ratio: float, think_ms: float, network: str, durability: str,
+          lease_ms: int, heartbeat_ms: int, client_timeout: float, converge_timeout: float) -> None:
+    """Jepsen-style test against real processes: a workload under faults, then the checker.
+
+    Exit 0 when the history is linearizable, no acknowledged write was lost and the replicas agree;
+    1 on any violation (or when the run could not complete); 2 on usage errors.
+    """
+    import random
+    import signal
+    import tempfile
+    from pathlib import Path
+
+    from zcraq.chaos import ChaosOptions, UsageError, parse_nemesis, run_chaos
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    try:
+        kinds, note = parse_nemesis(nemesis_kinds)
+    except UsageError as error:
+        click.echo(f"zcraq chaos: {error}", err=True)
+        sys.exit(EXIT_USAGE)
+    if note:
+        click.echo(f"zcraq chaos: {note}", err=True)
+    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="zcraq-chaos-"))
+    options = ChaosOptions(
+        out=out, duration=duration, nemesis=kinds, clients=clients, nodes=nodes,
+        seed=random.randrange(1 << 31) if seed is None else seed, unsafe=unsafe, keys=keys, network=network,
+        lease_ms=lease_ms, heartbeat_ms=heartbeat_ms, client_timeout=client_timeout,
+        converge_timeout=converge_timeout, durability=durability, think_ms=think_ms, read_ratio=read_ratio)
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        report = run_chaos(options, echo=click.echo)
+    except UsageError as error:
+        click.echo(f"zcraq chaos: {error}", err=True)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        click.echo("zcraq chaos: interrupted; processes and namespaces were cleaned up", err=True)
+        sys.exit(EXIT_FAILED)
+    sys.exit(report.exit_code)
+
+
 if __name__ == "__main__":
     main()

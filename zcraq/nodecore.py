@@ -340,17 +340,20 @@ class NodeCore:
 
     def _commit_locally(self, key: str, version: int, now: float,
                         stored_record: WriteRecord | None = None) -> None:
-        """Commit as the tail (or learner): report it upstream and forward to a learner."""
+        """Commit as the tail (or learner): report it upstream and forward a newly committed
+        ``stored_record`` to the learner. A repeated record (None) only repeats the report: the
+        tail's sent list then holds what the learner has not acknowledged, which must stay."""
         self.store.commit(key, version)
         self.counters["commits"] += 1
         if not self.is_learner:
             self._acknowledge_writes(key, version)
-            self._forget_sent(key, version)
         if self.topology.predecessor(self.me.id) is not None:
             self._up_buffer.append((key, version))
-        if stored_record is not None and not self.is_learner and self.topology.learner is not None:
-            record = stored_record
-            self._forward(WriteRecord(key, version, record.value, True, record.tombstone), now)
+        if stored_record is not None and not self.is_learner:
+            self._forget_sent(key, version)  # our own uncommitted entries, when we just became tail
+            if self.topology.learner is not None:
+                record = stored_record
+                self._forward(WriteRecord(key, version, record.value, True, record.tombstone), now)
 
     # ------------------------------------------------------------------ chain: upstream commits
 
@@ -738,6 +741,9 @@ class NodeCore:
         elif now - self._last_heartbeat >= self.timings.heartbeat_interval:
             self._last_heartbeat = now
             self._call_coordinator("heartbeat", now, node_id=self.me.id, epoch=self.topology.epoch)
+        link = self._link_in
+        if link is not None and not link.synced:
+            self._request_resync(now)  # the sync frame or our request for it may have been lost
         self._expire_calls(now)
         self._expire_writes(now)
         self._resend_stale(now)
