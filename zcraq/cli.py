@@ -89,7 +89,15 @@ def client(ctx: click.Context, coordinator_endpoint: str | None, node: str | Non
     """Read, write and inspect the chain."""
     from zcraq.client import ZClient
 
-    zclient = ZClient(coordinator_endpoint or default_coordinator_endpoint(), timeout=timeout)
+    from zcraq.config import parse_endpoint
+
+    try:
+        zclient = ZClient(coordinator_endpoint or default_coordinator_endpoint(), timeout=timeout)
+        if node and node.startswith("tcp://"):
+            parse_endpoint(node)
+    except (ZcraqError, ValueError) as error:
+        click.echo(f"zcraq: {error}", err=True)
+        sys.exit(EXIT_USAGE)
     ctx.call_on_close(zclient.close)
     ctx.obj = {"client": zclient, "node": node}
 

@@ -18,7 +18,7 @@ from typing import Any
 import zmq
 
 from zcraq import sockets, wire
-from zcraq.config import default_coordinator_endpoint
+from zcraq.config import default_coordinator_endpoint, parse_endpoint
 from zcraq.errors import BadRequest, KeyNotFound, Timeout, Unavailable, WriteOutcomeUnknown, ZcraqError, error_for
 from zcraq.topology import Topology
 
@@ -33,6 +33,7 @@ class ZClient:
         config/coordinator.toml starts (or $ZCRAQ_COORDINATOR). ``timeout``: seconds any call may
         take in all, retries included."""
         self.coordinator = coordinator or default_coordinator_endpoint()
+        self._check_endpoint(self.coordinator)
         self.timeout = timeout
         self._ctx = zmq.Context()
         self._sockets: dict[str, zmq.Socket] = {}
@@ -75,8 +76,11 @@ class ZClient:
         last_error: ZcraqError = Unavailable("no node answered")
         while time.monotonic() < deadline:
             endpoint = self._node_endpoint(node, deadline) if node else self._pick_reader(deadline)
+            if endpoint is None and node:
+                raise Unavailable(f"no node {node!r} in the chain (or the coordinator did not answer)")
             if endpoint is None:
-                last_error = Unavailable("the chain has no members")
+                last_error = Unavailable("no node to read from: the chain is empty or the coordinator "
+                                         "did not answer")
             else:
                 try:
                     reply = self._call(endpoint, "read", self._attempt_deadline(deadline), key=key, mode=mode)
@@ -180,8 +184,16 @@ class ZClient:
         self._next_node += 1
         return topology.members[self._next_node % len(topology.members)].service
 
+    @staticmethod
+    def _check_endpoint(endpoint: str) -> None:
+        try:
+            parse_endpoint(endpoint)
+        except ValueError as error:
+            raise BadRequest(str(error)) from None
+
     def _node_endpoint(self, node: str, deadline: float) -> str | None:
         if node.startswith("tcp://"):
+            self._check_endpoint(node)
             return node
         topology = self._cached_topology(deadline)
         member = topology.member(node) if topology else None

@@ -52,11 +52,16 @@ def bound(ctx: zmq.Context, kind: int, endpoint: str, max_message: int = MAX_MES
 
 
 def connected(ctx: zmq.Context, kind: int, endpoint: str, max_message: int = MAX_MESSAGE_BYTES) -> zmq.Socket:
+    """A socket connecting to ``endpoint``; AddressError (and no leaked socket) if it cannot."""
     sock = _configure(ctx.socket(kind), max_message)
     if kind == zmq.PUSH:
         # Queue nothing for a peer that is not connected: the chain protocol resends instead.
         sock.setsockopt(zmq.IMMEDIATE, 1)
-    sock.connect(endpoint)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as error:
+        sock.close(0)
+        raise AddressError(f"cannot connect to {endpoint!r}: {error.strerror}") from None
     return sock
 
 
@@ -100,7 +105,10 @@ class PushLink:
         self.close()
         self.endpoint = endpoint
         if endpoint is not None:
-            self._sock = connected(self._ctx, zmq.PUSH, endpoint)
+            try:
+                self._sock = connected(self._ctx, zmq.PUSH, endpoint)
+            except AddressError as error:
+                log.error("%s; the link stays down", error)
 
     def send(self, frame: bytes) -> bool:
         if self._sock is None or not send_nowait(self._sock, [frame]):
@@ -132,7 +140,11 @@ class DealerPool:
         endpoint = self._aliases.get(endpoint, endpoint)
         sock = self.sockets.get(endpoint)
         if sock is None:
-            sock = connected(self._ctx, zmq.DEALER, endpoint)
+            try:
+                sock = connected(self._ctx, zmq.DEALER, endpoint)
+            except AddressError as error:
+                log.error("%s; request dropped", error)
+                return False
             self.sockets[endpoint] = sock
             self._poller.register(sock, zmq.POLLIN)
         return send_nowait(sock, [b"", *frames])
