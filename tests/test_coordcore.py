@@ -18,6 +18,11 @@ TIMINGS = CoordinatorTimings(lease=3.0, republish_interval=1.0, request_timeout=
 REMOVAL = TIMINGS.removal_after  # 3.3
 
 
+def ACCEPT_ANY(endpoint: str) -> None:  # noqa: N802 - a constant-like policy
+    """These tests name endpoints "a/service"; real endpoints are checked by the default."""
+
+
+
 def member(name: str) -> Member:
     return Member(name, f"{name}/service", f"{name}/write", f"{name}/ack")
 
@@ -59,7 +64,7 @@ def heartbeat(core: CoordinatorCore, node_id: str, now: float) -> wire.Reply:
 
 def chain(*nodes: Member, now: float = 0.0) -> CoordinatorCore:
     """A coordinator whose chain is ``nodes`` in order, built through joins and catch-ups."""
-    core = CoordinatorCore("coord/pub", None, now, timings=TIMINGS)
+    core = CoordinatorCore("coord/pub", None, now, timings=TIMINGS, check_endpoint=ACCEPT_ANY)
     for node in nodes:
         join(core, node, now)
         if core.topology.learner is not None:
@@ -72,7 +77,7 @@ def chain(*nodes: Member, now: float = 0.0) -> CoordinatorCore:
 
 
 def test_first_join_makes_the_sole_member_at_epoch_1():
-    core = CoordinatorCore("coord/pub", None, 0.0, timings=TIMINGS)
+    core = CoordinatorCore("coord/pub", None, 0.0, timings=TIMINGS, check_endpoint=ACCEPT_ANY)
     effects = request(core, "join", 0.0, node=A.to_dict(), request_id="j")
     assert kinds(effects) == ["Persist", "Publish", "Reply"]
     assert effects[0].state == {"topology": core.topology.to_dict()}
@@ -171,7 +176,7 @@ def test_silent_learner_is_dropped():
 def test_restarted_coordinator_removes_nobody_until_removal_after_since_its_start():
     persisted = {"topology": Topology(7, (A, B, C), D).to_dict()}
     start = 1000.0  # every node has been silent for far longer than a lease
-    core = CoordinatorCore("coord/pub", persisted, start, timings=TIMINGS)
+    core = CoordinatorCore("coord/pub", persisted, start, timings=TIMINGS, check_endpoint=ACCEPT_ANY)
     assert core.topology == Topology(7, (A, B, C), D)
     for now in (start, start + 1.0, start + REMOVAL):
         core.tick(now)
@@ -305,7 +310,7 @@ def test_forwarded_write_without_an_answer_is_unknown_outcome():
 
 
 def test_write_with_no_members_is_unavailable():
-    core = CoordinatorCore("coord/pub", None, 0.0, timings=TIMINGS)
+    core = CoordinatorCore("coord/pub", None, 0.0, timings=TIMINGS, check_endpoint=ACCEPT_ANY)
     effects = request(core, "write", 0.1, b"v", request_id=3, key="k")
     reply = only_reply(effects)
     assert (reply.id, reply.code) == (3, "unavailable")
@@ -336,3 +341,13 @@ def test_topology_request_returns_the_current_topology():
     core = chain(A, B)
     reply = only_reply(request(core, "topology", 0.1))
     assert Topology.from_dict(reply.header["topology"]) == core.topology
+
+
+def test_join_with_an_unusable_endpoint_is_refused_by_default():
+    core = CoordinatorCore("tcp://127.0.0.1:7001", None, 0.0, timings=TIMINGS)
+    node = {"id": "x", "service": "tcp://127.0.0.1:9", "write_in": "garbage", "ack_in": "tcp://127.0.0.1:11"}
+    core.on_request("cl", wire.encode_request("join", 1, node=node), 0.0)
+    [effect] = core.drain()
+    reply = wire.decode_reply(effect.frames)
+    assert reply.code == "bad_request" and "garbage" in reply.message
+    assert core.topology.epoch == 0

@@ -28,11 +28,13 @@ learner catching up behind the tail. Every change bumps the epoch and is publish
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import count
 from typing import Any
 
 from zcraq import wire
+from zcraq.config import parse_endpoint
 from zcraq.effects import Effect, PeerRequest, Persist, Publish, Reply
 from zcraq.topology import EMPTY, Member, Topology
 from zcraq.wire import Limits, Request, WireError
@@ -64,8 +66,12 @@ class _Forward:
 
 class CoordinatorCore:
     def __init__(self, publish_endpoint: str, state: dict[str, Any] | None, now: float,
-                 limits: Limits | None = None, timings: CoordinatorTimings | None = None) -> None:
+                 limits: Limits | None = None, timings: CoordinatorTimings | None = None,
+                 check_endpoint: Callable[[str], object] = parse_endpoint) -> None:
+        """``check_endpoint`` raises ValueError for an endpoint nodes could not connect to (the
+        simulator passes its own: its endpoints are not TCP addresses)."""
         self.publish_endpoint = publish_endpoint
+        self.check_endpoint = check_endpoint
         self.limits = limits or Limits()
         self.timings = timings or CoordinatorTimings()
         self.topology = Topology.from_dict(state["topology"]) if state else EMPTY
@@ -135,6 +141,8 @@ class CoordinatorCore:
     def _handle_join(self, client: Any, request: Request, now: float) -> None:
         try:
             node = Member.from_dict(request.fields["node"])
+            for endpoint in (node.service, node.write_in, node.ack_in):
+                self.check_endpoint(endpoint)  # a node nobody can connect to must never be listed
         except ValueError as error:
             self._error(client, request.id, "bad_request", str(error))
             return

@@ -28,6 +28,11 @@ def service_of(process: str) -> str:
     return f"{process}/service"
 
 
+def _check_sim_endpoint(endpoint: str) -> None:
+    if "/" not in endpoint:
+        raise ValueError(f"not a simulated endpoint: {endpoint!r}")
+
+
 class SimProcess:
     """Shared life cycle: alive/crashed, paused (events wait, like SIGSTOP), incarnations."""
 
@@ -173,7 +178,7 @@ class SimCoordinator(SimProcess):
         self.incarnation += 1
         self.alive = True
         self.core = CoordinatorCore(f"{COORDINATOR}/publish", self.persisted, self.sim.world.now,
-                                    timings=self.timings)
+                                    timings=self.timings, check_endpoint=_check_sim_endpoint)
         self._schedule_tick()
 
     def crash(self) -> None:
