@@ -18,7 +18,8 @@ from zcraq.wire import ChainFrame, WriteRecord
 pytestmark = pytest.mark.timeout(60)
 
 TIMINGS = NodeTimings(heartbeat_interval=0.5, request_timeout=2.0, write_timeout=10.0,
-                      resend_interval=1.0, catchup_page_items=2)
+                      resend_interval=1.0, catchup_page_items=2, peer_lease=0.5)
+FENCE_OVER = 0.2 + TIMINGS.peer_lease + 0.01  # a fence begun at 0.2 is over
 LEASE_MS = 3000
 
 
@@ -68,7 +69,7 @@ def join(me: Member, topology: Topology, now: float = 0.0, store: MemoryStore | 
          lease: bool = True, unsafe: frozenset[str] = frozenset()) -> NodeCore:
     """A node whose join the coordinator answered with ``topology``, optionally with a lease."""
     node = NodeCore(me, store if store is not None else MemoryStore(), timings=TIMINGS, unsafe=unsafe)
-    node.start(now)
+    node.start(now - TIMINGS.peer_lease)  # started long enough ago that its start-up fence is over
     assert call_id(node.drain(), "join") == 1
     node.on_peer_reply(wire.encode_reply(1, {"topology": topology.to_dict(), "publish": "coord/pub"}), now)
     node.drain()
@@ -590,6 +591,10 @@ def test_new_tail_commits_everything_sent_and_serves_only_after_sync():
     middle.on_write_frame(wframe("a", 1, 0, rec("k", 1, b"one"), rec("j", 1)), 0.1)
     middle.drain()
     middle.on_topology(topo(2, A, B), 0.2)  # the tail c was removed
+    assert ups(middle.drain()) == []
+    # c may still serve on our earlier confirmation: no commit until the fence is over.
+    assert store_view(middle, "k") == [(1, False)] and not middle.serving(0.3)
+    middle.tick(FENCE_OVER)
     effects = middle.drain()
     assert middle.role == "tail"
     assert store_view(middle, "k") == [(1, True)] and store_view(middle, "j") == [(1, True)]
@@ -599,22 +604,24 @@ def test_new_tail_commits_everything_sent_and_serves_only_after_sync():
     assert "r" in [f.kind for f in ups(effects)]
     assert middle._sent == {}
     # The lease still holds, but no reads until frame 0 of epoch 2 from a arrives.
-    assert not middle.serving(0.3)
-    assert only_reply(read(middle, "k", 0.3)).code == "unavailable"
-    middle.on_write_frame(wframe("a", 1, 5, rec("k", 2)), 0.3)  # old epoch: no sync
-    middle.on_write_frame(wframe("a", 2, 1), 0.3)  # not frame 0
+    assert not middle.serving(FENCE_OVER + 0.1)
+    assert only_reply(read(middle, "k", FENCE_OVER + 0.1)).code == "unavailable"
+    middle.on_write_frame(wframe("a", 1, 5, rec("k", 2)), FENCE_OVER + 0.1)  # old epoch: no sync
+    middle.on_write_frame(wframe("a", 2, 1), FENCE_OVER + 0.1)  # not frame 0
     middle.drain()
-    assert not middle.serving(0.3)
-    middle.on_write_frame(wframe("a", 2, 0, rec("k", 2, b"two")), 0.4)
+    assert not middle.serving(FENCE_OVER + 0.1)
+    middle.on_write_frame(wframe("a", 2, 0, rec("k", 2, b"two")), FENCE_OVER + 0.2)
     middle.drain()
-    assert middle.serving(0.4)
-    assert only_reply(read(middle, "k", 0.4)).values == [b"two"]
+    assert middle.serving(FENCE_OVER + 0.2)
+    assert only_reply(read(middle, "k", FENCE_OVER + 0.2)).values == [b"two"]
 
 
 def test_head_left_alone_commits_its_pending_writes_and_answers_them():
     head = join(A, topo(1, A, B))
     write(head, "k", b"x", 0.1, request_id="w1")
     head.on_topology(topo(2, A), 0.2)
+    assert replies(head.drain()) == []  # fenced: b may still serve on our confirmation
+    head.tick(FENCE_OVER)
     reply = only_reply(head.drain())
     assert reply.ok and (reply.id, reply.header["version"]) == ("w1", 1)
     assert store_view(head, "k") == [(1, True)]
@@ -638,13 +645,19 @@ def test_learner_copies_pages_follows_the_cursor_then_reports_caught_up():
     assert not learner.caught_up
     learner.on_peer_reply(wire.encode_reply(second["id"], {"items": [["z", 3, wire.TOMBSTONE]], "cursor": None},
                                             [b""]), 0.2)
-    [(endpoint, report)] = peer_requests(learner.drain())
+    learner.drain()
+    assert not learner.caught_up  # pages done, but the live stream from the tail is not in sync yet
+    learner.tick(FENCE_OVER)  # its start-up fence ends: it asks the tail for a sync frame
+    learner.drain()
+    learner.on_write_frame(wframe("a", 2, 0), FENCE_OVER)
+    learner.tick(FENCE_OVER + 0.01)
+    [(endpoint, report)] = [r for r in peer_requests(learner.drain()) if r[1]["type"] == "caught_up"]
     assert endpoint == "coordinator"
     assert (report["type"], report["node_id"], report["epoch"]) == ("caught_up", "b", 2)
     assert learner.caught_up and learner.store.get("z", 3).tombstone
     assert learner.store.get("z", 3).committed
     # The report is repeated until the coordinator promotes the learner.
-    learner.tick(1.0)
+    learner.tick(FENCE_OVER + 1.0)
     assert "caught_up" in [h["type"] for _, h in peer_requests(learner.drain())]
 
 
@@ -662,15 +675,17 @@ def test_learner_ignores_a_catchup_page_of_an_older_epoch():
     assert second != first
 
 
-def test_tail_forwards_committed_writes_to_the_learner_and_forgets_them_on_ack():
+def test_tail_forwards_committed_writes_to_the_learner_and_answers_once_it_has_them():
     node = join(A, topo(2, A, learner=B))
     effects = write(node, "k", b"x", 0.1)
-    assert only_reply(effects).header["version"] == 1
+    # Committed here, but answered only when the learner holds it: were this node to die, the
+    # learner must not become tail without an acknowledged write.
+    assert replies(effects) == [] and store_view(node, "k") == [(1, True)]
     [frame] = downs(effects)
     assert frame.sender == "a" and frame.writes == (WriteRecord("k", 1, b"x", True, False),)
     assert list(node._sent) == [("k", 1)]
     node.on_ack_frame(cframe("b", 2, 0, ("k", 1)), 0.2)
-    node.drain()
+    assert only_reply(node.drain()).header["version"] == 1
     assert node._sent == {} and store_view(node, "k") == [(1, True)]
 
 

@@ -60,7 +60,7 @@ log = logging.getLogger("zcraq.node")
 UNSAFE_FAULTS = frozenset({"dirty_read_local"})  # answer dirty reads without asking the tail
 
 # Requests a node's service endpoint accepts.
-NODE_REQUESTS = frozenset({"read", "write", "delete", "version", "catchup", "status"})
+NODE_REQUESTS = frozenset({"read", "write", "delete", "version", "catchup", "status", "confirm"})
 
 
 @dataclass(slots=True)
@@ -70,6 +70,7 @@ class NodeTimings:
     write_timeout: float = 10.0  # a client write still uncommitted after this gets unknown_outcome
     resend_interval: float = 1.0
     catchup_page_items: int = 1000
+    peer_lease: float = 1.0  # how long a confirmation to a peer binds this node (see "Leases")
 
 
 @dataclass(slots=True)
@@ -99,6 +100,10 @@ class _LinkIn:
     epoch: int
     expected: int = 0
     synced: bool = False  # sync frame (seq 0) received on this link
+
+
+def _listed_ids(topology: Topology) -> set[str]:
+    return {m.id for m in topology.members} | ({topology.learner.id} if topology.learner else set())
 
 
 class NodeCore:
@@ -132,11 +137,19 @@ class NodeCore:
         self._join_sent_at = float("-inf")
         self._catchup_cursor: str | None = None
         self._catchup_active = False
+        self._catchup_complete = False  # pages done, waiting for the live stream's sync
         self._next_catchup_try = 0.0
+        self._confirmed_until: dict[str, float] = {}  # peer -> its confirmation of our epoch ends
+        self._last_confirm_round = float("-inf")
+        self.fenced_until = float("-inf")
+        self._link_start_pending = False
+        self._commit_sent_pending = False
+        self._commit_dirty_pending = False
         self._last_caught_up_report = float("-inf")
         self.counters: dict[str, int] = {
             "reads": 0, "dirty_reads": 0, "writes": 0, "commits": 0, "bad_messages": 0,
             "stale_chain_frames": 0, "resyncs": 0, "resends": 0, "internal_errors": 0,
+            "fenced_frames": 0,
         }
 
     # ------------------------------------------------------------------ derived state
@@ -174,23 +187,44 @@ class NodeCore:
 
     def serving(self, now: float) -> bool:
         """May this node answer reads, version queries and writes right now?"""
-        if self.position is None or now >= self.lease_until:
+        if self.position is None:
             return False
+        if now >= self.lease_until and not self._peers_confirm(now):
+            return False
+        if self._commit_sent_pending or self._commit_dirty_pending:
+            return False  # a new tail holds versions an old tail may have committed: commit first
         if self.is_tail and self.topology.predecessor(self.me.id) is not None:
             # A new tail must first hold everything its predecessor forwarded (sync frame).
             link = self._link_in
             return link is not None and link.synced and link.epoch == self.topology.epoch
         return True
 
+    def fenced(self, now: float) -> bool:
+        return now < self.fenced_until
+
+    def _peers(self) -> list[Member]:
+        listed = [*self.topology.members, *([self.topology.learner] if self.topology.learner else [])]
+        return [m for m in listed if m.id != self.me.id]
+
+    def _peers_confirm(self, now: float) -> bool:
+        """Every other node of our epoch confirmed, recently enough, that it is still in it."""
+        return all(self._confirmed_until.get(m.id, float("-inf")) > now for m in self._peers())
+
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, now: float) -> None:
         """A fresh incarnation: register with the coordinator. What becomes of versions left
         uncommitted by the previous run depends on where the coordinator puts us (see
-        ``_settle_uncommitted``)."""
+        ``_settle_uncommitted``). A previous incarnation may have confirmed peers: keep the
+        promise by staying fenced for a peer lease."""
+        self._fence(now)
         self._send_join(now)
 
-    def _settle_uncommitted(self) -> None:
+    def _fence(self, now: float) -> None:
+        """Take part in no commit for a peer lease (see "Leases" above)."""
+        self.fenced_until = max(self.fenced_until, now + self.timings.peer_lease)
+
+    def _settle_uncommitted(self, now: float) -> None:
         """Uncommitted versions from a previous incarnation, once the join is answered.
 
         As a learner they go: the chain holds everything that was committed, and a stale dirty
@@ -204,11 +238,15 @@ class NodeCore:
             if dropped:
                 log.info("dropped %d uncommitted versions left by a previous run", dropped)
         elif self.is_tail:
-            dirty = [(item.key, item.version) for item in self.store.dirty_items()]
-            for key, version in dirty:
-                self.store.commit(key, version)
-            if dirty:
-                log.info("committed %d versions left uncommitted by a previous run", len(dirty))
+            self._commit_dirty_pending = True
+            self._start_links_when_unfenced(now)
+
+    def _commit_leftover_dirty(self) -> None:
+        dirty = [(item.key, item.version) for item in self.store.dirty_items()]
+        for key, version in dirty:
+            self.store.commit(key, version)
+        if dirty:
+            log.info("committed %d versions left uncommitted by a previous run", len(dirty))
 
     def _send_join(self, now: float) -> None:
         self._join_sent_at = now
@@ -245,15 +283,13 @@ class NodeCore:
         self._up_seq = 0
         self._link_in = _LinkIn(pred.id, topology.epoch) if pred else None
         self._ack_in = _LinkIn(succ.id, topology.epoch) if succ else None
+        self._confirmed_until.clear()  # confirmations were for the old epoch
+        if _listed_ids(old) - _listed_ids(topology):
+            # Someone was removed: it may still serve on our earlier confirmations.
+            self._fence(now)
         if self.is_tail and not was_tail and not was_learner:
-            self._commit_everything_sent(now)
-        if self.is_tail and succ is None:
-            self._sent.clear()
-            self._sent_versions.clear()
-        if succ is not None:
-            self._send_sync(now)
-        if pred is not None:
-            self._request_resync(now, force=True)
+            self._commit_sent_pending = True
+        self._start_links_when_unfenced(now)
         if self.is_learner:
             # Pages already copied stay valid only while the same source keeps forwarding to us:
             # a new source may hold commits the old one never forwarded.
@@ -261,13 +297,39 @@ class NodeCore:
                 self._catchup_cursor = None
                 self.caught_up = False
         if self.is_learner and not self.caught_up:
+            self._catchup_complete = False
             self._catchup_active = True
             self._request_catchup_page(now)  # replies of the old epoch are ignored
         if not self.is_learner and self.position is not None:
             self.caught_up = True
             self._catchup_active = False
 
+    def _start_links_when_unfenced(self, now: float) -> None:
+        self._link_start_pending = True
+        if not self.fenced(now):
+            self._start_links(now)
+
+    def _start_links(self, now: float) -> None:
+        """Begin this epoch's chain traffic: commit what a new tail must, then sync both links."""
+        self._link_start_pending = False
+        if self._commit_dirty_pending:
+            self._commit_dirty_pending = False
+            self._commit_leftover_dirty()
+        if self._commit_sent_pending:
+            self._commit_sent_pending = False
+            if self.is_tail:
+                self._commit_everything_sent(now)
+        if self.is_tail and self.topology.successor(self.me.id) is None:
+            # No learner any more: commits held for it can be reported now.
+            for key, version in list(self._sent):
+                self._release(key, version)
+            self._sent.clear()
+            self._sent_versions.clear()
+        self._send_sync(now)
+        self._request_resync(now, force=True)
+
     def _reset_incarnation(self, now: float) -> None:
+        self._fence(now)
         self.joined = False
         self.caught_up = False
         self.lease_until = float("-inf")
@@ -345,15 +407,26 @@ class NodeCore:
         tail's sent list then holds what the learner has not acknowledged, which must stay."""
         self.store.commit(key, version)
         self.counters["commits"] += 1
-        if not self.is_learner:
-            self._acknowledge_writes(key, version)
-        if self.topology.predecessor(self.me.id) is not None:
-            self._up_buffer.append((key, version))
-        if stored_record is not None and not self.is_learner:
+        if self.is_learner:
+            self._up_buffer.append((key, version))  # the acknowledgement the tail waits for
+            return
+        if stored_record is not None:
             self._forget_sent(key, version)  # our own uncommitted entries, when we just became tail
             if self.topology.learner is not None:
+                # Reported upstream only once the learner has it (see _release): should this
+                # tail die, the learner or the predecessor still holds every reported commit.
                 record = stored_record
                 self._forward(WriteRecord(key, version, record.value, True, record.tombstone), now)
+                return
+        elif any(v >= version for v in self._sent_versions.get(key, ())):
+            return  # a repeat of a record the learner has not acknowledged yet: no report yet
+        self._release(key, version)
+
+    def _release(self, key: str, version: int) -> None:
+        """Report a commit upstream and answer the clients waiting for it."""
+        self._acknowledge_writes(key, version)
+        if self.topology.predecessor(self.me.id) is not None:
+            self._up_buffer.append((key, version))
 
     # ------------------------------------------------------------------ chain: upstream commits
 
@@ -377,7 +450,10 @@ class NodeCore:
         from_learner = self.is_tail and self.topology.learner is not None
         for key, version in frame.commits:
             if from_learner:
-                self._forget_sent(key, version)  # the learner has it; the tail committed it already
+                # The learner has it: the commit (made here already) may now be reported.
+                if any(v <= version for v in self._sent_versions.get(key, ())):
+                    self._forget_sent(key, version)
+                    self._release(key, version)
                 continue
             self.store.commit(key, version)
             self.counters["commits"] += 1
@@ -427,6 +503,9 @@ class NodeCore:
         if frame.kind not in kinds:
             self.counters["bad_messages"] += 1
             return False
+        if self.fenced(now) or self._link_start_pending:
+            self.counters["fenced_frames"] += 1
+            return False  # resent after the fence: the link starts afresh then
         if frame.epoch > self.topology.epoch:
             self._ask_topology(now)
         if link is None or frame.sender != link.sender or frame.epoch != link.epoch:
@@ -436,7 +515,7 @@ class NodeCore:
 
     def _send_sync(self, now: float) -> None:
         """Start the downstream link afresh: frame 0 carries every uncommitted record sent."""
-        if self.topology.successor(self.me.id) is None:
+        if self.topology.successor(self.me.id) is None or self._link_start_pending:
             return
         self._flush_down()
         records = []
@@ -447,7 +526,7 @@ class NodeCore:
         self._emit_down(records)
 
     def _request_resync(self, now: float, force: bool = False) -> None:
-        if self.topology.predecessor(self.me.id) is None:
+        if self.topology.predecessor(self.me.id) is None or self._link_start_pending:
             return
         if not force and now - self._last_resync_request < self.timings.resend_interval / 2:
             return
@@ -468,13 +547,13 @@ class NodeCore:
     def _flush_down(self) -> None:
         if self._down_buffer:
             records, self._down_buffer = self._down_buffer, []
-            if self.topology.successor(self.me.id) is not None:
+            if self.topology.successor(self.me.id) is not None and not self._link_start_pending:
                 self._emit_down(records)
 
     def _flush_up(self) -> None:
         if self._up_buffer:
             commits, self._up_buffer = self._up_buffer, []
-            if self.topology.predecessor(self.me.id) is not None:
+            if self.topology.predecessor(self.me.id) is not None and not self._link_start_pending:
                 self._outbox.append(SendUp(ChainFrame("c", self.me.id, self.topology.epoch,
                                                       self._next_up_seq(), commits=tuple(commits))))
 
@@ -536,8 +615,8 @@ class NodeCore:
             return "node is catching up and serves no reads yet"
         if self.position is None:
             return "node is not in the chain"
-        if now >= self.lease_until:
-            return "node has no valid lease from the coordinator"
+        if now >= self.lease_until and not self._peers_confirm(now):
+            return "node has no valid lease (neither from the coordinator nor from every peer)"
         return "node is waiting for its predecessor to sync"
 
     def _handle_write(self, client: Any, request: Request, now: float) -> None:
@@ -552,8 +631,9 @@ class NodeCore:
             self._reply_error(client, request.id, "not_head", "writes go to the head of the chain",
                               head=head.service if head else None)
             return
-        if not self.serving(now):
-            self._reply_error(client, request.id, "unavailable", self._not_serving_reason(now))
+        if not self.serving(now) or self._link_start_pending:
+            reason = self._not_serving_reason(now) if not self.serving(now) else "the chain is reconfiguring"
+            self._reply_error(client, request.id, "unavailable", reason)
             return
         key = request.key
         assert key is not None
@@ -563,8 +643,9 @@ class NodeCore:
         record = WriteRecord(key, version, value, False, tombstone)
         if self.is_tail:  # single-member chain: the head is the tail
             self.store.put(key, version, value, committed=True, tombstone=tombstone)
-            self._reply_ok(client, request.id, version=version)
-            self._commit_locally(key, version, now, stored_record=record)
+            self._pending_writes.setdefault(key, []).append(
+                _PendingWrite(version, client, request.id, now + self.timings.write_timeout))
+            self._commit_locally(key, version, now, stored_record=record)  # answers unless a learner must ack
             return
         self.store.put(key, version, value, tombstone=tombstone)
         self._pending_writes.setdefault(key, []).append(
@@ -582,10 +663,26 @@ class NodeCore:
         assert request.key is not None
         self._reply_ok(client, request.id, version=self._committed_version(request.key))
 
+    def _handle_confirm(self, client: Any, request: Request, now: float) -> None:
+        """A peer asks whether we are still in its epoch. Saying yes binds us: should we later
+        adopt an epoch that removes it, we take part in no commit for ``peer_lease``."""
+        asker = request.fields["node_id"]
+        if (not self.joined or request.fields["epoch"] != self.topology.epoch
+                or self.topology.member(asker) is None or self.topology.member(self.me.id) is None):
+            self._reply_error(client, request.id, "wrong_epoch", "not in that epoch with you",
+                              epoch=self.topology.epoch)
+            return
+        self._reply_ok(client, request.id, epoch=self.topology.epoch,
+                       lease_ms=int(self.timings.peer_lease * 1000))
+
     def _handle_catchup(self, client: Any, request: Request, now: float) -> None:
         if self.position is None or request.fields["epoch"] != self.topology.epoch:
             self._reply_error(client, request.id, "wrong_epoch", "catch-up source is not in that epoch",
                               epoch=self.topology.epoch)
+            return
+        if self._link_start_pending:
+            # Commits this node still owes (a new tail, a restarted last member) must be in the pages.
+            self._reply_error(client, request.id, "unavailable", "catch-up source is reconfiguring; retry")
             return
         page = self.store.committed_page(request.fields.get("after"), request.fields["limit"])
         items = [[i.key, i.version, wire.TOMBSTONE if i.tombstone else 0] for i in page.items]
@@ -662,7 +759,7 @@ class NodeCore:
         self.joined = True
         self.topology = EMPTY  # adopt the join reply's topology whatever its epoch
         self.on_topology(topology, now)
-        self._settle_uncommitted()
+        self._settle_uncommitted(now)
         self._last_heartbeat = float("-inf")
 
     def _reply_to_topology(self, call: _PendingCall, reply: wire.Reply, now: float) -> None:
@@ -685,6 +782,16 @@ class NodeCore:
         if reply.header.get("status") == "member" and isinstance(lease, int) and epoch == call.epoch:
             # Measured from when the heartbeat was sent: the coordinator's clock started later.
             self.lease_until = max(self.lease_until, call.sent_at + lease / 1000.0)
+
+    def _reply_to_confirm(self, call: _PendingCall, reply: wire.Reply, now: float) -> None:
+        lease = reply.header.get("lease_ms")
+        if not reply.ok:
+            if wire.is_int(reply.header.get("epoch")) and reply.header["epoch"] > self.topology.epoch:
+                self._ask_topology(now)
+            return
+        if call.epoch == self.topology.epoch and wire.is_int(lease) and lease > 0 and call.key is not None:
+            # Measured from when we asked: the peer's promise started later.
+            self._confirmed_until[call.key] = call.sent_at + lease / 1000.0
 
     def _reply_to_caught_up(self, call: _PendingCall, reply: wire.Reply, now: float) -> None:
         if not reply.ok:
@@ -715,13 +822,18 @@ class NodeCore:
             self.store.put(entry[0], entry[1], value, committed=True, tombstone=bool(entry[2] & wire.TOMBSTONE))
         self._catchup_cursor = cursor
         if cursor is None:
+            # Pages done; the live stream must be in sync too before we may become tail.
             self._catchup_active = False
-            self.caught_up = True
-            log.info("caught up at epoch %d; asking to become tail", self.topology.epoch)
-            self._last_caught_up_report = now
-            self._call_coordinator("caught_up", now, node_id=self.me.id, epoch=self.topology.epoch)
+            self._catchup_complete = True
+            self._drive_catchup(now)
         else:
             self._request_catchup_page(now)
+
+    def _report_caught_up(self, now: float) -> None:
+        self.caught_up = True
+        log.info("caught up at epoch %d; asking to become tail", self.topology.epoch)
+        self._last_caught_up_report = now
+        self._call_coordinator("caught_up", now, node_id=self.me.id, epoch=self.topology.epoch)
 
     def _request_catchup_page(self, now: float) -> None:
         source = self.topology.predecessor(self.me.id)
@@ -741,6 +853,13 @@ class NodeCore:
         elif now - self._last_heartbeat >= self.timings.heartbeat_interval:
             self._last_heartbeat = now
             self._call_coordinator("heartbeat", now, node_id=self.me.id, epoch=self.topology.epoch)
+        if self._link_start_pending and not self.fenced(now) and self.joined:
+            self._start_links(now)
+        if self.joined and now - self._last_confirm_round >= self.timings.peer_lease / 4:
+            self._last_confirm_round = now
+            for peer in self._peers():
+                self._call(peer.service, "confirm", now, key=peer.id,
+                           fields={"node_id": self.me.id, "epoch": self.topology.epoch})
         link = self._link_in
         if link is not None and not link.synced:
             self._request_resync(now)  # the sync frame or our request for it may have been lost
@@ -756,6 +875,9 @@ class NodeCore:
             if now - self._last_caught_up_report >= self.timings.heartbeat_interval:
                 self._last_caught_up_report = now
                 self._call_coordinator("caught_up", now, node_id=self.me.id, epoch=self.topology.epoch)
+        elif self._catchup_complete and self._link_in is not None and self._link_in.synced:
+            self._catchup_complete = False
+            self._report_caught_up(now)
         elif self._catchup_active and now >= self._next_catchup_try and not any(
                 call.kind == "catchup" for call in self._calls.values()):
             self._request_catchup_page(now)
@@ -781,7 +903,7 @@ class NodeCore:
                 del self._pending_writes[key]
 
     def _resend_stale(self, now: float) -> None:
-        if not self._sent or self.topology.successor(self.me.id) is None:
+        if not self._sent or self.topology.successor(self.me.id) is None or self._link_start_pending:
             return
         cutoff = now - self.timings.resend_interval
         records = []

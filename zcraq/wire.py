@@ -80,6 +80,7 @@ _REQUEST_SCHEMAS: dict[str, tuple[bool, bool, dict[str, tuple[tuple[type, ...], 
     "heartbeat": (False, False, {"node_id": (_STR, True), "epoch": (_INT, True)}),
     "caught_up": (False, False, {"node_id": (_STR, True), "epoch": (_INT, True)}),
     "leave": (False, False, {"node_id": (_STR, True)}),
+    "confirm": (False, False, {"node_id": (_STR, True), "epoch": (_INT, True)}),
 }
 
 READ_MODES = ("strong", "eventual")
@@ -144,7 +145,7 @@ def decode_request(frames: list[bytes], limits: Limits, allowed: frozenset[str])
     for name in ("node_id",):
         if name in fields and not 0 < len(fields[name]) <= MAX_NODE_ID_CHARS:
             raise WireError(f"{name} must be 1 to {MAX_NODE_ID_CHARS} characters", request_id=request_id)
-    if kind in ("version", "catchup", "heartbeat", "caught_up") and fields["epoch"] < 0:
+    if kind in ("version", "catchup", "heartbeat", "caught_up", "confirm") and fields["epoch"] < 0:
         raise WireError("epoch must be non-negative", request_id=request_id)
     if kind == "catchup" and not 0 < fields["limit"] <= 100_000:
         raise WireError("limit must be from 1 to 100000", request_id=request_id)

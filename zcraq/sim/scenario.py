@@ -180,7 +180,7 @@ class Simulation:
         self.config = config
         self.world = World(config.seed, config.network)
         node_timings = NodeTimings(heartbeat_interval=0.2, request_timeout=0.5, write_timeout=2.0,
-                                   resend_interval=0.5, catchup_page_items=2)
+                                   resend_interval=0.5, catchup_page_items=2, peer_lease=0.5)
         self.coordinator = SimCoordinator(self, CoordinatorTimings(lease=1.0, republish_interval=0.5,
                                                                    request_timeout=1.5))
         self.nodes = {f"n{i}": SimNode(self, f"n{i}", node_timings, config.unsafe)
