@@ -678,9 +678,10 @@ def test_learner_ignores_a_catchup_page_of_an_older_epoch():
 def test_tail_forwards_committed_writes_to_the_learner_and_answers_once_it_has_them():
     node = join(A, topo(2, A, learner=B))
     effects = write(node, "k", b"x", 0.1)
-    # Committed here, but answered only when the learner holds it: were this node to die, the
-    # learner must not become tail without an acknowledged write.
-    assert replies(effects) == [] and store_view(node, "k") == [(1, True)]
+    # Not committed, not answered, not readable until the learner holds it: no reader may see a
+    # version that would be lost with this node.
+    assert replies(effects) == [] and store_view(node, "k") == [(1, False)]
+    assert only_reply(read(node, "k", 0.15)).code == "not_found"
     [frame] = downs(effects)
     assert frame.sender == "a" and frame.writes == (WriteRecord("k", 1, b"x", True, False),)
     assert list(node._sent) == [("k", 1)]

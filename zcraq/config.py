@@ -184,6 +184,7 @@ class NodeConfig:
     heartbeat_interval_ms: int
     request_timeout_ms: int
     catchup_page_items: int
+    peer_lease_ms: int
     log_level: str
     insecure: bool
     limits: Limits
@@ -418,6 +419,7 @@ def _base_dir(path: str | os.PathLike[str]) -> Path:
 
 
 _NODE_KEYS = (
+    "peer_lease_ms",
     "id",
     "coordinator",
     "bind_host",
@@ -478,6 +480,7 @@ def node_config_from_dict(data: Mapping[str, Any], path: str | os.PathLike[str])
         heartbeat_interval_ms=t.get_int("heartbeat_interval_ms", 1, MAX_MS, 500),
         request_timeout_ms=t.get_int("request_timeout_ms", 1, MAX_MS, 2000),
         catchup_page_items=t.get_int("catchup_page_items", 1, MAX_CATCHUP_PAGE_ITEMS, 1000),
+        peer_lease_ms=t.get_int("peer_lease_ms", MIN_LEASE_MS, MAX_MS, 1000),
         log_level=t.get_choice("log_level", LOG_LEVELS, "info"),
         insecure=insecure,
         limits=_limits(where, data),

@@ -59,6 +59,7 @@ class NodeProcess:
             heartbeat_interval=config.heartbeat_interval_ms / 1000,
             request_timeout=config.request_timeout_ms / 1000,
             catchup_page_items=config.catchup_page_items,
+            peer_lease=config.peer_lease_ms / 1000,
         )
         self.core = NodeCore(self.me, self.store, limits, timings, unsafe_faults_from_environment())
         self.service = self.write_in = self.ack_in = self.sub = None

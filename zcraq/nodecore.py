@@ -149,7 +149,7 @@ class NodeCore:
         self.counters: dict[str, int] = {
             "reads": 0, "dirty_reads": 0, "writes": 0, "commits": 0, "bad_messages": 0,
             "stale_chain_frames": 0, "resyncs": 0, "resends": 0, "internal_errors": 0,
-            "fenced_frames": 0,
+            "fenced_frames": 0, "unleased_frames": 0,
         }
 
     # ------------------------------------------------------------------ derived state
@@ -189,7 +189,7 @@ class NodeCore:
         """May this node answer reads, version queries and writes right now?"""
         if self.position is None:
             return False
-        if now >= self.lease_until and not self._peers_confirm(now):
+        if not self._has_lease(now):
             return False
         if self._commit_sent_pending or self._commit_dirty_pending:
             return False  # a new tail holds versions an old tail may have committed: commit first
@@ -198,6 +198,9 @@ class NodeCore:
             link = self._link_in
             return link is not None and link.synced and link.epoch == self.topology.epoch
         return True
+
+    def _has_lease(self, now: float) -> bool:
+        return now < self.lease_until or self._peers_confirm(now)
 
     def fenced(self, now: float) -> bool:
         return now < self.fenced_until
@@ -320,11 +323,9 @@ class NodeCore:
             if self.is_tail:
                 self._commit_everything_sent(now)
         if self.is_tail and self.topology.successor(self.me.id) is None:
-            # No learner any more: commits held for it can be reported now.
+            # No learner any more: what waited for it commits now.
             for key, version in list(self._sent):
-                self._release(key, version)
-            self._sent.clear()
-            self._sent_versions.clear()
+                self._learner_has(key, version)
         self._send_sync(now)
         self._request_resync(now, force=True)
 
@@ -351,7 +352,17 @@ class NodeCore:
         """A node that becomes tail has seen everything the old tail saw: commit it all (and pass
         it to the learner, which may have missed it from the old tail)."""
         for (key, version), entry in list(self._sent.items()):
-            self._commit_locally(key, version, now, stored_record=entry[0])
+            record = entry[0]
+            self._forget_sent(key, version)  # our own entries for the old successor
+            # The old tail may have let readers see these: commit them at once, whatever waits
+            # on the learner. Reported upstream only when the learner has them, so that our
+            # predecessor still holds them should we die first.
+            if self.store.commit(key, version):
+                self.counters["commits"] += 1
+            if self.topology.learner is not None:
+                self._forward(WriteRecord(key, version, record.value, True, record.tombstone), now)
+            else:
+                self._release(key, version)
 
     # ------------------------------------------------------------------ chain: downstream writes
 
@@ -363,6 +374,11 @@ class NodeCore:
         if not self._accept_link(frame, link, now, kinds=("w",)):
             return
         assert link is not None
+        if self.is_tail and not self._has_lease(now):
+            # Only a tail that is surely still the tail may commit: one removed while paused or
+            # cut off would otherwise commit writes the chain never will. Resent later.
+            self.counters["unleased_frames"] += 1
+            return
         if frame.seq == 0:
             link.synced = True
             link.expected = 1
@@ -377,17 +393,57 @@ class NodeCore:
 
     def _apply_write(self, record: WriteRecord, now: float) -> None:
         key, version = record.key, record.version
-        if self.is_learner or self.is_tail:
+        if self.is_learner:
             stored = (self.store.put(key, version, record.value, committed=True, tombstone=record.tombstone)
-                      or self.store.commit(key, version))  # held dirty from before it became tail
+                      or self.store.commit(key, version))
             if stored or self._committed_version(key) >= version:
-                self._commit_locally(key, version, now, stored_record=record if stored else None)
+                self._up_buffer.append((key, version))  # the acknowledgement the tail waits for
             return
         stored = self.store.put(key, version, record.value, tombstone=record.tombstone)
+        if self.is_tail:
+            if stored or self.store.get(key, version) is not None:
+                self._tail_commit(record, now)
+            elif self._committed_version(key) >= version:
+                self._echo_commit(key, version)
+            return
         if stored:
             self._forward(record, now)
         elif self._committed_version(key) >= version:
-            self._up_buffer.append((key, version))  # echo: repairs a lost COMMIT
+            self._echo_commit(key, version)
+
+    def _echo_commit(self, key: str, version: int) -> None:
+        """Repeat a COMMIT for a version committed here (a lost COMMIT is repaired so) - unless
+        our successor still owes us the commit of that version: then it is not ours to give."""
+        if not any(v >= version for v in self._sent_versions.get(key, ())):
+            self._up_buffer.append((key, version))
+
+    def _tail_commit(self, record: WriteRecord, now: float) -> None:
+        """The tail commits a version it holds. With a learner behind it, it first hands the
+        learner the record and commits (and reports upstream, and answers) only when the learner
+        acknowledges it: until then the version stays dirty here and reads get the previous one,
+        so no reader can see a version that would be lost with this tail."""
+        key, version = record.key, record.version
+        item = self.store.get(key, version)
+        if item is None or item.committed:
+            self._release(key, version)
+            return
+        if self.topology.learner is not None:
+            if (key, version) not in self._sent:
+                self._forward(WriteRecord(key, version, record.value, True, record.tombstone), now)
+            return
+        self.store.commit(key, version)
+        self.counters["commits"] += 1
+        self._forget_sent(key, version)
+        self._release(key, version)
+
+    def _learner_has(self, key: str, version: int) -> None:
+        """The learner acknowledged a record: the tail may commit it now."""
+        held = [v for v in self._sent_versions.get(key, ()) if v <= version]
+        self._forget_sent(key, version)
+        for v in sorted(held):
+            if self.store.commit(key, v):
+                self.counters["commits"] += 1
+            self._release(key, v)
 
     def _committed_version(self, key: str) -> int:
         item = self.store.latest_committed(key)
@@ -399,28 +455,6 @@ class NodeCore:
         self._sent[(record.key, record.version)] = [record, now]
         self._sent_versions.setdefault(record.key, set()).add(record.version)
         self._down_buffer.append(record)
-
-    def _commit_locally(self, key: str, version: int, now: float,
-                        stored_record: WriteRecord | None = None) -> None:
-        """Commit as the tail (or learner): report it upstream and forward a newly committed
-        ``stored_record`` to the learner. A repeated record (None) only repeats the report: the
-        tail's sent list then holds what the learner has not acknowledged, which must stay."""
-        self.store.commit(key, version)
-        self.counters["commits"] += 1
-        if self.is_learner:
-            self._up_buffer.append((key, version))  # the acknowledgement the tail waits for
-            return
-        if stored_record is not None:
-            self._forget_sent(key, version)  # our own uncommitted entries, when we just became tail
-            if self.topology.learner is not None:
-                # Reported upstream only once the learner has it (see _release): should this
-                # tail die, the learner or the predecessor still holds every reported commit.
-                record = stored_record
-                self._forward(WriteRecord(key, version, record.value, True, record.tombstone), now)
-                return
-        elif any(v >= version for v in self._sent_versions.get(key, ())):
-            return  # a repeat of a record the learner has not acknowledged yet: no report yet
-        self._release(key, version)
 
     def _release(self, key: str, version: int) -> None:
         """Report a commit upstream and answer the clients waiting for it."""
@@ -450,10 +484,7 @@ class NodeCore:
         from_learner = self.is_tail and self.topology.learner is not None
         for key, version in frame.commits:
             if from_learner:
-                # The learner has it: the commit (made here already) may now be reported.
-                if any(v <= version for v in self._sent_versions.get(key, ())):
-                    self._forget_sent(key, version)
-                    self._release(key, version)
+                self._learner_has(key, version)
                 continue
             self.store.commit(key, version)
             self.counters["commits"] += 1
@@ -642,10 +673,10 @@ class NodeCore:
         self.counters["writes"] += 1
         record = WriteRecord(key, version, value, False, tombstone)
         if self.is_tail:  # single-member chain: the head is the tail
-            self.store.put(key, version, value, committed=True, tombstone=tombstone)
+            self.store.put(key, version, value, tombstone=tombstone)
             self._pending_writes.setdefault(key, []).append(
                 _PendingWrite(version, client, request.id, now + self.timings.write_timeout))
-            self._commit_locally(key, version, now, stored_record=record)  # answers unless a learner must ack
+            self._tail_commit(record, now)  # answers at once, or when the learner has it
             return
         self.store.put(key, version, value, tombstone=tombstone)
         self._pending_writes.setdefault(key, []).append(
