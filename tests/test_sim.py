@@ -70,3 +70,17 @@ def test_same_seed_same_history_across_processes(tmp_path) -> None:
                        env=dict(os.environ, PYTHONHASHSEED=hash_seed))
         histories.append(path.read_bytes())
     assert histories[0] == histories[1]
+
+
+def test_chain_keeps_serving_while_the_coordinator_is_down() -> None:
+    """Leases from the coordinator lapse after 1 s; peer confirmations keep the chain serving."""
+    from zcraq.sim.scenario import Simulation
+
+    simulation = Simulation(SimConfig(seed=11, nemesis=()))
+    simulation.world.at(2.0, simulation.coordinator.crash)
+    simulation.world.at(10.0, simulation.coordinator.start)
+    result = simulation.run()
+    assert result.ok, result.problems
+    down = [e for e in result.history if e["type"] == "ok" and 4.0e9 <= e["time"] <= 9.5e9]
+    assert sum(e["f"] == "write" for e in down) > 50
+    assert sum(e["f"] == "read" for e in down) > 50
