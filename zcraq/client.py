@@ -25,6 +25,7 @@ from zcraq.topology import Topology
 # Errors after which a write surely did not happen, so sending it again is safe.
 _WRITE_RETRYABLE = {"not_head", "unavailable", "busy"}
 _READ_RETRYABLE = {"unavailable", "not_tail", "wrong_epoch", "timeout"}
+AVOID_SECONDS = 2.0  # a node that just failed a read is skipped this long (it may be dead)
 
 
 class ZClient:
@@ -41,6 +42,7 @@ class ZClient:
         self._topology: Topology | None = None
         self._topology_at = float("-inf")
         self._next_node = random.randrange(1 << 16)
+        self._avoid: dict[str, float] = {}  # endpoint -> until when reads skip it (it failed us)
         self._closed = False
 
     # ------------------------------------------------------------------ public API
@@ -87,6 +89,7 @@ class ZClient:
                 except Timeout:
                     last_error = Timeout(f"{endpoint} did not answer in time")
                     self._topology_at = float("-inf")
+                    self._avoid[endpoint] = time.monotonic() + AVOID_SECONDS
                     if node:
                         break
                     continue
@@ -96,6 +99,7 @@ class ZClient:
                     self._raise_if_error(reply)
                 last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
                 self._topology_at = float("-inf")
+                self._avoid[endpoint] = time.monotonic() + AVOID_SECONDS
                 if node:
                     break
             self._pause(deadline)
@@ -182,7 +186,10 @@ class ZClient:
         if topology is None or not topology.members:
             return None
         self._next_node += 1
-        return topology.members[self._next_node % len(topology.members)].service
+        now = time.monotonic()
+        healthy = [m for m in topology.members if self._avoid.get(m.service, 0.0) <= now]
+        candidates = healthy or topology.members  # all failed lately: try them anyway
+        return candidates[self._next_node % len(candidates)].service
 
     @staticmethod
     def _check_endpoint(endpoint: str) -> None:
