@@ -31,10 +31,11 @@ def test_same_seed_same_run_byte_for_byte() -> None:
 
 
 def test_a_run_does_real_work() -> None:
-    result = simulate(SimConfig(seed=7))
-    completions = [e for e in result.history if e["type"] == "ok"]
-    assert sum(e["f"] == "write" for e in completions) > 100
-    assert sum(e["f"] == "read" and e["value"] is not None for e in completions) > 100
+    for nemesis, at_least in (((), 300), (SimConfig(seed=0).nemesis, 30)):
+        result = simulate(SimConfig(seed=7, nemesis=nemesis))
+        completions = [e for e in result.history if e["type"] == "ok"]
+        assert sum(e["f"] == "write" for e in completions) > at_least
+        assert sum(e["f"] == "read" and e["value"] is not None for e in completions) > at_least
 
 
 def test_dirty_reads_answered_locally_are_caught() -> None:
