@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import orjson
@@ -21,7 +19,8 @@ from zcraq import sockets
 from zcraq.config import ConfigError, CoordinatorConfig
 from zcraq.coordcore import CoordinatorCore, CoordinatorTimings
 from zcraq.effects import Effect, PeerRequest, Persist, Publish, Reply
-from zcraq.wire import Limits, encode_error
+from zcraq.signals import run_until_signalled
+from zcraq.wire import Limits
 
 log = logging.getLogger("zcraq.coordinator")
 
@@ -84,20 +83,13 @@ class CoordinatorProcess:
         self.service: zmq.Socket | None = None
         self.pub: zmq.Socket | None = None
         try:
-            self.service = self._bind(zmq.ROUTER, "port", max_message)
-            self.pub = self._bind(zmq.PUB, "publish_port")
+            self.service = sockets.bound_from_config(self.ctx, zmq.ROUTER, config, "port", max_message)
+            self.pub = sockets.bound_from_config(self.ctx, zmq.PUB, config, "publish_port")
         except ConfigError:
             self.close()
             raise
         self.poller.register(self.service, zmq.POLLIN)
         self.peers = sockets.DealerPool(self.ctx, self.poller)
-
-    def _bind(self, kind: int, key: str, max_message: int = sockets.MAX_MESSAGE_BYTES) -> zmq.Socket:
-        endpoint = self.config.bind_endpoint(getattr(self.config, key))
-        try:
-            return sockets.bound(self.ctx, kind, endpoint, max_message)
-        except sockets.AddressError as error:
-            raise ConfigError(str(self.config.path), f"coordinator.{key}", str(error)) from None
 
     def run(self) -> None:
         log.info("coordinator: requests %s, topology %s, state %s", self.config.endpoint,
@@ -120,11 +112,9 @@ class CoordinatorProcess:
         self.close()
 
     def _on_service(self, frames: list[bytes], now: float) -> None:
-        split = sockets.split_envelope(frames)
+        split = sockets.split_or_reject(self.service, frames)
         if split is None:
             self.core.counters["bad_messages"] += 1
-            sockets.send_nowait(self.service, [frames[0], b"", *encode_error(
-                None, "bad_request", "missing empty delimiter frame before the header (see PROTOCOL.md)")])
             return
         envelope, body = split
         self.core.on_request(envelope, body, now)
@@ -154,13 +144,6 @@ class CoordinatorProcess:
 
 
 def run_coordinator(config: CoordinatorConfig) -> None:
-    """Run the coordinator until SIGINT or SIGTERM."""
+    """Run until SIGINT or SIGTERM."""
     process = CoordinatorProcess(config)
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        process.stop()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    process.run()
+    run_until_signalled(process.run, process.stop)

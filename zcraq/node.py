@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
-from types import FrameType
 
 import orjson
 import zmq
@@ -20,9 +18,10 @@ from zcraq import sockets
 from zcraq.config import ConfigError, NodeConfig
 from zcraq.effects import Effect, PeerRequest, Relink, Reply, SendDown, SendUp, Subscribe
 from zcraq.nodecore import UNSAFE_FAULTS, NodeCore, NodeTimings
+from zcraq.signals import run_until_signalled
 from zcraq.store import LevelDBStore
 from zcraq.topology import Member, Topology
-from zcraq.wire import Limits, WireError, decode_reply, encode_chain, encode_error, encode_request
+from zcraq.wire import Limits, WireError, decode_reply, encode_chain, encode_request
 
 log = logging.getLogger("zcraq.node")
 
@@ -64,9 +63,9 @@ class NodeProcess:
         self.core = NodeCore(self.me, self.store, limits, timings, unsafe_faults_from_environment())
         self.service = self.write_in = self.ack_in = self.sub = None
         try:
-            self.service = self._bind(zmq.ROUTER, "service_port", self.max_message)
-            self.write_in = self._bind(zmq.PULL, "write_port")
-            self.ack_in = self._bind(zmq.PULL, "ack_port")
+            self.service = sockets.bound_from_config(self.ctx, zmq.ROUTER, config, "service_port", self.max_message)
+            self.write_in = sockets.bound_from_config(self.ctx, zmq.PULL, config, "write_port")
+            self.ack_in = sockets.bound_from_config(self.ctx, zmq.PULL, config, "ack_port")
         except ConfigError:
             self.close()
             raise
@@ -76,12 +75,6 @@ class NodeProcess:
         self.up = sockets.PushLink(self.ctx)
         self.peers = sockets.DealerPool(self.ctx, self.poller, {"coordinator": config.coordinator})
 
-    def _bind(self, kind: int, key: str, max_message: int = sockets.MAX_MESSAGE_BYTES) -> zmq.Socket:
-        endpoint = self.config.bind_endpoint(getattr(self.config, key))
-        try:
-            return sockets.bound(self.ctx, kind, endpoint, max_message)
-        except sockets.AddressError as error:
-            raise ConfigError(str(self.config.path), f"node.{key}", str(error)) from None
     # ------------------------------------------------------------------ loop
 
     def run(self) -> None:
@@ -128,11 +121,9 @@ class NodeProcess:
             core.counters["bad_messages"] += 1
 
     def _on_service(self, frames: list[bytes], now: float) -> None:
-        split = sockets.split_envelope(frames)
+        split = sockets.split_or_reject(self.service, frames)
         if split is None:
             self.core.counters["bad_messages"] += 1
-            sockets.send_nowait(self.service, [frames[0], b"", *encode_error(
-                None, "bad_request", "missing empty delimiter frame before the header (see PROTOCOL.md)")])
             return
         envelope, body = split
         self.core.on_request(envelope, body, now)
@@ -223,13 +214,6 @@ class NodeProcess:
 
 
 def run_node(config: NodeConfig) -> None:
-    """Run a node until SIGINT or SIGTERM."""
+    """Run until SIGINT or SIGTERM."""
     process = NodeProcess(config)
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        process.stop()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    process.run()
+    run_until_signalled(process.run, process.stop)

@@ -17,6 +17,9 @@ from collections.abc import Iterable
 
 import zmq
 
+from zcraq.config import ConfigError, CoordinatorConfig, NodeConfig
+from zcraq.wire import encode_error
+
 log = logging.getLogger("zcraq.sockets")
 
 HWM = 10_000
@@ -84,6 +87,25 @@ def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]] | Non
         if not frame:
             return frames[: index + 1], frames[index + 1:]
     return None
+
+
+def split_or_reject(router: zmq.Socket, frames: list[bytes]) -> tuple[list[bytes], list[bytes]] | None:
+    """``split_envelope``, answering a message without a delimiter with a clear error."""
+    split = split_envelope(frames)
+    if split is None:
+        send_nowait(router, [frames[0], b"", *encode_error(
+            None, "bad_request", "missing empty delimiter frame before the header (see PROTOCOL.md)")])
+    return split
+
+
+def bound_from_config(ctx: zmq.Context, kind: int, config: NodeConfig | CoordinatorConfig, key: str,
+                      max_message: int = MAX_MESSAGE_BYTES) -> zmq.Socket:
+    """A socket bound to the port ``config.<key>``; a ConfigError naming file and key if impossible."""
+    table = "node" if isinstance(config, NodeConfig) else "coordinator"
+    try:
+        return bound(ctx, kind, config.bind_endpoint(getattr(config, key)), max_message)
+    except AddressError as error:
+        raise ConfigError(str(config.path), f"{table}.{key}", str(error)) from None
 
 
 class PushLink:
