@@ -178,12 +178,14 @@ def test_restarted_coordinator_removes_nobody_until_removal_after_since_its_star
     start = 1000.0  # every node has been silent for far longer than a lease
     core = CoordinatorCore("coord/pub", persisted, start, timings=TIMINGS, check_endpoint=ACCEPT_ANY)
     assert core.topology == Topology(7, (A, B, C), D)
-    for now in (start, start + 1.0, start + REMOVAL):
+    # A full lease for the previous run's leases, plus time for the nodes to reconnect.
+    silent_limit = REMOVAL + TIMINGS.restart_grace
+    for now in (start, start + 1.0, start + REMOVAL, start + silent_limit):
         core.tick(now)
         assert "Persist" not in kinds(core.drain())
     assert core.topology.epoch == 7
-    heartbeat(core, "b", start + REMOVAL)
-    core.tick(start + REMOVAL + 0.01)
+    heartbeat(core, "b", start + silent_limit)
+    core.tick(start + silent_limit + 0.01)
     core.drain()
     assert core.topology.members == (B,) and core.topology.learner is None
 

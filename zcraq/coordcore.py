@@ -50,6 +50,9 @@ class CoordinatorTimings:
     lease: float = 3.0
     republish_interval: float = 1.0
     request_timeout: float = 5.0
+    # After a restart, nodes need a moment to notice and reconnect (ZeroMQ's reconnect backs off
+    # up to 2 s): removing them for silence before then would only cost needless catch-ups.
+    restart_grace: float = 2.0
 
     @property
     def removal_after(self) -> float:
@@ -75,8 +78,9 @@ class CoordinatorCore:
         self.limits = limits or Limits()
         self.timings = timings or CoordinatorTimings()
         self.topology = Topology.from_dict(state["topology"]) if state else EMPTY
-        # Any member may hold a lease from a previous run: give each a full period from now.
-        self.last_seen: dict[str, float] = {m.id: now for m in self._listed()}
+        # Any member may hold a lease from a previous run: give each a full period from now, and
+        # time to reconnect.
+        self.last_seen: dict[str, float] = {m.id: now + self.timings.restart_grace for m in self._listed()}
         self.removals_allowed_at = now + self.timings.removal_after
         self._forwards: dict[int, _Forward] = {}
         self._ids = count(1)
