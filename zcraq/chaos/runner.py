@@ -1,0 +1,292 @@
+"""One chaos run against real processes, from start to verdict.
+
+1. Start the coordinator and the nodes (in network namespaces when partitions are wanted).
+2. Run the workload for ``duration`` seconds while the nemesis carries out its schedule.
+3. Stop the workload, heal everything (resume, restart, reconnect) and wait, with a deadline,
+   until the chain has every node as a serving member and nothing uncommitted.
+4. Read every key at every node; write the history; check linearizability, lost writes and
+   replica agreement; print a one-line verdict.
+
+Everything goes to the output directory: ``history.jsonl`` (the checker's input; ``zcraq verify``
+re-checks it), ``nemesis.jsonl`` (every fault started and healed), ``summary.json`` (figures),
+``verdict.txt`` (the verdict and every problem in detail), ``logs/``, ``configs/`` and ``data/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zcraq
+from zcraq.chaos.analysis import Analysis, analyse
+from zcraq.chaos.cluster import COORDINATOR, ChaosCluster
+from zcraq.chaos.history import HistoryWriter
+from zcraq.chaos.nemesis import KINDS, Nemesis, plan
+from zcraq.chaos.netns import Network, unavailable_reason
+from zcraq.chaos.workload import Workload, final_reads
+
+EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """The options cannot work (here): exit status 2."""
+
+
+@dataclass
+class ChaosOptions:
+    out: Path
+    duration: float = 60.0
+    nemesis: tuple[str, ...] = KINDS
+    clients: int = 5
+    nodes: int = 3
+    seed: int = 0
+    unsafe: str = ""
+    keys: int = 5
+    network: str = "auto"  # auto | netns | loopback
+    lease_ms: int = 2000
+    heartbeat_ms: int = 200
+    client_timeout: float = 3.0
+    converge_timeout: float = 90.0
+    durability: str = "sync"
+    think_ms: float = 0.0
+    read_ratio: float = 0.5
+
+
+@dataclass
+class ChaosReport:
+    exit_code: int
+    verdict: str
+    out: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def resolve_network(options: ChaosOptions) -> bool:
+    """True to use namespaces. Partitions need them; UsageError when they are needed and missing."""
+    if options.network == "loopback":
+        if "partition" in options.nemesis:
+            raise UsageError("the partition nemesis needs --network netns (or auto)")
+        return False
+    wanted = options.network == "netns" or "partition" in options.nemesis
+    if not wanted:
+        return False
+    reason = unavailable_reason()
+    if reason is not None:
+        raise UsageError(f"the partition nemesis needs network namespaces, which are unavailable here: {reason}"
+                         if "partition" in options.nemesis else f"--network netns is unavailable here: {reason}")
+    return True
+
+
+def parse_nemesis(text: str) -> tuple[tuple[str, ...], str | None]:
+    """Nemesis kinds from a comma list; ``all`` means every kind this machine can do, ``none`` (or
+    an empty list) no faults. Returns (kinds, a note on what ``all`` had to leave out)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names in ([], ["none"]):
+        return (), None
+    if names == ["all"]:
+        reason = unavailable_reason()
+        if reason is None:
+            return KINDS, None
+        return tuple(k for k in KINDS if k != "partition"), f"no partitions: {reason}"
+    unknown = [n for n in names if n not in KINDS]
+    if unknown:
+        raise UsageError(f"unknown nemesis kind {unknown[0]!r}; choose from {', '.join(KINDS)}, all or none")
+    return tuple(dict.fromkeys(names)), None
+
+
+def validate(options: ChaosOptions) -> None:
+    from zcraq.nodecore import UNSAFE_FAULTS
+
+    unknown = [k for k in options.nemesis if k not in KINDS]
+    if unknown:
+        raise UsageError(f"unknown nemesis kind {unknown[0]!r}; choose from {', '.join(KINDS)}")
+    faults = [f for f in options.unsafe.split(",") if f]
+    bad = [f for f in faults if f not in UNSAFE_FAULTS]
+    if bad:
+        raise UsageError(f"unknown unsafe fault {bad[0]!r}; known: {', '.join(sorted(UNSAFE_FAULTS))}")
+    if options.network not in ("auto", "netns", "loopback"):
+        raise UsageError(f"unknown network {options.network!r}; choose auto, netns or loopback")
+    if not 1 <= options.nodes <= 20:
+        raise UsageError("--nodes must be from 1 to 20")
+    if options.clients < 1:
+        raise UsageError("--clients must be at least 1")
+    if options.keys < 1:
+        raise UsageError("--keys must be at least 1")
+    if options.duration <= 0:
+        raise UsageError("--duration must be positive")
+    if options.heartbeat_ms * 2 > options.lease_ms:
+        raise UsageError("the heartbeat must be well under the lease")
+    if not 0.0 <= options.read_ratio <= 0.9:
+        raise UsageError("--read-ratio must be from 0 to 0.9")
+    if options.out.exists() and any(options.out.iterdir()):
+        raise UsageError(f"output directory {options.out} is not empty (data of an old run would be reused)")
+
+
+def source_fingerprint() -> str:
+    """A digest of the zcraq sources the processes import. Every restart imports them afresh, so a
+    tree edited during a run leaves processes of different versions side by side."""
+    root = Path(zcraq.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            digest.update(b"<unreadable>")
+    return f"{root}:{digest.hexdigest()[:16]}"
+
+
+def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> ChaosReport:
+    """Run, check, write the output directory; UsageError before anything starts if the options
+    cannot work here."""
+    options.out = options.out.resolve()
+    validate(options)
+    use_netns = resolve_network(options)
+    options.out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    node_ids = [f"node{i}" for i in range(1, options.nodes + 1)]
+    keys = [f"k{i}" for i in range(options.keys)]
+    faults = plan(options.seed, options.nemesis, node_ids, options.duration, lease=options.lease_ms / 1000)
+    summary: dict[str, Any] = {
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
+        "network": "netns" if use_netns else "loopback",
+        "host": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "planned_faults": len(faults),
+        "source": source_fingerprint(),
+    }
+    problems: list[str] = []
+    network: Network | None = None
+    cluster: ChaosCluster | None = None
+    nemesis: Nemesis | None = None
+    workload: Workload | None = None
+    history = HistoryWriter(options.out / "history.jsonl")
+    states: dict[str, dict[str, Any]] = {}
+    try:
+        if use_netns:
+            network = Network([COORDINATOR, *node_ids])
+            network.create()
+            summary["netns"] = {"prefix": network.prefix, "subnet": str(network.subnet)}
+        cluster = ChaosCluster(options.out, options.nodes, network=network, lease_ms=options.lease_ms,
+                               heartbeat_ms=options.heartbeat_ms, durability=options.durability,
+                               unsafe=options.unsafe)
+        echo(f"chaos: {options.nodes} nodes over {summary['network']}, {options.clients} clients, "
+             f"{options.duration:g}s, nemesis {','.join(options.nemesis) or 'none'} "
+             f"({len(faults)} faults planned), seed {options.seed}, out {options.out}")
+        cluster.start_all()
+        workload = Workload(cluster.coordinator_endpoint, history, clients=options.clients, keys=keys,
+                            seed=options.seed, timeout=options.client_timeout, think=options.think_ms / 1000,
+                            read_ratio=options.read_ratio)
+        nemesis = Nemesis(cluster, faults, options.out / "nemesis.jsonl")
+        run_started = time.monotonic()
+        workload.start()
+        nemesis.start()
+        time.sleep(max(0.0, run_started + options.duration - time.monotonic()))
+        nemesis.stop()
+        if not workload.stop():
+            problems.append("a client thread did not finish its last operation in time")
+        summary["workload_seconds"] = round(time.monotonic() - run_started, 3)
+        summary["healed"] = cluster.heal()
+        heal_started = time.monotonic()
+        try:
+            cluster.wait(cluster.converged, options.converge_timeout, "every node to be a serving member")
+            summary["converged_after"] = round(time.monotonic() - heal_started, 3)
+        except TimeoutError as error:
+            try:
+                state = cluster.chain_state()
+            except Exception as inner:  # the coordinator itself may be the problem
+                state = {"error": str(inner)}
+            problems.append(f"the chain did not converge after healing: {error}; state: {json.dumps(state)}")
+        states = final_reads(cluster.coordinator_endpoint, history, keys,
+                             {n: cluster.service(n) for n in node_ids})
+        summary["restarts"] = {name: count - 1 for name, count in cluster.starts.items()}
+        for name in cluster.processes:
+            if not cluster.alive(name):
+                cluster.check_alive(name)
+    except Exception as error:  # the run could not go on: say why, then check what was recorded
+        problems.append(f"the run was aborted: {type(error).__name__}: {error}\n"
+                        + traceback.format_exc().rstrip())
+    finally:
+        # A second Ctrl-C or SIGTERM must not cut the cleanup short.
+        blocked = threading.current_thread() is threading.main_thread()
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        if workload is not None:
+            workload.stopping.set()
+        if nemesis is not None and nemesis.is_alive():
+            nemesis.stop()
+        history.close()
+        if cluster is not None:
+            cluster.close()
+        if network is not None:
+            network.destroy()
+            if network.leftovers():
+                problems.append(f"network namespaces left behind: {network.leftovers()}")
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+    warnings = []
+    source = source_fingerprint()
+    if source != summary["source"]:
+        warnings.append(f"the zcraq sources changed during the run ({summary['source']} -> {source}): processes "
+                        "started after the change ran other code than those started before")
+        summary["source_at_end"] = source
+    if cluster is not None and cluster.unexpected_exits:
+        problems.append("processes exited on their own: " + "; ".join(cluster.unexpected_exits))
+    analysis = analyse(options.out / "history.jsonl", states)
+    problems = analysis.problems() + problems
+    if nemesis is not None:
+        problems += [f"nemesis: {e}" for e in nemesis.errors]
+    summary.update(_figures(history, analysis, workload, nemesis))
+    summary["final_states"] = states
+    summary["seconds"] = round(time.monotonic() - started, 3)
+    report = ChaosReport(EXIT_OK if not problems else EXIT_VIOLATION, "", options.out, summary, problems)
+    report.verdict = _verdict(report, options) + "".join(f" | WARNING: {w}" for w in warnings)
+    summary["verdict"] = report.verdict
+    summary["problems"] = problems
+    summary["warnings"] = warnings
+    (options.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (options.out / "verdict.txt").write_text(report.verdict + "\n" + "".join(f"\n{p}\n" for p in problems))
+    for problem in problems:
+        echo(problem)
+    echo(report.verdict)
+    return report
+
+
+def _figures(history: HistoryWriter, analysis: Analysis, workload: Workload | None,
+             nemesis: Nemesis | None) -> dict[str, Any]:
+    counts = history.counts
+    figures: dict[str, Any] = {
+        "operations": analysis.operations,
+        "ok": counts["ok"], "fail": counts["fail"], "info": counts["info"],
+        "by_kind": {k: v for k, v in sorted(counts.items()) if " " in k},
+        "linearizable": analysis.linearizable,
+        "checker": analysis.checker.verdict(),
+        "lost_writes": len(analysis.lost_writes),
+    }
+    if workload is not None:
+        figures["client_errors"] = dict(workload.errors().most_common())
+    if nemesis is not None:
+        figures["nemesis"] = dict(sorted(nemesis.counts.items()))
+        figures["nemesis_events"] = len(nemesis.events)
+    return figures
+
+
+def _verdict(report: ChaosReport, options: ChaosOptions) -> str:
+    s = report.summary
+    nemesis = ", ".join(f"{k} x{v}" for k, v in s.get("nemesis", {}).items()) or "none"
+    head = "PASS" if report.exit_code == EXIT_OK else "FAIL"
+    what = ("linearizable, no lost writes, replicas agree" if report.exit_code == EXIT_OK else
+            "; ".join(p.splitlines()[0] for p in report.problems))
+    return (f"chaos {head}: {what} | {s.get('operations', 0)} ops (ok {s.get('ok', 0)}, fail {s.get('fail', 0)}, "
+            f"info {s.get('info', 0)}), nemesis {nemesis}, seed {options.seed}, "
+            f"history {options.out / 'history.jsonl'}")

@@ -1,0 +1,169 @@
+"""The chaos workload: concurrent client threads, each one Jepsen process with its own ZClient.
+
+Each process does one operation at a time on a small hot set of keys: reads (spread over every
+node by ZClient), writes of a value no one else ever writes (``v<process>-<n>``) and deletes. How
+each outcome is recorded (what the checker may assume about it):
+
+========================================  ===========================================
+outcome                                   recorded as
+========================================  ===========================================
+success                                   ``ok`` (a read with the value it returned)
+``KeyNotFound`` on a read                 ``ok`` with value null
+``Unavailable``, ``BadRequest``           ``fail``: it surely did not happen
+``WriteOutcomeUnknown`` (write, delete)   ``info``: it may take effect at any time, or never
+``Timeout`` on a read                     ``fail``: a read that never answered had no effect
+anything else                             ``fail`` for a read, ``info`` for a write or delete
+========================================  ===========================================
+
+A process goes on with new operations after an ``info``, like a Jepsen process would be replaced.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from zcraq.chaos.history import HistoryWriter
+from zcraq.client import ZClient
+from zcraq.errors import BadRequest, KeyNotFound, Timeout, Unavailable, WriteOutcomeUnknown, ZcraqError
+
+FINAL_PROCESS = "final"
+
+
+def outcome_of(f: str, error: BaseException) -> str:
+    """The history type for an operation that raised ``error``."""
+    if isinstance(error, KeyNotFound):
+        return "ok" if f == "read" else "info"
+    if isinstance(error, WriteOutcomeUnknown):
+        return "info"
+    if isinstance(error, (Unavailable, BadRequest)):
+        return "fail"
+    if isinstance(error, Timeout):
+        return "fail" if f == "read" else "info"
+    return "fail" if f == "read" else "info"
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "backslashreplace")
+
+
+class Worker(threading.Thread):
+    def __init__(self, workload: Workload, process: int) -> None:
+        super().__init__(name=f"chaos-client-{process}", daemon=True)
+        self.workload = workload
+        self.process = process
+        self.rng = random.Random(f"{workload.seed}/client/{process}")
+        self.writes = 0
+        self.errors: Counter[str] = Counter()
+
+    def run(self) -> None:
+        w = self.workload
+        with ZClient(w.endpoint, timeout=w.timeout) as client:
+            while not w.stopping.is_set():
+                self.one(client)
+                if w.think > 0:
+                    time.sleep(self.rng.uniform(0, w.think))
+
+    def one(self, client: ZClient) -> None:
+        w = self.workload
+        roll = self.rng.random()
+        key = self.rng.choice(w.keys)
+        if roll < w.read_ratio:
+            f, value = "read", None
+        elif roll < 1.0 - w.delete_ratio:
+            self.writes += 1
+            f, value = "write", f"v{self.process}-{self.writes}"
+        else:
+            f, value = "delete", None
+        w.history.record(self.process, "invoke", f, key, value)
+        try:
+            if f == "read":
+                result: Any = _text(client.read(key))
+            elif f == "write":
+                client.write(key, value)
+                result = value
+            else:
+                client.delete(key)
+                result = None
+            kind = "ok"
+        except Exception as error:  # every failure is recorded: the history must stay complete
+            kind = outcome_of(f, error)
+            result = None if f == "read" else value
+            self.errors[f"{f}: {type(error).__name__}"] += 1
+            if not isinstance(error, ZcraqError):
+                self.errors[f"{f}: unexpected {type(error).__name__}: {error}"[:200]] += 1
+        w.history.record(self.process, kind, f, key, result)
+
+
+class Workload:
+    def __init__(self, endpoint: str, history: HistoryWriter, *, clients: int, keys: list[str], seed: int,
+                 timeout: float = 3.0, think: float = 0.0, read_ratio: float = 0.5,
+                 delete_ratio: float = 0.1) -> None:
+        self.endpoint = endpoint
+        self.history = history
+        self.keys = keys
+        self.seed = seed
+        self.timeout = timeout
+        self.think = think
+        self.read_ratio = read_ratio
+        self.delete_ratio = delete_ratio
+        self.stopping = threading.Event()
+        self.workers = [Worker(self, process) for process in range(clients)]
+
+    def start(self) -> None:
+        for worker in self.workers:
+            worker.start()
+
+    def stop(self) -> bool:
+        """Let every process finish its operation; False if one is stuck past its deadline."""
+        self.stopping.set()
+        deadline = time.monotonic() + self.timeout + 10.0
+        for worker in self.workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        return not any(worker.is_alive() for worker in self.workers)
+
+    def errors(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for worker in self.workers:
+            total.update(worker.errors)
+        return total
+
+
+def final_reads(endpoint: str, history: HistoryWriter, keys: list[str], services: dict[str, str],
+                timeout: float = 5.0) -> dict[str, dict[str, Any]]:
+    """Read every key at every node, once linearizably (recorded in the history as process
+    ``final``) and once as the node's own newest committed version (not recorded: not
+    linearizable by design, but after convergence every replica must hold the same one).
+
+    Returns ``{key: {node: {"strong": value or None or "error: ...", "committed": [value, version]
+    or None or "error: ..."}}}``."""
+    states: dict[str, dict[str, Any]] = {}
+    with ZClient(endpoint, timeout=timeout) as client:
+        for key in keys:
+            states[key] = {}
+            for node, service in services.items():
+                entry: dict[str, Any] = {}
+                history.record(FINAL_PROCESS, "invoke", "read", key, None)
+                try:
+                    value: Any = _text(client.read(key, service))
+                    kind = "ok"
+                except KeyNotFound:
+                    value, kind = None, "ok"
+                except Exception as error:
+                    value, kind = None, outcome_of("read", error)
+                    entry["strong_error"] = f"{type(error).__name__}: {error}"
+                history.record(FINAL_PROCESS, kind, "read", key, value)
+                entry["strong"] = value
+                try:
+                    data, version = client.read_versioned(key, service, mode="eventual")
+                    entry["committed"] = [_text(data), version]
+                except KeyNotFound:
+                    entry["committed"] = None
+                except Exception as error:
+                    entry["committed"] = None
+                    entry["committed_error"] = f"{type(error).__name__}: {error}"
+                states[key][node] = entry
+    return states
