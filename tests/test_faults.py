@@ -113,3 +113,26 @@ def test_coordinator_kill_9_and_restart_then_a_node_failure_is_repaired(make_clu
 
     cluster = make_cluster().start(3)
     run_with_fault(cluster, tmp_path, fault, expect_members=2)
+
+
+def test_partition_of_one_node_from_coordinator_and_neighbours(tmp_path):
+    """Each node in its own network namespace; the nemesis cuts one node off from everyone (the
+    coordinator and its neighbours) again and again. The chain repairs, the cut-off node serves
+    no stale read (the history is checked), and after each heal it rejoins."""
+    import json
+    import subprocess
+    import sys
+
+    from zcraq.chaos.netns import unavailable_reason
+
+    problem = unavailable_reason()
+    if problem is not None:
+        pytest.skip(f"network namespaces are not available here: {problem}")
+    out = tmp_path / "chaos"
+    run = subprocess.run([sys.executable, "-m", "zcraq", "chaos", "--duration", "30", "--nemesis", "partition",
+                          "--seed", "11", "--clients", "4", "--out", str(out)],
+                         capture_output=True, text=True, timeout=200, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["linearizable"] and summary["lost_writes"] == 0
+    assert summary["nemesis"].get("partition", 0) >= 3, summary["nemesis"]
