@@ -8,6 +8,7 @@ polled against a deadline.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,6 +22,14 @@ from zcraq.client import ZClient
 from zcraq.errors import ZcraqError
 
 T = TypeVar("T")
+
+
+def loopback_host() -> str:
+    """An address of its own in 127.0.0.0/8 for one cluster. Its fixed ports cannot collide with
+    another cluster's, nor with the ephemeral ports the OS hands to outgoing connections on
+    127.0.0.1 (a restarted node must be able to bind its ports again)."""
+    rng = random.SystemRandom()
+    return f"127.{rng.randrange(1, 255)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
 
 
 def free_ports(count: int) -> list[int]:
@@ -63,8 +72,9 @@ class Cluster:
         self.heartbeat_ms = heartbeat_ms
         self.durability = durability
         self.extra_node = extra_node or {}
-        self.port, self.publish_port = free_ports(2)
-        self.coordinator_endpoint = f"tcp://127.0.0.1:{self.port}"
+        self.host = loopback_host()
+        self.port, self.publish_port = 7000, 7001
+        self.coordinator_endpoint = f"tcp://{self.host}:{self.port}"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.node_ports: dict[str, tuple[int, int, int]] = {}
         self._clients: list[ZClient] = []
@@ -75,6 +85,7 @@ class Cluster:
     def _write_coordinator_config(self) -> None:
         (self.root / "coordinator.toml").write_text(
             "[coordinator]\n"
+            f'bind_host = "{self.host}"\n'
             f"port = {self.port}\npublish_port = {self.publish_port}\n"
             'state_dir = "coordinator-state"\n'
             f"lease_ms = {self.lease_ms}\nrepublish_interval_ms = 500\n"
@@ -83,13 +94,14 @@ class Cluster:
     def node_config(self, node_id: str) -> Path:
         path = self.root / f"{node_id}.toml"
         if node_id not in self.node_ports:
-            self.node_ports[node_id] = tuple(free_ports(3))  # type: ignore[assignment]
+            base = 7100 + 10 * len(self.node_ports)
+            self.node_ports[node_id] = (base + 1, base + 2, base + 3)
         service, write, ack = self.node_ports[node_id]
         extra = "".join(f"{k} = {v!r}\n".replace("'", '"') if isinstance(v, str) else f"{k} = {v}\n"
                         for k, v in self.extra_node.items())
         path.write_text(
             "[node]\n"
-            f'id = "{node_id}"\ncoordinator = "{self.coordinator_endpoint}"\n'
+            f'id = "{node_id}"\ncoordinator = "{self.coordinator_endpoint}"\nbind_host = "{self.host}"\n'
             f"service_port = {service}\nwrite_port = {write}\nack_port = {ack}\n"
             f'data_dir = "data-{node_id}"\ndurability = "{self.durability}"\n'
             f"heartbeat_interval_ms = {self.heartbeat_ms}\nrequest_timeout_ms = 1000\n"
@@ -97,7 +109,7 @@ class Cluster:
         return path
 
     def service(self, node_id: str) -> str:
-        return f"tcp://127.0.0.1:{self.node_ports[node_id][0]}"
+        return f"tcp://{self.host}:{self.node_ports[node_id][0]}"
 
     def data_dir(self, node_id: str) -> Path:
         return self.root / f"data-{node_id}"

@@ -616,7 +616,7 @@ def test_oversized_messages_and_transport_garbage(make_cluster, ctx):
     send_oversized(ctx, zmq.DEALER, cluster.coordinator_endpoint, [b"", oversized_request])
 
     # Bytes that are not ZMTP at all, at every TCP endpoint, the topology publisher included.
-    endpoints = [cluster.coordinator_endpoint, f"tcp://127.0.0.1:{cluster.publish_port}"]
+    endpoints = [cluster.coordinator_endpoint, f"tcp://{cluster.host}:{cluster.publish_port}"]
     for member in topo["members"]:
         endpoints += [member["service"], member["write_in"], member["ack_in"]]
     rng = random.Random(7)

@@ -231,7 +231,7 @@ def test_dealer_envelope_and_node_to_node_requests(make_cluster, ctx):
 
 def test_topology_publisher_clone_pattern(make_cluster, ctx):
     cluster = make_cluster().start(3)
-    publish = f"tcp://127.0.0.1:{cluster.publish_port}"
+    publish = f"tcp://{cluster.host}:{cluster.publish_port}"
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVTIMEO, TIMEOUT_MS)
