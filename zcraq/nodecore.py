@@ -239,7 +239,7 @@ class NodeCore:
         if self.is_learner:
             dropped = self.store.drop_uncommitted()
             if dropped:
-                log.info("dropped %d uncommitted versions left by a previous run", dropped)
+                log.info("dropped %d uncommitted versions from before this node (re)joined the chain", dropped)
         elif self.is_tail:
             self._commit_dirty_pending = True
             self._start_links_when_unfenced(now)
@@ -777,7 +777,9 @@ class NodeCore:
 
     def _reply_to_join(self, call: _PendingCall, reply: wire.Reply, now: float) -> None:
         if not reply.ok:
-            log.error("the coordinator refused to register this node: %s", reply.message)
+            # "busy" is routine (another node is catching up); anything else needs an operator.
+            level = logging.INFO if reply.code == "busy" else logging.ERROR
+            log.log(level, "the coordinator did not register this node yet: %s", reply.message)
             return
         try:
             topology = Topology.from_dict(reply.header.get("topology"))
