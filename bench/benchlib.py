@@ -1,0 +1,697 @@
+"""Shared pieces of the benchmarks: a small cluster launcher, process CPU accounting from /proc,
+latency statistics, and child-process hygiene.
+
+Nothing here imports the test suite. Every wait is bounded by a deadline, and every process a
+launcher starts is stopped by ``close()`` (SIGTERM, then SIGKILL after a grace period). Children
+also get PR_SET_PDEATHSIG, so they die with the benchmark even if it is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# ---------------------------------------------------------------------------------------------
+# Child processes
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies (PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def spawn(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` with stdout+stderr to ``log_path``; the child gets SIGTERM if we die.
+
+    The child runs in its own session, so a Ctrl-C in the terminal reaches only the benchmark,
+    which then stops its children in order."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
+            start_new_session=True, preexec_fn=die_with_parent)
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 5.0) -> int | None:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL (waiting up to 5 s more)."""
+    if process.poll() is None:
+        try:
+            process.send_signal(signal.SIGCONT)
+            process.terminate()
+        except ProcessLookupError:
+            pass
+        try:
+            return process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            try:
+                return process.wait(5.0)
+            except subprocess.TimeoutExpired:
+                return None
+    return process.returncode
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGHUP reached the benchmark."""
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM/SIGHUP into an exception so ``finally`` blocks run (Ctrl-C already does)."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+
+
+# ---------------------------------------------------------------------------------------------
+# Ports and waiting
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nobody listens on right now (held open together, so they are distinct)."""
+    holders = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            holders.append(sock)
+        return [sock.getsockname()[1] for sock in holders]
+    finally:
+        for sock in holders:
+            sock.close()
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05,
+               ignore: tuple[type[BaseException], ...] = ()) -> T:
+    """Poll ``condition`` until it is truthy; TimeoutError naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            result = condition()
+            if result:
+                return result
+        except ignore as error:
+            last = error
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}"
+                               + (f" (last error: {last})" if last else ""))
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU quotas (cgroups)
+
+
+class CpuQuotaError(RuntimeError):
+    """No cgroup cpu controller this process may use (the message says why)."""
+
+
+def _own_cgroup(match: Callable[[str, list[str]], bool]) -> str:
+    """This process's cgroup path in the hierarchy whose /proc/self/cgroup line ``match``es."""
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            hierarchy, controllers, path = line.split(":", 2)
+            if match(hierarchy, controllers.split(",") if controllers else []):
+                return path
+    except (OSError, ValueError):
+        pass
+    return "/"
+
+
+def _under(mount: Path, path: str) -> Path:
+    # Inside a container the path /proc/self/cgroup names may not exist under this mount: then
+    # the mount's root is our group.
+    candidate = mount / path.lstrip("/")
+    return candidate if candidate.is_dir() else mount
+
+
+def _cgroup_mounts() -> list[tuple[str, Path, list[str]]]:
+    """(filesystem type, mount point, options) of every cgroup/cgroup2 mount."""
+    out = []
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 4 and parts[2] in ("cgroup", "cgroup2"):
+                out.append((parts[2], Path(parts[1]), parts[3].split(",")))
+    except OSError:
+        pass
+    return out
+
+
+class CpuQuota:
+    """One cgroup per capped process, each limited to ``fraction`` of one CPU (CFS bandwidth
+    control, 100 ms period), under a parent group ``zcraq-bench-<our pid>``.
+
+    Groups are made lazily by ``add`` and removed by ``close`` (after their processes exited: a
+    cgroup with tasks cannot be removed, and nothing is moved back). Uses cgroup v1's cpu
+    controller if mounted, else a cgroup2 mount that offers "cpu"."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, fraction: float, say: Callable[[str], None] | None = None) -> None:
+        if not fraction > 0:
+            raise ValueError(f"CPU fraction must be positive, got {fraction}")
+        # The kernel refuses quotas under 1 ms.
+        self.quota_us = max(1000, round(fraction * self.PERIOD_US))
+        self.fraction = fraction
+        self.say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+        self.version, self.base = self.detect()
+        self.parent = self.base / f"zcraq-bench-{os.getpid()}"
+        self._made: list[Path] = []  # groups we created, in order: close() removes them in reverse
+
+    @staticmethod
+    def detect() -> tuple[str, Path]:
+        """("v1" | "v2", the cgroup directory to create groups in); CpuQuotaError naming why
+        neither is usable."""
+        reasons = []
+        mounts = _cgroup_mounts()
+        v1 = [m for kind, m, opts in mounts if kind == "cgroup" and "cpu" in opts]
+        if not v1:
+            reasons.append("cgroup v1: no cpu controller mounted")
+        for mount in v1:
+            base = _under(mount, _own_cgroup(lambda h, c: "cpu" in c))
+            why = _unwritable(base, "cpu.cfs_quota_us")
+            if why is None:
+                return "v1", base
+            reasons.append(f"cgroup v1 ({base}): {why}")
+        v2 = [m for kind, m, _opts in mounts if kind == "cgroup2"]
+        if not v2:
+            reasons.append("cgroup v2: no cgroup2 mount")
+        for mount in v2:
+            base = _under(mount, _own_cgroup(lambda h, c: h == "0" and not c))
+            try:
+                controllers = (base / "cgroup.controllers").read_text().split()
+            except OSError as error:
+                reasons.append(f"cgroup v2 ({base}): cannot read cgroup.controllers: {error.strerror}")
+                continue
+            if "cpu" not in controllers:
+                reasons.append(f"cgroup v2 ({base}): cpu controller not available "
+                               f"(cgroup.controllers: {' '.join(controllers) or 'empty'})")
+                continue
+            why = _unwritable(base, "cgroup.subtree_control")
+            if why is None and base != mount:
+                try:
+                    enabled = "cpu" in (base / "cgroup.subtree_control").read_text().split()
+                    busy = bool((base / "cgroup.procs").read_text().strip())
+                except OSError as error:
+                    enabled, busy = False, False
+                    why = f"cannot read its controls: {error.strerror}"
+                if not enabled and busy:
+                    # "No internal processes": +cpu cannot be enabled in a group that holds processes.
+                    why = "cpu is not enabled in its cgroup.subtree_control and cannot be, as it holds processes"
+            if why is None:
+                return "v2", base
+            reasons.append(f"cgroup v2 ({base}): {why}")
+        raise CpuQuotaError("cannot cap CPU with cgroups: " + "; ".join(reasons))
+
+    def add(self, name: str, pid: int) -> None:
+        """Put process ``pid`` alone in a new group ``name``, capped at the quota."""
+        if not self.parent.is_dir():
+            self._sweep_stale()
+            if self.version == "v2":
+                # Child groups only get cpu.max if "cpu" is enabled in every ancestor's subtree_control.
+                self._enable_cpu(self.base)
+            self._mkdir(self.parent)
+            if self.version == "v2":
+                self._enable_cpu(self.parent)
+        group = self.parent / name
+        self._mkdir(group)
+        try:
+            if self.version == "v1":
+                (group / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+                (group / "cpu.cfs_quota_us").write_text(str(self.quota_us))
+            else:
+                (group / "cpu.max").write_text(f"{self.quota_us} {self.PERIOD_US}")
+            # cgroup.procs moves every thread of the process; threads it starts later follow.
+            (group / "cgroup.procs").write_text(str(pid))
+        except OSError as error:
+            raise CpuQuotaError(f"cannot cap {name} (pid {pid}) in {group}: {error}") from error
+
+    def close(self, timeout: float = 3.0) -> None:
+        """Remove every group we made (their processes must have exited); never raises."""
+        for group in reversed(self._made):
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    group.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as error:
+                    # An exiting task can linger for a moment (EBUSY); anything else will not pass.
+                    if time.monotonic() >= deadline or error.errno != errno.EBUSY:
+                        self.say(f"warning: could not remove cgroup {group}: {error.strerror}")
+                        break
+                    time.sleep(0.05)
+        self._made.clear()
+
+    def _mkdir(self, group: Path) -> None:
+        self._made.append(group)  # before mkdir: an interrupt right after it still cleans up
+        try:
+            group.mkdir(exist_ok=True)
+        except OSError as error:
+            raise CpuQuotaError(f"cannot create cgroup {group}: {error.strerror}") from error
+
+    def _enable_cpu(self, group: Path) -> None:
+        control = group / "cgroup.subtree_control"
+        try:
+            if "cpu" not in control.read_text().split():
+                control.write_text("+cpu")
+        except OSError as error:
+            # EBUSY: the "no internal processes" rule (a non-root group holding processes).
+            raise CpuQuotaError(f"cannot enable the cpu controller in {control}: {error.strerror}") from error
+
+    def _sweep_stale(self) -> None:
+        # Groups of benchmarks that were SIGKILLed; rmdir only succeeds on empty groups.
+        for stale in self.base.glob("zcraq-bench-*"):
+            try:
+                os.kill(int(stale.name.rsplit("-", 1)[1]), 0)
+                continue  # its benchmark is still running
+            except ProcessLookupError:
+                pass
+            except (ValueError, OSError):
+                continue
+            for group in [*(p for p in stale.iterdir() if p.is_dir()), stale]:
+                with contextlib.suppress(OSError):
+                    group.rmdir()
+
+
+def _unwritable(base: Path, control: str) -> str | None:
+    """Why groups cannot be made in ``base`` (None if they can)."""
+    if not (base / control).exists():
+        return f"no {control}"
+    if not os.access(base, os.W_OK):
+        # access(2) also answers EROFS for a read-only mount
+        return "read-only mount" if os.statvfs(base).f_flag & os.ST_RDONLY else \
+            f"no write permission (uid {os.geteuid()}; needs root)"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The zcraq cluster
+
+
+class ChainCluster:
+    """A coordinator and ``nodes`` chain nodes, as ``python -m zcraq ...`` subprocesses, with their
+    configs, LevelDB data and logs in a private temporary directory on loopback ports.
+
+    ``node_cpu``: cap each node process (not the coordinator) at this fraction of one CPU, each in
+    its own cgroup (see CpuQuota); the groups go away in ``close()``."""
+
+    def __init__(self, nodes: int, durability: str = "async", root: Path | None = None,
+                 keep: bool = False, log_level: str = "warning", profile_dir: Path | None = None,
+                 node_cpu: float | None = None) -> None:
+        self.nodes = nodes
+        # Detected now, so an unusable cgroup setup fails before anything is started.
+        self.quota = CpuQuota(node_cpu) if node_cpu is not None else None
+        self.profile_dir = profile_dir
+        self.durability = durability
+        self.keep = keep
+        self.log_level = log_level
+        self._tmp = None if root else tempfile.TemporaryDirectory(prefix="zcraq-bench-")
+        self.root = Path(root or self._tmp.name)  # type: ignore[union-attr]
+        self.root.mkdir(parents=True, exist_ok=True)
+        port, publish = free_ports(2)
+        self.coordinator_endpoint = f"tcp://127.0.0.1:{port}"
+        self.node_ids = [f"node{i}" for i in range(1, nodes + 1)]
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        (self.root / "coordinator.toml").write_text(
+            "[coordinator]\n"
+            f"port = {port}\npublish_port = {publish}\n"
+            'state_dir = "coordinator-state"\n'
+            "lease_ms = 3000\nrepublish_interval_ms = 1000\n"
+            f'log_level = "{log_level}"\n')
+        self.service: dict[str, str] = {}
+        for node_id in self.node_ids:
+            service, write, ack = free_ports(3)
+            self.service[node_id] = f"tcp://127.0.0.1:{service}"
+            (self.root / f"{node_id}.toml").write_text(
+                "[node]\n"
+                f'id = "{node_id}"\ncoordinator = "{self.coordinator_endpoint}"\n'
+                f"service_port = {service}\nwrite_port = {write}\nack_port = {ack}\n"
+                f'data_dir = "data-{node_id}"\ndurability = "{durability}"\n'
+                "heartbeat_interval_ms = 500\nrequest_timeout_ms = 2000\n"
+                f'log_level = "{log_level}"\n')
+
+    def _start(self, name: str, kind: str) -> None:
+        if self.profile_dir is not None and kind == "node":
+            # Profiled on the node thread's CPU clock; written at the node's SIGTERM shutdown.
+            self.profile_dir.mkdir(parents=True, exist_ok=True)
+            argv = [sys.executable, str(Path(__file__).resolve().parent / "profile_node.py"),
+                    str(self.profile_dir / f"{self.nodes}nodes-{name}.prof")]
+        else:
+            argv = [sys.executable, "-m", "zcraq"]
+        argv += [kind, "--config", str(self.root / f"{name}.toml")]
+        self.processes[name] = spawn(argv, self.root / f"{name}.log")
+        if self.quota is not None and kind == "node":
+            self.quota.add(name, self.processes[name].pid)
+
+    def start(self, timeout: float = 60.0) -> ChainCluster:
+        """Start the coordinator, then each node in turn, waiting until it serves in the chain
+        (a new node first catches up as learner, then becomes the tail)."""
+        self._start("coordinator", "coordinator")
+        for node_id in self.node_ids:
+            self._start(node_id, "node")
+            wait_until(lambda: self._serving(node_id), timeout, f"{node_id} to join the chain and serve",
+                       ignore=(Exception,))
+        wait_until(self.ready, timeout, f"a {self.nodes}-node chain", ignore=(Exception,))
+        return self
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {process.returncode}; log:\n{self.log_tail(name)}")
+
+    def _serving(self, node_id: str) -> bool:
+        from zcraq.client import ZClient
+
+        self.check_alive()
+        with ZClient(self.coordinator_endpoint, timeout=1.0) as client:
+            topology = client.topology()
+            if topology.member(node_id) is None:
+                return False
+            return bool(client.status(self.service[node_id]).get("serving"))
+
+    def ready(self) -> bool:
+        """Every node is a serving member, in order, and nobody is catching up."""
+        from zcraq.client import ZClient
+
+        self.check_alive()
+        with ZClient(self.coordinator_endpoint, timeout=1.0) as client:
+            topology = client.topology()
+            if [m.id for m in topology.members] != self.node_ids or topology.learner is not None:
+                return False
+            return all(client.status(self.service[n]).get("serving") for n in self.node_ids)
+
+    def roles(self) -> dict[str, str]:
+        from zcraq.client import ZClient
+
+        with ZClient(self.coordinator_endpoint, timeout=2.0) as client:
+            return {n: str(client.status(self.service[n]).get("role")) for n in self.node_ids}
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        from zcraq.client import ZClient
+
+        with ZClient(self.coordinator_endpoint, timeout=2.0) as client:
+            return {n: dict(client.status(self.service[n]).get("counters", {})) for n in self.node_ids}
+
+    def pids(self) -> dict[str, int]:
+        return {name: process.pid for name, process in self.processes.items()}
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def close(self) -> None:
+        # Nodes first (each tells the coordinator it leaves), then the coordinator.
+        try:
+            for name in [*reversed(self.node_ids), "coordinator"]:
+                process = self.processes.get(name)
+                if process is not None:
+                    stop_process(process)
+        finally:
+            if self.quota is not None:
+                self.quota.close()  # after the stops: a cgroup with live tasks cannot be removed
+            if self._tmp is not None and not self.keep:
+                self._tmp.cleanup()
+
+    def __enter__(self) -> ChainCluster:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU accounting
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process (all its threads), in seconds; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces: split after its closing parenthesis.
+    fields = data[data.rindex(b")") + 2:].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / CLK_TCK
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of a process's live threads by kind: "main" (the thread that runs Python's
+    main loop), "zmq" (libzmq's ZMQbg/* I/O and reaper threads), "other" (the rest, e.g.
+    LevelDB's background compaction thread or a load generator's client threads)."""
+    out = {"main": 0.0, "zmq": 0.0, "other": 0.0}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        close = data.rindex(b")")
+        name = data[data.index(b"(") + 1:close]
+        fields = data[close + 2:].split()
+        seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        kind = "main" if tid == str(pid) else "zmq" if name.startswith(b"ZMQbg") else "other"
+        out[kind] += seconds
+    return out
+
+
+_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def system_cpu_times() -> dict[str, float]:
+    """CPU seconds summed over all CPUs since boot, per /proc/stat category."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    return {name: (parts[i] if i < len(parts) else 0) / CLK_TCK for i, name in enumerate(_STAT_FIELDS)}
+
+
+def all_process_cpu() -> dict[int, tuple[str, float, int]]:
+    """(command name, utime + stime seconds, parent pid) of every process on the machine, kernel
+    threads included."""
+    out: dict[int, tuple[str, float, int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        close = data.rindex(b")")
+        name = data[data.index(b"(") + 1:close].decode(errors="replace")
+        fields = data[close + 2:].split()
+        out[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / CLK_TCK, int(fields[1]))
+    return out
+
+
+@dataclass
+class CpuSnapshot:
+    at: float
+    processes: dict[str, float | None]
+    system: dict[str, float]
+    everyone: dict[int, tuple[str, float, int]]
+    threads: dict[str, dict[str, float]]
+
+
+def cpu_snapshot(pids: dict[str, int]) -> CpuSnapshot:
+    return CpuSnapshot(time.perf_counter(), {name: proc_cpu_seconds(pid) for name, pid in pids.items()},
+                       system_cpu_times(), all_process_cpu(),
+                       # Load generators' client threads end at the window's close, so a breakdown of
+                       # live threads would be wrong for them: servers only.
+                       {name: thread_cpu_seconds(pid) for name, pid in pids.items()
+                        if not name.startswith(("loadgen", "bench"))})
+
+
+def descendants(root: int, table: dict[int, tuple[str, float, int]]) -> set[int]:
+    """``root`` and every process below it in ``table`` (as all_process_cpu returns)."""
+    children: dict[int, list[int]] = {}
+    for pid, (_name, _cpu, ppid) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return found
+
+
+def cpu_delta(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, Any]:
+    """CPU used over the interval: per named process, the whole machine by /proc/stat category,
+    and the processes outside the benchmark (not this process or below it) that used any."""
+    wall = after.at - before.at
+    per: dict[str, dict[str, float | None]] = {}
+    for name, start in before.processes.items():
+        end = after.processes.get(name)
+        seconds = None if start is None or end is None else end - start
+        per[name] = {"cpu_s": seconds, "cpu_pct": None if seconds is None else 100.0 * seconds / wall,
+                     # per thread kind; threads that ended inside the window are missing here
+                     "threads_s": {k: after.threads[name][k] - before.threads[name][k]
+                                   for k in after.threads.get(name, {}) if name in before.threads}}
+    machine = {k: after.system[k] - before.system[k] for k in _STAT_FIELDS}
+    total = sum(machine.values())
+    busy = total - machine["idle"] - machine["iowait"] - machine["steal"]
+    me = os.getpid()
+    ours = descendants(me, before.everyone) | descendants(me, after.everyone)
+    ours |= {pid for pid in after.everyone if after.everyone[pid][2] in ours}
+    others = []
+    for pid, (name, end, _ppid) in after.everyone.items():
+        if pid in ours:
+            continue
+        start = before.everyone.get(pid, (name, 0.0, 0))[1]  # a process born in the window: all of it
+        if end - start > 0:
+            others.append({"pid": pid, "name": name, "cpu_s": end - start})
+    others.sort(key=lambda o: -o["cpu_s"])
+    others_s = sum(o["cpu_s"] for o in others)
+    ours_s = sum(after.everyone[p][1] - before.everyone.get(p, ("", 0.0, 0))[1]
+                 for p in ours if p in after.everyone)
+    return {
+        "wall_s": wall,
+        "processes": per,
+        "machine_cpu_s": {k: v for k, v in machine.items()},
+        "machine_busy_cpu_s": busy,
+        "machine_busy_pct": 100.0 * busy / total if total > 0 else None,  # of all CPUs
+        "steal_pct": 100.0 * machine["steal"] / total if total > 0 else None,
+        "others_cpu_s": others_s,
+        "others_top": others[:5],
+        # busy time no process was charged for (softirq/irq work such as loopback TCP, rounding)
+        "unattributed_cpu_s": busy - ours_s - others_s,
+    }
+
+
+def others_cpu_pct(interval: float = 1.0) -> tuple[float, list[tuple[str, int, float]]]:
+    """CPU % (of one CPU) used over ``interval`` by processes not this one or below it, and the
+    top users as (name, pid, %)."""
+    me = os.getpid()
+    before = all_process_cpu()
+    time.sleep(interval)
+    after = all_process_cpu()
+    ours = descendants(me, before) | descendants(me, after)
+    used = []
+    for pid, (name, end, _ppid) in after.items():
+        if pid not in ours:
+            delta = end - before.get(pid, (name, 0.0, 0))[1]
+            if delta > 0:
+                used.append((name, pid, 100.0 * delta / interval))
+    used.sort(key=lambda u: -u[2])
+    return sum(u[2] for u in used), used[:3]
+
+
+def wait_quiet(max_wait: float, threshold_pct: float = 10.0, say: Callable[[str], None] = print) -> bool:
+    """Wait (at most ``max_wait`` s) until processes outside the benchmark use less than
+    ``threshold_pct`` of one CPU over a 1 s sample; False if the machine never got quiet."""
+    deadline = time.monotonic() + max_wait
+    told = False
+    while True:
+        pct, top = others_cpu_pct(1.0)
+        if pct < threshold_pct:
+            if told:
+                say(f"   machine quiet again (others {pct:.0f}% of a CPU)")
+            return True
+        if time.monotonic() >= deadline:
+            say(f"   machine still busy after {max_wait:g} s (others {pct:.0f}% of a CPU); measuring anyway")
+            return False
+        if not told:
+            say(f"   waiting up to {max_wait:g} s for other processes to go quiet (now {pct:.0f}% of a CPU: "
+                + ", ".join(f"{n}[{p}] {c:.0f}%" for n, p, c in top) + ")")
+            told = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Latency statistics (exact, from every measured op's latency)
+
+
+def percentile(sorted_ns: Sequence[int], q: float) -> float | None:
+    """Nearest-rank percentile of already sorted values, in ns."""
+    if not sorted_ns:
+        return None
+    rank = max(1, math.ceil(q / 100.0 * len(sorted_ns)))
+    return float(sorted_ns[rank - 1])
+
+
+def summarize(latencies_ns: Iterable[int]) -> dict[str, float | int | None]:
+    values = sorted(latencies_ns)
+    ms = 1e-6
+    def pct(q: float) -> float | None:
+        v = percentile(values, q)
+        return None if v is None else v * ms
+    return {
+        "count": len(values),
+        "mean_ms": (sum(values) / len(values)) * ms if values else None,
+        "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "p999_ms": pct(99.9),
+        "max_ms": values[-1] * ms if values else None,
+    }
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    align_left: int = 1  # how many leading columns are left-aligned
+
+    def add(self, *cells: Any) -> None:
+        row = [fmt(c) for c in cells]
+        self.rows.append(row + ["-"] * (len(self.headers) - len(row)))
+
+    def render(self) -> str:
+        widths = [max(len(h), *(len(r[i]) for r in self.rows)) if self.rows else len(h)
+                  for i, h in enumerate(self.headers)]
+        def line(cells: list[str]) -> str:
+            return "  ".join(c.ljust(w) if i < self.align_left else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(cells, widths)))
+        return "\n".join([line(self.headers), line(["-" * w for w in widths]), *map(line, self.rows)])
+
+    def markdown(self) -> str:
+        out = ["| " + " | ".join(self.headers) + " |",
+               "|" + "|".join(":---" if i < self.align_left else "---:" for i in range(len(self.headers))) + "|"]
+        out += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(out)
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if abs(value) >= 100:
+            return f"{value:.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        return f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

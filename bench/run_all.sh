@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Every run behind BENCHMARKS.md, in order. Results (JSON + console log) go to bench/results/.
+# Usage: bench/run_all.sh [python]     (default: python3 on PATH, with zcraq installed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${1:-python3}
+OUT=bench/results
+mkdir -p "$OUT"
+
+run() {  # run NAME ARGS...: one invocation, its log and JSON under $OUT
+    local name=$1; shift
+    echo "== $name: chain_bench.py $*"
+    "$PY" bench/chain_bench.py "$@" --json "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log"
+}
+
+# 1. The main run: raw zmq baseline, then 1-node and 3-node chains; 8 clients, 10 s per workload.
+run main --nodes 1,3 --clients 8 --duration 10 --value-size 64 --workload all
+
+# 2. Sensitivity to the load-generator layout (8 clients in 8, 4 or 2 processes).
+for procs in 8 2; do
+    run "procs$procs" --nodes 1 --clients 8 --procs "$procs" --duration 10 --workload read
+done
+
+# 3. Durable writes (fsync per group commit) instead of the default async.
+run sync --nodes 1,3 --clients 8 --duration 10 --workload write --durability sync --no-baseline
+
+# 4. Baseline with three echo servers (the shape of reads spread over a 3-node chain).
+run echo3 --no-chain --baseline-servers 3 --clients 8 --duration 10 --workload read
+
+# 5. Read scaling: each node (and each echo server) capped at 0.2 CPU by a cgroup quota, so that
+#    the chain, not the two shared CPUs, limits reads; 1, 2 and 3 nodes.
+run scaling --nodes 1,2,3 --clients 12 --duration 10 --workload read,mixed --node-cpu 0.2
+
+# 6. Failover: kill -9 of the head, a middle node and the tail, three times each.
+echo "== failover: failover.py --repeats 3"
+"$PY" bench/failover.py --repeats 3 --json "$OUT/failover.json" 2>&1 | tee "$OUT/failover.log"

@@ -1,0 +1,171 @@
+"""Raw pyzmq baseline: the same closed-loop clients as chain_bench.py, against trivial echo servers.
+
+The server is one ROUTER socket in one process running the same loop shape as a zcraq node
+(poll, take up to 256 waiting messages, answer each with a non-blocking send) but doing no work
+at all: it never parses the header. Replies have zcraq's shapes, so the bytes moved match:
+
+    read:  [b"", header]         -> [b"", header, value]   (value: --value-size bytes)
+    write: [b"", header, value]  -> [b"", header]
+
+That gives the ceiling that ZeroMQ + Python + this load generator impose on this machine; the
+chain benchmark reports zcraq's throughput as a fraction of it.
+
+    python bench/zmq_baseline.py --servers 1 --clients 8 --duration 10 --workload all
+    python bench/zmq_baseline.py serve --port 5555 --value-size 64     (the echo server alone)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import benchlib
+import loadgen
+
+BATCH = 256
+
+
+def serve(port: int, value_size: int) -> None:
+    import signal
+
+    import zmq
+
+    stopping = False
+
+    def stop(*_args: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 10_000)
+    sock.setsockopt(zmq.RCVHWM, 10_000)
+    sock.bind(f"tcp://127.0.0.1:{port}")
+    value = bytes(range(256)) * (value_size // 256 + 1)
+    value = value[:value_size]
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    while not stopping:
+        if not poller.poll(50):
+            continue
+        for _ in range(BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            # frames: [identity, b"", header] or [identity, b"", header, value]
+            reply = [*frames[:3], value] if len(frames) == 3 else frames[:3]
+            try:
+                sock.send_multipart(reply, zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError:
+                pass
+    sock.close(0)
+    ctx.term()
+
+
+class EchoServers:
+    """``count`` echo server processes on free loopback ports."""
+
+    def __init__(self, count: int, value_size: int, root: Path) -> None:
+        self.root = root
+        self.endpoints: list[str] = []
+        self.processes = {}
+        for index, port in enumerate(benchlib.free_ports(count), start=1):
+            name = f"echo{index}"
+            self.processes[name] = benchlib.spawn(
+                [sys.executable, str(Path(__file__).resolve()), "serve", "--port", str(port),
+                 "--value-size", str(value_size)], root / f"{name}.log")
+            self.endpoints.append(f"tcp://127.0.0.1:{port}")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until each server answers a round trip."""
+        import zmq
+
+        ctx = zmq.Context()
+        try:
+            for endpoint in self.endpoints:
+                sock = ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(endpoint)
+                try:
+                    def answered() -> bool:
+                        self.check_alive()
+                        sock.send_multipart([b"", b'{"type":"read","id":0}'])
+                        return bool(sock.poll(200)) and bool(sock.recv_multipart())
+                    benchlib.wait_until(answered, timeout, f"echo server {endpoint}")
+                finally:
+                    sock.close(0)
+        finally:
+            ctx.term()
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {process.returncode}")
+
+    def pids(self) -> dict[str, int]:
+        return {name: p.pid for name, p in self.processes.items()}
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            benchlib.stop_process(process)
+
+
+def run_baseline(servers: int, workloads: list[str], common: dict[str, Any],
+                 report: Any = print, server_cpu: float | None = None) -> list[dict[str, Any]]:
+    """Run each workload against ``servers`` echo servers; returns one result per workload.
+
+    With ``server_cpu``, each server runs in a cgroup capped at that fraction of a CPU (as
+    chain_bench.py --node-cpu caps each node), so the comparison stays like with like."""
+    results = []
+    quota = benchlib.CpuQuota(server_cpu) if server_cpu is not None else None
+    with tempfile.TemporaryDirectory(prefix="zcraq-bench-echo-") as tmp:
+        echo = EchoServers(servers, common["value_size"], Path(tmp))
+        try:
+            if quota is not None:
+                for name, pid in echo.pids().items():
+                    quota.add(name, pid)
+            echo.wait_ready()
+            for workload in workloads:
+                spec = loadgen.LoadSpec(target={"kind": "raw", "endpoints": echo.endpoints,
+                                                "timeout": common["op_timeout"]},
+                                        workload=workload, **loadgen.load_args(common))
+                result = loadgen.run_load_retrying(spec, echo.pids(), retries=spec.retries)
+                echo.check_alive()
+                result.update(system="zmq-echo", servers=servers, nodes=None, node_cpu=server_cpu)
+                report(result)
+                results.append(result)
+        finally:
+            try:
+                echo.close()
+            finally:
+                if quota is not None:
+                    quota.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "serve":
+        parser = argparse.ArgumentParser(prog="zmq_baseline.py serve")
+        parser.add_argument("--port", type=int, required=True)
+        parser.add_argument("--value-size", type=int, default=64)
+        args = parser.parse_args(argv[1:])
+        serve(args.port, args.value_size)
+        return 0
+    # Stand-alone baseline run: reuse chain_bench's options and printing.
+    import chain_bench
+
+    return chain_bench.main(["--no-chain", *argv])
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
