@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from zcraq.waiting import wait_until
+
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -103,24 +104,6 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in holders:
             sock.close()
-
-
-def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05,
-               ignore: tuple[type[BaseException], ...] = ()) -> T:
-    """Poll ``condition`` until it is truthy; TimeoutError naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            result = condition()
-            if result:
-                return result
-        except ignore as error:
-            last = error
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}"
-                               + (f" (last error: {last})" if last else ""))
-        time.sleep(interval)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,8 +361,8 @@ class ChainCluster:
         for node_id in self.node_ids:
             self._start(node_id, "node")
             wait_until(lambda: self._serving(node_id), timeout, f"{node_id} to join the chain and serve",
-                       ignore=(Exception,))
-        wait_until(self.ready, timeout, f"a {self.nodes}-node chain", ignore=(Exception,))
+                       retry_on=(Exception,))
+        wait_until(self.ready, timeout, f"a {self.nodes}-node chain", retry_on=(Exception,))
         return self
 
     def check_alive(self) -> None:
@@ -451,17 +434,25 @@ class ChainCluster:
 # CPU accounting
 
 
-def proc_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process (all its threads), in seconds; None if it is gone."""
+def _read_stat(path: str) -> tuple[str, float, list[bytes]] | None:
+    """(command name, utime + stime seconds, the fields after the name) from a /proc stat file;
+    None if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        with open(path, "rb") as f:
             data = f.read()
     except OSError:
         return None
     # The command name (field 2) may contain spaces: split after its closing parenthesis.
-    fields = data[data.rindex(b")") + 2:].split()
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / CLK_TCK
+    close = data.rindex(b")")
+    fields = data[close + 2:].split()
+    seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+    return data[data.index(b"(") + 1:close].decode(errors="replace"), seconds, fields
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process (all its threads), in seconds; None if it is gone."""
+    stat = _read_stat(f"/proc/{pid}/stat")
+    return None if stat is None else stat[1]
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
@@ -474,16 +465,11 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     except OSError:
         return out
     for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
+        stat = _read_stat(f"/proc/{pid}/task/{tid}/stat")
+        if stat is None:
             continue
-        close = data.rindex(b")")
-        name = data[data.index(b"(") + 1:close]
-        fields = data[close + 2:].split()
-        seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK
-        kind = "main" if tid == str(pid) else "zmq" if name.startswith(b"ZMQbg") else "other"
+        name, seconds, _ = stat
+        kind = "main" if tid == str(pid) else "zmq" if name.startswith("ZMQbg") else "other"
         out[kind] += seconds
     return out
 
@@ -503,17 +489,11 @@ def all_process_cpu() -> dict[int, tuple[str, float, int]]:
     threads included."""
     out: dict[int, tuple[str, float, int]] = {}
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        close = data.rindex(b")")
-        name = data[data.index(b"(") + 1:close].decode(errors="replace")
-        fields = data[close + 2:].split()
-        out[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / CLK_TCK, int(fields[1]))
+        if entry.name.isdigit():
+            stat = _read_stat(f"/proc/{entry.name}/stat")
+            if stat is not None:
+                name, seconds, fields = stat
+                out[int(entry.name)] = (name, seconds, int(fields[1]))
     return out
 
 

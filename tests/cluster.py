@@ -13,13 +13,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from zcraq.client import ZClient
-from zcraq.errors import ZcraqError
+from zcraq.waiting import wait_until
 
 T = TypeVar("T")
 
@@ -47,21 +46,12 @@ def free_ports(count: int) -> list[int]:
 
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` at the deadline.
-    Exceptions from zcraq (a node not ready yet) count as "not yet"."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            result = condition()
-            if result:
-                return result
-        except ZcraqError as error:
-            last_error = error
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}"
-                                 + (f" (last error: {last_error})" if last_error else ""))
-        time.sleep(interval)
+    """Poll ``condition`` until it returns something truthy; fail the test naming ``what`` at the
+    deadline. Exceptions from zcraq (a node not ready yet) count as "not yet"."""
+    try:
+        return wait_until(condition, timeout, what, interval=interval)
+    except TimeoutError as error:
+        raise AssertionError(str(error)) from None
 
 
 class Cluster:

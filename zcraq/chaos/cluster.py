@@ -28,6 +28,7 @@ from typing import Any
 from zcraq.chaos.netns import Network
 from zcraq.client import ZClient
 from zcraq.errors import ZcraqError
+from zcraq.waiting import wait_until
 
 COORDINATOR = "coordinator"
 UNSAFE_ENV = "ZCRAQ_UNSAFE_TEST_FAULTS"
@@ -309,16 +310,4 @@ class ChaosCluster:
 
     @staticmethod
     def wait(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-        deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
-        while True:
-            try:
-                result = condition()
-                if result:
-                    return result
-            except ZcraqError as error:
-                last_error = error
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}"
-                                   + (f" (last error: {last_error})" if last_error else ""))
-            time.sleep(interval)
+        return wait_until(condition, timeout, what, interval=interval)
