@@ -55,7 +55,7 @@ def request(core: CoordinatorCore, kind: str, now: float, value: bytes | None = 
 
 
 def join(core: CoordinatorCore, node: Member, now: float) -> wire.Reply:
-    return only_reply(request(core, "join", now, node=node.to_dict()))
+    return only_reply(request(core, "join", now, node=node.to_dict(), protocol=wire.PROTOCOL_VERSION))
 
 
 def heartbeat(core: CoordinatorCore, node_id: str, now: float) -> wire.Reply:
@@ -78,7 +78,7 @@ def chain(*nodes: Member, now: float = 0.0) -> CoordinatorCore:
 
 def test_first_join_makes_the_sole_member_at_epoch_1():
     core = CoordinatorCore("coord/pub", None, 0.0, timings=TIMINGS, check_endpoint=ACCEPT_ANY)
-    effects = request(core, "join", 0.0, node=A.to_dict(), request_id="j")
+    effects = request(core, "join", 0.0, node=A.to_dict(), request_id="j", protocol=wire.PROTOCOL_VERSION)
     assert kinds(effects) == ["Persist", "Publish", "Reply"]
     assert effects[0].state == {"topology": core.topology.to_dict()}
     assert effects[1].topology == core.topology == Topology(1, (A,))
@@ -92,7 +92,7 @@ def test_next_joins_become_the_learner_one_at_a_time():
     core = chain(A)
     assert join(core, B, 0.1).ok
     assert core.topology == Topology(2, (A,), B)
-    effects = request(core, "join", 0.2, node=C.to_dict())
+    effects = request(core, "join", 0.2, node=C.to_dict(), protocol=wire.PROTOCOL_VERSION)
     reply = only_reply(effects)
     assert reply.code == "busy" and kinds(effects) == ["Reply"]
     assert core.topology == Topology(2, (A,), B)
@@ -231,7 +231,7 @@ def test_restart_of_the_last_member_never_persists_or_publishes_an_empty_chain()
     # The last member holds the only copy of the data: a persisted empty chain would let an empty
     # node become the sole member if the coordinator crashed before the next Persist.
     core = chain(A)
-    effects = request(core, "join", 0.1, node=A.to_dict())
+    effects = request(core, "join", 0.1, node=A.to_dict(), protocol=wire.PROTOCOL_VERSION)
     assert only_reply(effects).ok
     persisted = [e.state["topology"]["members"] for e in effects if isinstance(e, Persist)]
     published = [e.topology.members for e in effects if isinstance(e, Publish)]
@@ -242,7 +242,7 @@ def test_restart_of_the_last_member_never_persists_or_publishes_an_empty_chain()
 def test_join_with_an_endpoint_clash_is_bad_request():
     core = chain(A)
     clash = Member("x", "x/service", A.write_in, "x/ack")
-    effects = request(core, "join", 0.1, node=clash.to_dict())
+    effects = request(core, "join", 0.1, node=clash.to_dict(), protocol=wire.PROTOCOL_VERSION)
     reply = only_reply(effects)
     assert reply.code == "bad_request" and A.write_in in reply.message
     assert kinds(effects) == ["Reply"] and core.topology == Topology(1, (A,))
@@ -257,8 +257,21 @@ def test_join_with_an_endpoint_clash_is_bad_request():
 ])
 def test_join_with_a_bad_member_is_bad_request(node):
     core = chain(A)
-    effects = request(core, "join", 0.1, node=node)
+    effects = request(core, "join", 0.1, node=node, protocol=wire.PROTOCOL_VERSION)
     assert only_reply(effects).code == "bad_request" and kinds(effects) == ["Reply"]
+
+
+@pytest.mark.parametrize("protocol", [wire.PROTOCOL_VERSION - 1, wire.PROTOCOL_VERSION + 1])
+def test_join_speaking_another_protocol_version_is_refused(protocol):
+    """Processes of different releases must never share a chain: the join says which protocol the
+    node speaks, and a different one is refused before anything changes."""
+    core = chain(A)
+    effects = request(core, "join", 0.1, node=B.to_dict(), protocol=protocol)
+    reply = only_reply(effects)
+    assert reply.code == "incompatible" and str(protocol) in reply.message
+    assert kinds(effects) == ["Reply"] and core.topology == Topology(1, (A,))
+    effects = request(core, "join", 0.1, node=B.to_dict())  # a release from before the version field
+    assert only_reply(effects).code == "bad_request" and core.topology == Topology(1, (A,))
 
 
 def test_malformed_request_is_bad_request():
@@ -348,7 +361,7 @@ def test_topology_request_returns_the_current_topology():
 def test_join_with_an_unusable_endpoint_is_refused_by_default():
     core = CoordinatorCore("tcp://127.0.0.1:7001", None, 0.0, timings=TIMINGS)
     node = {"id": "x", "service": "tcp://127.0.0.1:9", "write_in": "garbage", "ack_in": "tcp://127.0.0.1:11"}
-    core.on_request("cl", wire.encode_request("join", 1, node=node), 0.0)
+    core.on_request("cl", wire.encode_request("join", 1, node=node, protocol=wire.PROTOCOL_VERSION), 0.0)
     [effect] = core.drain()
     reply = wire.decode_reply(effect.frames)
     assert reply.code == "bad_request" and "garbage" in reply.message

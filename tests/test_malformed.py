@@ -25,6 +25,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from cluster import Cluster, wait_for
 from zcraq import KeyNotFound
+from zcraq.wire import PROTOCOL_VERSION
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -212,7 +213,7 @@ def node_bad_requests(epoch: int) -> list[tuple[str, list[bytes], str, Any]]:
 
 def coordinator_bad_requests(node1: dict[str, str]) -> list[tuple[str, list[bytes], str, Any]]:
     def join(request_id: int, node: Any) -> list[bytes]:
-        return [j({"type": "join", "id": request_id, "node": node})]
+        return [j({"type": "join", "id": request_id, "node": node, "protocol": PROTOCOL_VERSION})]
 
     return common_bad_requests("delete") + [
         ("read at the coordinator", [j({"type": "read", "id": 50, "key": "keep-1"})], "bad_request", 50),
@@ -235,6 +236,15 @@ def coordinator_bad_requests(node1: dict[str, str]) -> list[tuple[str, list[byte
          join(60, {"id": "node9", "service": node1["service"], "write_in": "tcp://127.0.0.1:2",
                    "ack_in": "tcp://127.0.0.1:3"}), "bad_request", 60),
         ("join with a value frame", join(61, {"id": "node9"}) + [b"v"], "bad_request", 61),
+        ("join without protocol version",
+         [j({"type": "join", "id": 90, "node": {"id": "node9", "service": "tcp://127.0.0.1:1",
+                                                 "write_in": "tcp://127.0.0.1:2", "ack_in": "tcp://127.0.0.1:3"}})],
+         "bad_request", 90),
+        ("join speaking another protocol version",
+         [j({"type": "join", "id": 91, "protocol": PROTOCOL_VERSION + 1,
+             "node": {"id": "node9", "service": "tcp://127.0.0.1:1", "write_in": "tcp://127.0.0.1:2",
+                      "ack_in": "tcp://127.0.0.1:3"}})],
+         "incompatible", 91),
         ("heartbeat without node_id", [j({"type": "heartbeat", "id": 62, "epoch": 1})], "bad_request", 62),
         ("heartbeat node_id empty", [j({"type": "heartbeat", "id": 63, "node_id": "", "epoch": 1})],
          "bad_request", 63),
@@ -357,8 +367,8 @@ def test_coordinator_answers_malformed_requests_with_errors(make_cluster, ctx):
     with cluster.client() as zclient:
         status = zclient.status()
     # Requests the coordinator could not decode are counted; refusals of well-formed requests
-    # (the seven join/heartbeat/caught_up cases its handlers reject) are not.
-    assert status["counters"]["bad_messages"] == before + (len(cases) - 7) + 1 + 1
+    # (the eight join/heartbeat/caught_up cases its handlers reject) are not.
+    assert status["counters"]["bad_messages"] == before + (len(cases) - 8) + 1 + 1
     assert status["topology"] == topo
     assert_healthy(cluster, baseline, "probe-coordinator")
 
@@ -665,7 +675,8 @@ def test_join_with_unusable_endpoints_is_refused(make_cluster, ctx, endpoint):
     sock = dealer(ctx, cluster.coordinator_endpoint)
     try:
         for field in ("write_in", "service", "ack_in"):
-            reply = exchange(sock, [j({"type": "join", "id": field, "node": {**node, field: endpoint}})])
+            reply = exchange(sock, [j({"type": "join", "id": field, "node": {**node, field: endpoint},
+                                         "protocol": PROTOCOL_VERSION})])
             assert reply["type"] == "error" and reply["code"] == "bad_request" and reply["id"] == field, reply
     finally:
         sock.close(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 from typing import Any
 
@@ -132,7 +133,7 @@ def test_join_helper_makes_a_serving_member():
     node.start(0.0)
     [(endpoint, header)] = peer_requests(node.drain())
     assert endpoint == "coordinator" and header["type"] == "join" and header["id"] == 1
-    assert header["node"] == A.to_dict()
+    assert header["node"] == A.to_dict() and header["protocol"] == wire.PROTOCOL_VERSION
     node.on_peer_reply(wire.encode_reply(1, {"topology": topo(1, A, B).to_dict(), "publish": "coord/pub"}), 0.0)
     effects = node.drain()
     assert Subscribe("coord/pub") in effects
@@ -140,6 +141,23 @@ def test_join_helper_makes_a_serving_member():
     assert node.role == "head" and not node.serving(0.0)
     grant_lease(node, 0.0)
     assert node.serving(0.0)
+
+
+@pytest.mark.parametrize("code, level", [("busy", logging.INFO), ("incompatible", logging.ERROR)])
+def test_refused_join_is_logged_and_asked_again(code, level, caplog):
+    """"busy" (another node is catching up) is routine; "incompatible" (another release) needs an
+    operator. Either way the node stays out and asks again after a request timeout."""
+    node = NodeCore(A, MemoryStore(), timings=TIMINGS)
+    node.start(0.0)
+    assert call_id(node.drain(), "join") == 1
+    with caplog.at_level(logging.INFO, logger="zcraq"):
+        node.on_peer_reply(wire.encode_error(1, code, "refused for a reason"), 0.1)
+    assert [r.levelno for r in caplog.records if "refused for a reason" in r.getMessage()] == [level]
+    assert node.role == "joining" and not node.serving(0.1)
+    node.tick(0.0 + TIMINGS.request_timeout - 0.01)
+    assert [h["type"] for _, h in peer_requests(node.drain())] == []
+    node.tick(0.0 + TIMINGS.request_timeout)
+    assert [h["type"] for _, h in peer_requests(node.drain())] == ["join"]
 
 
 # ---------------------------------------------------------------------------------- head writes

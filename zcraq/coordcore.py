@@ -143,6 +143,11 @@ class CoordinatorCore:
                  lease_ms=int(self.timings.lease * 1000))
 
     def _handle_join(self, client: Any, request: Request, now: float) -> None:
+        if request.fields["protocol"] != wire.PROTOCOL_VERSION:
+            self._error(client, request.id, "incompatible",
+                        f"the node speaks protocol version {request.fields['protocol']}, this coordinator "
+                        f"speaks {wire.PROTOCOL_VERSION}: run the same zcraq release on every process")
+            return
         try:
             node = Member.from_dict(request.fields["node"])
             for endpoint in (node.service, node.write_in, node.ack_in):

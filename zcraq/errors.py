@@ -55,6 +55,7 @@ ERROR_CODES: dict[str, type[ZcraqError]] = {
     "not_tail": Unavailable,
     "wrong_epoch": Unavailable,
     "busy": Unavailable,
+    "incompatible": BadRequest,
     "unknown_node": Unavailable,
     "internal": ZcraqError,
 }

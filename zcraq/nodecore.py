@@ -253,7 +253,7 @@ class NodeCore:
 
     def _send_join(self, now: float) -> None:
         self._join_sent_at = now
-        self._call_coordinator("join", now, node=self.me.to_dict())
+        self._call_coordinator("join", now, node=self.me.to_dict(), protocol=wire.PROTOCOL_VERSION)
 
     def drain(self) -> list[Effect]:
         """Effects accumulated since the last drain, with buffered chain records framed."""

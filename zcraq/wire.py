@@ -33,6 +33,9 @@ TOMBSTONE = 2
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ID_CHARS = 128
 MAX_NODE_ID_CHARS = 64
+# Version of the node <-> coordinator <-> node protocol. A node sends it when it joins and the
+# coordinator refuses a different one: processes of different versions must never share a chain.
+PROTOCOL_VERSION = 1
 
 
 class WireError(Exception):
@@ -76,7 +79,7 @@ _REQUEST_SCHEMAS: dict[str, tuple[bool, bool, dict[str, tuple[tuple[type, ...], 
     "catchup": (False, False, {"after": (_STR + (type(None),), False), "limit": (_INT, True), "epoch": (_INT, True)}),
     "status": (False, False, {}),
     "topology": (False, False, {}),
-    "join": (False, False, {"node": ((dict,), True)}),
+    "join": (False, False, {"node": ((dict,), True), "protocol": (_INT, True)}),
     "heartbeat": (False, False, {"node_id": (_STR, True), "epoch": (_INT, True)}),
     "caught_up": (False, False, {"node_id": (_STR, True), "epoch": (_INT, True)}),
     "leave": (False, False, {"node_id": (_STR, True)}),
