@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import benchlib
+import cpuquota
 import loadgen
 import zmq_baseline
 
@@ -352,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     cgroup = None
     if args.node_cpu is not None:
         try:
-            version, base = benchlib.CpuQuota.detect()
-        except benchlib.CpuQuotaError as exc:
+            version, base = cpuquota.CpuQuota.detect()
+        except cpuquota.CpuQuotaError as exc:
             print(f"--node-cpu {args.node_cpu:g}: {exc}", file=sys.stderr)
             return 2
         cgroup = {"version": version, "base": str(base)}
@@ -390,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, benchlib.Interrupted) as exc:
         print(f"\ninterrupted ({type(exc).__name__} {exc}); everything started was stopped", file=sys.stderr)
         status = 130
-    except benchlib.CpuQuotaError as exc:  # a setup problem, not a bug: no traceback
+    except cpuquota.CpuQuotaError as exc:  # a setup problem, not a bug: no traceback
         print(f"\nbenchmark failed: --node-cpu: {exc}", file=sys.stderr)
         status = 2
     except Exception as exc:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import benchlib
+import cpuquota
 import loadgen
 
 BATCH = 256
@@ -125,7 +126,7 @@ def run_baseline(servers: int, workloads: list[str], common: dict[str, Any],
     With ``server_cpu``, each server runs in a cgroup capped at that fraction of a CPU (as
     chain_bench.py --node-cpu caps each node), so the comparison stays like with like."""
     results = []
-    quota = benchlib.CpuQuota(server_cpu) if server_cpu is not None else None
+    quota = cpuquota.CpuQuota(server_cpu) if server_cpu is not None else None
     with tempfile.TemporaryDirectory(prefix="zcraq-bench-echo-") as tmp:
         echo = EchoServers(servers, common["value_size"], Path(tmp))
         try:
