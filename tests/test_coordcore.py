@@ -59,7 +59,8 @@ def join(core: CoordinatorCore, node: Member, now: float) -> wire.Reply:
 
 
 def heartbeat(core: CoordinatorCore, node_id: str, now: float) -> wire.Reply:
-    return only_reply(request(core, "heartbeat", now, node_id=node_id, epoch=core.topology.epoch))
+    return only_reply(request(core, "heartbeat", now, node_id=node_id, epoch=core.topology.epoch,
+                              protocol=wire.PROTOCOL_VERSION))
 
 
 def chain(*nodes: Member, now: float = 0.0) -> CoordinatorCore:
@@ -272,6 +273,21 @@ def test_join_speaking_another_protocol_version_is_refused(protocol):
     assert kinds(effects) == ["Reply"] and core.topology == Topology(1, (A,))
     effects = request(core, "join", 0.1, node=B.to_dict())  # a release from before the version field
     assert only_reply(effects).code == "bad_request" and core.topology == Topology(1, (A,))
+
+
+def test_heartbeat_speaking_another_protocol_version_renews_nothing():
+    """A coordinator restarted on another release must not keep nodes of the old one in its chain:
+    their heartbeats are refused, so they are removed as silent once their lease is over."""
+    core = chain(A, B)
+    epoch = core.topology.epoch
+    for t in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5):
+        assert heartbeat(core, A.id, t).ok
+        reply = only_reply(request(core, "heartbeat", t, node_id=B.id, epoch=epoch,
+                                   protocol=wire.PROTOCOL_VERSION + 1))
+        assert reply.code == "incompatible"
+        core.tick(t)
+        core.drain()
+    assert ids(core.topology.members) == [A.id] and core.topology.epoch > epoch
 
 
 def test_malformed_request_is_bad_request():

@@ -215,6 +215,10 @@ def coordinator_bad_requests(node1: dict[str, str]) -> list[tuple[str, list[byte
     def join(request_id: int, node: Any) -> list[bytes]:
         return [j({"type": "join", "id": request_id, "node": node, "protocol": PROTOCOL_VERSION})]
 
+    def heartbeat(request_id: int, **fields: Any) -> list[bytes]:
+        header = {"type": "heartbeat", "id": request_id, "protocol": PROTOCOL_VERSION, **fields}
+        return [j({k: v for k, v in header.items() if v is not None})]
+
     return common_bad_requests("delete") + [
         ("read at the coordinator", [j({"type": "read", "id": 50, "key": "keep-1"})], "bad_request", 50),
         ("version at the coordinator", [j({"type": "version", "id": 51, "key": "k", "epoch": 1})], "bad_request", 51),
@@ -245,20 +249,18 @@ def coordinator_bad_requests(node1: dict[str, str]) -> list[tuple[str, list[byte
              "node": {"id": "node9", "service": "tcp://127.0.0.1:1", "write_in": "tcp://127.0.0.1:2",
                       "ack_in": "tcp://127.0.0.1:3"}})],
          "incompatible", 91),
-        ("heartbeat without node_id", [j({"type": "heartbeat", "id": 62, "epoch": 1})], "bad_request", 62),
-        ("heartbeat node_id empty", [j({"type": "heartbeat", "id": 63, "node_id": "", "epoch": 1})],
-         "bad_request", 63),
-        ("heartbeat node_id too long", [j({"type": "heartbeat", "id": 64, "node_id": "n" * 65, "epoch": 1})],
-         "bad_request", 64),
-        ("heartbeat node_id a number", [j({"type": "heartbeat", "id": 65, "node_id": 1, "epoch": 1})],
-         "bad_request", 65),
-        ("heartbeat epoch a bool", [j({"type": "heartbeat", "id": 66, "node_id": "node9", "epoch": False})],
-         "bad_request", 66),
-        ("heartbeat epoch negative", [j({"type": "heartbeat", "id": 67, "node_id": "node9", "epoch": -1})],
-         "bad_request", 67),
-        ("heartbeat without epoch", [j({"type": "heartbeat", "id": 68, "node_id": "node9"})], "bad_request", 68),
-        ("heartbeat of an unknown node", [j({"type": "heartbeat", "id": 69, "node_id": "node9", "epoch": 1})],
-         "unknown_node", 69),
+        ("heartbeat without node_id", heartbeat(62, epoch=1), "bad_request", 62),
+        ("heartbeat node_id empty", heartbeat(63, node_id="", epoch=1), "bad_request", 63),
+        ("heartbeat node_id too long", heartbeat(64, node_id="n" * 65, epoch=1), "bad_request", 64),
+        ("heartbeat node_id a number", heartbeat(65, node_id=1, epoch=1), "bad_request", 65),
+        ("heartbeat epoch a bool", heartbeat(66, node_id="node9", epoch=False), "bad_request", 66),
+        ("heartbeat epoch negative", heartbeat(67, node_id="node9", epoch=-1), "bad_request", 67),
+        ("heartbeat without epoch", heartbeat(68, node_id="node9"), "bad_request", 68),
+        ("heartbeat without protocol version", heartbeat(92, node_id="node1", epoch=1, protocol=None),
+         "bad_request", 92),
+        ("heartbeat speaking another protocol version",
+         heartbeat(93, node_id="node1", epoch=1, protocol=PROTOCOL_VERSION + 1), "incompatible", 93),
+        ("heartbeat of an unknown node", heartbeat(69, node_id="node9", epoch=1), "unknown_node", 69),
         ("caught_up without epoch", [j({"type": "caught_up", "id": 70, "node_id": "node9"})], "bad_request", 70),
         ("caught_up of a non-learner", [j({"type": "caught_up", "id": 71, "node_id": "node9", "epoch": 1})],
          "wrong_epoch", 71),
@@ -367,8 +369,8 @@ def test_coordinator_answers_malformed_requests_with_errors(make_cluster, ctx):
     with cluster.client() as zclient:
         status = zclient.status()
     # Requests the coordinator could not decode are counted; refusals of well-formed requests
-    # (the eight join/heartbeat/caught_up cases its handlers reject) are not.
-    assert status["counters"]["bad_messages"] == before + (len(cases) - 8) + 1 + 1
+    # (the nine join/heartbeat/caught_up cases its handlers reject) are not.
+    assert status["counters"]["bad_messages"] == before + (len(cases) - 9) + 1 + 1
     assert status["topology"] == topo
     assert_healthy(cluster, baseline, "probe-coordinator")
 

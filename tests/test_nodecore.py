@@ -160,6 +160,24 @@ def test_refused_join_is_logged_and_asked_again(code, level, caplog):
     assert [h["type"] for _, h in peer_requests(node.drain())] == ["join"]
 
 
+def test_refused_heartbeats_renew_no_lease_and_are_logged_once_a_minute(caplog):
+    """A coordinator of another release refuses every heartbeat: the node's lease is not renewed
+    (peer confirmations alone may keep it serving, as when the coordinator is down) and the
+    refusal is logged as an error, once a minute rather than twice a second."""
+    node = join(A, topo(1, A, B), lease=False)
+    lease_before = node.lease_until
+    with caplog.at_level(logging.INFO, logger="zcraq"):
+        for step in range(1, 241):  # two minutes of heartbeats
+            now = step * TIMINGS.heartbeat_interval
+            node.tick(now)
+            [header] = [h for _, h in peer_requests(node.drain()) if h["type"] == "heartbeat"]
+            assert header["protocol"] == wire.PROTOCOL_VERSION
+            node.on_peer_reply(wire.encode_error(header["id"], "incompatible", "speaks protocol 7"), now)
+    assert node.lease_until == lease_before
+    errors = [r for r in caplog.records if "speaks protocol 7" in r.getMessage()]
+    assert [r.levelno for r in errors] == [logging.ERROR, logging.ERROR]
+
+
 # ---------------------------------------------------------------------------------- head writes
 
 

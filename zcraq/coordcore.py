@@ -142,11 +142,17 @@ class CoordinatorCore:
         self._ok(client, request.id, topology=self.topology.to_dict(), counters=self.counters,
                  lease_ms=int(self.timings.lease * 1000))
 
+    def _refuse_other_protocol(self, client: Any, request: Request) -> bool:
+        """Refuse (True) a join or heartbeat of another protocol version: no lease, no membership."""
+        if request.fields["protocol"] == wire.PROTOCOL_VERSION:
+            return False
+        self._error(client, request.id, "incompatible",
+                    f"the node speaks protocol version {request.fields['protocol']}, this coordinator "
+                    f"speaks {wire.PROTOCOL_VERSION}: run the same zcraq release on every process")
+        return True
+
     def _handle_join(self, client: Any, request: Request, now: float) -> None:
-        if request.fields["protocol"] != wire.PROTOCOL_VERSION:
-            self._error(client, request.id, "incompatible",
-                        f"the node speaks protocol version {request.fields['protocol']}, this coordinator "
-                        f"speaks {wire.PROTOCOL_VERSION}: run the same zcraq release on every process")
+        if self._refuse_other_protocol(client, request):
             return
         try:
             node = Member.from_dict(request.fields["node"])
@@ -186,6 +192,8 @@ class CoordinatorCore:
                  lease_ms=int(self.timings.lease * 1000))
 
     def _handle_heartbeat(self, client: Any, request: Request, now: float) -> None:
+        if self._refuse_other_protocol(client, request):
+            return  # not counted as a sign of life: the node is removed once its lease is over
         node_id = request.fields["node_id"]
         self._kept_last.discard(node_id)
         if self.topology.position(node_id) is not None:

@@ -135,6 +135,7 @@ class NodeCore:
         self._last_resync_request = float("-inf")
         self._last_heartbeat = float("-inf")
         self._join_sent_at = float("-inf")
+        self._incompatible_logged_at = float("-inf")
         self._catchup_cursor: str | None = None
         self._catchup_active = False
         self._catchup_complete = False  # pages done, waiting for the live stream's sync
@@ -807,6 +808,10 @@ class NodeCore:
             if reply.code == "unknown_node" and self.joined:
                 log.warning("the coordinator does not know this node; rejoining")
                 self._reset_incarnation(now)
+            elif reply.code == "incompatible" and now - self._incompatible_logged_at >= 60.0:
+                # Every heartbeat is refused until someone acts: say so loudly, but once a minute.
+                self._incompatible_logged_at = now
+                log.error("the coordinator refuses this node's heartbeats: %s", reply.message)
             return
         epoch = reply.header.get("epoch")
         lease = reply.header.get("lease_ms")
@@ -885,7 +890,8 @@ class NodeCore:
                 self._send_join(now)
         elif now - self._last_heartbeat >= self.timings.heartbeat_interval:
             self._last_heartbeat = now
-            self._call_coordinator("heartbeat", now, node_id=self.me.id, epoch=self.topology.epoch)
+            self._call_coordinator("heartbeat", now, node_id=self.me.id, epoch=self.topology.epoch,
+                                   protocol=wire.PROTOCOL_VERSION)
         if self._link_start_pending and not self.fenced(now) and self.joined:
             self._start_links(now)
         if self.joined and now - self._last_confirm_round >= self.timings.peer_lease / 4:

@@ -33,8 +33,9 @@ TOMBSTONE = 2
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ID_CHARS = 128
 MAX_NODE_ID_CHARS = 64
-# Version of the node <-> coordinator <-> node protocol. A node sends it when it joins and the
-# coordinator refuses a different one: processes of different versions must never share a chain.
+# Version of the node <-> coordinator <-> node protocol. A node sends it in every join and
+# heartbeat and the coordinator refuses a different one: processes of different versions must
+# never share a chain (also not after the coordinator alone was restarted on another release).
 PROTOCOL_VERSION = 1
 
 
@@ -80,7 +81,7 @@ _REQUEST_SCHEMAS: dict[str, tuple[bool, bool, dict[str, tuple[tuple[type, ...], 
     "status": (False, False, {}),
     "topology": (False, False, {}),
     "join": (False, False, {"node": ((dict,), True), "protocol": (_INT, True)}),
-    "heartbeat": (False, False, {"node_id": (_STR, True), "epoch": (_INT, True)}),
+    "heartbeat": (False, False, {"node_id": (_STR, True), "epoch": (_INT, True), "protocol": (_INT, True)}),
     "caught_up": (False, False, {"node_id": (_STR, True), "epoch": (_INT, True)}),
     "leave": (False, False, {"node_id": (_STR, True)}),
     "confirm": (False, False, {"node_id": (_STR, True), "epoch": (_INT, True)}),
