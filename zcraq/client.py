@@ -187,7 +187,9 @@ class ZClient:
             return None
         self._next_node += 1
         now = time.monotonic()
-        healthy = [m for m in topology.members if self._avoid.get(m.service, 0.0) <= now]
+        if self._avoid:
+            self._avoid = {e: until for e, until in self._avoid.items() if until > now}  # stays small
+        healthy = [m for m in topology.members if m.service not in self._avoid]
         candidates = healthy or topology.members  # all failed lately: try them anyway
         return candidates[self._next_node % len(candidates)].service
 

@@ -419,7 +419,6 @@ def _base_dir(path: str | os.PathLike[str]) -> Path:
 
 
 _NODE_KEYS = (
-    "peer_lease_ms",
     "id",
     "coordinator",
     "bind_host",
@@ -432,6 +431,7 @@ _NODE_KEYS = (
     "heartbeat_interval_ms",
     "request_timeout_ms",
     "catchup_page_items",
+    "peer_lease_ms",
     "log_level",
     "insecure",
 )

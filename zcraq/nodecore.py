@@ -402,8 +402,11 @@ class NodeCore:
             return
         stored = self.store.put(key, version, record.value, tombstone=record.tombstone)
         if self.is_tail:
-            if stored or self.store.get(key, version) is not None:
+            held = None if stored else self.store.get(key, version)
+            if stored or (held is not None and not held.committed):
                 self._tail_commit(record, now)
+            elif held is not None:
+                self._release(key, version)  # a repeat of a version committed here: report again
             elif self._committed_version(key) >= version:
                 self._echo_commit(key, version)
             return
@@ -419,15 +422,11 @@ class NodeCore:
             self._up_buffer.append((key, version))
 
     def _tail_commit(self, record: WriteRecord, now: float) -> None:
-        """The tail commits a version it holds. With a learner behind it, it first hands the
+        """The tail commits a version it holds dirty. With a learner behind it, it first hands the
         learner the record and commits (and reports upstream, and answers) only when the learner
         acknowledges it: until then the version stays dirty here and reads get the previous one,
         so no reader can see a version that would be lost with this tail."""
         key, version = record.key, record.version
-        item = self.store.get(key, version)
-        if item is None or item.committed:
-            self._release(key, version)
-            return
         if self.topology.learner is not None:
             if (key, version) not in self._sent:
                 self._forward(WriteRecord(key, version, record.value, True, record.tombstone), now)
