@@ -89,7 +89,7 @@ def client(ctx: click.Context, coordinator_endpoint: str | None, node: str | Non
     """Read, write and inspect the chain."""
     from zcraq.client import ZClient
 
-    from zcraq.config import parse_endpoint
+    from zcraq.endpoints import parse_endpoint
 
     try:
         zclient = ZClient(coordinator_endpoint or default_coordinator_endpoint(), timeout=timeout)

@@ -18,7 +18,8 @@ from typing import Any
 import zmq
 
 from zcraq import sockets, wire
-from zcraq.config import default_coordinator_endpoint, parse_endpoint
+from zcraq.config import default_coordinator_endpoint
+from zcraq.endpoints import parse_endpoint
 from zcraq.errors import BadRequest, KeyNotFound, Timeout, Unavailable, WriteOutcomeUnknown, ZcraqError, error_for
 from zcraq.topology import Topology
 

@@ -14,8 +14,6 @@ Every problem raises ``ConfigError``, whose message names the file and the dotte
 from __future__ import annotations
 
 import difflib
-import ipaddress
-import json
 import os
 import re
 import tomllib
@@ -24,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zcraq.endpoints import (check_bind_host, check_connect_host, format_endpoint, is_loopback, is_unspecified,
+                             parse_endpoint, show)
 # One definition of the size limits: the config hands these straight to the wire codec.
 from zcraq.wire import Limits
 
@@ -45,7 +45,6 @@ __all__ = [
 DEFAULT_COORDINATOR_ENDPOINT = "tcp://127.0.0.1:7000"
 COORDINATOR_ENV = "ZCRAQ_COORDINATOR"
 
-WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DURABILITIES = ("sync", "async")
 
@@ -56,8 +55,6 @@ MIN_LEASE_MS = 100
 MAX_CATCHUP_PAGE_ITEMS = 100_000
 
 _ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-_ENDPOINT_RE = re.compile(r"tcp://(\[[^\]]*\]|[^:\[\]/]*):([0-9]+)")
 
 
 class ConfigError(Exception):
@@ -68,93 +65,6 @@ class ConfigError(Exception):
         self.key = key
         self.problem = problem
         super().__init__(f"{self.path}: {key}: {problem}" if key else f"{self.path}: {problem}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Addresses
-
-
-def format_endpoint(host: str, port: int) -> str:
-    """``tcp://host:port``, with IPv6 literals in brackets as ZeroMQ expects."""
-    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_hostname(host: str) -> bool:
-    name = host[:-1] if host.endswith(".") else host
-    return 0 < len(name) <= 253 and all(_HOST_LABEL_RE.fullmatch(label) for label in name.split("."))
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback
-
-
-def _is_unspecified(host: str) -> bool:
-    if host == "*":
-        return True
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0]).is_unspecified
-    except ValueError:
-        return False
-
-
-def _bracket_hint(host: str) -> str:
-    return " (write IPv6 addresses without brackets)" if host.startswith("[") else ""
-
-
-def _check_bind_host(host: str) -> None:
-    if host in WILDCARD_HOSTS or host == "localhost" or _is_ip(host):
-        return
-    raise ValueError(
-        f"unusable address {_show(host)}: expected an IPv4 or IPv6 address, \"localhost\", "
-        f"or a wildcard (\"*\", \"0.0.0.0\", \"::\"){_bracket_hint(host)}"
-    )
-
-
-def _check_connect_host(host: str) -> None:
-    if _is_unspecified(host):
-        raise ValueError(f"{_show(host)} is a wildcard; other processes cannot connect to it")
-    if not (_is_ip(host) or _is_hostname(host)):
-        raise ValueError(
-            f"unusable address {_show(host)}: expected an IP address or a host name{_bracket_hint(host)}"
-        )
-
-
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """Split a connectable ``tcp://HOST:PORT`` into (host, port); ValueError says what is wrong."""
-    match = _ENDPOINT_RE.fullmatch(endpoint)
-    if match is None:
-        raise ValueError(f'unusable endpoint {_show(endpoint)}: expected "tcp://HOST:PORT"')
-    host, port_text = match.groups()
-    if host.startswith("["):
-        host = host[1:-1]
-        if ":" not in host or not _is_ip(host):
-            raise ValueError(f"unusable endpoint {_show(endpoint)}: only IPv6 addresses go in brackets")
-    elif not host:
-        raise ValueError(f'unusable endpoint {_show(endpoint)}: expected "tcp://HOST:PORT"')
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"unusable endpoint {_show(endpoint)}: port must be from 1 to 65535")
-    try:
-        _check_connect_host(host)
-    except ValueError as exc:
-        raise ValueError(f"unusable endpoint {_show(endpoint)}: {exc}") from None
-    return host, port
 
 
 def default_coordinator_endpoint() -> str:
@@ -270,19 +180,6 @@ class CoordinatorConfig:
 # Validation helpers
 
 
-def _show(value: Any) -> str:
-    """A value the way it looks in TOML, for error messages."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return str(value)
-
-
 def _suggest(name: str, choices: Iterable[str], fmt: str = '"{}"') -> str:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {fmt.format(close[0])}?)" if close else ""
@@ -298,7 +195,7 @@ class _Table:
         self.path = path
         self.name = name
         if not isinstance(data, Mapping):
-            raise ConfigError(path, name, f"expected a table [{name}], got {_show(data)}")
+            raise ConfigError(path, name, f"expected a table [{name}], got {show(data)}")
         self.data = data
         known = tuple(known)
         for key in data:
@@ -315,7 +212,7 @@ class _Table:
                 raise self.error(key, "missing required key")
             return default
         if not check(value):
-            raise self.error(key, f"expected {expected}, got {_show(value)}")
+            raise self.error(key, f"expected {expected}, got {show(value)}")
         return value
 
     def get_int(self, key: str, lo: int, hi: int, default: Any = _MISSING) -> int:
@@ -334,7 +231,7 @@ class _Table:
         return self._get(key, default, lambda v: isinstance(v, bool), "true or false")
 
     def get_choice(self, key: str, choices: tuple[str, ...], default: Any = _MISSING) -> str:
-        expected = "one of " + ", ".join(_show(c) for c in choices)
+        expected = "one of " + ", ".join(show(c) for c in choices)
         return self._get(key, default, lambda v: isinstance(v, str) and v in choices, expected)
 
     def get_path(self, key: str, base: Path) -> Path:
@@ -375,26 +272,26 @@ def _hosts(table: _Table, insecure: bool) -> tuple[str, str]:
     """bind_host and advertise_host, with the wildcard and plaintext-exposure rules applied."""
     bind_host = table.get_str("bind_host", "127.0.0.1")
     try:
-        _check_bind_host(bind_host)
+        check_bind_host(bind_host)
     except ValueError as exc:
         raise table.error("bind_host", str(exc)) from None
-    if not _is_loopback(bind_host) and not insecure:
+    if not is_loopback(bind_host) and not insecure:
         raise table.error(
             "bind_host",
-            f"binding {_show(bind_host)} exposes this process beyond the local machine, and "
+            f"binding {show(bind_host)} exposes this process beyond the local machine, and "
             "traffic is neither encrypted nor authenticated (encryption is not configured); "
             f"bind a loopback address, or set insecure = true in [{table.name}] to accept that",
         )
     if "advertise_host" in table.data:
         advertise_host = table.get_str("advertise_host")
         try:
-            _check_connect_host(advertise_host)
+            check_connect_host(advertise_host)
         except ValueError as exc:
             raise table.error("advertise_host", str(exc)) from None
-    elif _is_unspecified(bind_host):
+    elif is_unspecified(bind_host):
         raise table.error(
             "advertise_host",
-            f"missing required key: bind_host {_show(bind_host)} is a wildcard, so set the "
+            f"missing required key: bind_host {show(bind_host)} is a wildcard, so set the "
             "address other processes should connect to",
         )
     else:
@@ -458,7 +355,7 @@ def node_config_from_dict(data: Mapping[str, Any], path: str | os.PathLike[str])
 
     node_id = t.get_str("id")
     if not _ID_RE.fullmatch(node_id):
-        raise t.error("id", f"expected 1 to 64 characters of A-Z a-z 0-9 _ . -, got {_show(node_id)}")
+        raise t.error("id", f"expected 1 to 64 characters of A-Z a-z 0-9 _ . -, got {show(node_id)}")
     coordinator = t.get_str("coordinator")
     try:
         parse_endpoint(coordinator)

@@ -34,7 +34,7 @@ from itertools import count
 from typing import Any
 
 from zcraq import wire
-from zcraq.config import parse_endpoint
+from zcraq.endpoints import parse_endpoint
 from zcraq.effects import Effect, PeerRequest, Persist, Publish, Reply
 from zcraq.topology import EMPTY, Member, Topology
 from zcraq.wire import Limits, Request, WireError
