@@ -10,6 +10,7 @@ import pytest
 
 from cluster import wait_for
 from zcraq import KeyNotFound, ZClient
+from zcraq.messages import Ok, Write
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,9 +25,9 @@ def test_writes_through_coordinator_and_head_are_read_at_every_node(make_cluster
     coordinator_only = ZClient(cluster.coordinator_endpoint, timeout=5)
     try:
         coordinator_only._topology = None  # noqa: SLF001 - force the coordinator path below
-        reply = coordinator_only._call(cluster.coordinator_endpoint, "write", time.monotonic() + 5,  # noqa: SLF001
-                                       value=b"via-coordinator", key="k2")
-        assert reply.ok and reply.header["version"] == 1
+        reply, _values = coordinator_only._call(  # noqa: SLF001
+            cluster.coordinator_endpoint, Write("k2", b"via-coordinator", id=1), time.monotonic() + 5)
+        assert reply == Ok(1, version=1)
     finally:
         coordinator_only.close()
     for node in ("node1", "node2", "node3"):

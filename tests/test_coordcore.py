@@ -1,15 +1,17 @@
-"""CoordinatorCore driven directly: requests in with explicit times, effects out."""
+"""CoordinatorCore driven directly: typed requests in with explicit times, effects out."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-import orjson
+import msgspec
 import pytest
 
-from zcraq import wire
 from zcraq.coordcore import CoordinatorCore, CoordinatorTimings
-from zcraq.effects import PeerRequest, Persist, Publish, Reply
+from zcraq.effects import PeerRequest, Publish, Respond
+from zcraq.messages import (PROTOCOL_VERSION, CaughtUp, Delete, Error, Heartbeat, Join, Leave, Malformed, Ok,
+                            StatusRequest, TopologyRequest, Write)
 from zcraq.topology import Member, Topology
 
 pytestmark = pytest.mark.timeout(60)
@@ -22,7 +24,6 @@ def ACCEPT_ANY(endpoint: str) -> None:  # noqa: N802 - a constant-like policy
     """These tests name endpoints "a/service"; real endpoints are checked by the default."""
 
 
-
 def member(name: str) -> Member:
     return Member(name, f"{name}/service", f"{name}/write", f"{name}/ack")
 
@@ -30,15 +31,66 @@ def member(name: str) -> Member:
 A, B, C, D = (member(name) for name in "abcd")
 
 
+@dataclass
+class Persisted:
+    """Stands, in an effect list, for a save the core made before handing the effects over."""
+
+    topology: Topology
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return {"topology": self.topology.to_dict()}
+
+
+class RecordingState:
+    """A StateStore that remembers every save."""
+
+    def __init__(self, topology: Topology | None = None) -> None:
+        self.topology = topology
+        self.saves: list[Topology] = []
+
+    def load(self) -> Topology | None:
+        return self.topology
+
+    def save(self, topology: Topology) -> None:
+        self.saves.append(topology)
+        self.topology = topology
+
+
+def new_core(state: Topology | None = None, now: float = 0.0, **options: Any) -> CoordinatorCore:
+    core = CoordinatorCore("coord/pub", RecordingState(state), now, **{"timings": TIMINGS,
+                                                                         "check_endpoint": ACCEPT_ANY, **options})
+    return core
+
+
+def drain(core: CoordinatorCore) -> list[Any]:
+    """The turn's effects, preceded by what ready() saved first."""
+    state = core.state
+    assert isinstance(state, RecordingState)
+    before = len(state.saves)
+    effects = core.ready()
+    return [Persisted(t) for t in state.saves[before:]] + effects
+
+
 def ids(members: tuple[Member, ...]) -> list[str]:
     return [m.id for m in members]
 
 
-def replies(effects: list[Any]) -> list[tuple[Any, wire.Reply]]:
-    return [(e.client, wire.decode_reply(e.frames)) for e in effects if isinstance(e, Reply)]
+class Answer:
+    def __init__(self, effect: Respond) -> None:
+        self.ok = type(effect.reply) is Ok
+        self.id = effect.reply.id
+        self.header = msgspec.to_builtins(effect.reply)
+        self.code = self.header.get("code")
+        self.message = self.header.get("message", "")
+        self.values = list(effect.values)
 
 
-def only_reply(effects: list[Any]) -> wire.Reply:
+def replies(effects: list[Any]) -> list[tuple[Any, Answer]]:
+    return [(e.client, Answer(e)) for e in effects if isinstance(e, Respond)]
+
+
+def only_reply(effects: list[Any]) -> Answer:
     found = replies(effects)
     assert len(found) == 1, found
     return found[0][1]
@@ -48,24 +100,30 @@ def kinds(effects: list[Any]) -> list[str]:
     return [type(e).__name__ for e in effects]
 
 
+REQUESTS = {"join": Join, "heartbeat": Heartbeat, "caught_up": CaughtUp, "leave": Leave, "topology": TopologyRequest,
+            "status": StatusRequest, "write": Write, "delete": Delete}
+
+
 def request(core: CoordinatorCore, kind: str, now: float, value: bytes | None = None, client: Any = "cl",
             request_id: Any = 1, **fields: Any) -> list[Any]:
-    core.on_request(client, wire.encode_request(kind, request_id, value, **fields), now)
-    return core.drain()
+    if kind == "write":
+        fields["value"] = value
+    core.on_request(client, REQUESTS[kind](**fields, id=request_id), now)
+    return drain(core)
 
 
-def join(core: CoordinatorCore, node: Member, now: float) -> wire.Reply:
-    return only_reply(request(core, "join", now, node=node.to_dict(), protocol=wire.PROTOCOL_VERSION))
+def join(core: CoordinatorCore, node: Member, now: float) -> Answer:
+    return only_reply(request(core, "join", now, node=node.to_dict(), protocol=PROTOCOL_VERSION))
 
 
-def heartbeat(core: CoordinatorCore, node_id: str, now: float) -> wire.Reply:
+def heartbeat(core: CoordinatorCore, node_id: str, now: float) -> Answer:
     return only_reply(request(core, "heartbeat", now, node_id=node_id, epoch=core.topology.epoch,
-                              protocol=wire.PROTOCOL_VERSION))
+                              protocol=PROTOCOL_VERSION))
 
 
 def chain(*nodes: Member, now: float = 0.0) -> CoordinatorCore:
     """A coordinator whose chain is ``nodes`` in order, built through joins and catch-ups."""
-    core = CoordinatorCore("coord/pub", None, now, timings=TIMINGS, check_endpoint=ACCEPT_ANY)
+    core = new_core(now=now)
     for node in nodes:
         join(core, node, now)
         if core.topology.learner is not None:
@@ -78,9 +136,9 @@ def chain(*nodes: Member, now: float = 0.0) -> CoordinatorCore:
 
 
 def test_first_join_makes_the_sole_member_at_epoch_1():
-    core = CoordinatorCore("coord/pub", None, 0.0, timings=TIMINGS, check_endpoint=ACCEPT_ANY)
-    effects = request(core, "join", 0.0, node=A.to_dict(), request_id="j", protocol=wire.PROTOCOL_VERSION)
-    assert kinds(effects) == ["Persist", "Publish", "Reply"]
+    core = new_core()
+    effects = request(core, "join", 0.0, node=A.to_dict(), request_id="j", protocol=PROTOCOL_VERSION)
+    assert kinds(effects) == ["Persisted", "Publish", "Respond"]
     assert effects[0].state == {"topology": core.topology.to_dict()}
     assert effects[1].topology == core.topology == Topology(1, (A,))
     reply = only_reply(effects)
@@ -93,9 +151,9 @@ def test_next_joins_become_the_learner_one_at_a_time():
     core = chain(A)
     assert join(core, B, 0.1).ok
     assert core.topology == Topology(2, (A,), B)
-    effects = request(core, "join", 0.2, node=C.to_dict(), protocol=wire.PROTOCOL_VERSION)
+    effects = request(core, "join", 0.2, node=C.to_dict(), protocol=PROTOCOL_VERSION)
     reply = only_reply(effects)
-    assert reply.code == "busy" and kinds(effects) == ["Reply"]
+    assert reply.code == "busy" and kinds(effects) == ["Respond"]
     assert core.topology == Topology(2, (A,), B)
 
 
@@ -103,14 +161,14 @@ def test_caught_up_in_the_right_epoch_promotes_the_learner_to_tail():
     core = chain(A)
     join(core, B, 0.1)
     effects = request(core, "caught_up", 0.2, node_id="b", epoch=2)
-    assert kinds(effects) == ["Persist", "Publish", "Reply"]
+    assert kinds(effects) == ["Persisted", "Publish", "Respond"]
     assert core.topology == Topology(3, (A, B))
     assert effects[0].state["topology"]["epoch"] == 3 and effects[1].topology.epoch == 3
     reply = only_reply(effects)
     assert reply.ok and reply.header["epoch"] == 3
     # A repeated report from the promoted node is simply acknowledged.
     effects = request(core, "caught_up", 0.3, node_id="b", epoch=2)
-    assert kinds(effects) == ["Reply"] and only_reply(effects).ok and core.topology.epoch == 3
+    assert kinds(effects) == ["Respond"] and only_reply(effects).ok and core.topology.epoch == 3
 
 
 def test_caught_up_in_a_wrong_epoch_or_from_a_non_learner_is_refused():
@@ -120,7 +178,7 @@ def test_caught_up_in_a_wrong_epoch_or_from_a_non_learner_is_refused():
         effects = request(core, "caught_up", 0.2, node_id=node_id, epoch=epoch)
         reply = only_reply(effects)
         assert reply.code == "wrong_epoch" and reply.header["epoch"] == 2
-        assert kinds(effects) == ["Reply"]
+        assert kinds(effects) == ["Respond"]
     assert core.topology == Topology(2, (A,), B)
 
 
@@ -141,10 +199,10 @@ def test_silent_member_is_removed_only_after_removal_after():
     heartbeat(core, "a", start + REMOVAL)
     heartbeat(core, "c", start + REMOVAL)
     core.tick(start + REMOVAL)
-    assert "Persist" not in kinds(core.drain()) and core.topology.epoch == 5
+    assert "Persisted" not in kinds(drain(core)) and core.topology.epoch == 5
     core.tick(start + REMOVAL + 0.01)
-    effects = core.drain()
-    assert kinds(effects)[:2] == ["Persist", "Publish"]
+    effects = drain(core)
+    assert kinds(effects)[:2] == ["Persisted", "Publish"]
     assert core.topology == Topology(6, (A, C))
     assert core.counters["removals"] == 1
 
@@ -152,7 +210,7 @@ def test_silent_member_is_removed_only_after_removal_after():
 def test_last_member_is_never_removed():
     core = chain(A)
     core.tick(1000.0)
-    assert [k for k in kinds(core.drain()) if k == "Persist"] == []
+    assert [k for k in kinds(drain(core)) if k == "Persisted"] == []
     assert core.topology == Topology(1, (A,))
     core.tick(2000.0)
     assert core.topology == Topology(1, (A,))
@@ -161,7 +219,7 @@ def test_last_member_is_never_removed():
 def test_all_members_silent_keeps_the_last_one():
     core = chain(A, B)
     core.tick(100.0)
-    core.drain()
+    drain(core)
     assert ids(core.topology.members) == ["b"]
 
 
@@ -170,38 +228,37 @@ def test_silent_learner_is_dropped():
     join(core, B, 1.0)
     heartbeat(core, "a", 1.0 + REMOVAL + 0.5)
     core.tick(1.0 + REMOVAL + 0.5)
-    assert "Persist" in kinds(core.drain())
+    assert "Persisted" in kinds(drain(core))
     assert core.topology == Topology(3, (A,))
 
 
 def test_restarted_coordinator_removes_nobody_until_removal_after_since_its_start():
-    persisted = {"topology": Topology(7, (A, B, C), D).to_dict()}
     start = 1000.0  # every node has been silent for far longer than a lease
-    core = CoordinatorCore("coord/pub", persisted, start, timings=TIMINGS, check_endpoint=ACCEPT_ANY)
+    core = new_core(Topology(7, (A, B, C), D), now=start)
     assert core.topology == Topology(7, (A, B, C), D)
     # A full lease for the previous run's leases, plus time for the nodes to reconnect.
     silent_limit = REMOVAL + TIMINGS.restart_grace
     for now in (start, start + 1.0, start + REMOVAL, start + silent_limit):
         core.tick(now)
-        assert "Persist" not in kinds(core.drain())
+        assert "Persisted" not in kinds(drain(core))
     assert core.topology.epoch == 7
     heartbeat(core, "b", start + silent_limit)
     core.tick(start + silent_limit + 0.01)
-    core.drain()
+    drain(core)
     assert core.topology.members == (B,) and core.topology.learner is None
 
 
 def test_leave_removes_a_member_or_learner_at_once():
     core = chain(A, B, C)
     effects = request(core, "leave", 0.1, node_id="b")
-    assert kinds(effects) == ["Persist", "Publish", "Reply"]
+    assert kinds(effects) == ["Persisted", "Publish", "Respond"]
     assert core.topology == Topology(6, (A, C))
     assert only_reply(effects).header["epoch"] == 6
     join(core, D, 0.2)
     request(core, "leave", 0.3, node_id="d")
     assert core.topology == Topology(8, (A, C))
     effects = request(core, "leave", 0.4, node_id="nobody")
-    assert kinds(effects) == ["Reply"] and only_reply(effects).ok
+    assert kinds(effects) == ["Respond"] and only_reply(effects).ok
 
 
 def test_join_of_a_listed_member_removes_it_and_readds_it_as_learner():
@@ -232,9 +289,9 @@ def test_restart_of_the_last_member_never_persists_or_publishes_an_empty_chain()
     # The last member holds the only copy of the data: a persisted empty chain would let an empty
     # node become the sole member if the coordinator crashed before the next Persist.
     core = chain(A)
-    effects = request(core, "join", 0.1, node=A.to_dict(), protocol=wire.PROTOCOL_VERSION)
+    effects = request(core, "join", 0.1, node=A.to_dict(), protocol=PROTOCOL_VERSION)
     assert only_reply(effects).ok
-    persisted = [e.state["topology"]["members"] for e in effects if isinstance(e, Persist)]
+    persisted = [e.state["topology"]["members"] for e in effects if isinstance(e, Persisted)]
     published = [e.topology.members for e in effects if isinstance(e, Publish)]
     assert persisted and all(persisted)
     assert published and all(published)
@@ -243,10 +300,10 @@ def test_restart_of_the_last_member_never_persists_or_publishes_an_empty_chain()
 def test_join_with_an_endpoint_clash_is_bad_request():
     core = chain(A)
     clash = Member("x", "x/service", A.write_in, "x/ack")
-    effects = request(core, "join", 0.1, node=clash.to_dict(), protocol=wire.PROTOCOL_VERSION)
+    effects = request(core, "join", 0.1, node=clash.to_dict(), protocol=PROTOCOL_VERSION)
     reply = only_reply(effects)
     assert reply.code == "bad_request" and A.write_in in reply.message
-    assert kinds(effects) == ["Reply"] and core.topology == Topology(1, (A,))
+    assert kinds(effects) == ["Respond"] and core.topology == Topology(1, (A,))
     # A node may keep its own endpoints when it rejoins.
     assert join(core, A, 0.2).ok
 
@@ -258,11 +315,11 @@ def test_join_with_an_endpoint_clash_is_bad_request():
 ])
 def test_join_with_a_bad_member_is_bad_request(node):
     core = chain(A)
-    effects = request(core, "join", 0.1, node=node, protocol=wire.PROTOCOL_VERSION)
-    assert only_reply(effects).code == "bad_request" and kinds(effects) == ["Reply"]
+    effects = request(core, "join", 0.1, node=node, protocol=PROTOCOL_VERSION)
+    assert only_reply(effects).code == "bad_request" and kinds(effects) == ["Respond"]
 
 
-@pytest.mark.parametrize("protocol", [wire.PROTOCOL_VERSION - 1, wire.PROTOCOL_VERSION + 1])
+@pytest.mark.parametrize("protocol", [PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1])
 def test_join_speaking_another_protocol_version_is_refused(protocol):
     """Processes of different releases must never share a chain: the join says which protocol the
     node speaks, and a different one is refused before anything changes."""
@@ -270,9 +327,7 @@ def test_join_speaking_another_protocol_version_is_refused(protocol):
     effects = request(core, "join", 0.1, node=B.to_dict(), protocol=protocol)
     reply = only_reply(effects)
     assert reply.code == "incompatible" and str(protocol) in reply.message
-    assert kinds(effects) == ["Reply"] and core.topology == Topology(1, (A,))
-    effects = request(core, "join", 0.1, node=B.to_dict())  # a release from before the version field
-    assert only_reply(effects).code == "bad_request" and core.topology == Topology(1, (A,))
+    assert kinds(effects) == ["Respond"] and core.topology == Topology(1, (A,))
 
 
 def test_heartbeat_speaking_another_protocol_version_renews_nothing():
@@ -283,21 +338,23 @@ def test_heartbeat_speaking_another_protocol_version_renews_nothing():
     for t in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5):
         assert heartbeat(core, A.id, t).ok
         reply = only_reply(request(core, "heartbeat", t, node_id=B.id, epoch=epoch,
-                                   protocol=wire.PROTOCOL_VERSION + 1))
+                                   protocol=PROTOCOL_VERSION + 1))
         assert reply.code == "incompatible"
         core.tick(t)
-        core.drain()
+        drain(core)
     assert ids(core.topology.members) == [A.id] and core.topology.epoch > epoch
 
 
 def test_malformed_request_is_bad_request():
     core = chain(A)
-    core.on_request("cl", [b"{not json"], 0.1)
-    assert only_reply(core.drain()).code == "bad_request"
-    effects = request(core, "read", 0.1, key="k", request_id=4)  # nodes serve reads, not the coordinator
+    core.on_request("cl", Malformed("bad_request", "header frame is not valid JSON"), 0.1)
+    assert only_reply(drain(core)).code == "bad_request"
+    # Nodes serve reads, not the coordinator: its codec refuses a read as an unknown type.
+    core.on_request("cl", Malformed("bad_request", "unknown request type 'read'", 4), 0.1)
+    effects = drain(core)
     reply = only_reply(effects)
-    assert (reply.id, reply.code) == (4, "bad_request")
-    assert core.counters["bad_messages"] == 2
+    assert (reply.id, reply.code, reply.message) == (4, "bad_request", "unknown request type 'read'")
+    assert kinds(effects) == ["Respond"] and core.counters["bad_messages"] == 2
 
 
 # ---------------------------------------------------------------------------------- client writes
@@ -308,11 +365,10 @@ def test_write_is_forwarded_to_the_head_and_its_reply_relayed_with_the_client_id
     effects = request(core, "write", 0.1, b"value", client="client-9", request_id="mine", key="k")
     [forward] = [e for e in effects if isinstance(e, PeerRequest)]
     assert forward.endpoint == "a/service"
-    header = orjson.loads(forward.frames[0])
-    assert (header["type"], header["key"]) == ("write", "k") and forward.frames[1:] == [b"value"]
+    assert forward.request == Write("k", b"value", id=forward.request.id) and forward.request.id != "mine"
     assert replies(effects) == []
-    core.on_peer_reply(wire.encode_reply(header["id"], {"version": 4}), 0.2)
-    [(client, reply)] = replies(core.drain())
+    core.on_peer_reply(Ok(forward.request.id, version=4), [], 0.2)
+    [(client, reply)] = replies(drain(core))
     assert client == "client-9" and reply.ok and reply.id == "mine" and reply.header["version"] == 4
 
 
@@ -320,28 +376,27 @@ def test_delete_is_forwarded_and_an_error_from_the_head_is_relayed():
     core = chain(A)
     effects = request(core, "delete", 0.1, client="c2", request_id=77, key="k")
     [forward] = [e for e in effects if isinstance(e, PeerRequest)]
-    header = orjson.loads(forward.frames[0])
-    assert (header["type"], header["key"]) == ("delete", "k") and len(forward.frames) == 1
-    core.on_peer_reply(wire.encode_error(header["id"], "unavailable", "no lease"), 0.2)
-    [(client, reply)] = replies(core.drain())
+    assert forward.request == Delete("k", id=forward.request.id)
+    core.on_peer_reply(Error(forward.request.id, "unavailable", "no lease"), [], 0.2)
+    [(client, reply)] = replies(drain(core))
     assert (client, reply.id, reply.code) == ("c2", 77, "unavailable")
 
 
 def test_forwarded_write_without_an_answer_is_unknown_outcome():
     core = chain(A)
     effects = request(core, "write", 1.0, b"v", client="c3", request_id="late", key="k")
-    forward_id = orjson.loads(effects[0].frames[0])["id"]
+    forward_id = effects[0].request.id
     core.tick(1.0 + TIMINGS.request_timeout - 0.01)
-    assert replies(core.drain()) == []
+    assert replies(drain(core)) == []
     core.tick(1.0 + TIMINGS.request_timeout)
-    [(client, reply)] = replies(core.drain())
+    [(client, reply)] = replies(drain(core))
     assert (client, reply.id, reply.code) == ("c3", "late", "unknown_outcome")
-    core.on_peer_reply(wire.encode_reply(forward_id, {"version": 1}), 7.0)  # too late: dropped
-    assert replies(core.drain()) == []
+    core.on_peer_reply(Ok(forward_id, version=1), [], 7.0)  # too late: dropped
+    assert replies(drain(core)) == []
 
 
 def test_write_with_no_members_is_unavailable():
-    core = CoordinatorCore("coord/pub", None, 0.0, timings=TIMINGS, check_endpoint=ACCEPT_ANY)
+    core = new_core()
     effects = request(core, "write", 0.1, b"v", request_id=3, key="k")
     reply = only_reply(effects)
     assert (reply.id, reply.code) == (3, "unavailable")
@@ -351,8 +406,8 @@ def test_write_with_no_members_is_unavailable():
 def test_malformed_reply_from_the_head_is_counted():
     core = chain(A)
     request(core, "write", 0.1, b"v", key="k")
-    core.on_peer_reply([b"garbage"], 0.2)
-    assert replies(core.drain()) == [] and core.counters["bad_messages"] == 1
+    core.on_peer_reply(Malformed("bad_request", "malformed reply: JSON is malformed"), [], 0.2)
+    assert replies(drain(core)) == [] and core.counters["bad_messages"] == 1
 
 
 # ---------------------------------------------------------------------------------- publishing
@@ -364,7 +419,7 @@ def test_topology_is_republished_every_republish_interval():
     for step in range(31):
         now = 5.0 + step / 10
         core.tick(now)
-        published += [round(now, 2) for e in core.drain() if isinstance(e, Publish)]
+        published += [round(now, 2) for e in drain(core) if isinstance(e, Publish)]
     assert published == [5.0, 6.0, 7.0, 8.0]
 
 
@@ -375,10 +430,9 @@ def test_topology_request_returns_the_current_topology():
 
 
 def test_join_with_an_unusable_endpoint_is_refused_by_default():
-    core = CoordinatorCore("tcp://127.0.0.1:7001", None, 0.0, timings=TIMINGS)
+    core = CoordinatorCore("tcp://127.0.0.1:7001", RecordingState(), 0.0, timings=TIMINGS)
     node = {"id": "x", "service": "tcp://127.0.0.1:9", "write_in": "garbage", "ack_in": "tcp://127.0.0.1:11"}
-    core.on_request("cl", wire.encode_request("join", 1, node=node, protocol=wire.PROTOCOL_VERSION), 0.0)
-    [effect] = core.drain()
-    reply = wire.decode_reply(effect.frames)
-    assert reply.code == "bad_request" and "garbage" in reply.message
+    core.on_request("cl", Join(node, PROTOCOL_VERSION, id=1), 0.0)
+    [effect] = drain(core)
+    assert effect.reply.code == "bad_request" and "garbage" in effect.reply.message
     assert core.topology.epoch == 0

@@ -25,7 +25,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from cluster import Cluster, wait_for
 from zcraq import KeyNotFound
-from zcraq.wire import PROTOCOL_VERSION
+from zcraq.messages import PROTOCOL_VERSION
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,20 +1,20 @@
-"""NodeCore driven directly: messages in with explicit times, effects out. No sockets, no clocks."""
+"""NodeCore driven directly: typed messages in with explicit times, effects out. No sockets, no
+clocks, no bytes (the codec has its own tests in test_wire.py)."""
 
 from __future__ import annotations
 
 import logging
-import struct
 from typing import Any
 
-import orjson
+import msgspec
 import pytest
 
-from zcraq import wire
-from zcraq.effects import PeerRequest, Relink, Reply, SendDown, SendUp, Subscribe
+from zcraq.effects import PeerRequest, Relink, Respond, SendDown, SendUp, Subscribe
+from zcraq.messages import (PROTOCOL_VERSION, TOMBSTONE, CatchupRequest, CommitFrame, Delete, Error, Malformed, Ok,
+                            Read, ResyncFrame, VersionQuery, Write, WriteFrame, WriteRecord)
 from zcraq.nodecore import NodeCore, NodeTimings
 from zcraq.store import MemoryStore
 from zcraq.topology import Member, Topology
-from zcraq.wire import ChainFrame, WriteRecord
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,8 +38,19 @@ def topo(epoch: int, *members: Member, learner: Member | None = None) -> Topolog
 # ---------------------------------------------------------------------------------- helpers
 
 
+class Answer:
+    """A reply effect, seen the way a client sees it: ok or an error code, the header's fields."""
+
+    def __init__(self, effect: Respond) -> None:
+        self.ok = type(effect.reply) is Ok
+        self.id = effect.reply.id
+        self.header = msgspec.to_builtins(effect.reply)  # UNSET fields are left out
+        self.code = self.header.get("code")
+        self.values = list(effect.values)
+
+
 def peer_requests(effects: list[Any]) -> list[tuple[str, dict[str, Any]]]:
-    return [(e.endpoint, orjson.loads(e.frames[0])) for e in effects if isinstance(e, PeerRequest)]
+    return [(e.endpoint, msgspec.to_builtins(e.request)) for e in effects if isinstance(e, PeerRequest)]
 
 
 def call_id(effects: list[Any], kind: str) -> int:
@@ -48,22 +59,32 @@ def call_id(effects: list[Any], kind: str) -> int:
     return ids[0]
 
 
-def replies(effects: list[Any]) -> list[tuple[Any, wire.Reply]]:
-    return [(e.client, wire.decode_reply(e.frames)) for e in effects if isinstance(e, Reply)]
+def replies(effects: list[Any]) -> list[tuple[Any, Answer]]:
+    return [(e.client, Answer(e)) for e in effects if isinstance(e, Respond)]
 
 
-def only_reply(effects: list[Any]) -> wire.Reply:
+def only_reply(effects: list[Any]) -> Answer:
     found = replies(effects)
     assert len(found) == 1, found
     return found[0][1]
 
 
-def downs(effects: list[Any]) -> list[ChainFrame]:
+def downs(effects: list[Any]) -> list[WriteFrame]:
     return [e.frame for e in effects if isinstance(e, SendDown)]
 
 
-def ups(effects: list[Any]) -> list[ChainFrame]:
+def ups(effects: list[Any]) -> list[CommitFrame | ResyncFrame]:
     return [e.frame for e in effects if isinstance(e, SendUp)]
+
+
+def kind(frame: WriteFrame | CommitFrame | ResyncFrame) -> str:
+    """The frame's ``t`` on the wire."""
+    return {WriteFrame: "w", CommitFrame: "c", ResyncFrame: "r"}[type(frame)]
+
+
+def sent(node: NodeCore) -> list[tuple[str, int]]:
+    """The node's sent list: forwarded and not yet committed."""
+    return [(r.key, r.version) for r in node.links.sent.records()]
 
 
 def join(me: Member, topology: Topology, now: float = 0.0, store: MemoryStore | None = None,
@@ -71,9 +92,9 @@ def join(me: Member, topology: Topology, now: float = 0.0, store: MemoryStore | 
     """A node whose join the coordinator answered with ``topology``, optionally with a lease."""
     node = NodeCore(me, store if store is not None else MemoryStore(), timings=TIMINGS, unsafe=unsafe)
     node.start(now - TIMINGS.peer_lease)  # started long enough ago that its start-up fence is over
-    assert call_id(node.drain(), "join") == 1
-    node.on_peer_reply(wire.encode_reply(1, {"topology": topology.to_dict(), "publish": "coord/pub"}), now)
-    node.drain()
+    assert call_id(node.ready(), "join") == 1
+    node.on_peer_reply(Ok(1, topology=topology, publish="coord/pub"), [], now)
+    node.ready()
     if lease:
         grant_lease(node, now)
     return node
@@ -81,10 +102,9 @@ def join(me: Member, topology: Topology, now: float = 0.0, store: MemoryStore | 
 
 def grant_lease(node: NodeCore, now: float, lease_ms: int = LEASE_MS) -> None:
     node.tick(now)
-    heartbeat = call_id(node.drain(), "heartbeat")
-    node.on_peer_reply(wire.encode_reply(heartbeat, {"epoch": node.topology.epoch, "status": "member",
-                                                     "lease_ms": lease_ms}), now)
-    node.drain()
+    heartbeat = call_id(node.ready(), "heartbeat")
+    node.on_peer_reply(Ok(heartbeat, epoch=node.topology.epoch, status="member", lease_ms=lease_ms), [], now)
+    node.ready()
 
 
 def rec(key: str, version: int, value: bytes | None = None, committed: bool = False,
@@ -93,32 +113,27 @@ def rec(key: str, version: int, value: bytes | None = None, committed: bool = Fa
                        committed, tombstone)
 
 
-def raw_chain(header: dict[str, Any]) -> bytes:
-    head = orjson.dumps(header)
-    return struct.pack(">I", len(head)) + head
+def wframe(sender: str, epoch: int, seq: int, *records: WriteRecord) -> WriteFrame:
+    return WriteFrame(sender, epoch, seq, tuple(records))
 
 
-def wframe(sender: str, epoch: int, seq: int, *records: WriteRecord) -> bytes:
-    return wire.encode_chain(ChainFrame("w", sender, epoch, seq, tuple(records)))
+def cframe(sender: str, epoch: int, seq: int, *commits: tuple[str, int]) -> CommitFrame:
+    return CommitFrame(sender, epoch, seq, tuple(commits))
 
 
-def cframe(sender: str, epoch: int, seq: int, *commits: tuple[str, int]) -> bytes:
-    return wire.encode_chain(ChainFrame("c", sender, epoch, seq, commits=tuple(commits)))
-
-
-def rframe(sender: str, epoch: int, seq: int) -> bytes:
-    return wire.encode_chain(ChainFrame("r", sender, epoch, seq))
+def rframe(sender: str, epoch: int, seq: int) -> ResyncFrame:
+    return ResyncFrame(sender, epoch, seq)
 
 
 def write(node: NodeCore, key: str, value: bytes, now: float, request_id: Any = "w", client: Any = "cl") -> list[Any]:
-    node.on_request(client, wire.encode_request("write", request_id, value, key=key), now)
-    return node.drain()
+    node.on_request(client, Write(key, value, id=request_id), now)
+    return node.ready()
 
 
 def read(node: NodeCore, key: str, now: float, mode: str | None = None, request_id: Any = "r") -> list[Any]:
-    fields = {"mode": mode} if mode else {}
-    node.on_request("reader", wire.encode_request("read", request_id, key=key, **fields), now)
-    return node.drain()
+    request = Read(key, id=request_id, mode=mode) if mode else Read(key, id=request_id)  # type: ignore[arg-type]
+    node.on_request("reader", request, now)
+    return node.ready()
 
 
 def store_view(node: NodeCore, key: str) -> list[tuple[int, bool]]:
@@ -131,11 +146,11 @@ def store_view(node: NodeCore, key: str) -> list[tuple[int, bool]]:
 def test_join_helper_makes_a_serving_member():
     node = NodeCore(A, MemoryStore(), timings=TIMINGS)
     node.start(0.0)
-    [(endpoint, header)] = peer_requests(node.drain())
+    [(endpoint, header)] = peer_requests(node.ready())
     assert endpoint == "coordinator" and header["type"] == "join" and header["id"] == 1
-    assert header["node"] == A.to_dict() and header["protocol"] == wire.PROTOCOL_VERSION
-    node.on_peer_reply(wire.encode_reply(1, {"topology": topo(1, A, B).to_dict(), "publish": "coord/pub"}), 0.0)
-    effects = node.drain()
+    assert header["node"] == A.to_dict() and header["protocol"] == PROTOCOL_VERSION
+    node.on_peer_reply(Ok(1, topology=topo(1, A, B), publish="coord/pub"), [], 0.0)
+    effects = node.ready()
     assert Subscribe("coord/pub") in effects
     assert Relink(down=B.write_in, up=None) in effects
     assert node.role == "head" and not node.serving(0.0)
@@ -149,15 +164,15 @@ def test_refused_join_is_logged_and_asked_again(code, level, caplog):
     operator. Either way the node stays out and asks again after a request timeout."""
     node = NodeCore(A, MemoryStore(), timings=TIMINGS)
     node.start(0.0)
-    assert call_id(node.drain(), "join") == 1
+    assert call_id(node.ready(), "join") == 1
     with caplog.at_level(logging.INFO, logger="zcraq"):
-        node.on_peer_reply(wire.encode_error(1, code, "refused for a reason"), 0.1)
+        node.on_peer_reply(Error(1, code, "refused for a reason"), [], 0.1)
     assert [r.levelno for r in caplog.records if "refused for a reason" in r.getMessage()] == [level]
     assert node.role == "joining" and not node.serving(0.1)
     node.tick(0.0 + TIMINGS.request_timeout - 0.01)
-    assert [h["type"] for _, h in peer_requests(node.drain())] == []
+    assert [h["type"] for _, h in peer_requests(node.ready())] == []
     node.tick(0.0 + TIMINGS.request_timeout)
-    assert [h["type"] for _, h in peer_requests(node.drain())] == ["join"]
+    assert [h["type"] for _, h in peer_requests(node.ready())] == ["join"]
 
 
 def test_refused_heartbeats_renew_no_lease_and_are_logged_once_a_minute(caplog):
@@ -165,15 +180,15 @@ def test_refused_heartbeats_renew_no_lease_and_are_logged_once_a_minute(caplog):
     (peer confirmations alone may keep it serving, as when the coordinator is down) and the
     refusal is logged as an error, once a minute rather than twice a second."""
     node = join(A, topo(1, A, B), lease=False)
-    lease_before = node.lease_until
+    lease_before = node.leases.coordinator_until
     with caplog.at_level(logging.INFO, logger="zcraq"):
         for step in range(1, 241):  # two minutes of heartbeats
             now = step * TIMINGS.heartbeat_interval
             node.tick(now)
-            [header] = [h for _, h in peer_requests(node.drain()) if h["type"] == "heartbeat"]
-            assert header["protocol"] == wire.PROTOCOL_VERSION
-            node.on_peer_reply(wire.encode_error(header["id"], "incompatible", "speaks protocol 7"), now)
-    assert node.lease_until == lease_before
+            [header] = [h for _, h in peer_requests(node.ready()) if h["type"] == "heartbeat"]
+            assert header["protocol"] == PROTOCOL_VERSION
+            node.on_peer_reply(Error(header["id"], "incompatible", "speaks protocol 7"), [], now)
+    assert node.leases.coordinator_until == lease_before
     errors = [r for r in caplog.records if "speaks protocol 7" in r.getMessage()]
     assert [r.levelno for r in errors] == [logging.ERROR, logging.ERROR]
 
@@ -188,7 +203,7 @@ def test_head_assigns_latest_plus_one_per_key():
         effects = write(head, key, f"v{index}".encode(), 0.1, request_id=index)
         assert replies(effects) == []
         [frame] = downs(effects)
-        sent.extend(frame.writes)
+        sent.extend(frame.records)
     assert [(r.key, r.version, r.value, r.committed) for r in sent] == [
         ("k", 1, b"v0", False), ("k", 2, b"v1", False), ("j", 1, b"v2", False), ("k", 3, b"v3", False)]
     assert store_view(head, "k") == [(1, False), (2, False), (3, False)]
@@ -198,9 +213,9 @@ def test_head_answers_a_write_only_when_its_commit_arrives():
     head = join(A, topo(1, A, B))
     write(head, "k", b"x", 0.1, request_id="req-1", client="client-1")
     head.on_ack_frame(cframe("b", 1, 0, ("other", 1)), 0.2)
-    assert replies(head.drain()) == []
+    assert replies(head.ready()) == []
     head.on_ack_frame(cframe("b", 1, 1, ("k", 1)), 0.3)
-    [(client, reply)] = replies(head.drain())
+    [(client, reply)] = replies(head.ready())
     assert client == "client-1" and reply.ok and reply.id == "req-1" and reply.header["version"] == 1
     assert store_view(head, "k") == [(1, True)]
 
@@ -210,10 +225,10 @@ def test_newer_commit_acknowledges_an_older_pending_write():
     write(head, "k", b"one", 0.1, request_id=1)
     write(head, "k", b"two", 0.1, request_id=2)
     head.on_ack_frame(cframe("b", 1, 0, ("k", 2)), 0.2)
-    answered = {reply.id: reply.header["version"] for _, reply in replies(head.drain())}
+    answered = {reply.id: reply.header["version"] for _, reply in replies(head.ready())}
     assert answered == {1: 1, 2: 2}
     assert store_view(head, "k") == [(2, True)]
-    assert head._sent == {}
+    assert sent(head) == []
 
 
 def test_single_member_chain_answers_writes_at_once_with_committed_versions():
@@ -225,8 +240,8 @@ def test_single_member_chain_answers_writes_at_once_with_committed_versions():
         assert reply.ok and reply.header["version"] == expected
         assert downs(effects) == [] and ups(effects) == []
     assert store_view(node, "k") == [(2, True)]
-    node.on_request("cl", wire.encode_request("delete", "d", key="k"), 0.1)
-    assert only_reply(node.drain()).header["version"] == 3
+    node.on_request("cl", Delete("k", id="d"), 0.1)
+    assert only_reply(node.ready()).header["version"] == 3
     assert only_reply(read(node, "k", 0.2)).code == "not_found"
 
 
@@ -238,34 +253,34 @@ def test_middle_stores_dirty_and_forwards_exactly_the_record():
     record = rec("k", 4, b"\x00value", tombstone=False)
     tomb = rec("gone", 2, b"", tombstone=True)
     middle.on_write_frame(wframe("a", 1, 0, record, tomb), 0.1)
-    effects = middle.drain()
+    effects = middle.ready()
     assert store_view(middle, "k") == [(4, False)]
     assert middle.store.get("gone", 2).tombstone
     [frame] = downs(effects)
-    assert (frame.kind, frame.sender, frame.epoch) == ("w", "b", 1)
-    assert frame.writes == (record, tomb)
+    assert (kind(frame), frame.sender, frame.epoch) == ("w", "b", 1)
+    assert frame.records == (record, tomb)
     assert ups(effects) == []
 
 
 def test_middle_commits_prunes_and_forwards_the_commit_upstream():
     middle = join(B, topo(1, A, B, C))
     middle.on_write_frame(wframe("a", 1, 0, rec("k", 1), rec("k", 2), rec("k", 3)), 0.1)
-    middle.drain()
+    middle.ready()
     middle.on_ack_frame(cframe("c", 1, 0, ("k", 2)), 0.2)
-    effects = middle.drain()
+    effects = middle.ready()
     assert store_view(middle, "k") == [(2, True), (3, False)]
     [frame] = ups(effects)
-    assert (frame.kind, frame.sender, frame.epoch, frame.commits) == ("c", "b", 1, (("k", 2),))
-    assert list(middle._sent) == [("k", 3)]
+    assert (kind(frame), frame.sender, frame.epoch, frame.commits) == ("c", "b", 1, (("k", 2),))
+    assert sent(middle) == [("k", 3)]
 
 
 def test_tail_commits_on_receipt_and_sends_the_commit_upstream():
     tail = join(C, topo(1, A, B, C))
     tail.on_write_frame(wframe("b", 1, 0, rec("k", 1), rec("j", 5)), 0.1)
-    effects = tail.drain()
+    effects = tail.ready()
     assert store_view(tail, "k") == [(1, True)] and store_view(tail, "j") == [(5, True)]
     [frame] = ups(effects)
-    assert (frame.kind, frame.sender, frame.epoch) == ("c", "c", 1)
+    assert (kind(frame), frame.sender, frame.epoch) == ("c", "c", 1)
     assert frame.commits == (("k", 1), ("j", 5))
     assert downs(effects) == []
 
@@ -274,9 +289,9 @@ def test_duplicate_write_of_a_committed_version_makes_the_tail_echo_the_commit()
     tail = join(C, topo(1, A, B, C))
     tail.on_write_frame(wframe("b", 1, 0, rec("k", 1)), 0.1)
     tail.on_write_frame(wframe("b", 1, 1, rec("k", 2)), 0.1)
-    tail.drain()
+    tail.ready()
     tail.on_write_frame(wframe("b", 1, 2, rec("k", 1, b"stale")), 0.2)
-    effects = tail.drain()
+    effects = tail.ready()
     assert store_view(tail, "k") == [(2, True)]
     assert [f.commits for f in ups(effects)] == [(("k", 1),)]
 
@@ -285,9 +300,9 @@ def test_duplicate_write_of_a_committed_version_makes_the_middle_echo_the_commit
     middle = join(B, topo(1, A, B, C))
     middle.on_write_frame(wframe("a", 1, 0, rec("k", 1)), 0.1)
     middle.on_ack_frame(cframe("c", 1, 0, ("k", 1)), 0.1)
-    middle.drain()
+    middle.ready()
     middle.on_write_frame(wframe("a", 1, 1, rec("k", 1)), 0.2)
-    effects = middle.drain()
+    effects = middle.ready()
     assert store_view(middle, "k") == [(1, True)]
     assert downs(effects) == []
     assert [f.commits for f in ups(effects)] == [(("k", 1),)]
@@ -301,7 +316,7 @@ def middle_with(records: list[WriteRecord], commits: list[tuple[str, int]] = (),
     node.on_write_frame(wframe("a", 1, 0, *records), 0.1)
     if commits:
         node.on_ack_frame(cframe("c", 1, 0, *commits), 0.1)
-    node.drain()
+    node.ready()
     return node
 
 
@@ -321,8 +336,8 @@ def test_strong_read_of_a_dirty_key_asks_the_tail_and_answers_its_version():
     [(endpoint, header)] = peer_requests(effects)
     assert endpoint == "c/service"
     assert (header["type"], header["key"], header["epoch"]) == ("version", "k", 1)
-    node.on_peer_reply(wire.encode_reply(header["id"], {"version": 2}), 0.3)
-    reply = only_reply(node.drain())
+    node.on_peer_reply(Ok(header["id"], version=2), [], 0.3)
+    reply = only_reply(node.ready())
     assert reply.id == "q" and reply.values == [b"new"] and reply.header["version"] == 2
     assert node.counters["dirty_reads"] == 1
 
@@ -330,8 +345,8 @@ def test_strong_read_of_a_dirty_key_asks_the_tail_and_answers_its_version():
 def test_strong_read_answers_the_older_version_the_tail_reports():
     node = middle_with([rec("k", 1, b"old"), rec("k", 2, b"new")], [("k", 1)])
     header = peer_requests(read(node, "k", 0.2))[0][1]
-    node.on_peer_reply(wire.encode_reply(header["id"], {"version": 1}), 0.3)
-    reply = only_reply(node.drain())
+    node.on_peer_reply(Ok(header["id"], version=1), [], 0.3)
+    reply = only_reply(node.ready())
     assert reply.values == [b"old"] and reply.header["version"] == 1
 
 
@@ -342,47 +357,49 @@ def test_strong_read_race_newer_commit_prunes_the_asked_version():
     header = peer_requests(read(node, "k", 0.2))[0][1]
     node.on_write_frame(wframe("a", 1, 1, rec("k", 2, b"second")), 0.25)
     node.on_ack_frame(cframe("c", 1, 0, ("k", 2)), 0.25)
-    node.drain()
+    node.ready()
     assert node.store.versions("k") == [2]
-    node.on_peer_reply(wire.encode_reply(header["id"], {"version": 1}), 0.3)
-    reply = only_reply(node.drain())
+    node.on_peer_reply(Ok(header["id"], version=1), [], 0.3)
+    reply = only_reply(node.ready())
     assert reply.ok and reply.values == [b"second"] and reply.header["version"] == 2
 
 
 def test_strong_read_tail_reports_nothing_committed_gives_not_found():
     node = middle_with([rec("k", 1)])
     header = peer_requests(read(node, "k", 0.2))[0][1]
-    node.on_peer_reply(wire.encode_reply(header["id"], {"version": 0}), 0.3)
-    assert only_reply(node.drain()).code == "not_found"
+    node.on_peer_reply(Ok(header["id"], version=0), [], 0.3)
+    assert only_reply(node.ready()).code == "not_found"
 
 
 def test_strong_read_tail_error_or_silence_gives_unavailable():
     node = middle_with([rec("k", 1)])
     header = peer_requests(read(node, "k", 0.2, request_id="e"))[0][1]
-    node.on_peer_reply(wire.encode_error(header["id"], "not_tail", "no", epoch=1), 0.3)
-    reply = only_reply(node.drain())
+    node.on_peer_reply(Error(header["id"], "not_tail", "no", epoch=1), [], 0.3)
+    reply = only_reply(node.ready())
     assert (reply.id, reply.code) == ("e", "unavailable")
     read(node, "k", 0.4, request_id="t")
     node.tick(0.4 + TIMINGS.request_timeout - 0.01)
-    assert replies(node.drain()) == []
+    assert replies(node.ready()) == []
     node.tick(0.4 + TIMINGS.request_timeout)
-    reply = only_reply(node.drain())
+    reply = only_reply(node.ready())
     assert (reply.id, reply.code) == ("t", "unavailable")
 
 
-@pytest.mark.parametrize("version", [-1, "2", None, 1.0, True])
-def test_strong_read_with_a_malformed_version_reply_is_unavailable(version):
+@pytest.mark.parametrize("reply", [Ok(0), Malformed("bad_request", "malformed reply: Expected `int` >= 0", 0)])
+def test_strong_read_with_a_malformed_version_reply_is_unavailable_at_once(reply):
+    """A reply without a usable version (missing, or one the codec refused: -1, "2", 1.0, true)."""
     node = middle_with([rec("k", 1), rec("k", 2)])
     header = peer_requests(read(node, "k", 0.2))[0][1]
-    node.on_peer_reply(wire.encode_reply(header["id"], {"version": version}), 0.3)
-    assert only_reply(node.drain()).code == "unavailable"
+    reply = Ok(header["id"]) if isinstance(reply, Ok) else Malformed(reply.code, reply.message, header["id"])
+    node.on_peer_reply(reply, [], 0.3)
+    assert only_reply(node.ready()).code == "unavailable"
 
 
 def test_strong_read_tail_error_with_newer_epoch_asks_for_the_topology():
     node = middle_with([rec("k", 1)])
     header = peer_requests(read(node, "k", 0.2))[0][1]
-    node.on_peer_reply(wire.encode_error(header["id"], "wrong_epoch", "no", epoch=5), 0.3)
-    effects = node.drain()
+    node.on_peer_reply(Error(header["id"], "wrong_epoch", "no", epoch=5), [], 0.3)
+    effects = node.ready()
     assert only_reply(effects).code == "unavailable"
     assert [h["type"] for endpoint, h in peer_requests(effects) if endpoint == "coordinator"] == ["topology"]
 
@@ -407,7 +424,7 @@ def test_dirty_read_local_fault_answers_dirty_values_without_the_tail():
 def test_tail_answers_reads_from_its_committed_state():
     tail = join(C, topo(1, A, B, C))
     tail.on_write_frame(wframe("b", 1, 0, rec("k", 1, b"v")), 0.1)
-    tail.drain()
+    tail.ready()
     effects = read(tail, "k", 0.2)
     assert peer_requests(effects) == [] and only_reply(effects).values == [b"v"]
 
@@ -426,9 +443,9 @@ def test_no_lease_means_unavailable():
 def test_lease_runs_from_the_heartbeat_send_time_and_expires():
     head = join(A, topo(1, A, B), lease=False)
     head.tick(1.0)
-    heartbeat = call_id(head.drain(), "heartbeat")
-    head.on_peer_reply(wire.encode_reply(heartbeat, {"epoch": 1, "status": "member", "lease_ms": 2000}), 1.5)
-    head.drain()
+    heartbeat = call_id(head.ready(), "heartbeat")
+    head.on_peer_reply(Ok(heartbeat, epoch=1, status="member", lease_ms=2000), [], 1.5)
+    head.ready()
     assert head.serving(2.99)
     assert only_reply(read(head, "k", 2.99)).code == "not_found"
     assert not head.serving(3.0)
@@ -439,20 +456,20 @@ def test_lease_runs_from_the_heartbeat_send_time_and_expires():
 def test_heartbeat_reply_for_another_epoch_or_status_grants_no_lease():
     head = join(A, topo(1, A, B), lease=False)
     head.tick(0.0)
-    first = call_id(head.drain(), "heartbeat")
-    head.on_peer_reply(wire.encode_reply(first, {"epoch": 2, "status": "member", "lease_ms": 3000}), 0.0)
-    head.drain()
+    first = call_id(head.ready(), "heartbeat")
+    head.on_peer_reply(Ok(first, epoch=2, status="member", lease_ms=3000), [], 0.0)
+    head.ready()
     head.tick(0.5)
-    second = call_id(head.drain(), "heartbeat")
-    head.on_peer_reply(wire.encode_reply(second, {"epoch": 1, "status": "learner", "lease_ms": 3000}), 0.5)
-    head.drain()
+    second = call_id(head.ready(), "heartbeat")
+    head.on_peer_reply(Ok(second, epoch=1, status="learner", lease_ms=3000), [], 0.5)
+    head.ready()
     assert not head.serving(0.6)
 
 
 def test_unjoined_node_refuses_reads_and_writes():
     node = NodeCore(A, MemoryStore(), timings=TIMINGS)
     node.start(0.0)
-    node.drain()
+    node.ready()
     assert only_reply(read(node, "k", 0.1)).code == "unavailable"
     reply = only_reply(write(node, "k", b"x", 0.1))
     assert reply.code == "not_head" and reply.header["head"] is None
@@ -479,7 +496,7 @@ def test_removed_node_fails_pending_writes_rejoins_and_refuses_requests():
     head = join(A, topo(1, A, B))
     write(head, "k", b"x", 0.1, request_id="pending")
     head.on_topology(topo(2, B), 0.2)
-    effects = head.drain()
+    effects = head.ready()
     reply = only_reply(effects)
     assert (reply.id, reply.code) == ("pending", "unknown_outcome")
     assert Relink(down=None, up=None) in effects
@@ -494,24 +511,24 @@ def test_pending_write_times_out_as_unknown_outcome():
     head = join(A, topo(1, A, B))
     write(head, "k", b"x", 1.0, request_id="slow")
     head.tick(1.0 + TIMINGS.write_timeout - 0.01)
-    assert replies(head.drain()) == []
+    assert replies(head.ready()) == []
     head.tick(1.0 + TIMINGS.write_timeout)
-    reply = only_reply(head.drain())
+    reply = only_reply(head.ready())
     assert (reply.id, reply.code) == ("slow", "unknown_outcome")
 
 
 # ---------------------------------------------------------------------------------- version queries
 
 
-def version_query(node: NodeCore, key: str, epoch: int, now: float) -> wire.Reply:
-    node.on_request("peer", wire.encode_request("version", 9, key=key, epoch=epoch), now)
-    return only_reply(node.drain())
+def version_query(node: NodeCore, key: str, epoch: int, now: float) -> Answer:
+    node.on_request("peer", VersionQuery(key, epoch, id=9), now)
+    return only_reply(node.ready())
 
 
 def test_version_query_at_the_tail():
     tail = join(C, topo(1, A, B, C))
     tail.on_write_frame(wframe("b", 1, 0, rec("k", 3)), 0.1)
-    tail.drain()
+    tail.ready()
     reply = version_query(tail, "k", 1, 0.2)
     assert reply.ok and reply.header["version"] == 3
     assert version_query(tail, "never", 1, 0.2).header["version"] == 0
@@ -538,7 +555,7 @@ def test_write_frames_from_a_non_predecessor_or_another_epoch_are_ignored():
     middle.on_write_frame(wframe("c", 2, 0, rec("k", 1)), 0.1)  # the successor, not the predecessor
     middle.on_write_frame(wframe("d", 2, 0, rec("k", 1)), 0.1)  # a stranger
     middle.on_write_frame(wframe("a", 1, 0, rec("k", 1)), 0.1)  # an old epoch
-    effects = middle.drain()
+    effects = middle.ready()
     assert middle.store.versions("k") == []
     assert middle.counters["stale_chain_frames"] == 3
     assert downs(effects) == [] and peer_requests(effects) == []
@@ -549,7 +566,7 @@ def test_ack_frames_from_a_non_successor_or_another_epoch_are_ignored():
     write(head, "k", b"x", 0.1)
     head.on_ack_frame(cframe("c", 2, 0, ("k", 1)), 0.2)  # not the successor
     head.on_ack_frame(cframe("b", 1, 0, ("k", 1)), 0.2)  # old epoch
-    effects = head.drain()
+    effects = head.ready()
     assert replies(effects) == [] and store_view(head, "k") == [(1, False)]
     assert head.counters["stale_chain_frames"] == 2
 
@@ -558,7 +575,7 @@ def test_chain_frame_with_a_higher_epoch_asks_the_coordinator_for_the_topology()
     middle = join(B, topo(1, A, B, C))
     middle.on_write_frame(wframe("a", 3, 0, rec("k", 1)), 0.1)
     middle.on_ack_frame(cframe("c", 3, 0, ("k", 1)), 0.1)
-    effects = middle.drain()
+    effects = middle.ready()
     assert middle.store.versions("k") == []
     assert middle.counters["stale_chain_frames"] == 2
     # One topology call at a time.
@@ -569,10 +586,10 @@ def test_gap_in_the_write_link_requests_a_resync_upstream():
     middle = join(B, topo(1, A, B, C))
     middle.on_write_frame(wframe("a", 1, 0, rec("k", 1)), 0.1)
     middle.on_write_frame(wframe("a", 1, 1, rec("k", 2)), 0.2)
-    assert [f.kind for f in ups(middle.drain())] == []
+    assert [kind(f) for f in ups(middle.ready())] == []
     middle.on_write_frame(wframe("a", 1, 3, rec("k", 4)), 1.0)  # frame 2 was lost
-    effects = middle.drain()
-    assert [(f.kind, f.sender, f.epoch) for f in ups(effects)] == [("r", "b", 1)]
+    effects = middle.ready()
+    assert [(kind(f), f.sender, f.epoch) for f in ups(effects)] == [("r", "b", 1)]
     assert middle.store.versions("k") == [1, 2, 4]  # the frame's records still count
     assert middle.counters["resyncs"] == 0
 
@@ -583,12 +600,12 @@ def test_resync_request_from_the_successor_resends_the_whole_sent_list_as_frame_
     write(head, "j", b"1", 0.1)
     write(head, "k", b"2", 0.1)
     head.on_ack_frame(cframe("b", 1, 0, ("j", 1)), 0.2)
-    head.drain()
+    head.ready()
     head.on_ack_frame(rframe("b", 1, 1), 0.3)
-    effects = head.drain()
+    effects = head.ready()
     [frame] = downs(effects)
-    assert (frame.kind, frame.seq, frame.epoch) == ("w", 0, 1)
-    assert [(r.key, r.version) for r in frame.writes] == [("k", 1), ("k", 2)]
+    assert (kind(frame), frame.seq, frame.epoch) == ("w", 0, 1)
+    assert [(r.key, r.version) for r in frame.records] == [("k", 1), ("k", 2)]
     assert head.counters["resyncs"] == 1
 
 
@@ -599,24 +616,24 @@ def test_resync_request_does_not_make_the_next_commit_frame_look_like_a_gap():
     write(head, "k", b"1", 0.1)
     write(head, "j", b"1", 0.1)
     head.on_ack_frame(rframe("b", 1, 0), 0.2)
-    assert len(downs(head.drain())) == 1
+    assert len(downs(head.ready())) == 1
     head.on_ack_frame(cframe("b", 1, 1, ("k", 1)), 0.3)
-    assert downs(head.drain()) == []
+    assert downs(head.ready()) == []
 
 
 def test_uncommitted_sent_entries_are_resent_after_resend_interval():
     head = join(A, topo(1, A, B))
     write(head, "k", b"x", 1.0)
     head.tick(1.0 + TIMINGS.resend_interval - 0.01)
-    assert downs(head.drain()) == []
+    assert downs(head.ready()) == []
     head.tick(1.0 + TIMINGS.resend_interval)
-    [frame] = downs(head.drain())
-    assert [(r.key, r.version, r.value) for r in frame.writes] == [("k", 1, b"x")]
+    [frame] = downs(head.ready())
+    assert [(r.key, r.version, r.value) for r in frame.records] == [("k", 1, b"x")]
     assert frame.seq > 0 and head.counters["resends"] == 1
     head.on_ack_frame(cframe("b", 1, 0, ("k", 1)), 2.1)
-    head.drain()
+    head.ready()
     head.tick(5.0)
-    assert downs(head.drain()) == []
+    assert downs(head.ready()) == []
 
 
 # ---------------------------------------------------------------------------------- reconfiguration
@@ -625,29 +642,29 @@ def test_uncommitted_sent_entries_are_resent_after_resend_interval():
 def test_new_tail_commits_everything_sent_and_serves_only_after_sync():
     middle = join(B, topo(1, A, B, C))
     middle.on_write_frame(wframe("a", 1, 0, rec("k", 1, b"one"), rec("j", 1)), 0.1)
-    middle.drain()
+    middle.ready()
     middle.on_topology(topo(2, A, B), 0.2)  # the tail c was removed
-    assert ups(middle.drain()) == []
+    assert ups(middle.ready()) == []
     # c may still serve on our earlier confirmation: no commit until the fence is over.
     assert store_view(middle, "k") == [(1, False)] and not middle.serving(0.3)
     middle.tick(FENCE_OVER)
-    effects = middle.drain()
+    effects = middle.ready()
     assert middle.role == "tail"
     assert store_view(middle, "k") == [(1, True)] and store_view(middle, "j") == [(1, True)]
-    commits = [c for f in ups(effects) if f.kind == "c" for c in f.commits]
+    commits = [c for f in ups(effects) if kind(f) == "c" for c in f.commits]
     assert sorted(commits) == [("j", 1), ("k", 1)]
     assert all(f.epoch == 2 for f in ups(effects))
-    assert "r" in [f.kind for f in ups(effects)]
-    assert middle._sent == {}
+    assert "r" in [kind(f) for f in ups(effects)]
+    assert sent(middle) == []
     # The lease still holds, but no reads until frame 0 of epoch 2 from a arrives.
     assert not middle.serving(FENCE_OVER + 0.1)
     assert only_reply(read(middle, "k", FENCE_OVER + 0.1)).code == "unavailable"
     middle.on_write_frame(wframe("a", 1, 5, rec("k", 2)), FENCE_OVER + 0.1)  # old epoch: no sync
     middle.on_write_frame(wframe("a", 2, 1), FENCE_OVER + 0.1)  # not frame 0
-    middle.drain()
+    middle.ready()
     assert not middle.serving(FENCE_OVER + 0.1)
     middle.on_write_frame(wframe("a", 2, 0, rec("k", 2, b"two")), FENCE_OVER + 0.2)
-    middle.drain()
+    middle.ready()
     assert middle.serving(FENCE_OVER + 0.2)
     assert only_reply(read(middle, "k", FENCE_OVER + 0.2)).values == [b"two"]
 
@@ -656,9 +673,9 @@ def test_head_left_alone_commits_its_pending_writes_and_answers_them():
     head = join(A, topo(1, A, B))
     write(head, "k", b"x", 0.1, request_id="w1")
     head.on_topology(topo(2, A), 0.2)
-    assert replies(head.drain()) == []  # fenced: b may still serve on our confirmation
+    assert replies(head.ready()) == []  # fenced: b may still serve on our confirmation
     head.tick(FENCE_OVER)
-    reply = only_reply(head.drain())
+    reply = only_reply(head.ready())
     assert reply.ok and (reply.id, reply.header["version"]) == ("w1", 1)
     assert store_view(head, "k") == [(1, True)]
 
@@ -666,48 +683,46 @@ def test_head_left_alone_commits_its_pending_writes_and_answers_them():
 def test_learner_copies_pages_follows_the_cursor_then_reports_caught_up():
     learner = NodeCore(B, MemoryStore(), timings=TIMINGS)
     learner.start(0.0)
-    learner.drain()
-    learner.on_peer_reply(wire.encode_reply(1, {"topology": topo(2, A, learner=B).to_dict()}), 0.0)
-    effects = learner.drain()
+    learner.ready()
+    learner.on_peer_reply(Ok(1, topology=topo(2, A, learner=B)), [], 0.0)
+    effects = learner.ready()
     assert Relink(down=None, up=A.ack_in) in effects
     [(endpoint, first)] = peer_requests(effects)
     assert endpoint == "a/service"
     assert (first["type"], first["after"], first["epoch"], first["limit"]) == ("catchup", None, 2, 2)
-    learner.on_peer_reply(wire.encode_reply(first["id"], {"items": [["j", 4, 0], ["k", 2, 0]], "cursor": "k"},
-                                            [b"jv", b"kv"]), 0.1)
-    [(endpoint, second)] = peer_requests(learner.drain())
+    learner.on_peer_reply(Ok(first["id"], items=[["j", 4, 0], ["k", 2, 0]], cursor="k"), [b"jv", b"kv"], 0.1)
+    [(endpoint, second)] = peer_requests(learner.ready())
     assert (endpoint, second["type"], second["after"], second["epoch"]) == ("a/service", "catchup", "k", 2)
     assert store_view(learner, "j") == [(4, True)] and store_view(learner, "k") == [(2, True)]
     assert not learner.caught_up
-    learner.on_peer_reply(wire.encode_reply(second["id"], {"items": [["z", 3, wire.TOMBSTONE]], "cursor": None},
-                                            [b""]), 0.2)
-    learner.drain()
+    learner.on_peer_reply(Ok(second["id"], items=[["z", 3, TOMBSTONE]], cursor=None), [b""], 0.2)
+    learner.ready()
     assert not learner.caught_up  # pages done, but the live stream from the tail is not in sync yet
     learner.tick(FENCE_OVER)  # its start-up fence ends: it asks the tail for a sync frame
-    learner.drain()
+    learner.ready()
     learner.on_write_frame(wframe("a", 2, 0), FENCE_OVER)
     learner.tick(FENCE_OVER + 0.01)
-    [(endpoint, report)] = [r for r in peer_requests(learner.drain()) if r[1]["type"] == "caught_up"]
+    [(endpoint, report)] = [r for r in peer_requests(learner.ready()) if r[1]["type"] == "caught_up"]
     assert endpoint == "coordinator"
     assert (report["type"], report["node_id"], report["epoch"]) == ("caught_up", "b", 2)
     assert learner.caught_up and learner.store.get("z", 3).tombstone
     assert learner.store.get("z", 3).committed
     # The report is repeated until the coordinator promotes the learner.
     learner.tick(FENCE_OVER + 1.0)
-    assert "caught_up" in [h["type"] for _, h in peer_requests(learner.drain())]
+    assert "caught_up" in [h["type"] for _, h in peer_requests(learner.ready())]
 
 
 def test_learner_ignores_a_catchup_page_of_an_older_epoch():
     learner = NodeCore(B, MemoryStore(), timings=TIMINGS)
     learner.start(0.0)
-    learner.drain()
-    learner.on_peer_reply(wire.encode_reply(1, {"topology": topo(2, A, learner=B).to_dict()}), 0.0)
-    first = call_id(learner.drain(), "catchup")
+    learner.ready()
+    learner.on_peer_reply(Ok(1, topology=topo(2, A, learner=B)), [], 0.0)
+    first = call_id(learner.ready(), "catchup")
     learner.on_topology(topo(3, C, learner=B), 0.1)  # a new source: copying starts over
-    second = call_id(learner.drain(), "catchup")
-    learner.on_peer_reply(wire.encode_reply(first, {"items": [["k", 1, 0]], "cursor": None}, [b"x"]), 0.2)
+    second = call_id(learner.ready(), "catchup")
+    learner.on_peer_reply(Ok(first, items=[["k", 1, 0]], cursor=None), [b"x"], 0.2)
     assert learner.store.versions("k") == [] and not learner.caught_up
-    assert peer_requests(learner.drain()) == []
+    assert peer_requests(learner.ready()) == []
     assert second != first
 
 
@@ -719,26 +734,26 @@ def test_tail_forwards_committed_writes_to_the_learner_and_answers_once_it_has_t
     assert replies(effects) == [] and store_view(node, "k") == [(1, False)]
     assert only_reply(read(node, "k", 0.15)).code == "not_found"
     [frame] = downs(effects)
-    assert frame.sender == "a" and frame.writes == (WriteRecord("k", 1, b"x", True, False),)
-    assert list(node._sent) == [("k", 1)]
+    assert frame.sender == "a" and frame.records == (WriteRecord("k", 1, b"x", True, False),)
+    assert sent(node) == [("k", 1)]
     node.on_ack_frame(cframe("b", 2, 0, ("k", 1)), 0.2)
-    assert only_reply(node.drain()).header["version"] == 1
-    assert node._sent == {} and store_view(node, "k") == [(1, True)]
+    assert only_reply(node.ready()).header["version"] == 1
+    assert sent(node) == [] and store_view(node, "k") == [(1, True)]
 
 
 def test_learner_stores_forwarded_writes_committed_and_acks_them():
     learner = join(B, topo(2, A, learner=B), lease=False)
     learner.on_write_frame(wframe("a", 2, 0, rec("k", 1, committed=True), rec("j", 2, committed=True)), 0.1)
-    effects = learner.drain()
+    effects = learner.ready()
     assert store_view(learner, "k") == [(1, True)] and store_view(learner, "j") == [(2, True)]
-    assert [(f.kind, f.commits) for f in ups(effects)] == [("c", (("k", 1), ("j", 2)))]
+    assert [(kind(f), f.commits) for f in ups(effects)] == [("c", (("k", 1), ("j", 2)))]
     assert downs(effects) == []
 
 
 def test_promoted_learner_serves_after_the_sync_from_the_old_tail():
     learner = join(B, topo(2, A, learner=B), lease=False)
     learner.on_topology(topo(3, A, B), 0.5)
-    learner.drain()
+    learner.ready()
     assert learner.role == "tail" and learner.caught_up
     grant_lease(learner, 0.5)
     assert not learner.serving(0.5)
@@ -771,41 +786,29 @@ def test_node_restarted_as_the_only_member_commits_leftover_dirty_versions():
 # ---------------------------------------------------------------------------------- malformed input
 
 
-@pytest.mark.parametrize("frames, request_id", [
-    ([b"not json"], None),
-    ([orjson.dumps({"type": "write", "id": 5, "key": "k"})], 5),  # no value frame
-    ([orjson.dumps({"type": "write", "id": 6, "key": ""}), b"v"], 6),
-    ([orjson.dumps({"type": "explode", "id": 7, "key": "k"})], 7),
-    ([orjson.dumps({"type": "read", "id": 8, "key": "k", "mode": "sloppy"})], 8),
-    ([orjson.dumps({"type": "write", "id": 9, "key": "k"}), b"v", b"extra"], None),
+@pytest.mark.parametrize("malformed", [
+    Malformed("bad_request", "header frame is not valid JSON"),
+    Malformed("bad_request", "write needs a value frame after the header", 5),
+    Malformed("too_large", "value is larger than 1048576 bytes", "w-6"),
 ])
-def test_malformed_client_request_is_bad_request_and_stores_nothing(frames, request_id):
+def test_malformed_request_is_answered_counted_and_stores_nothing(malformed):
     node = join(A, topo(1, A))
-    node.on_request("cl", frames, 0.1)
-    effects = node.drain()
+    node.on_request("cl", malformed, 0.1)
+    effects = node.ready()
     reply = only_reply(effects)
-    assert not reply.ok and reply.code == "bad_request" and reply.id == request_id
+    assert not reply.ok and (reply.code, reply.id) == (malformed.code, malformed.id)
+    assert reply.header["message"] == malformed.message
     assert node.store.versions("k") == [] and downs(effects) == []
     assert node.counters["bad_messages"] == 1
 
 
-@pytest.mark.parametrize("data", [
-    b"",
-    b"\x00\x00\x00\x05{}",
-    b"garbage that is not a frame",
-    wframe("a", 1, 0, rec("k", 1))[:-3],  # truncated record
-    wire.encode_chain(ChainFrame("w", "a", 1, 0)) + b"\x00\x00\x00\x02[]\x00\x00\x00\x00",
-    raw_chain({"t": "w", "from": "a", "epoch": -1, "seq": 0}),
-    raw_chain({"t": "x", "from": "a", "epoch": 1, "seq": 0}),
-    raw_chain({"t": "c", "from": "a", "epoch": 1, "seq": 0, "commits": [["k", 0]]}),
-])
-def test_malformed_chain_frame_is_counted_and_stores_nothing(data):
+def test_malformed_chain_frame_is_counted_and_stores_nothing():
     middle = join(B, topo(1, A, B, C))
     middle.on_write_frame(wframe("a", 1, 0), 0.1)
-    middle.drain()
-    middle.on_write_frame(data, 0.2)
-    middle.on_ack_frame(data, 0.2)
-    effects = middle.drain()
+    middle.ready()
+    middle.on_write_frame(Malformed("bad_request", "chain frame truncated inside record value"), 0.2)
+    middle.on_ack_frame(Malformed("bad_request", "malformed chain header"), 0.2)
+    effects = middle.ready()
     assert middle.counters["bad_messages"] == 2
     assert middle.store.versions("k") == [] and downs(effects) == [] and ups(effects) == []
 
@@ -814,58 +817,54 @@ def test_chain_frame_of_the_wrong_kind_for_the_link_is_counted():
     middle = join(B, topo(1, A, B, C))
     middle.on_write_frame(cframe("a", 1, 0, ("k", 1)), 0.1)
     middle.on_ack_frame(wframe("c", 1, 0, rec("k", 1)), 0.1)
-    middle.drain()
+    middle.ready()
     assert middle.counters["bad_messages"] == 2 and middle.store.versions("k") == []
 
 
 def learner_waiting_for_a_page() -> tuple[NodeCore, int]:
     learner = NodeCore(B, MemoryStore(), timings=TIMINGS)
     learner.start(0.0)
-    learner.drain()
-    learner.on_peer_reply(wire.encode_reply(1, {"topology": topo(2, A, learner=B).to_dict()}), 0.0)
-    return learner, call_id(learner.drain(), "catchup")
+    learner.ready()
+    learner.on_peer_reply(Ok(1, topology=topo(2, A, learner=B)), [], 0.0)
+    return learner, call_id(learner.ready(), "catchup")
 
 
-@pytest.mark.parametrize("items, values", [
-    ([["k", 1, 0]], []),  # values do not match the items
-    ([["k", 0, 0]], [b"x"]),
-    ([["k", 1]], [b"x"]),
-    ([[1, 1, 0]], [b"x"]),
-    ([["k", 1, "tombstone"]], [b"x"]),  # flags must be an integer
-    ([["k", 1, None]], [b"x"]),
-    ([["k", True, 0]], [b"x"]),  # a boolean is not a version
+@pytest.mark.parametrize("reply, values", [
+    (Ok(1, items=[("k", 1, 0)], cursor=None), []),  # values do not match the items
+    (Malformed("bad_request", "malformed reply: Expected `int` >= 1 - at `$.items[0][1]`", 1), []),
 ])
-def test_malformed_catchup_page_is_counted_stores_nothing_and_is_retried(items, values):
+def test_malformed_catchup_page_is_counted_stores_nothing_and_is_retried(reply, values):
     learner, page = learner_waiting_for_a_page()
-    learner.on_peer_reply(wire.encode_reply(page, {"items": items, "cursor": None}, values), 0.1)
+    learner.on_peer_reply(msgspec.structs.replace(reply, id=page) if isinstance(reply, Ok)
+                          else Malformed(reply.code, reply.message, page), values, 0.1)
     assert learner.counters["bad_messages"] == 1
     assert learner.store.versions("k") == [] and not learner.caught_up
-    assert peer_requests(learner.drain()) == []
+    assert peer_requests(learner.ready()) == []
     learner.tick(0.25)
-    assert [h["type"] for _, h in peer_requests(learner.drain()) if h["type"] == "catchup"] == ["catchup"]
+    assert [h["type"] for _, h in peer_requests(learner.ready()) if h["type"] == "catchup"] == ["catchup"]
 
 
 def test_catchup_source_serves_committed_pages_in_its_epoch_only():
     tail = join(C, topo(2, A, B, C))
     tail.on_write_frame(wframe("b", 2, 0, rec("a", 1), rec("b", 2), rec("c", 3, tombstone=True)), 0.1)
-    tail.drain()
-    tail.on_request("learner", wire.encode_request("catchup", 1, after=None, limit=2, epoch=2), 0.2)
-    reply = only_reply(tail.drain())
-    assert reply.header["items"] == [["a", 1, 0], ["b", 2, 0]] and reply.header["cursor"] == "b"
+    tail.ready()
+    tail.on_request("learner", CatchupRequest(2, 2, None, id=1), 0.2)
+    reply = only_reply(tail.ready())
+    assert reply.header["items"] == [("a", 1, 0), ("b", 2, 0)] and reply.header["cursor"] == "b"
     assert reply.values == [b"a1", b"b2"]
-    tail.on_request("learner", wire.encode_request("catchup", 2, after="b", limit=2, epoch=2), 0.2)
-    reply = only_reply(tail.drain())
-    assert reply.header["items"] == [["c", 3, wire.TOMBSTONE]] and reply.header["cursor"] is None
-    tail.on_request("learner", wire.encode_request("catchup", 3, after=None, limit=2, epoch=1), 0.2)
-    assert only_reply(tail.drain()).code == "wrong_epoch"
+    tail.on_request("learner", CatchupRequest(2, 2, "b", id=2), 0.2)
+    reply = only_reply(tail.ready())
+    assert reply.header["items"] == [("c", 3, TOMBSTONE)] and reply.header["cursor"] is None
+    tail.on_request("learner", CatchupRequest(2, 1, None, id=3), 0.2)
+    assert only_reply(tail.ready()).code == "wrong_epoch"
 
 
 def test_heartbeat_answered_unknown_node_makes_the_node_rejoin():
     head = join(A, topo(1, A, B))
     head.tick(1.0)
-    heartbeat = call_id(head.drain(), "heartbeat")
-    head.on_peer_reply(wire.encode_error(heartbeat, "unknown_node", "join again"), 1.0)
-    effects = head.drain()
+    heartbeat = call_id(head.ready(), "heartbeat")
+    head.on_peer_reply(Error(heartbeat, "unknown_node", "join again"), [], 1.0)
+    effects = head.ready()
     assert not head.joined and not head.serving(1.0)
     assert [h["type"] for _, h in peer_requests(effects)] == ["join"]
 
@@ -873,10 +872,10 @@ def test_heartbeat_answered_unknown_node_makes_the_node_rejoin():
 def test_unanswered_join_is_repeated_after_request_timeout():
     node = NodeCore(A, MemoryStore(), timings=TIMINGS)
     node.start(0.0)
-    node.drain()
+    node.ready()
     node.tick(TIMINGS.request_timeout - 0.01)
-    assert peer_requests(node.drain()) == []
+    assert peer_requests(node.ready()) == []
     node.tick(TIMINGS.request_timeout)
-    assert [h["type"] for _, h in peer_requests(node.drain())] == ["join"]
-    node.on_peer_reply(wire.encode_error(1, "bad_request", "endpoint clash"), 2.5)
+    assert [h["type"] for _, h in peer_requests(node.ready())] == ["join"]
+    node.on_peer_reply(Error(1, "bad_request", "endpoint clash"), [], 2.5)
     assert not node.joined

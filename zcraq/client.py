@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from itertools import count
 from types import TracebackType
 from typing import Any
 
+import msgspec
 import zmq
 
 from zcraq import sockets, wire
 from zcraq.config import default_coordinator_endpoint
 from zcraq.endpoints import parse_endpoint
 from zcraq.errors import BadRequest, KeyNotFound, Timeout, Unavailable, WriteOutcomeUnknown, ZcraqError, error_for
+from zcraq.messages import Delete, Error, Ok, Read, Reply, Request, StatusRequest, TopologyRequest, Write, request_type
 from zcraq.topology import Topology
 
 # Errors after which a write surely did not happen, so sending it again is safe.
@@ -51,20 +54,22 @@ class ZClient:
     def topology(self) -> Topology:
         """The chain as the coordinator sees it now."""
         deadline = time.monotonic() + self.timeout
-        reply = self._call(self.coordinator, "topology", deadline)
-        self._raise_if_error(reply)
-        self._topology = Topology.from_dict(reply.header.get("topology"))
+        reply, _values = self._call(self.coordinator, TopologyRequest(id=next(self._ids)), deadline)
+        ok = self._ok(reply)
+        if ok.topology is msgspec.UNSET:
+            raise ZcraqError(f"{self.coordinator} answered a topology request without a topology")
+        self._topology = ok.topology
         self._topology_at = time.monotonic()
         return self._topology
 
     def write(self, key: str, value: bytes | str) -> int:
         """Store ``value`` under ``key``; returns the committed version."""
         data = value.encode() if isinstance(value, str) else bytes(value)
-        return self._write("write", key, data)
+        return self._write(key, lambda request_id: Write(key, data, id=request_id))
 
     def delete(self, key: str) -> int:
         """Delete ``key``; returns the version of the deletion."""
-        return self._write("delete", key, None)
+        return self._write(key, lambda request_id: Delete(key, id=request_id))
 
     def read(self, key: str, node: str | None = None, *, mode: str = "strong") -> bytes:
         """The committed value of ``key``. ``node``: a node id or service endpoint to ask;
@@ -86,7 +91,8 @@ class ZClient:
                                          "did not answer")
             else:
                 try:
-                    reply = self._call(endpoint, "read", self._attempt_deadline(deadline), key=key, mode=mode)
+                    reply, values = self._call(endpoint, Read(key, id=next(self._ids), mode=mode),  # type: ignore[arg-type]
+                                               self._attempt_deadline(deadline))
                 except Timeout:
                     last_error = Timeout(f"{endpoint} did not answer in time")
                     self._topology_at = float("-inf")
@@ -94,10 +100,11 @@ class ZClient:
                     if node:
                         break
                     continue
-                if reply.ok:
-                    return (reply.values[0] if reply.values else b""), int(reply.header.get("version", 0))
+                if type(reply) is Ok:
+                    version = 0 if reply.version is msgspec.UNSET else reply.version
+                    return (values[0] if values else b""), version
                 if reply.code not in _READ_RETRYABLE:
-                    self._raise_if_error(reply)
+                    raise error_for(reply.code, reply.message or reply.code)
                 last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
                 self._topology_at = float("-inf")
                 self._avoid[endpoint] = time.monotonic() + AVOID_SECONDS
@@ -112,9 +119,8 @@ class ZClient:
         endpoint = self._node_endpoint(node, deadline) if node else self.coordinator
         if endpoint is None:
             raise Unavailable(f"no node {node!r} in the chain")
-        reply = self._call(endpoint, "status", deadline)
-        self._raise_if_error(reply)
-        return reply.header
+        reply, _values = self._call(endpoint, StatusRequest(id=next(self._ids)), deadline)
+        return msgspec.json.decode(wire.encode_json(self._ok(reply)))  # plain JSON types, as on the wire
 
     def close(self) -> None:
         if self._closed:
@@ -133,7 +139,7 @@ class ZClient:
 
     # ------------------------------------------------------------------ writes
 
-    def _write(self, kind: str, key: str, value: bytes | None) -> int:
+    def _write(self, key: str, build: Callable[[int], Write | Delete]) -> int:
         self._check_key(key)
         deadline = time.monotonic() + self.timeout
         last_error: ZcraqError = Unavailable("no head available")
@@ -142,16 +148,19 @@ class ZClient:
             head = topology.head if topology else None
             # Straight to the head; through the coordinator when the head is unknown.
             endpoint = head.service if head else self.coordinator
+            request = build(next(self._ids))
             try:
-                reply = self._call(endpoint, kind, deadline, value=value, key=key)
+                reply, _values = self._call(endpoint, request, deadline)
             except Timeout:
                 raise WriteOutcomeUnknown(
-                    f"{kind} of {key!r}: no answer from {endpoint} within {self.timeout:g}s; "
+                    f"{request_type(request)} of {key!r}: no answer from {endpoint} within {self.timeout:g}s; "
                     "it may or may not have committed") from None
-            if reply.ok:
-                return int(reply.header["version"])
+            if type(reply) is Ok:
+                if reply.version is msgspec.UNSET:
+                    raise ZcraqError(f"{endpoint} acknowledged a write without its version")
+                return reply.version
             if reply.code not in _WRITE_RETRYABLE:
-                self._raise_if_error(reply)
+                raise error_for(reply.code, reply.message or reply.code)
             last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
             self._topology_at = float("-inf")
             self._pause(deadline)
@@ -174,11 +183,12 @@ class ZClient:
     def _cached_topology(self, deadline: float) -> Topology | None:
         if self._topology is None or time.monotonic() - self._topology_at > 1.0:
             try:
-                reply = self._call(self.coordinator, "topology", self._attempt_deadline(deadline))
-                if reply.ok:
-                    self._topology = Topology.from_dict(reply.header.get("topology"))
+                reply, _values = self._call(self.coordinator, TopologyRequest(id=next(self._ids)),
+                                            self._attempt_deadline(deadline))
+                if type(reply) is Ok and reply.topology is not msgspec.UNSET:
+                    self._topology = reply.topology
                     self._topology_at = time.monotonic()
-            except (Timeout, ValueError):
+            except Timeout:
                 pass  # keep the last topology: the chain may well be fine without the coordinator
         return self._topology
 
@@ -216,13 +226,12 @@ class ZClient:
             self._sockets[endpoint] = sock
         return sock
 
-    def _call(self, endpoint: str, kind: str, deadline: float, value: bytes | None = None,
-              **fields: Any) -> wire.Reply:
+    def _call(self, endpoint: str, request: Request, deadline: float) -> tuple[Reply, list[bytes]]:
+        """Send ``request`` and wait for the reply that carries its id."""
         if self._closed:
             raise ZcraqError("client is closed")
-        request_id = next(self._ids)
         sock = self._socket(endpoint)
-        if not sockets.send_nowait(sock, [b"", *wire.encode_request(kind, request_id, value, **fields)]):
+        if not sockets.send_nowait(sock, [b"", *wire.encode_request(request)]):
             self._drop_socket(endpoint)
             raise Unavailable(f"cannot send to {endpoint}")
         while True:
@@ -230,14 +239,14 @@ class ZClient:
             if remaining <= 0 or not sock.poll(max(1, int(remaining * 1000))):
                 # Lazy Pirate: a fresh socket next time drops whatever is queued for a dead peer.
                 self._drop_socket(endpoint)
-                raise Timeout(f"{kind}: no answer from {endpoint}")
+                raise Timeout(f"{request_type(request)}: no answer from {endpoint}")
             frames = sock.recv_multipart()
             try:
-                reply = wire.decode_reply(frames[1:] if frames and frames[0] == b"" else frames)
+                reply, values = wire.decode_reply(frames[1:] if frames and frames[0] == b"" else frames)
             except wire.WireError:
                 continue
-            if reply.id == request_id:
-                return reply
+            if reply.id == request.id:
+                return reply, values
             # else: a late answer to an earlier, abandoned request
 
     def _drop_socket(self, endpoint: str) -> None:
@@ -246,9 +255,11 @@ class ZClient:
             sock.close(0)
 
     @staticmethod
-    def _raise_if_error(reply: wire.Reply) -> None:
-        if not reply.ok:
+    def _ok(reply: Reply) -> Ok:
+        if type(reply) is Error:
             raise error_for(reply.code, reply.message or reply.code)
+        assert type(reply) is Ok
+        return reply
 
 
 __all__ = ["ZClient", "ZcraqError", "KeyNotFound", "Timeout", "WriteOutcomeUnknown", "Unavailable", "BadRequest"]

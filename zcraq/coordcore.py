@@ -1,9 +1,10 @@
 """The coordinator's protocol: membership, epochs and leases, with no sockets or clocks.
 
 Everything that changes the coordinator's state lives in this module. The shell
-(zcraq/coordinator.py) passes each request and the current monotonic time, then carries out
-``drain()``'s effects in order: ``Persist`` before ``Publish`` and replies, so no node or client
-ever sees an epoch that a restart could forget.
+(zcraq/coordinator.py) and the simulator pass each decoded request and the current monotonic time,
+then call ``ready()`` once per loop turn: it saves the topology through the ``StateStore`` the core
+was given if the turn changed it, and only then returns the effects (publications, replies), so no
+node or client ever sees an epoch that a restart could forget.
 
 Theory of operation
 -------------------
@@ -31,18 +32,27 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import count
-from typing import Any
+from typing import Any, Protocol, assert_never
 
-from zcraq import wire
+import msgspec
+
+from zcraq.effects import Effect, PeerRequest, Publish, Respond
 from zcraq.endpoints import parse_endpoint
-from zcraq.effects import Effect, PeerRequest, Persist, Publish, Reply
+from zcraq.messages import (MAX_NODE_ID_CHARS, PROTOCOL_VERSION, CaughtUp, CoordinatorRequest, Delete, Error,
+                            Heartbeat, Join, Leave, Malformed, Ok, Reply, StatusRequest, TopologyRequest, Write)
 from zcraq.topology import EMPTY, Member, Topology
-from zcraq.wire import Limits, Request, WireError
 
 log = logging.getLogger("zcraq.coordinator")
 
-COORDINATOR_REQUESTS = frozenset({"topology", "write", "delete", "join", "heartbeat", "caught_up",
-                                  "leave", "status"})
+
+class StateStore(Protocol):
+    """Where the coordinator's topology survives a restart."""
+
+    def load(self) -> Topology | None:
+        """The last topology saved, or None for a brand-new coordinator."""
+
+    def save(self, topology: Topology) -> None:
+        """Store ``topology`` durably before returning."""
 
 
 @dataclass(slots=True)
@@ -68,33 +78,34 @@ class _Forward:
 
 
 class CoordinatorCore:
-    def __init__(self, publish_endpoint: str, state: dict[str, Any] | None, now: float,
-                 limits: Limits | None = None, timings: CoordinatorTimings | None = None,
+    def __init__(self, publish_endpoint: str, state: StateStore, now: float,
+                 timings: CoordinatorTimings | None = None,
                  check_endpoint: Callable[[str], object] = parse_endpoint) -> None:
         """``check_endpoint`` raises ValueError for an endpoint nodes could not connect to (the
         simulator passes its own: its endpoints are not TCP addresses)."""
         self.publish_endpoint = publish_endpoint
+        self.state = state
         self.check_endpoint = check_endpoint
-        self.limits = limits or Limits()
         self.timings = timings or CoordinatorTimings()
-        self.topology = Topology.from_dict(state["topology"]) if state else EMPTY
+        self.topology = self._saved = state.load() or EMPTY
         # Any member may hold a lease from a previous run: give each a full period from now, and
         # time to reconnect.
-        self.last_seen: dict[str, float] = {m.id: now + self.timings.restart_grace for m in self._listed()}
+        self.last_seen: dict[str, float] = {m.id: now + self.timings.restart_grace for m in self.topology.listed()}
         self.removals_allowed_at = now + self.timings.removal_after
         self._forwards: dict[int, _Forward] = {}
         self._ids = count(1)
-        self._outbox: list[Effect] = []
+        self._out: list[Effect] = []
         self._last_publish = float("-inf")
         self._kept_last: set[str] = set()  # warned about once
         self.counters = {"bad_messages": 0, "forwarded_writes": 0, "removals": 0, "internal_errors": 0}
 
-    def _listed(self) -> list[Member]:
-        learner = [self.topology.learner] if self.topology.learner else []
-        return [*self.topology.members, *learner]
-
-    def drain(self) -> list[Effect]:
-        effects, self._outbox = self._outbox, []
+    def ready(self) -> list[Effect]:
+        """End of a loop turn: the topology is durable (saved if it changed), then the effects."""
+        if self.topology is not self._saved:
+            self.state.save(self.topology)
+            self._saved = self.topology
+        effects = self._out[:]
+        self._out.clear()
         return effects
 
     # ------------------------------------------------------------------ topology changes
@@ -104,11 +115,10 @@ class CoordinatorCore:
         log.info("epoch %d: %s; chain %s%s", self.topology.epoch, why,
                  " -> ".join(m.id for m in members) or "(empty)",
                  f", learner {learner.id}" if learner else "")
-        self._outbox.append(Persist({"topology": self.topology.to_dict()}))
         self._publish()
 
     def _publish(self) -> None:
-        self._outbox.append(Publish(self.topology))
+        self._out.append(Publish(self.topology))
 
     def _remove(self, node_id: str, why: str) -> None:
         members = [m for m in self.topology.members if m.id != node_id]
@@ -126,45 +136,58 @@ class CoordinatorCore:
 
     # ------------------------------------------------------------------ requests
 
-    def on_request(self, client: Any, frames: list[bytes], now: float) -> None:
-        try:
-            request = wire.decode_request(frames, self.limits, COORDINATOR_REQUESTS)
-        except WireError as error:
-            self.counters["bad_messages"] += 1
-            self._error(client, error.request_id, error.code, str(error))
-            return
-        getattr(self, "_handle_" + request.type)(client, request, now)
+    def on_request(self, client: Any, request: CoordinatorRequest | Malformed, now: float) -> None:
+        match request:
+            case TopologyRequest():
+                self._ok(client, Ok(request.id, topology=self.topology))
+            case StatusRequest():
+                self._ok(client, Ok(request.id, topology=self.topology, counters=dict(self.counters),
+                                    lease_ms=self._lease_ms))
+            case Write() | Delete():
+                self._forward_to_head(client, request, now)
+            case Join():
+                self._join(client, request, now)
+            case Heartbeat():
+                self._heartbeat(client, request, now)
+            case CaughtUp():
+                self._caught_up(client, request)
+            case Leave():
+                if self.topology.member(request.node_id) is not None:
+                    self._remove(request.node_id, "left")
+                self._ok(client, Ok(request.id, epoch=self.topology.epoch))
+            case Malformed():
+                self.counters["bad_messages"] += 1
+                self._error(client, request.id, request.code, request.message)
+            case _:
+                assert_never(request)
 
-    def _handle_topology(self, client: Any, request: Request, now: float) -> None:
-        self._ok(client, request.id, topology=self.topology.to_dict())
+    @property
+    def _lease_ms(self) -> int:
+        return int(self.timings.lease * 1000)
 
-    def _handle_status(self, client: Any, request: Request, now: float) -> None:
-        self._ok(client, request.id, topology=self.topology.to_dict(), counters=self.counters,
-                 lease_ms=int(self.timings.lease * 1000))
-
-    def _refuse_other_protocol(self, client: Any, request: Request) -> bool:
+    def _refuse_other_protocol(self, client: Any, request: Join | Heartbeat) -> bool:
         """Refuse (True) a join or heartbeat of another protocol version: no lease, no membership."""
-        if request.fields["protocol"] == wire.PROTOCOL_VERSION:
+        if request.protocol == PROTOCOL_VERSION:
             return False
         self._error(client, request.id, "incompatible",
-                    f"the node speaks protocol version {request.fields['protocol']}, this coordinator "
-                    f"speaks {wire.PROTOCOL_VERSION}: run the same zcraq release on every process")
+                    f"the node speaks protocol version {request.protocol}, this coordinator "
+                    f"speaks {PROTOCOL_VERSION}: run the same zcraq release on every process")
         return True
 
-    def _handle_join(self, client: Any, request: Request, now: float) -> None:
+    def _join(self, client: Any, request: Join, now: float) -> None:
         if self._refuse_other_protocol(client, request):
             return
         try:
-            node = Member.from_dict(request.fields["node"])
+            node = Member.from_dict(request.node)
             for endpoint in (node.service, node.write_in, node.ack_in):
                 self.check_endpoint(endpoint)  # a node nobody can connect to must never be listed
         except ValueError as error:
             self._error(client, request.id, "bad_request", str(error))
             return
-        if len(node.id) > wire.MAX_NODE_ID_CHARS:
+        if len(node.id) > MAX_NODE_ID_CHARS:
             self._error(client, request.id, "bad_request", "node id too long")
             return
-        others = [m for m in self._listed() if m.id != node.id]
+        others = [m for m in self.topology.listed() if m.id != node.id]
         clash = {node.service, node.write_in, node.ack_in} & {e for m in others
                                                               for e in (m.service, m.write_in, m.ack_in)}
         if clash:
@@ -188,13 +211,13 @@ class CoordinatorCore:
                             f"{self.topology.learner.id} is catching up; one node joins at a time, retry")
                 return
         self.last_seen[node.id] = now
-        self._ok(client, request.id, topology=self.topology.to_dict(), publish=self.publish_endpoint,
-                 lease_ms=int(self.timings.lease * 1000))
+        self._ok(client, Ok(request.id, topology=self.topology, publish=self.publish_endpoint,
+                            lease_ms=self._lease_ms))
 
-    def _handle_heartbeat(self, client: Any, request: Request, now: float) -> None:
+    def _heartbeat(self, client: Any, request: Heartbeat, now: float) -> None:
         if self._refuse_other_protocol(client, request):
             return  # not counted as a sign of life: the node is removed once its lease is over
-        node_id = request.fields["node_id"]
+        node_id = request.node_id
         self._kept_last.discard(node_id)
         if self.topology.position(node_id) is not None:
             status = "member"
@@ -204,35 +227,22 @@ class CoordinatorCore:
             self._error(client, request.id, "unknown_node", f"{node_id} is not in the chain; join again")
             return
         self.last_seen[node_id] = now
-        self._ok(client, request.id, epoch=self.topology.epoch, status=status,
-                 lease_ms=int(self.timings.lease * 1000))
+        self._ok(client, Ok(request.id, epoch=self.topology.epoch, status=status, lease_ms=self._lease_ms))
 
-    def _handle_caught_up(self, client: Any, request: Request, now: float) -> None:
-        node_id = request.fields["node_id"]
+    def _caught_up(self, client: Any, request: CaughtUp) -> None:
+        node_id = request.node_id
         learner = self.topology.learner
         if self.topology.position(node_id) is not None:
-            self._ok(client, request.id, epoch=self.topology.epoch)
+            self._ok(client, Ok(request.id, epoch=self.topology.epoch))
             return
-        if learner is None or learner.id != node_id or request.fields["epoch"] != self.topology.epoch:
+        if learner is None or learner.id != node_id or request.epoch != self.topology.epoch:
             self._error(client, request.id, "wrong_epoch", "not the learner of the current epoch",
                         epoch=self.topology.epoch)
             return
         self._change([*self.topology.members, learner], None, f"{node_id} caught up and is the tail")
-        self._ok(client, request.id, epoch=self.topology.epoch)
+        self._ok(client, Ok(request.id, epoch=self.topology.epoch))
 
-    def _handle_leave(self, client: Any, request: Request, now: float) -> None:
-        node_id = request.fields["node_id"]
-        if self.topology.member(node_id) is not None:
-            self._remove(node_id, "left")
-        self._ok(client, request.id, epoch=self.topology.epoch)
-
-    def _handle_write(self, client: Any, request: Request, now: float) -> None:
-        self._forward_to_head(client, request, now)
-
-    def _handle_delete(self, client: Any, request: Request, now: float) -> None:
-        self._forward_to_head(client, request, now)
-
-    def _forward_to_head(self, client: Any, request: Request, now: float) -> None:
+    def _forward_to_head(self, client: Any, request: Write | Delete, now: float) -> None:
         head = self.topology.head
         if head is None:
             self._error(client, request.id, "unavailable", "the chain has no members")
@@ -240,21 +250,17 @@ class CoordinatorCore:
         call_id = next(self._ids)
         self._forwards[call_id] = _Forward(client, request.id, now + self.timings.request_timeout)
         self.counters["forwarded_writes"] += 1
-        self._outbox.append(PeerRequest(head.service, wire.encode_request(
-            request.type, call_id, request.value, key=request.key)))
+        self._out.append(PeerRequest(head.service, msgspec.structs.replace(request, id=call_id)))
 
-    def on_peer_reply(self, frames: list[bytes], now: float) -> None:
-        try:
-            reply = wire.decode_reply(frames)
-        except WireError as error:
+    def on_peer_reply(self, reply: Reply | Malformed, values: list[bytes], now: float) -> None:
+        """The head's answer to a forwarded write: relayed under the client's own request id."""
+        if type(reply) is Malformed:
             self.counters["bad_messages"] += 1
-            log.warning("dropped a malformed reply from a node: %s", error)
+            log.warning("dropped a malformed reply from a node: %s", reply.message)
             return
-        forward = self._forwards.pop(reply.id, None) if isinstance(reply.id, int) else None
-        if forward is None:
-            return
-        header = dict(reply.header, id=forward.request_id)
-        self._outbox.append(Reply(forward.client, [wire.orjson.dumps(header), *reply.values]))
+        forward = self._forwards.pop(reply.id, None) if type(reply.id) is int else None
+        if forward is not None:
+            self._out.append(Respond(forward.client, msgspec.structs.replace(reply, id=forward.request_id), values))
 
     # ------------------------------------------------------------------ time
 
@@ -264,7 +270,7 @@ class CoordinatorCore:
             self._error(forward.client, forward.request_id, "unknown_outcome",
                         "the head did not answer in time; the write may still commit")
         if now >= self.removals_allowed_at:
-            for node in self._listed():
+            for node in self.topology.listed():
                 silent_for = now - self.last_seen.get(node.id, now)
                 if silent_for > self.timings.removal_after:
                     self._remove(node.id, f"silent for {silent_for:.1f}s")
@@ -274,8 +280,8 @@ class CoordinatorCore:
 
     # ------------------------------------------------------------------ replies
 
-    def _ok(self, client: Any, request_id: Any, **fields: Any) -> None:
-        self._outbox.append(Reply(client, wire.encode_reply(request_id, fields)))
+    def _ok(self, client: Any, reply: Ok) -> None:
+        self._out.append(Respond(client, reply))
 
     def _error(self, client: Any, request_id: Any, code: str, message: str, **extra: Any) -> None:
-        self._outbox.append(Reply(client, wire.encode_error(request_id, code, message, **extra)))
+        self._out.append(Respond(client, Error(request_id, code, message, **extra)))

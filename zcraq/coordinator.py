@@ -1,7 +1,8 @@
 """The coordinator process: its request endpoint, its topology publisher and its durable state.
 
 State (the current topology with its epoch) is written to ``state_dir/state.json`` atomically
-(write, fsync, rename, fsync the directory) before any reply or publication that depends on it.
+(write, fsync, rename, fsync the directory) by the core's ``ready()``, before any reply or
+publication that depends on it is handed to this shell.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from typing import assert_never
+
 import orjson
 import zmq
 
-from zcraq import sockets
+from zcraq import sockets, wire
 from zcraq.config import ConfigError, CoordinatorConfig
 from zcraq.coordcore import CoordinatorCore, CoordinatorTimings
-from zcraq.effects import Effect, PeerRequest, Persist, Publish, Reply
+from zcraq.effects import Effect, PeerRequest, Publish, Relink, Respond, SendDown, SendUp, Subscribe
 from zcraq.signals import run_until_signalled
+from zcraq.topology import Topology
 from zcraq.wire import Limits
 
 log = logging.getLogger("zcraq.coordinator")
@@ -62,18 +66,37 @@ def save_state(state_dir: Path, state: dict[str, Any]) -> None:
         os.close(directory)
 
 
+class FileState:
+    """The coordinator's StateStore: ``state_dir/state.json``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def load(self) -> Topology | None:
+        state = load_state(self.state_dir)
+        if state is None:
+            return None
+        try:
+            return Topology.from_dict(state["topology"])
+        except ValueError as error:
+            raise StateError(f"coordinator state in {self.state_dir}: {error}") from None
+
+    def save(self, topology: Topology) -> None:
+        save_state(self.state_dir, {"topology": topology.to_dict()})
+
+
 class CoordinatorProcess:
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
-        state = load_state(config.state_dir)
-        limits = Limits(config.limits.max_key_bytes, config.limits.max_value_bytes)
+        state = FileState(config.state_dir)
+        self.limits = limits = Limits(config.limits.max_key_bytes, config.limits.max_value_bytes)
         timings = CoordinatorTimings(
             lease=config.lease_ms / 1000,
             republish_interval=config.republish_interval_ms / 1000,
             request_timeout=config.request_timeout_ms / 1000,
         )
-        self.core = CoordinatorCore(config.publish_endpoint, state, time.monotonic(), limits, timings)
-        if state is not None:
+        self.core = CoordinatorCore(config.publish_endpoint, state, time.monotonic(), timings)
+        if self.core.topology.epoch > 0:
             log.info("restored epoch %d from %s; no removals for %.1fs (leases of the previous run)",
                      self.core.topology.epoch, config.state_dir, timings.removal_after)
         self.ctx = zmq.Context()
@@ -103,12 +126,13 @@ class CoordinatorProcess:
                         if sock is self.service:
                             self._on_service(frames, now)
                         elif frames and frames[0] == b"":
-                            self.core.on_peer_reply(frames[1:], now)
+                            reply, values = wire.read_reply(frames[1:])
+                            self.core.on_peer_reply(reply, values, now)
                     except Exception:  # a message the validation missed must not stop the chain
                         self.core.counters["internal_errors"] += 1
                         log.exception("error while handling a message; message dropped")
             self.core.tick(now)
-            self._execute(self.core.drain())
+            self._execute(self.core.ready())
         self.close()
 
     def _on_service(self, frames: list[bytes], now: float) -> None:
@@ -117,19 +141,22 @@ class CoordinatorProcess:
             self.core.counters["bad_messages"] += 1
             return
         envelope, body = split
-        self.core.on_request(envelope, body, now)
+        self.core.on_request(envelope, wire.read_request(body, self.limits, wire.COORDINATOR_REQUESTS), now)
 
     def _execute(self, effects: list[Effect]) -> None:
         for effect in effects:
-            if isinstance(effect, Persist):
-                save_state(self.config.state_dir, effect.state)
-            elif isinstance(effect, Publish):
-                sockets.send_nowait(self.pub, [TOPIC, orjson.dumps(effect.topology.to_dict())])
-                self.peers.keep_only(m.service for m in effect.topology.members)
-            elif isinstance(effect, Reply):
-                sockets.send_nowait(self.service, [*effect.client, *effect.frames])
-            elif isinstance(effect, PeerRequest):
-                self.peers.send(effect.endpoint, effect.frames)
+            match effect:
+                case Publish():
+                    sockets.send_nowait(self.pub, [TOPIC, wire.encode_topology(effect.topology)])
+                    self.peers.keep_only(m.service for m in effect.topology.members)
+                case Respond():
+                    sockets.send_nowait(self.service, [*effect.client, *wire.encode_reply(effect.reply, effect.values)])
+                case PeerRequest():
+                    self.peers.send(effect.endpoint, wire.encode_request(effect.request))
+                case SendDown() | SendUp() | Relink() | Subscribe():
+                    raise AssertionError(f"the coordinator has no chain links: {effect}")
+                case _:
+                    assert_never(effect)
 
     def stop(self, *_args: object) -> None:
         self._stopping = True

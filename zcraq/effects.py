@@ -1,7 +1,9 @@
 """What a protocol core asks its shell to do. The shell carries these out in order.
 
-Cores never touch sockets: they append effects to an outbox and the shell drains it after each
-batch of events, once the store has been flushed (so nothing is acknowledged before it is durable).
+Cores never touch sockets: they collect effects during a loop turn and hand them over at its end
+(``ready()``), after making the turn's changes durable themselves, so a shell cannot send anything
+that depends on state it has not stored. Effects hold typed messages (zcraq/messages.py); the
+shell encodes them (zcraq/wire.py).
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from zcraq.messages import CommitFrame, Reply, Request, ResyncFrame, WriteFrame
 from zcraq.topology import Topology
-from zcraq.wire import ChainFrame
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,32 +28,33 @@ class Relink:
 class SendDown:
     """A chain frame to the successor's write-in PULL."""
 
-    frame: ChainFrame
+    frame: WriteFrame
 
 
 @dataclass(frozen=True, slots=True)
 class SendUp:
     """A chain frame to the predecessor's ack-in PULL."""
 
-    frame: ChainFrame
+    frame: CommitFrame | ResyncFrame
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
+class Respond:
     """Answer a request that arrived on this process's ROUTER; ``client`` is the shell's routing
-    envelope, opaque to the core."""
+    envelope, opaque to the core. ``values`` travel as frames after the reply's header."""
 
     client: Any
-    frames: list[bytes]
+    reply: Reply
+    values: tuple[bytes, ...] | list[bytes] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class PeerRequest:
-    """Send a request to another process's request endpoint; its reply comes back to the core
-    tagged with ``endpoint``."""
+    """Send a request to another process's request endpoint ("coordinator" names this node's
+    coordinator); its reply comes back to the core with the request's id."""
 
     endpoint: str
-    frames: list[bytes]
+    request: Request
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +71,4 @@ class Publish:
     topology: Topology
 
 
-@dataclass(frozen=True, slots=True)
-class Persist:
-    """Durably record the coordinator's state before anything that depends on it is sent."""
-
-    state: dict[str, Any]
-
-
-Effect = Relink | SendDown | SendUp | Reply | PeerRequest | Subscribe | Publish | Persist
+Effect = Relink | SendDown | SendUp | Respond | PeerRequest | Subscribe | Publish

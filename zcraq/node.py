@@ -1,8 +1,10 @@
 """The node process: binds its sockets, runs the poll loop, and feeds the node core.
 
-One thread owns every socket. Each loop turn reads what is waiting (in bounded batches), hands it
-to the core, flushes the store once (group commit: one durable batch per turn, whatever the load),
-and only then sends the effects, so nothing is forwarded or acknowledged before it is durable.
+One thread owns every socket. Each loop turn reads what is waiting (in bounded batches), decodes it
+into typed messages (zcraq/wire.py; size limits are checked before anything is parsed) and hands
+them to the core, then asks the core for the turn's effects: ``ready()`` has already made the turn
+durable (group commit: one store batch per turn, whatever the load), so nothing is forwarded or
+acknowledged before it is durable. The shell encodes and sends.
 """
 
 from __future__ import annotations
@@ -10,18 +12,19 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import assert_never
 
-import orjson
 import zmq
 
-from zcraq import sockets
+from zcraq import sockets, wire
 from zcraq.config import ConfigError, NodeConfig
-from zcraq.effects import Effect, PeerRequest, Relink, Reply, SendDown, SendUp, Subscribe
+from zcraq.effects import Effect, PeerRequest, Publish, Relink, Respond, SendDown, SendUp, Subscribe
+from zcraq.messages import ChainFrame, Leave, Malformed
 from zcraq.nodecore import UNSAFE_FAULTS, NodeCore, NodeTimings
 from zcraq.signals import run_until_signalled
 from zcraq.store import LevelDBStore
-from zcraq.topology import Member, Topology
-from zcraq.wire import Limits, WireError, decode_reply, encode_chain, encode_request
+from zcraq.topology import Member
+from zcraq.wire import Limits, WireError
 
 log = logging.getLogger("zcraq.node")
 
@@ -51,7 +54,7 @@ class NodeProcess:
         self.poller = zmq.Poller()
         self._stopping = False
         self.me = Member(config.id, config.service_endpoint, config.write_endpoint, config.ack_endpoint)
-        limits = Limits(config.limits.max_key_bytes, config.limits.max_value_bytes)
+        self.limits = limits = Limits(config.limits.max_key_bytes, config.limits.max_value_bytes)
         self.max_message = limits.max_value_bytes + limits.max_key_bytes + 64 * 1024
         self.store = LevelDBStore(config.data_dir, config.durability)
         timings = NodeTimings(
@@ -60,7 +63,7 @@ class NodeProcess:
             catchup_page_items=config.catchup_page_items,
             peer_lease=config.peer_lease_ms / 1000,
         )
-        self.core = NodeCore(self.me, self.store, limits, timings, unsafe_faults_from_environment())
+        self.core = NodeCore(self.me, self.store, timings, unsafe_faults_from_environment())
         self.service = self.write_in = self.ack_in = self.sub = None
         try:
             self.service = sockets.bound_from_config(self.ctx, zmq.ROUTER, config, "service_port", self.max_message)
@@ -81,7 +84,7 @@ class NodeProcess:
         log.info("node %s: service %s, writes %s, acks %s, data %s", self.me.id, self.me.service,
                  self.me.write_in, self.me.ack_in, self.config.data_dir)
         self.core.start(time.monotonic())
-        self._execute(self.core.drain())
+        self._execute(self.core.ready())
         while not self._stopping:
             now = time.monotonic()
             timeout_ms = max(0, int((self.core.next_deadline(now) - now) * 1000))
@@ -90,8 +93,7 @@ class NodeProcess:
             for sock in ready:
                 self._dispatch(sock, now)
             self.core.tick(now)
-            self.store.flush()
-            self._execute(self.core.drain())
+            self._execute(self.core.ready())
         self._leave()
 
     def _dispatch(self, sock: zmq.Socket, now: float) -> None:
@@ -106,19 +108,22 @@ class NodeProcess:
         core = self.core
         if sock is self.service:
             self._on_service(frames, now)
+        elif sock is self.write_in:
+            core.on_write_frame(self._chain_frame(frames), now)
+        elif sock is self.ack_in:
+            core.on_ack_frame(self._chain_frame(frames), now)
         elif sock is self.sub:
             self._on_topology_message(frames, now)
-        elif sock is self.write_in or sock is self.ack_in:
-            if len(frames) != 1:
-                core.counters["bad_messages"] += 1
-            elif sock is self.write_in:
-                core.on_write_frame(frames[0], now)
-            else:
-                core.on_ack_frame(frames[0], now)
         elif frames and frames[0] == b"":  # a DEALER: a reply from a peer or the coordinator
-            core.on_peer_reply(frames[1:], now)
+            reply, values = wire.read_reply(frames[1:])
+            core.on_peer_reply(reply, values, now)
         else:
             core.counters["bad_messages"] += 1
+
+    def _chain_frame(self, frames: list[bytes]) -> ChainFrame | Malformed:
+        if len(frames) != 1:
+            return Malformed("bad_request", f"a chain message has exactly one frame, not {len(frames)}")
+        return wire.read_chain(frames[0], self.limits)
 
     def _on_service(self, frames: list[bytes], now: float) -> None:
         split = sockets.split_or_reject(self.service, frames)
@@ -126,15 +131,15 @@ class NodeProcess:
             self.core.counters["bad_messages"] += 1
             return
         envelope, body = split
-        self.core.on_request(envelope, body, now)
+        self.core.on_request(envelope, wire.read_request(body, self.limits, wire.NODE_REQUESTS), now)
 
     def _on_topology_message(self, frames: list[bytes], now: float) -> None:
         if len(frames) != 2 or frames[0] != TOPIC:
             self.core.counters["bad_messages"] += 1
             return
         try:
-            topology = Topology.from_dict(orjson.loads(frames[1]))
-        except (orjson.JSONDecodeError, ValueError) as error:
+            topology = wire.decode_topology(frames[1])
+        except WireError as error:
             self.core.counters["bad_messages"] += 1
             log.warning("ignored a malformed topology update: %s", error)
             return
@@ -144,20 +149,25 @@ class NodeProcess:
 
     def _execute(self, effects: list[Effect]) -> None:
         for effect in effects:
-            if isinstance(effect, SendDown):
-                self.down.send(encode_chain(effect.frame))
-            elif isinstance(effect, SendUp):
-                self.up.send(encode_chain(effect.frame))
-            elif isinstance(effect, Reply):
-                sockets.send_nowait(self.service, [*effect.client, *effect.frames])
-            elif isinstance(effect, PeerRequest):
-                self.peers.send(effect.endpoint, effect.frames)
-            elif isinstance(effect, Relink):
-                self.down.retarget(effect.down)
-                self.up.retarget(effect.up)
-                self._prune_peers()
-            elif isinstance(effect, Subscribe):
-                self._subscribe(effect.endpoint)
+            match effect:
+                case SendDown():
+                    self.down.send(wire.encode_chain(effect.frame))
+                case SendUp():
+                    self.up.send(wire.encode_chain(effect.frame))
+                case Respond():
+                    sockets.send_nowait(self.service, [*effect.client, *wire.encode_reply(effect.reply, effect.values)])
+                case PeerRequest():
+                    self.peers.send(effect.endpoint, wire.encode_request(effect.request))
+                case Relink():
+                    self.down.retarget(effect.down)
+                    self.up.retarget(effect.up)
+                    self._prune_peers()
+                case Subscribe():
+                    self._subscribe(effect.endpoint)
+                case Publish():
+                    raise AssertionError("nodes do not publish")
+                case _:
+                    assert_never(effect)
 
     def _prune_peers(self) -> None:
         topology = self.core.topology
@@ -185,7 +195,7 @@ class NodeProcess:
         """Tell the coordinator we are going, so it repairs the chain at once, then close."""
         if self.core.joined:
             log.info("leaving the chain")
-            self.peers.send("coordinator", encode_request("leave", 0, node_id=self.me.id))
+            self.peers.send("coordinator", wire.encode_request(Leave(self.me.id, id=0)))
             deadline = time.monotonic() + 1.0
             coordinator = self.peers.sockets.get(self.config.coordinator)
             while coordinator is not None and time.monotonic() < deadline:
@@ -195,10 +205,8 @@ class NodeProcess:
 
     @staticmethod
     def _is_leave_reply(frames: list[bytes]) -> bool:
-        try:
-            return decode_reply(frames[1:]).id == 0
-        except WireError:
-            return False
+        reply, _values = wire.read_reply(frames[1:])
+        return reply.id == 0
 
     def close(self) -> None:
         for name in ("service", "write_in", "ack_in", "sub"):

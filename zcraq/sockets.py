@@ -18,7 +18,8 @@ from collections.abc import Iterable
 import zmq
 
 from zcraq.config import ConfigError, CoordinatorConfig, NodeConfig
-from zcraq.wire import encode_error
+from zcraq.messages import Error
+from zcraq.wire import encode_reply
 
 log = logging.getLogger("zcraq.sockets")
 
@@ -93,8 +94,8 @@ def split_or_reject(router: zmq.Socket, frames: list[bytes]) -> tuple[list[bytes
     """``split_envelope``, answering a message without a delimiter with a clear error."""
     split = split_envelope(frames)
     if split is None:
-        send_nowait(router, [frames[0], b"", *encode_error(
-            None, "bad_request", "missing empty delimiter frame before the header (see PROTOCOL.md)")])
+        send_nowait(router, [frames[0], b"", *encode_reply(Error(
+            None, "bad_request", "missing empty delimiter frame before the header (see PROTOCOL.md)"))])
     return split
 
 

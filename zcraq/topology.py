@@ -2,50 +2,53 @@
 
 The coordinator is the only author of topologies; every change gets a new, larger epoch. Nodes and
 clients keep the topology with the largest epoch they have seen and ignore older ones.
+
+Both classes are msgspec Structs, so the wire codec decodes and validates them (types, non-empty
+endpoints, no node listed twice) in the same pass as the message that carries them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+Epoch = Annotated[int, msgspec.Meta(ge=0)]
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
+class Member(msgspec.Struct, frozen=True):
     """One node and the endpoints others use to reach it."""
 
-    id: str
-    service: str  # ROUTER: client requests, version queries, catch-up
-    write_in: str  # PULL: WRITE frames from the predecessor
-    ack_in: str  # PULL: COMMIT frames from the successor
+    id: NonEmpty
+    service: NonEmpty  # ROUTER: client requests, version queries, catch-up
+    write_in: NonEmpty  # PULL: WRITE frames from the predecessor
+    ack_in: NonEmpty  # PULL: COMMIT frames from the successor
 
     def to_dict(self) -> dict[str, str]:
         return {"id": self.id, "service": self.service, "write_in": self.write_in, "ack_in": self.ack_in}
 
     @classmethod
     def from_dict(cls, data: Any) -> Member:
-        if not isinstance(data, dict):
-            raise ValueError("member must be an object")
-        fields = {}
-        for name in ("id", "service", "write_in", "ack_in"):
-            value = data.get(name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"member.{name} must be a non-empty string")
-            fields[name] = value
-        return cls(**fields)
+        """ValueError says what is wrong with ``data``."""
+        return _convert(data, cls, "member")
 
 
-@dataclass(frozen=True, slots=True)
-class Topology:
+class Topology(msgspec.Struct, frozen=True):
     """``members`` in chain order: members[0] is the head, members[-1] the tail.
 
     ``learner`` is a node catching up behind the tail: it receives every write the tail forwards
     but serves no reads and commits nothing until a later epoch makes it the tail.
     """
 
-    epoch: int
+    epoch: Epoch
     members: tuple[Member, ...]
     learner: Member | None = None
+
+    def __post_init__(self) -> None:
+        ids = [m.id for m in self.members] + ([self.learner.id] if self.learner else [])
+        if len(set(ids)) != len(ids):
+            raise ValueError("topology lists a node twice")
 
     @property
     def head(self) -> Member | None:
@@ -55,6 +58,10 @@ class Topology:
     def tail(self) -> Member | None:
         return self.members[-1] if self.members else None
 
+    def listed(self) -> tuple[Member, ...]:
+        """Every node of this epoch: the members, then the learner."""
+        return self.members + ((self.learner,) if self.learner else ())
+
     def position(self, node_id: str) -> int | None:
         for index, member in enumerate(self.members):
             if member.id == node_id:
@@ -62,6 +69,7 @@ class Topology:
         return None
 
     def member(self, node_id: str) -> Member | None:
+        """The member or learner with that id."""
         index = self.position(node_id)
         if index is not None:
             return self.members[index]
@@ -96,24 +104,15 @@ class Topology:
 
     @classmethod
     def from_dict(cls, data: Any) -> Topology:
-        if not isinstance(data, dict):
-            raise ValueError("topology must be an object")
-        epoch = data.get("epoch")
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-            raise ValueError("topology.epoch must be a non-negative integer")
-        members = data.get("members")
-        if not isinstance(members, list):
-            raise ValueError("topology.members must be a list")
-        learner = data.get("learner")
-        topology = cls(
-            epoch=epoch,
-            members=tuple(Member.from_dict(m) for m in members),
-            learner=Member.from_dict(learner) if learner is not None else None,
-        )
-        ids = [m.id for m in topology.members] + ([learner["id"]] if learner else [])
-        if len(set(ids)) != len(ids):
-            raise ValueError("topology lists a node twice")
-        return topology
+        """ValueError says what is wrong with ``data``."""
+        return _convert(data, cls, "topology")
+
+
+def _convert(data: Any, kind: type[Any], what: str) -> Any:
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as error:
+        raise ValueError(f"bad {what}: {error}") from None
 
 
 EMPTY = Topology(epoch=0, members=())

@@ -1,42 +1,48 @@
-"""Bytes on the wire: request/reply messages and chain frames (PROTOCOL.md is the prose version).
+"""Bytes on the wire: the only place that turns frames into typed messages (zcraq/messages.py) and
+back. PROTOCOL.md is the prose version of this module.
 
 Request/reply (client <-> node, client <-> coordinator, node <-> node, node <-> coordinator):
-a message is one orjson header frame, optionally followed by raw value frames. Values are never
+a message is one JSON header frame, optionally followed by raw value frames. Values are never
 inside JSON, so any bytes travel untouched.
 
 Chain frames (PUSH/PULL between neighbours) carry many records in one ZeroMQ frame, because
 per-message multipart costs more than the records themselves:
 
-    frame   := u32 header_len, header (orjson object: t, from, epoch, seq, and for "c" commits)
+    frame   := u32 header_len, header (JSON object: t, from, epoch, seq, and for "c" commits)
     t = "w" := header, then records until the end:
-               u32 meta_len, meta (orjson [key, version, flags]), u32 value_len, value
+               u32 meta_len, meta (JSON [key, version, flags]), u32 value_len, value
     t = "c" := header only; header["commits"] = [[key, version], ...]
     t = "r" := header only (resync: "resend me everything you have not seen committed")
 
-Everything decoded here is validated; a violation raises ``WireError`` with a message fit to send
-back to the peer. Nothing here touches sockets or stores.
+Decoding validates everything and raises ``WireError`` with a message fit to send back; the
+``read_*`` functions return a ``Malformed`` instead, which is how a core learns of bad input. A
+request header is decoded in one msgspec pass; when that fails, the checks of PROTOCOL.md §3.2 run
+one by one (``_explain_request``) so the error names the first rule broken, in the documented
+order. Nothing here touches sockets or stores.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
+import msgspec
 import orjson
 
-_U32 = struct.Struct(">I")
-
-COMMITTED = 1
-TOMBSTONE = 2
+from zcraq.messages import (COMMITTED, MAX_ID_CHARS, MAX_NODE_ID_CHARS, TOMBSTONE, CatchupRequest, CaughtUp,
+                            ChainFrame, CommitFrame, Confirm, Delete, Flags, Heartbeat, Join, Key, Leave,
+                            Malformed, NodeId, Read, Reply, Request, RequestId, request_type, ResyncFrame, StatusRequest,
+                            TopologyRequest, U64_MAX, Version, VersionQuery, Write, WriteFrame, WriteRecord)
+from zcraq.topology import Epoch, Topology
 
 MAX_HEADER_BYTES = 64 * 1024
-MAX_ID_CHARS = 128
-MAX_NODE_ID_CHARS = 64
-# Version of the node <-> coordinator <-> node protocol. A node sends it in every join and
-# heartbeat and the coordinator refuses a different one: processes of different versions must
-# never share a chain (also not after the coordinator alone was restarted on another release).
-PROTOCOL_VERSION = 1
+READ_MODES = ("strong", "eventual")
+
+_U32 = struct.Struct(">I")
+_encoder = msgspec.json.Encoder()
+encode_json = _encoder.encode
 
 
 class WireError(Exception):
@@ -47,6 +53,9 @@ class WireError(Exception):
         self.code = code
         self.request_id = request_id
 
+    def malformed(self) -> Malformed:
+        return Malformed(self.code, str(self), self.request_id)
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -55,51 +64,110 @@ class Limits:
 
 
 # ---------------------------------------------------------------------------------------------
-# Request / reply
+# Requests
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """A validated request. ``fields`` holds the header's other typed fields."""
+class _WriteHeader(msgspec.Struct, frozen=True, tag_field="type", tag="write"):
+    """A write's JSON header; its value is the next frame."""
 
-    type: str
-    id: Any
-    key: str | None = None
-    value: bytes | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
+    key: Key
+    id: RequestId = None
 
 
-# type -> (needs key, needs value frame, {field: (python types, required)})
+_HEADER_TYPES: dict[str, type[Any]] = {
+    "read": Read, "write": _WriteHeader, "delete": Delete, "version": VersionQuery, "catchup": CatchupRequest,
+    "status": StatusRequest, "confirm": Confirm, "topology": TopologyRequest, "join": Join,
+    "heartbeat": Heartbeat, "caught_up": CaughtUp, "leave": Leave,
+}
+NODE_REQUESTS = frozenset({"read", "write", "delete", "version", "catchup", "status", "confirm"})
+COORDINATOR_REQUESTS = frozenset({"topology", "status", "write", "delete", "join", "heartbeat", "caught_up",
+                                  "leave"})
+_KEYED = frozenset({"read", "write", "delete", "version"})
+
+
+@cache
+def _request_decoder(accepted: frozenset[str]) -> msgspec.json.Decoder[Any]:
+    union = tuple(_HEADER_TYPES[kind] for kind in sorted(accepted))
+    return msgspec.json.Decoder(union[0] if len(union) == 1 else _union(union))
+
+
+def _union(types: tuple[type[Any], ...]) -> Any:
+    result: Any = types[0]
+    for kind in types[1:]:
+        result = result | kind
+    return result
+
+
+def decode_request(frames: list[bytes], limits: Limits, accepted: frozenset[str]) -> Request:
+    """A validated request from its body frames (envelope already removed); WireError if bad."""
+    if not frames or len(frames) > 2 or len(frames[0]) > MAX_HEADER_BYTES:
+        _explain_request(frames, limits, accepted)
+    try:
+        header = _request_decoder(accepted).decode(frames[0])
+    except msgspec.DecodeError as error:
+        _explain_request(frames, limits, accepted)
+        raise WireError(f"malformed header: {error}") from None  # the rules above missed it
+    except RecursionError:
+        raise WireError("header nests too deeply") from None
+    if _out_of_range(header):
+        _explain_request(frames, limits, accepted)
+    if (key := getattr(header, "key", None)) is not None and len(key.encode()) > limits.max_key_bytes:
+        raise WireError(f"key is longer than {limits.max_key_bytes} bytes", "too_large", header.id)
+    if type(header) is _WriteHeader:
+        if len(frames) != 2:
+            raise WireError("write needs a value frame after the header", request_id=header.id)
+        if len(frames[1]) > limits.max_value_bytes:
+            raise WireError(f"value is larger than {limits.max_value_bytes} bytes", "too_large", header.id)
+        return Write(header.key, bytes(frames[1]), header.id)
+    if len(frames) != 1:
+        raise WireError(f"{request_type(header)} takes a single header frame", request_id=header.id)
+    return header
+
+
+def _out_of_range(header: Any) -> bool:
+    """An integer field beyond 64 bits (msgspec bounds stop at int64)."""
+    request_id = header.id
+    if type(request_id) is int and request_id > U64_MAX:
+        return True
+    if type(header) in (Read, _WriteHeader, Delete, StatusRequest, TopologyRequest, Leave):
+        return False
+    return getattr(header, "epoch", 0) > U64_MAX or getattr(header, "protocol", 0) > U64_MAX
+
+
+def read_request(frames: list[bytes], limits: Limits, accepted: frozenset[str]) -> Request | Malformed:
+    try:
+        return decode_request(frames, limits, accepted)
+    except WireError as error:
+        return error.malformed()
+
+
+# type -> {field: (python types, required)}, for the one-rule-at-a-time explanation only
 _INT = (int,)
 _STR = (str,)
-_REQUEST_SCHEMAS: dict[str, tuple[bool, bool, dict[str, tuple[tuple[type, ...], bool]]]] = {
-    "read": (True, False, {"mode": (_STR, False)}),
-    "write": (True, True, {}),
-    "delete": (True, False, {}),
-    "version": (True, False, {"epoch": (_INT, True)}),
-    "catchup": (False, False, {"after": (_STR + (type(None),), False), "limit": (_INT, True), "epoch": (_INT, True)}),
-    "status": (False, False, {}),
-    "topology": (False, False, {}),
-    "join": (False, False, {"node": ((dict,), True), "protocol": (_INT, True)}),
-    "heartbeat": (False, False, {"node_id": (_STR, True), "epoch": (_INT, True), "protocol": (_INT, True)}),
-    "caught_up": (False, False, {"node_id": (_STR, True), "epoch": (_INT, True)}),
-    "leave": (False, False, {"node_id": (_STR, True)}),
-    "confirm": (False, False, {"node_id": (_STR, True), "epoch": (_INT, True)}),
+_FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+    "read": {"mode": (_STR, False)},
+    "write": {},
+    "delete": {},
+    "version": {"epoch": (_INT, True)},
+    "catchup": {"after": (_STR + (type(None),), False), "limit": (_INT, True), "epoch": (_INT, True)},
+    "status": {},
+    "topology": {},
+    "join": {"node": ((dict,), True), "protocol": (_INT, True)},
+    "heartbeat": {"node_id": (_STR, True), "epoch": (_INT, True), "protocol": (_INT, True)},
+    "caught_up": {"node_id": (_STR, True), "epoch": (_INT, True)},
+    "leave": {"node_id": (_STR, True)},
+    "confirm": {"node_id": (_STR, True), "epoch": (_INT, True)},
 }
-
-READ_MODES = ("strong", "eventual")
-
-
-def _check_key(key: Any, limits: Limits, request_id: Any) -> str:
-    if not isinstance(key, str) or not key:
-        raise WireError("key must be a non-empty string", request_id=request_id)
-    if len(key.encode()) > limits.max_key_bytes:
-        raise WireError(f"key is longer than {limits.max_key_bytes} bytes", "too_large", request_id)
-    return key
+_I64_MIN = -(2**63)
 
 
-def decode_request(frames: list[bytes], limits: Limits, allowed: frozenset[str]) -> Request:
-    """Validate a request's frames (envelope already removed)."""
+def _is_wire_int(value: Any) -> bool:
+    """An integer a 64-bit JSON parser keeps as an integer (not a bool, not out of range)."""
+    return isinstance(value, int) and not isinstance(value, bool) and _I64_MIN <= value <= U64_MAX
+
+
+def _explain_request(frames: list[bytes], limits: Limits, accepted: frozenset[str]) -> None:
+    """Raise the WireError for the first rule of PROTOCOL.md §3.2 that ``frames`` break."""
     if not frames:
         raise WireError("empty message: expected a JSON header frame")
     if len(frames) > 2:
@@ -114,132 +182,155 @@ def decode_request(frames: list[bytes], limits: Limits, allowed: frozenset[str])
         raise WireError("header must be a JSON object")
     request_id = header.get("id")
     if request_id is not None and not (
-        (isinstance(request_id, int) and not isinstance(request_id, bool))
-        or (isinstance(request_id, str) and len(request_id) <= MAX_ID_CHARS)
-    ):
+            _is_wire_int(request_id) or (isinstance(request_id, str) and len(request_id) <= MAX_ID_CHARS)):
         raise WireError(f"id must be an integer or a string of at most {MAX_ID_CHARS} characters")
     kind = header.get("type")
-    if not isinstance(kind, str) or kind not in allowed:
-        raise WireError(f"unknown request type {kind!r}; this endpoint accepts {', '.join(sorted(allowed))}",
+    if not isinstance(kind, str) or kind not in accepted:
+        raise WireError(f"unknown request type {kind!r}; this endpoint accepts {', '.join(sorted(accepted))}",
                         request_id=request_id)
-    needs_key, needs_value, schema = _REQUEST_SCHEMAS[kind]
-    key = _check_key(header.get("key"), limits, request_id) if needs_key else None
-    value: bytes | None = None
-    if needs_value:
+    if kind in _KEYED:
+        key = header.get("key")
+        if not isinstance(key, str) or not key:
+            raise WireError("key must be a non-empty string", request_id=request_id)
+        if len(key.encode()) > limits.max_key_bytes:
+            raise WireError(f"key is longer than {limits.max_key_bytes} bytes", "too_large", request_id)
+    if kind == "write":
         if len(frames) != 2:
             raise WireError(f"{kind} needs a value frame after the header", request_id=request_id)
-        value = frames[1]
-        if len(value) > limits.max_value_bytes:
+        if len(frames[1]) > limits.max_value_bytes:
             raise WireError(f"value is larger than {limits.max_value_bytes} bytes", "too_large", request_id)
     elif len(frames) != 1:
         raise WireError(f"{kind} takes a single header frame", request_id=request_id)
-    fields: dict[str, Any] = {}
-    for name, (types, required) in schema.items():
+    for name, (types, required) in _FIELDS[kind].items():
         if name not in header:
             if required:
                 raise WireError(f"{kind} needs field {name!r}", request_id=request_id)
             continue
         item = header[name]
-        if not isinstance(item, types) or (isinstance(item, bool) and bool not in types):
+        if not isinstance(item, types) or (isinstance(item, bool) and bool not in types) or (
+                isinstance(item, int) and not _is_wire_int(item)):
             raise WireError(f"field {name!r} has the wrong type", request_id=request_id)
-        fields[name] = item
-    mode = fields.get("mode")
-    if mode is not None and mode not in READ_MODES:
+    fields = {name: header[name] for name in _FIELDS[kind] if name in header}  # others are ignored
+    if "mode" in fields and fields["mode"] not in READ_MODES:
         raise WireError(f"mode must be one of {', '.join(READ_MODES)}", request_id=request_id)
-    for name in ("node_id",):
-        if name in fields and not 0 < len(fields[name]) <= MAX_NODE_ID_CHARS:
-            raise WireError(f"{name} must be 1 to {MAX_NODE_ID_CHARS} characters", request_id=request_id)
-    if kind in ("version", "catchup", "heartbeat", "caught_up", "confirm") and fields["epoch"] < 0:
+    if "node_id" in fields and not 0 < len(fields["node_id"]) <= MAX_NODE_ID_CHARS:
+        raise WireError(f"node_id must be 1 to {MAX_NODE_ID_CHARS} characters", request_id=request_id)
+    if "epoch" in fields and fields["epoch"] < 0:
         raise WireError("epoch must be non-negative", request_id=request_id)
     if kind == "catchup" and not 0 < fields["limit"] <= 100_000:
         raise WireError("limit must be from 1 to 100000", request_id=request_id)
-    return Request(type=kind, id=request_id, key=key, value=value, fields=fields)
 
 
-def encode_request(kind: str, request_id: Any, value: bytes | None = None, **fields: Any) -> list[bytes]:
-    header = {"type": kind, "id": request_id, **fields}
-    frames = [orjson.dumps(header)]
-    if value is not None:
-        frames.append(value)
-    return frames
+def encode_request(request: Request) -> list[bytes]:
+    if type(request) is Write:
+        return [encode_json(_WriteHeader(request.key, request.id)), request.value]
+    return [encode_json(request)]
 
 
-def encode_reply(request_id: Any, fields: dict[str, Any], values: list[bytes] = ()) -> list[bytes]:
-    header = {"type": "ok", "id": request_id, **fields}
-    return [orjson.dumps(header), *values]
+# ---------------------------------------------------------------------------------------------
+# Replies
 
 
-def encode_error(request_id: Any, code: str, message: str, **extra: Any) -> list[bytes]:
-    header = {"type": "error", "id": request_id, "code": code, "message": message, **extra}
-    return [orjson.dumps(header)]
+class _ReplyEnvelope(msgspec.Struct):
+    """Just enough of a reply to match it to its request when the rest is broken."""
+
+    id: RequestId = None
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A decoded reply: ``ok`` or an error ``code`` and ``message``."""
-
-    id: Any
-    ok: bool
-    header: dict[str, Any]
-    values: list[bytes]
-
-    @property
-    def code(self) -> str:
-        return str(self.header.get("code", "internal"))
-
-    @property
-    def message(self) -> str:
-        return str(self.header.get("message", ""))
+_reply_decoder = msgspec.json.Decoder(Reply)
+_envelope_decoder = msgspec.json.Decoder(_ReplyEnvelope)
 
 
-def decode_reply(frames: list[bytes]) -> Reply:
+def encode_reply(reply: Reply, values: tuple[bytes, ...] | list[bytes] = ()) -> list[bytes]:
+    return [encode_json(reply), *values]
+
+
+def decode_reply(frames: list[bytes]) -> tuple[Reply, list[bytes]]:
+    """A reply header and the value frames after it; WireError (with the request id when it can be
+    found) if the header is malformed."""
     if not frames:
         raise WireError("empty reply")
     try:
-        header = orjson.loads(frames[0])
-    except orjson.JSONDecodeError:
-        raise WireError("reply header is not valid JSON") from None
-    if not isinstance(header, dict) or header.get("type") not in ("ok", "error"):
-        raise WireError("reply header must be an object with type ok or error")
-    return Reply(id=header.get("id"), ok=header["type"] == "ok", header=header, values=list(frames[1:]))
+        return _reply_decoder.decode(frames[0]), frames[1:]
+    except msgspec.DecodeError as error:
+        try:
+            request_id = _envelope_decoder.decode(frames[0]).id
+        except msgspec.DecodeError:
+            request_id = None
+        raise WireError(f"malformed reply: {error}", request_id=request_id) from None
+
+
+def read_reply(frames: list[bytes]) -> tuple[Reply | Malformed, list[bytes]]:
+    try:
+        return decode_reply(frames)
+    except WireError as error:
+        return error.malformed(), []
+
+
+# ---------------------------------------------------------------------------------------------
+# Topology updates (the publisher's second frame)
+
+_topology_decoder = msgspec.json.Decoder(Topology)
+
+
+def encode_topology(topology: Topology) -> bytes:
+    return encode_json(topology)
+
+
+def decode_topology(data: bytes) -> Topology:
+    try:
+        return _topology_decoder.decode(data)
+    except msgspec.DecodeError as error:
+        raise WireError(f"malformed topology: {error}") from None
 
 
 # ---------------------------------------------------------------------------------------------
 # Chain frames
 
 
-@dataclass(frozen=True, slots=True)
-class WriteRecord:
-    key: str
-    version: int
-    value: bytes
-    committed: bool = False
-    tombstone: bool = False
+class _WriteFrameHeader(msgspec.Struct, frozen=True, tag_field="t", tag="w"):
+    sender: NodeId = msgspec.field(name="from")
+    epoch: Epoch
+    seq: Epoch
 
 
-@dataclass(frozen=True, slots=True)
-class ChainFrame:
-    """One frame on a chain link. ``kind``: "w" writes, "c" commits, "r" resync request."""
+class _CommitFrameHeader(msgspec.Struct, frozen=True, tag_field="t", tag="c"):
+    sender: NodeId = msgspec.field(name="from")
+    epoch: Epoch
+    seq: Epoch
+    commits: tuple[tuple[Key, Version], ...]
 
-    kind: str
-    sender: str
-    epoch: int
-    seq: int
-    writes: tuple[WriteRecord, ...] = ()
-    commits: tuple[tuple[str, int], ...] = ()
+
+class _ResyncFrameHeader(msgspec.Struct, frozen=True, tag_field="t", tag="r"):
+    sender: NodeId = msgspec.field(name="from")
+    epoch: Epoch
+    seq: Epoch
+
+
+class _Meta(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    key: Key
+    version: Version
+    flags: Flags
+
+
+_chain_header_decoder = msgspec.json.Decoder(_WriteFrameHeader | _CommitFrameHeader | _ResyncFrameHeader)
+_meta_decoder = msgspec.json.Decoder(_Meta)
 
 
 def encode_chain(frame: ChainFrame) -> bytes:
-    header: dict[str, Any] = {"t": frame.kind, "from": frame.sender, "epoch": frame.epoch, "seq": frame.seq}
-    if frame.kind == "c":
-        header["commits"] = frame.commits
-    head = orjson.dumps(header)
-    parts = [_U32.pack(len(head)), head]
-    for record in frame.writes:
-        flags = (COMMITTED if record.committed else 0) | (TOMBSTONE if record.tombstone else 0)
-        meta = orjson.dumps([record.key, record.version, flags])
-        parts += [_U32.pack(len(meta)), meta, _U32.pack(len(record.value)), record.value]
-    return b"".join(parts)
+    if type(frame) is WriteFrame:
+        head = encode_json(_WriteFrameHeader(frame.sender, frame.epoch, frame.seq))
+        parts = [_U32.pack(len(head)), head]
+        for record in frame.records:
+            flags = (COMMITTED if record.committed else 0) | (TOMBSTONE if record.tombstone else 0)
+            meta = encode_json((record.key, record.version, flags))
+            parts += [_U32.pack(len(meta)), meta, _U32.pack(len(record.value)), record.value]
+        return b"".join(parts)
+    if type(frame) is CommitFrame:
+        head = encode_json(_CommitFrameHeader(frame.sender, frame.epoch, frame.seq, frame.commits))
+    else:
+        head = encode_json(_ResyncFrameHeader(frame.sender, frame.epoch, frame.seq))
+    return _U32.pack(len(head)) + head
 
 
 def _take(data: bytes, offset: int, what: str) -> tuple[bytes, int]:
@@ -253,54 +344,50 @@ def _take(data: bytes, offset: int, what: str) -> tuple[bytes, int]:
     return data[start:end], end
 
 
-def is_int(value: Any) -> bool:
-    """An integer that is not a bool (JSON true would pass isinstance(x, int))."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def decode_chain(data: bytes, limits: Limits) -> ChainFrame:
     head, offset = _take(data, 0, "header")
     try:
-        header = orjson.loads(head)
-    except orjson.JSONDecodeError:
-        raise WireError("chain header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise WireError("chain header must be an object")
-    kind, sender, epoch, seq = header.get("t"), header.get("from"), header.get("epoch"), header.get("seq")
-    if kind not in ("w", "c", "r"):
-        raise WireError(f"unknown chain frame type {kind!r}")
-    if not isinstance(sender, str) or not 0 < len(sender) <= MAX_NODE_ID_CHARS:
-        raise WireError("chain frame sender must be a node id")
-    if not (is_int(epoch) and epoch >= 0 and is_int(seq) and seq >= 0):
-        raise WireError("chain frame epoch and seq must be non-negative integers")
-    writes: list[WriteRecord] = []
-    commits: list[tuple[str, int]] = []
-    if kind == "w":
-        while offset < len(data):
+        header = _chain_header_decoder.decode(head)
+    except msgspec.DecodeError as error:
+        raise WireError(f"malformed chain header: {error}") from None
+    if header.epoch > U64_MAX or header.seq > U64_MAX:
+        raise WireError("chain frame epoch and seq must fit in 64 bits")
+    max_key = limits.max_key_bytes
+    if type(header) is _WriteFrameHeader:
+        records = []
+        max_value = limits.max_value_bytes
+        end = len(data)
+        while offset < end:
             meta_bytes, offset = _take(data, offset, "record meta")
             value, offset = _take(data, offset, "record value")
             try:
-                meta = orjson.loads(meta_bytes)
-            except orjson.JSONDecodeError:
-                raise WireError("write record meta is not valid JSON") from None
-            if not (isinstance(meta, list) and len(meta) == 3):
-                raise WireError("write record meta must be [key, version, flags]")
-            key, version, flags = meta
-            _check_key(key, limits, None)
-            if not (is_int(version) and version > 0 and is_int(flags) and 0 <= flags <= 3):
-                raise WireError("write record version must be positive and flags 0..3")
-            if len(value) > limits.max_value_bytes:
+                meta = _meta_decoder.decode(meta_bytes)
+            except msgspec.DecodeError as error:
+                raise WireError(f"write record meta must be [key, version, flags 0..3]: {error}") from None
+            if meta.version > U64_MAX:
+                raise WireError("write record version beyond 64 bits")
+            if len(meta.key.encode()) > max_key:
+                raise WireError(f"key is longer than {max_key} bytes", "too_large")
+            if len(value) > max_value:
                 raise WireError("write record value too large", "too_large")
-            writes.append(WriteRecord(key, version, value, bool(flags & COMMITTED), bool(flags & TOMBSTONE)))
-    else:
-        if offset != len(data):
-            raise WireError("trailing bytes after a header-only chain frame")
-        if kind == "c":
-            raw = header.get("commits")
-            if not isinstance(raw, list):
-                raise WireError("commit frame needs a commits list")
-            for entry in raw:
-                if not (isinstance(entry, list) and len(entry) == 2 and is_int(entry[1]) and entry[1] > 0):
-                    raise WireError("commit entries must be [key, positive version]")
-                commits.append((_check_key(entry[0], limits, None), entry[1]))
-    return ChainFrame(kind, sender, epoch, seq, tuple(writes), tuple(commits))
+            flags = meta.flags
+            records.append(WriteRecord(meta.key, meta.version, value, bool(flags & COMMITTED),
+                                       bool(flags & TOMBSTONE)))
+        return WriteFrame(header.sender, header.epoch, header.seq, tuple(records))
+    if offset != len(data):
+        raise WireError("trailing bytes after a header-only chain frame")
+    if type(header) is _CommitFrameHeader:
+        for key, version in header.commits:
+            if version > U64_MAX:
+                raise WireError("commit version beyond 64 bits")
+            if len(key.encode()) > max_key:
+                raise WireError(f"key is longer than {max_key} bytes", "too_large")
+        return CommitFrame(header.sender, header.epoch, header.seq, header.commits)
+    return ResyncFrame(header.sender, header.epoch, header.seq)
+
+
+def read_chain(data: bytes, limits: Limits) -> ChainFrame | Malformed:
+    try:
+        return decode_chain(data, limits)
+    except WireError as error:
+        return error.malformed()

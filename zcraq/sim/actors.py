@@ -1,5 +1,8 @@
 """Simulated processes: the real node and coordinator cores, wired to the simulated network the way
-the ZeroMQ shells wire them to sockets, plus clients that record a history.
+the ZeroMQ shells wire them to sockets, and the registry that routes messages between them.
+
+Messages cross the simulated network as bytes, encoded and decoded by the real codec
+(zcraq/wire.py), so a run exercises everything between the sockets and the cores.
 
 A reference to a requester is ("peer", process, incarnation) or ("client", name, attempt): replies
 to an old incarnation of a restarted process are dropped, as a closed socket would drop them.
@@ -8,20 +11,19 @@ to an old incarnation of a restarted process are dropped, as a closed socket wou
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, assert_never
 
 from zcraq import wire
 from zcraq.coordcore import CoordinatorCore, CoordinatorTimings
-from zcraq.effects import Effect, PeerRequest, Persist, Publish, Relink, Reply, SendDown, SendUp, Subscribe
+from zcraq.effects import Effect, PeerRequest, Publish, Relink, Respond, SendDown, SendUp, Subscribe
 from zcraq.nodecore import NodeCore, NodeTimings
+from zcraq.sim.world import World
 from zcraq.store import MemoryStore
 from zcraq.topology import Member, Topology
 
-if TYPE_CHECKING:
-    from zcraq.sim.scenario import Simulation
-
 TICK = 0.02
 COORDINATOR = "coord"
+LIMITS = wire.Limits()
 
 
 def service_of(process: str) -> str:
@@ -33,17 +35,52 @@ def _check_sim_endpoint(endpoint: str) -> None:
         raise ValueError(f"not a simulated endpoint: {endpoint!r}")
 
 
+class ReplyReceiver(Protocol):
+    def on_reply(self, ref: tuple[Any, ...], frames: list[bytes]) -> None: ...
+
+
+class SimCluster:
+    """Every simulated process by name, and the routing of requests and replies between them."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.nodes: dict[str, SimNode] = {}
+        self.coordinator: SimCoordinator | None = None
+        self.clients: dict[str, ReplyReceiver] = {}
+
+    def deliver_request(self, endpoint: str, ref: tuple[Any, ...], frames: list[bytes]) -> None:
+        owner = endpoint.split("/")[0]
+        if owner == COORDINATOR and self.coordinator is not None:
+            coordinator = self.coordinator
+            request = wire.read_request(frames, LIMITS, wire.COORDINATOR_REQUESTS)
+            coordinator.deliver(lambda: coordinator.core.on_request(ref, request, self.world.now))  # type: ignore[union-attr]
+        elif owner in self.nodes:
+            node = self.nodes[owner]
+            request = wire.read_request(frames, LIMITS, wire.NODE_REQUESTS)
+            node.deliver(lambda: node.core.on_request(ref, request, self.world.now))  # type: ignore[union-attr]
+
+    def deliver_reply(self, ref: tuple[Any, ...], frames: list[bytes]) -> None:
+        kind, name, tag = ref
+        if kind == "client":
+            self.clients[name].on_reply(ref, frames)
+            return
+        process: SimProcess | None = self.coordinator if name == COORDINATOR else self.nodes[name]
+        if process is not None and process.incarnation == tag:
+            reply, values = wire.read_reply(frames)
+            process.deliver(lambda: process.core.on_peer_reply(reply, values, self.world.now))  # type: ignore[union-attr]
+
+
 class SimProcess:
     """Shared life cycle: alive/crashed, paused (events wait, like SIGSTOP), incarnations."""
 
-    name: str
-
-    def __init__(self, sim: Simulation, name: str) -> None:
-        self.sim = sim
+    def __init__(self, cluster: SimCluster, name: str) -> None:
+        self.cluster = cluster
+        self.world = cluster.world
         self.name = name
         self.alive = False
         self.paused = False
         self.incarnation = 0
+        self.core: NodeCore | CoordinatorCore | None = None
         self._backlog: list[Callable[[], None]] = []
 
     def deliver(self, action: Callable[[], None]) -> None:
@@ -66,7 +103,7 @@ class SimProcess:
 
     def _schedule_tick(self) -> None:
         incarnation = self.incarnation
-        jitter = self.sim.world.rng.uniform(0, TICK / 4)
+        jitter = self.world.rng.uniform(0, TICK / 4)
 
         def tick() -> None:
             if self.alive and self.incarnation == incarnation:
@@ -75,32 +112,42 @@ class SimProcess:
                     self.after_event()
                 self._schedule_tick()
 
-        self.sim.world.after(TICK + jitter, tick)
+        self.world.after(TICK + jitter, tick)
 
     def crash(self) -> None:
         self.alive = False
         self.paused = False
         self._backlog = []
-        self.sim.world.break_connections_of(self.name)
+        self.world.break_connections_of(self.name)
 
     def on_tick(self) -> None:
-        raise NotImplementedError
+        if self.core is not None:
+            self.core.tick(self.world.now)
 
     def after_event(self) -> None:
+        if self.core is not None:
+            self.execute(self.core.ready())
+
+    def execute(self, effects: list[Effect]) -> None:
         raise NotImplementedError
 
-    def send_reply(self, ref: tuple[Any, ...], frames: list[bytes]) -> None:
-        self.sim.world.send(self.name, f"{ref[1]}/reply", lambda: self.sim.deliver_reply(ref, frames))
+    def send_reply(self, ref: tuple[Any, ...], effect: Respond) -> None:
+        frames = wire.encode_reply(effect.reply, effect.values)
+        self.world.send(self.name, f"{ref[1]}/reply", lambda: self.cluster.deliver_reply(ref, frames))
+
+    def send_request(self, effect: PeerRequest, endpoint: str) -> None:
+        ref = ("peer", self.name, self.incarnation)
+        frames = wire.encode_request(effect.request)
+        self.world.send(self.name, endpoint, lambda: self.cluster.deliver_request(endpoint, ref, frames))
 
 
 class SimNode(SimProcess):
-    def __init__(self, sim: Simulation, name: str, timings: NodeTimings, unsafe: frozenset[str]) -> None:
-        super().__init__(sim, name)
+    def __init__(self, cluster: SimCluster, name: str, timings: NodeTimings, unsafe: frozenset[str]) -> None:
+        super().__init__(cluster, name)
         self.member = Member(name, service_of(name), f"{name}/write", f"{name}/ack")
         self.store = MemoryStore()
         self.timings = timings
         self.unsafe = unsafe
-        self.core: NodeCore | None = None
         self.down: str | None = None
         self.up: str | None = None
         self.subscribed = False
@@ -111,7 +158,7 @@ class SimNode(SimProcess):
         self.down = self.up = None
         self.subscribed = False
         self.core = NodeCore(self.member, self.store, timings=self.timings, unsafe=self.unsafe)
-        self.core.start(self.sim.world.now)
+        self.core.start(self.world.now)
         self.after_event()
         self._schedule_tick()
 
@@ -120,89 +167,90 @@ class SimNode(SimProcess):
         self.core = None
         self.store = self.store.crash_copy()  # what was not flushed is lost
 
-    def on_tick(self) -> None:
-        assert self.core is not None
-        self.core.tick(self.sim.world.now)
-
-    def after_event(self) -> None:
-        if self.core is None:
-            return
-        self.store.flush()
-        self._execute(self.core.drain())
-
-    def _execute(self, effects: list[Effect]) -> None:
-        world = self.sim.world
+    def execute(self, effects: list[Effect]) -> None:
         for effect in effects:
-            if isinstance(effect, SendDown) and self.down is not None:
-                self._chain(self.down, wire.encode_chain(effect.frame), "write")
-            elif isinstance(effect, SendUp) and self.up is not None:
-                self._chain(self.up, wire.encode_chain(effect.frame), "ack")
-            elif isinstance(effect, Reply):
-                self.send_reply(effect.client, effect.frames)
-            elif isinstance(effect, PeerRequest):
-                endpoint = service_of(COORDINATOR) if effect.endpoint == "coordinator" else effect.endpoint
-                ref = ("peer", self.name, self.incarnation)
-                world.send(self.name, endpoint, lambda e=endpoint, f=effect.frames: self.sim.deliver_request(e, ref, f))
-            elif isinstance(effect, Relink):
-                self.down, self.up = effect.down, effect.up
-            elif isinstance(effect, Subscribe):
-                self.subscribed = True
+            match effect:
+                case SendDown():
+                    if self.down is not None:
+                        self._chain(self.down, wire.encode_chain(effect.frame), ack=False)
+                case SendUp():
+                    if self.up is not None:
+                        self._chain(self.up, wire.encode_chain(effect.frame), ack=True)
+                case Respond():
+                    self.send_reply(effect.client, effect)
+                case PeerRequest():
+                    coordinator = effect.endpoint == "coordinator"
+                    self.send_request(effect, service_of(COORDINATOR) if coordinator else effect.endpoint)
+                case Relink():
+                    self.down, self.up = effect.down, effect.up
+                case Subscribe():
+                    self.subscribed = True
+                case Publish():
+                    raise AssertionError("nodes do not publish")
+                case _:
+                    assert_never(effect)
 
-    def _chain(self, endpoint: str, data: bytes, kind: str) -> None:
-        target = self.sim.nodes[endpoint.split("/")[0]]
+    def _chain(self, endpoint: str, data: bytes, ack: bool) -> None:
+        target = self.cluster.nodes[endpoint.split("/")[0]]
 
         def arrive() -> None:
             core = target.core
-            if core is None:
-                return
-            if kind == "write":
-                core.on_write_frame(data, self.sim.world.now)
-            else:
-                core.on_ack_frame(data, self.sim.world.now)
+            if isinstance(core, NodeCore):
+                frame = wire.read_chain(data, LIMITS)
+                if ack:
+                    core.on_ack_frame(frame, self.world.now)
+                else:
+                    core.on_write_frame(frame, self.world.now)
 
-        self.sim.world.send(self.name, endpoint, lambda: target.deliver(arrive), duplicable=True)
+        self.world.send(self.name, endpoint, lambda: target.deliver(arrive), duplicable=True)
 
-    def on_topology(self, topology: Topology) -> None:
-        if self.core is not None and self.subscribed:
-            self.core.on_topology(topology, self.sim.world.now)
+    def on_topology(self, data: bytes) -> None:
+        if isinstance(self.core, NodeCore) and self.subscribed:
+            self.core.on_topology(wire.decode_topology(data), self.world.now)
 
 
 class SimCoordinator(SimProcess):
-    def __init__(self, sim: Simulation, timings: CoordinatorTimings) -> None:
-        super().__init__(sim, COORDINATOR)
+    """Its StateStore is itself: the saved topology outlives a crash, as the state file does."""
+
+    def __init__(self, cluster: SimCluster, timings: CoordinatorTimings) -> None:
+        super().__init__(cluster, COORDINATOR)
         self.timings = timings
-        self.persisted: dict[str, Any] | None = None
-        self.core: CoordinatorCore | None = None
+        self.saved: Topology | None = None
+
+    def load(self) -> Topology | None:
+        return self.saved
+
+    def save(self, topology: Topology) -> None:
+        self.saved = topology  # durable at once (fsync before anything is sent)
 
     def start(self) -> None:
         self.incarnation += 1
         self.alive = True
-        self.core = CoordinatorCore(f"{COORDINATOR}/publish", self.persisted, self.sim.world.now,
-                                    timings=self.timings, check_endpoint=_check_sim_endpoint)
+        self.core = CoordinatorCore(f"{COORDINATOR}/publish", self, self.world.now, timings=self.timings,
+                                    check_endpoint=_check_sim_endpoint)
         self._schedule_tick()
 
     def crash(self) -> None:
         super().crash()
         self.core = None
 
-    def on_tick(self) -> None:
-        assert self.core is not None
-        self.core.tick(self.sim.world.now)
+    @property
+    def topology(self) -> Topology | None:
+        return self.core.topology if isinstance(self.core, CoordinatorCore) else None
 
-    def after_event(self) -> None:
-        if self.core is None:
-            return
-        world = self.sim.world
-        for effect in self.core.drain():
-            if isinstance(effect, Persist):
-                self.persisted = effect.state  # durable at once (fsync before anything is sent)
-            elif isinstance(effect, Publish):
-                for node in self.sim.nodes.values():
-                    world.send(self.name, f"{node.name}/sub",
-                               lambda n=node, t=effect.topology: n.deliver(lambda: n.on_topology(t)))
-            elif isinstance(effect, Reply):
-                self.send_reply(effect.client, effect.frames)
-            elif isinstance(effect, PeerRequest):
-                ref = ("peer", self.name, self.incarnation)
-                world.send(self.name, effect.endpoint,
-                           lambda e=effect.endpoint, f=effect.frames: self.sim.deliver_request(e, ref, f))
+    def execute(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            match effect:
+                case Publish():
+                    data = wire.encode_topology(effect.topology)
+                    for node in self.cluster.nodes.values():
+                        self.world.send(self.name, f"{node.name}/sub",
+                                        lambda n=node, d=data: n.deliver(lambda: n.on_topology(d)))
+                case Respond():
+                    self.send_reply(effect.client, effect)
+                case PeerRequest():
+                    self.send_request(effect, effect.endpoint)
+                case SendDown() | SendUp() | Relink() | Subscribe():
+                    raise AssertionError(f"the coordinator has no chain links: {effect}")
+                case _:
+                    assert_never(effect)

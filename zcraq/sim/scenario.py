@@ -12,11 +12,14 @@ from typing import Any
 
 import orjson
 
+from msgspec import UNSET
+
 from zcraq import wire
 from zcraq.checker import check_history, operations_from_events
 from zcraq.coordcore import CoordinatorTimings
+from zcraq.messages import Delete, Error, Ok, Read, Request, TopologyRequest, Write
 from zcraq.nodecore import NodeTimings
-from zcraq.sim.actors import COORDINATOR, SimCoordinator, SimNode, service_of
+from zcraq.sim.actors import COORDINATOR, SimCluster, SimCoordinator, SimNode, service_of
 from zcraq.sim.world import NetworkFaults, World
 from zcraq.topology import Topology
 
@@ -67,13 +70,17 @@ class SimClient:
         self.final = False
 
     # A reply or a timeout for an attempt that is no longer current is ignored.
-    def _send(self, endpoint: str, kind: str, value: bytes | None = None, **fields: Any) -> None:
-        self.attempt += 1
+    def _send(self, endpoint: str, request: Request) -> None:
         attempt = self.attempt
         ref = ("client", self.name, attempt)
-        frames = wire.encode_request(kind, attempt, value, **fields)
-        self.sim.world.send(self.name, endpoint, lambda: self.sim.deliver_request(endpoint, ref, frames))
+        frames = wire.encode_request(request)
+        cluster = self.sim.cluster
+        self.sim.world.send(self.name, endpoint, lambda: cluster.deliver_request(endpoint, ref, frames))
         self.sim.world.after(0.6, lambda: self._timeout(attempt))
+
+    def _next_attempt(self) -> int:
+        self.attempt += 1
+        return self.attempt
 
     def start_op(self) -> None:
         world = self.sim.world
@@ -105,7 +112,7 @@ class SimClient:
             self._finish("info" if op["maybe"] else "fail", None)
             return
         if self.topology is None:
-            self._send(service_of(COORDINATOR), "topology")
+            self._send(service_of(COORDINATOR), TopologyRequest(id=self._next_attempt()))
             return
         members = self.topology.members
         if op["f"] == "read":
@@ -116,11 +123,13 @@ class SimClient:
                 return
             else:
                 target = world.rng.choice(members).service
-            self._send(target, "read", key=op["key"])
+            self._send(target, Read(op["key"], id=self._next_attempt()))
         else:
             target = members[0].service if members else service_of(COORDINATOR)
-            value = op["value"].encode() if op["f"] == "write" else None
-            self._send(target, op["f"], value, key=op["key"])
+            if op["f"] == "write":
+                self._send(target, Write(op["key"], op["value"].encode(), id=self._next_attempt()))
+            else:
+                self._send(target, Delete(op["key"], id=self._next_attempt()))
 
     def _refresh_later(self) -> None:
         self.topology = None
@@ -142,19 +151,19 @@ class SimClient:
     def on_reply(self, ref: tuple[Any, ...], frames: list[bytes]) -> None:
         if ref[2] != self.attempt or self.op is None:
             return
-        try:
-            reply = wire.decode_reply(frames)
-        except wire.WireError:
-            return
-        if "topology" in reply.header and reply.ok:
-            self.topology = Topology.from_dict(reply.header["topology"])
+        reply, values = wire.read_reply(frames)
+        if type(reply) is Ok and reply.topology is not UNSET:
+            self.topology = reply.topology
             self._try()
             return
         f = self.op["f"]
-        if reply.ok:
-            value = reply.values[0].decode() if f == "read" and reply.values else self.op["value"]
+        if type(reply) is Ok:
+            value = values[0].decode() if f == "read" and values else self.op["value"]
             self._finish("ok", value if f != "delete" else None)
-        elif f == "read" and reply.code == "not_found":
+            return
+        if type(reply) is not Error:
+            return  # malformed: as good as lost
+        if f == "read" and reply.code == "not_found":
             self._finish("ok", None)
         elif f == "read" and self.op["node"] is None or reply.code in RETRYABLE_WRITE:
             self._refresh_later()
@@ -179,13 +188,17 @@ class Simulation:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.world = World(config.seed, config.network)
+        self.cluster = SimCluster(self.world)
         node_timings = NodeTimings(heartbeat_interval=0.2, request_timeout=0.5, write_timeout=2.0,
                                    resend_interval=0.5, catchup_page_items=2, peer_lease=0.5)
-        self.coordinator = SimCoordinator(self, CoordinatorTimings(lease=1.0, republish_interval=0.5,
-                                                                   request_timeout=1.5))
-        self.nodes = {f"n{i}": SimNode(self, f"n{i}", node_timings, config.unsafe)
-                      for i in range(1, config.nodes + 1)}
-        self.clients = {c.name: c for c in (SimClient(self, i) for i in range(config.clients))}
+        self.coordinator = self.cluster.coordinator = SimCoordinator(
+            self.cluster, CoordinatorTimings(lease=1.0, republish_interval=0.5, request_timeout=1.5))
+        self.nodes = self.cluster.nodes
+        for i in range(1, config.nodes + 1):
+            self.nodes[f"n{i}"] = SimNode(self.cluster, f"n{i}", node_timings, config.unsafe)
+        self.clients: dict[str, SimClient] = {}
+        for i in range(config.clients):
+            self._add_client(SimClient(self, i))
         self.history: list[dict[str, Any]] = []
         self._faulty: set[str] = set()
 
@@ -195,23 +208,8 @@ class Simulation:
         self.history.append({"process": process, "type": kind, "f": f, "key": key, "value": value,
                              "time": int(self.world.now * 1e9)})
 
-    def deliver_request(self, endpoint: str, ref: tuple[Any, ...], frames: list[bytes]) -> None:
-        owner = endpoint.split("/")[0]
-        if owner == COORDINATOR:
-            coordinator = self.coordinator
-            coordinator.deliver(lambda: coordinator.core.on_request(ref, frames, self.world.now))
-        elif owner in self.nodes:
-            node = self.nodes[owner]
-            node.deliver(lambda: node.core.on_request(ref, frames, self.world.now))
-
-    def deliver_reply(self, ref: tuple[Any, ...], frames: list[bytes]) -> None:
-        kind, name, tag = ref
-        if kind == "client":
-            self.clients[name].on_reply(ref, frames)
-            return
-        process = self.coordinator if name == COORDINATOR else self.nodes[name]
-        if process.incarnation == tag:
-            process.deliver(lambda: process.core.on_peer_reply(frames, self.world.now))
+    def _add_client(self, client: SimClient) -> None:
+        self.clients[client.name] = self.cluster.clients[client.name] = client
 
     # ------------------------------------------------------------------ nemesis
 
@@ -281,11 +279,11 @@ class Simulation:
                          {"delivered": world.delivered, "dropped": world.dropped})
 
     def _final_reads(self) -> None:
-        topology = self.coordinator.core.topology if self.coordinator.core else None
+        topology = self.coordinator.topology
         members = [m.id for m in topology.members] if topology else []
         reader = SimClient(self, 1000)
         reader.final = True
-        self.clients[reader.name] = reader
+        self._add_client(reader)
         for key in KEYS:
             for member in members:
                 start = self.world.now
@@ -299,7 +297,7 @@ class Simulation:
         result = check_history(operations_from_events(self.history))
         if not result.ok:
             problems.append("history is not linearizable:\n" + result.describe())
-        topology = self.coordinator.core.topology if self.coordinator.core else None
+        topology = self.coordinator.topology
         members = [self.nodes[m.id] for m in topology.members] if topology else []
         if len(members) != len(self.nodes) or topology.learner is not None:
             problems.append(f"after healing, the chain is {[m.name for m in members]}"

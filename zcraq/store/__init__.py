@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Item, Page, Store
+from .base import Item, Page, ReplicaStore, Store
 from .errors import StoreClosedError, StoreError
 from .leveldb import LevelDBStore
 from .memory import MemoryStore
@@ -14,6 +14,7 @@ __all__ = [
     "LevelDBStore",
     "MemoryStore",
     "Page",
+    "ReplicaStore",
     "Store",
     "StoreClosedError",
     "StoreError",

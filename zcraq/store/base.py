@@ -45,7 +45,10 @@ class Page:
     cursor: str | None
 
 
-class Store(Protocol):
+class ReplicaStore(Protocol):
+    """What a node's protocol core uses: versioned puts and commits, the reads that serve clients
+    and the chain, catch-up pages, and the turn's durable flush."""
+
     def put(
         self,
         key: str,
@@ -73,12 +76,6 @@ class Store(Protocol):
     def get(self, key: str, version: int) -> Item | None:
         """That exact version, or None if not held."""
 
-    def versions(self, key: str) -> list[int]:
-        """Every version held for the key, ascending."""
-
-    def prune(self, key: str, below: int) -> int:
-        """Delete every version older than ``below``; returns how many were deleted."""
-
     def committed_page(self, after: str | None, limit: int) -> Page:
         """Up to ``limit`` newest-committed items (tombstones included), one per key, for keys
         strictly after the cursor ``after`` in the store's key order (None = from the start)."""
@@ -89,11 +86,22 @@ class Store(Protocol):
     def drop_uncommitted(self) -> int:
         """Delete every uncommitted version; returns how many were deleted."""
 
-    def delete(self, key: str) -> None:
-        """Remove every version of the key, committed or not."""
-
     def flush(self) -> None:
         """Write buffered mutations as one atomic batch, durable per the store's policy."""
+
+
+class Store(ReplicaStore, Protocol):
+    """A whole store: what the core uses, plus what the conformance suite, the simulator and
+    maintenance tools inspect and manage."""
+
+    def versions(self, key: str) -> list[int]:
+        """Every version held for the key, ascending."""
+
+    def prune(self, key: str, below: int) -> int:
+        """Delete every version older than ``below``; returns how many were deleted."""
+
+    def delete(self, key: str) -> None:
+        """Remove every version of the key, committed or not."""
 
     def close(self) -> None:
         """Flush and release the store. Further use raises."""

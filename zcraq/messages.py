@@ -1,0 +1,250 @@
+"""Every message zcraq processes exchange, as typed objects: one class per request, per reply
+shape and per chain frame, named as PROTOCOL.md names them.
+
+The cores receive and return these objects and never see bytes; the wire codec (zcraq/wire.py)
+turns bytes into them and back, and is the only place that knows the layout. They are frozen
+msgspec Structs: a request class's tag is its ``type`` on the wire, and its field types carry the
+protocol's validation rules (strict integers, string lengths, ranges), so decoding and validating
+a header is one pass.
+
+Two things are not decided by the types alone and are checked by the codec against the receiving
+process's configured ``Limits``: key and value sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from zcraq.topology import Epoch, Member, Topology
+
+# Integers travel as JSON numbers; anything outside 64 bits is rejected, as a JSON parser that
+# reads such numbers as floats would. msgspec bounds only fit int64, so the codec checks the upper
+# bound (U64_MAX) itself.
+U64_MAX = 2**64 - 1
+U64 = Annotated[int, msgspec.Meta(ge=0)]
+Int64Range = Annotated[int, msgspec.Meta(ge=-(2**63))]
+MAX_ID_CHARS = 128
+MAX_NODE_ID_CHARS = 64
+RequestId = Int64Range | Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)] | None
+NodeId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NODE_ID_CHARS)]
+Key = Annotated[str, msgspec.Meta(min_length=1)]
+Version = Annotated[int, msgspec.Meta(ge=1)]
+PageLimit = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+ReadMode = Literal["strong", "eventual"]
+
+# Version of the node <-> coordinator <-> node protocol. A node sends it in every join and
+# heartbeat and the coordinator refuses a different one: processes of different versions must
+# never share a chain (also not after the coordinator alone was restarted on another release).
+PROTOCOL_VERSION = 1
+
+# Chain record flags (PROTOCOL.md §10.2), also used by catch-up items.
+COMMITTED = 1
+TOMBSTONE = 2
+Flags = Annotated[int, msgspec.Meta(ge=0, le=3)]
+
+
+class _Request(msgspec.Struct, frozen=True, tag_field="type"):
+    """A request: ``type`` is the class's tag; ``id`` is copied into the reply."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests a node's service endpoint accepts
+
+
+class Read(_Request, frozen=True, tag="read"):
+    key: Key
+    id: RequestId = None
+    mode: ReadMode = "strong"
+
+
+class Write(_Request, frozen=True, tag="write"):
+    """The value travels in its own frame; it is never part of the JSON header."""
+
+    key: Key
+    value: bytes
+    id: RequestId = None
+
+
+class Delete(_Request, frozen=True, tag="delete"):
+    key: Key
+    id: RequestId = None
+
+
+class VersionQuery(_Request, frozen=True, tag="version"):
+    """Which version of ``key`` is committed? Asked of the tail in the asker's ``epoch``."""
+
+    key: Key
+    epoch: Epoch
+    id: RequestId = None
+
+
+class CatchupRequest(_Request, frozen=True, tag="catchup"):
+    """A page of committed items after the key ``after``, in the asker's ``epoch``."""
+
+    limit: PageLimit
+    epoch: Epoch
+    after: str | None = None
+    id: RequestId = None
+
+
+class StatusRequest(_Request, frozen=True, tag="status"):
+    id: RequestId = None
+
+
+class Confirm(_Request, frozen=True, tag="confirm"):
+    """A peer asks: are you still in my epoch? Answering yes binds the responder (its fence)."""
+
+    node_id: NodeId
+    epoch: Epoch
+    id: RequestId = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests the coordinator accepts (besides status, write and delete)
+
+
+class TopologyRequest(_Request, frozen=True, tag="topology"):
+    id: RequestId = None
+
+
+class Join(_Request, frozen=True, tag="join"):
+    """``node`` stays a plain object here: the coordinator refuses another protocol version before
+    it judges the node's fields (PROTOCOL.md §9.4), so their shape is its check, not the codec's."""
+
+    node: dict[str, Any]
+    protocol: Int64Range
+    id: RequestId = None
+
+
+class Heartbeat(_Request, frozen=True, tag="heartbeat"):
+    node_id: NodeId
+    epoch: Epoch
+    protocol: Int64Range
+    id: RequestId = None
+
+
+class CaughtUp(_Request, frozen=True, tag="caught_up"):
+    node_id: NodeId
+    epoch: Epoch
+    id: RequestId = None
+
+
+class Leave(_Request, frozen=True, tag="leave"):
+    node_id: NodeId
+    id: RequestId = None
+
+
+def request_type(request: Request) -> str:
+    """A request's ``type`` on the wire."""
+    return type(request).__struct_config__.tag  # type: ignore[return-value]
+
+
+NodeRequest = Read | Write | Delete | VersionQuery | CatchupRequest | StatusRequest | Confirm
+CoordinatorRequest = TopologyRequest | StatusRequest | Write | Delete | Join | Heartbeat | CaughtUp | Leave
+Request = NodeRequest | CoordinatorRequest
+
+# ---------------------------------------------------------------------------------------------
+# Replies
+
+
+class Ok(msgspec.Struct, frozen=True, tag_field="type", tag="ok"):
+    """A successful reply. Which fields are set depends on the request (PROTOCOL.md §8, §9); the
+    others stay UNSET and are left out on the wire. Values (a read's, a catch-up page's) travel
+    in frames after the header, beside this object."""
+
+    id: RequestId = None
+    version: U64 | UnsetType = UNSET  # read, write, delete, version
+    items: list[tuple[Key, Version, Flags]] | UnsetType = UNSET  # catchup: [key, version, flags]
+    cursor: str | None | UnsetType = UNSET  # catchup: null on the last page
+    epoch: Epoch | UnsetType = UNSET  # confirm, heartbeat, caught_up, leave, node status
+    lease_ms: U64 | UnsetType = UNSET  # confirm, heartbeat, join, coordinator status
+    status: Literal["member", "learner"] | UnsetType = UNSET  # heartbeat
+    topology: Topology | UnsetType = UNSET  # topology, join, coordinator status
+    publish: str | UnsetType = UNSET  # join
+    node: str | UnsetType = UNSET  # node status: its id
+    role: str | UnsetType = UNSET  # node status
+    serving: bool | UnsetType = UNSET  # node status
+    caught_up: bool | UnsetType = UNSET  # node status
+    sent: U64 | UnsetType = UNSET  # node status
+    counters: dict[str, int] | UnsetType = UNSET  # node and coordinator status
+
+
+class Error(msgspec.Struct, frozen=True, tag_field="type", tag="error"):
+    """A refusal: ``code`` is for programs (PROTOCOL.md §4), ``message`` for people."""
+
+    id: RequestId
+    code: str
+    message: str
+    epoch: Epoch | UnsetType = UNSET  # not_tail, wrong_epoch: the responder's epoch
+    head: str | None | UnsetType = UNSET  # not_head: the head's service endpoint, if known
+
+
+Reply = Ok | Error
+
+# ---------------------------------------------------------------------------------------------
+# Chain frames (PUSH/PULL between neighbours; PROTOCOL.md §10)
+
+
+class WriteRecord(msgspec.Struct, frozen=True):
+    key: str
+    version: int
+    value: bytes
+    committed: bool = False
+    tombstone: bool = False
+
+
+class WriteFrame(msgspec.Struct, frozen=True):
+    """Write records, down the chain. Frame 0 of a link is its sync frame."""
+
+    sender: str
+    epoch: int
+    seq: int
+    records: tuple[WriteRecord, ...] = ()
+
+
+class CommitFrame(msgspec.Struct, frozen=True):
+    """Commits, up the chain: (key, version) means every version up to it is committed."""
+
+    sender: str
+    epoch: int
+    seq: int
+    commits: tuple[tuple[str, int], ...] = ()
+
+
+class ResyncFrame(msgspec.Struct, frozen=True):
+    """Up the chain: start the link afresh with a sync frame."""
+
+    sender: str
+    epoch: int
+    seq: int
+
+
+ChainFrame = WriteFrame | CommitFrame | ResyncFrame
+AckFrame = CommitFrame | ResyncFrame  # what arrives on the ack-in endpoint
+
+# ---------------------------------------------------------------------------------------------
+# What arrived but could not be decoded
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """Bytes that broke the protocol. The core counts it and, for a request, answers ``code``
+    with ``message`` under ``id`` (None until the id itself was found valid)."""
+
+    code: str
+    message: str
+    id: Any = None
+
+
+__all__ = [
+    "PROTOCOL_VERSION", "COMMITTED", "TOMBSTONE", "U64_MAX", "MAX_ID_CHARS", "MAX_NODE_ID_CHARS",
+    "Read", "Write", "Delete", "VersionQuery", "CatchupRequest", "StatusRequest", "Confirm",
+    "TopologyRequest", "Join", "Heartbeat", "CaughtUp", "Leave",
+    "NodeRequest", "CoordinatorRequest", "Request", "request_type", "Ok", "Error", "Reply",
+    "WriteRecord", "WriteFrame", "CommitFrame", "ResyncFrame", "ChainFrame", "AckFrame", "Malformed",
+    "Member", "Topology", "UNSET",
+]

@@ -1,0 +1,137 @@
+"""Catch-up: how a learner copies the committed state, and how a member serves it pages.
+
+Owns the learner's progress through its phases:
+
+    NOT_STARTED --(made learner)--> COPYING --(last page)--> WAITING_FOR_SYNC
+        --(the tail's live stream is in sync)--> REPORTED --(made tail)--> MEMBER
+
+COPYING asks the tail for one page at a time (a refused or malformed page is asked for again after
+``RETRY_AFTER``). The pages alone are not enough: the learner asks to be promoted only once its
+live stream from the tail is in sync too, and repeats the report until the coordinator acts.
+Pages already copied stay valid only while the same tail keeps forwarding to the learner.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum, auto
+
+from msgspec import UNSET, UnsetType
+
+from zcraq.messages import TOMBSTONE, CatchupRequest, CaughtUp, Error, Ok, Reply
+from zcraq.nodecore.calls import Call, CallKind, Calls
+from zcraq.nodecore.place import Place
+from zcraq.store.base import ReplicaStore
+
+log = logging.getLogger("zcraq.node")
+
+RETRY_AFTER = 0.1  # seconds before asking again for a page that failed
+
+
+class Phase(Enum):
+    NOT_STARTED = auto()  # joining, or not a learner yet
+    COPYING = auto()
+    WAITING_FOR_SYNC = auto()  # every page copied; the live stream must be in sync too
+    REPORTED = auto()  # asked the coordinator to make us the tail
+    MEMBER = auto()
+
+
+class CatchUp:
+    def __init__(self, me: str, store: ReplicaStore, calls: Calls, counters: dict[str, int], page_items: int,
+                 report_interval: float) -> None:
+        self.me = me
+        self.store = store
+        self.calls = calls
+        self._counters = counters
+        self.page_items = page_items
+        self.report_interval = report_interval
+        self.phase = Phase.NOT_STARTED
+        self.cursor: str | None = None  # the last key copied
+        self._retry_at = float("-inf")
+        self._last_report = float("-inf")
+
+    @property
+    def caught_up(self) -> bool:
+        """The data copy is complete (always true for a member)."""
+        return self.phase is Phase.REPORTED or self.phase is Phase.MEMBER
+
+    def learner(self, place: Place, same_source: bool, now: float) -> None:
+        """Made (or kept) the learner of a new epoch: copy, unless done from the same source."""
+        if not same_source:
+            self.cursor = None
+            if self.caught_up:
+                self.phase = Phase.NOT_STARTED
+        if not self.caught_up:
+            self.phase = Phase.COPYING
+            self._request_page(place, now)  # replies of the old epoch are ignored
+
+    def member(self) -> None:
+        self.phase = Phase.MEMBER
+
+    def reset(self) -> None:
+        self.phase = Phase.NOT_STARTED
+
+    def page_answered(self, call: Call, reply: Reply, values: list[bytes], place: Place, in_sync: bool,
+                      now: float) -> None:
+        if not place.is_learner or call.epoch != place.epoch or self.phase is not Phase.COPYING:
+            return
+        if type(reply) is Error:
+            self._retry_at = now + RETRY_AFTER
+            if reply.epoch is not UNSET and reply.epoch > place.epoch:
+                self.calls.ask_topology(now, place.epoch)
+            return
+        cursor = apply_page(self.store, reply, values)
+        if cursor is UNSET:
+            self._counters["bad_messages"] += 1
+            self._retry_at = now + RETRY_AFTER
+            return
+        self.cursor = cursor
+        if cursor is not None:
+            self._request_page(place, now)
+        else:
+            self.phase = Phase.WAITING_FOR_SYNC
+            self.drive(place, in_sync, now)
+
+    def drive(self, place: Place, in_sync: bool, now: float) -> None:
+        """Every tick, as learner: ask for a page again, or report (again) that we are done."""
+        if self.phase is Phase.REPORTED:
+            if now - self._last_report >= self.report_interval:  # a report can be lost
+                self._report(place, now)
+        elif self.phase is Phase.WAITING_FOR_SYNC:
+            if in_sync:
+                self.phase = Phase.REPORTED
+                log.info("caught up at epoch %d; asking to become tail", place.epoch)
+                self._report(place, now)
+        elif (self.phase is Phase.COPYING and now >= self._retry_at
+              and not self.calls.pending(CallKind.CATCHUP)):
+            self._request_page(place, now)
+
+    def _request_page(self, place: Place, now: float) -> None:
+        source = place.predecessor
+        if source is None:
+            return
+        after, limit, epoch = self.cursor, self.page_items, place.epoch
+        self.calls.ask(source.service, CallKind.CATCHUP, now, epoch, lambda i: CatchupRequest(limit, epoch, after, id=i))
+
+    def _report(self, place: Place, now: float) -> None:
+        self._last_report = now
+        me, epoch = self.me, place.epoch
+        self.calls.ask("coordinator", CallKind.CAUGHT_UP, now, epoch, lambda i: CaughtUp(me, epoch, id=i))
+
+
+def apply_page(store: ReplicaStore, page: Ok, values: list[bytes]) -> str | None | UnsetType:
+    """Store a page's items as committed and return its cursor (None after the last page); UNSET,
+    with nothing stored, if the page is malformed."""
+    items = page.items
+    if items is UNSET or len(items) != len(values):
+        return UNSET
+    for (key, version, flags), value in zip(items, values):
+        store.put(key, version, value, committed=True, tombstone=bool(flags & TOMBSTONE))
+    return None if page.cursor is UNSET else page.cursor
+
+
+def serve_page(store: ReplicaStore, request: CatchupRequest) -> tuple[Ok, list[bytes]]:
+    """A page of newest-committed items after ``request.after``, and their values."""
+    page = store.committed_page(request.after, request.limit)
+    items = [(i.key, i.version, TOMBSTONE if i.tombstone else 0) for i in page.items]
+    return Ok(request.id, items=items, cursor=page.cursor), [i.value for i in page.items]

@@ -1,0 +1,467 @@
+"""NodeCore: the CRAQ protocol of one node. Pure state transitions: no sockets, threads or clocks.
+
+The shell (zcraq/node.py) and the simulator call one ``on_*`` method per decoded message, or
+``tick`` for time, always passing the current monotonic time, then ``ready()`` once per loop turn:
+it makes the turn's store changes durable (one batch) and returns the effects to carry out, so
+nothing is forwarded or acknowledged before it is durable.
+
+This module holds the entry points, the request handlers and the commit rules (zcraq/nodecore/
+replication.py); the units it drives each own one idea: ``place`` (role and neighbours, computed
+once per topology), ``links`` (sequence numbers, the sent list, sync and resend), ``leases``
+(coordinator lease, peer confirmations, the fence), ``catchup`` (the learner's phases) and
+``calls`` (requests awaiting replies).
+
+Theory of operation
+-------------------
+Versions. The head gives each write of a key the next version (newest held + 1) and stores it
+dirty. WRITE records flow down the chain; each node stores them dirty and remembers them in its
+sent list until they commit. The tail stores them committed and sends COMMIT(key, version) up;
+each node commits, prunes older versions, forgets the sent entry and passes the COMMIT on. The
+head answers the client when the COMMIT reaches it.
+
+Epochs. Every topology has an epoch; chain frames carry it. A node accepts chain traffic only from
+its predecessor/successor of its current epoch and only in that epoch, so a node removed from the
+chain cannot inject writes or commits.
+
+Reads. A node serves reads only while it is in the chain and holds a lease. Newest version clean:
+answer it. Dirty: ask the tail which version is committed and answer that, or the newest version
+committed here if that is newer (it committed at the tail during the read: a correct answer,
+never "not found"). The tail answers version queries only in the querier's epoch.
+
+Joining. A node (re)starts fenced, registers with the coordinator, and is made the *learner*
+behind the tail: the tail forwards it every write (flagged committed) while it copies the
+committed state in pages. When the copy is complete and its live stream in sync it tells the
+coordinator, which makes it the tail in a new epoch. A new tail serves only after the sync frame
+from its predecessor in that epoch, so it holds everything the old tail had committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, assert_never
+
+from msgspec import UNSET
+
+from zcraq.effects import Effect, Relink, Respond, Subscribe
+from zcraq.messages import (PROTOCOL_VERSION, CatchupRequest, ChainFrame, CommitFrame, Confirm, Delete, Error,
+                            Heartbeat, Join, Malformed, NodeRequest, Ok, Read, Reply, ResyncFrame, StatusRequest,
+                            VersionQuery, Write, WriteFrame)
+from zcraq.nodecore.calls import Call, CallKind, Calls
+from zcraq.nodecore.catchup import CatchUp, serve_page
+from zcraq.nodecore.leases import Leases
+from zcraq.nodecore.links import InLink, Links, LinkState
+from zcraq.nodecore.place import Place
+from zcraq.nodecore.reads import Reads
+from zcraq.nodecore.replication import Owed, Replication
+from zcraq.store.base import ReplicaStore
+from zcraq.topology import EMPTY, Member, Topology
+
+log = logging.getLogger("zcraq.node")
+
+# Test-only protocol bugs that can be switched on to check that the checkers catch them.
+UNSAFE_FAULTS = frozenset({"dirty_read_local"})  # answer dirty reads without asking the tail
+
+NEVER = float("-inf")
+
+
+@dataclass(slots=True)
+class NodeTimings:
+    heartbeat_interval: float = 0.5
+    request_timeout: float = 2.0  # version queries, catch-up pages, coordinator calls
+    write_timeout: float = 10.0  # a client write still uncommitted after this gets unknown_outcome
+    resend_interval: float = 1.0
+    catchup_page_items: int = 1000
+    peer_lease: float = 1.0  # how long a confirmation to a peer binds this node (see leases.py)
+
+
+def _new_counters() -> dict[str, int]:
+    return {"reads": 0, "dirty_reads": 0, "writes": 0, "commits": 0, "bad_messages": 0, "stale_chain_frames": 0,
+            "resyncs": 0, "resends": 0, "internal_errors": 0, "fenced_frames": 0, "unleased_frames": 0}
+
+
+class NodeCore:
+    def __init__(self, me: Member, store: ReplicaStore, timings: NodeTimings | None = None,
+                 unsafe: frozenset[str] = frozenset()) -> None:
+        self.me = me
+        self.store = store
+        self.timings = timings = timings or NodeTimings()
+        # Deliberate protocol bugs, for tests proving that the simulator and the chaos runner
+        # catch them. Never set in production: see UNSAFE_FAULTS.
+        self.unsafe = unsafe
+        self.counters = _new_counters()
+        self._out: list[Effect] = []
+        self.topology: Topology = EMPTY
+        self.joined = False  # the coordinator accepted this incarnation
+        self.leases = Leases(timings.peer_lease)
+        self.links = Links(me.id, timings.resend_interval, self._out, self.counters)
+        self.calls = Calls(timings.request_timeout, self._out)
+        self.catchup = CatchUp(me.id, store, self.calls, self.counters, timings.catchup_page_items,
+                               timings.heartbeat_interval)
+        self.reads = Reads(store, self.calls, self._out, self.counters, unsafe)
+        self.replication = Replication(store, self.links, self._out, self.counters, timings.write_timeout)
+        self._set_place(Place.of(EMPTY, me.id, joined=False))
+        self._last_heartbeat = NEVER
+        self._join_sent_at = NEVER
+        self._incompatible_logged_at = NEVER
+
+    # ------------------------------------------------------------------ what others ask of us
+
+    def _set_place(self, place: Place) -> None:
+        self.place = self.replication.place = place
+
+    @property
+    def role(self) -> str:
+        return self.place.role.value
+
+    @property
+    def caught_up(self) -> bool:
+        return self.catchup.caught_up
+
+    def serving(self, now: float) -> bool:
+        """May this node answer reads, version queries and writes right now?"""
+        place = self.place
+        if not place.in_chain or not self.leases.held(now, place.peers):
+            return False
+        if self.replication.owed:
+            return False  # a new tail holds versions an old tail may have committed: commit first
+        if place.is_tail and place.predecessor is not None:
+            return self.links.in_sync()  # it must first hold everything its predecessor forwarded
+        return True
+
+    def ready(self) -> list[Effect]:
+        """End of a loop turn: buffered chain records become frames, every store change of the turn
+        becomes durable in one batch, and only then are the effects handed over to be sent."""
+        self.links.flush()
+        self.store.flush()
+        effects = self._out[:]
+        self._out.clear()
+        return effects
+
+    def next_deadline(self, now: float) -> float:
+        """When ``tick`` next has work; the shell may sleep until then."""
+        return now + min(0.05, self.timings.heartbeat_interval)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, now: float) -> None:
+        """A fresh incarnation: register with the coordinator. What becomes of versions left
+        uncommitted by the previous run depends on where the coordinator puts us (see
+        ``_settle_uncommitted``). A previous incarnation may have confirmed peers: keep the
+        promise by staying fenced for a peer lease."""
+        self.leases.fence(now)
+        self._send_join(now)
+
+    def _send_join(self, now: float) -> None:
+        self._join_sent_at = now
+        node = self.me.to_dict()
+        self.calls.ask("coordinator", CallKind.JOIN, now, self.topology.epoch, lambda i: Join(node, PROTOCOL_VERSION, id=i))
+
+    def _settle_uncommitted(self, now: float) -> None:
+        """Uncommitted versions from a previous incarnation, once the join is answered.
+
+        As a learner they go: the chain holds everything that was committed, and a stale dirty
+        version could clash with a version number the head assigns again. As the only member they
+        are committed: a tail removed since may have committed them (and served them to readers),
+        and this node is the only copy left; a write that never committed anywhere was never
+        acknowledged, so letting it take effect now is a correct outcome of an unknown write.
+        """
+        if self.place.is_learner:
+            dropped = self.store.drop_uncommitted()
+            if dropped:
+                log.info("dropped %d uncommitted versions from before this node (re)joined the chain", dropped)
+        elif self.place.is_tail:
+            self.replication.owed |= Owed.LEFTOVERS
+            self._open_links_when_unfenced(now)
+
+    def _reset_incarnation(self, now: float) -> None:
+        """Out of the chain while running: forget everything in flight and join again."""
+        self.leases.fence(now)
+        self.leases.lose_coordinator_lease()
+        self.joined = False
+        self._set_place(Place.of(self.topology, self.me.id, joined=False))
+        self.catchup.reset()
+        self.links.close()
+        self._out.append(Relink(down=None, up=None))
+        self.replication.fail_pending("this node left the chain before the write committed")
+        self._send_join(now)
+
+    # ------------------------------------------------------------------ topology
+
+    def on_topology(self, topology: Topology, now: float) -> None:
+        if topology.epoch <= self.topology.epoch or not self.joined:
+            return
+        self.links.flush()  # frames of the old epoch go to the old peers
+        old, old_place = self.topology, self.place
+        self.topology = topology
+        if topology.member(self.me.id) is None:
+            log.warning("removed from the chain at epoch %d; rejoining", topology.epoch)
+            self._reset_incarnation(now)
+            return
+        place = Place.of(topology, self.me.id, joined=True)
+        self._set_place(place)
+        log.info("epoch %d: %s (%d members%s)", topology.epoch, place.role.value, len(topology.members),
+                 ", learner " + topology.learner.id if topology.learner else "")
+        pred, succ = place.predecessor, place.successor
+        self._out.append(Relink(down=succ.write_in if succ else None, up=pred.ack_in if pred else None))
+        self.links.retarget(topology.epoch, pred, succ)
+        self.leases.new_epoch()  # confirmations were for the old epoch
+        if {m.id for m in old.listed()} - {m.id for m in topology.listed()}:
+            self.leases.fence(now)  # someone was removed: it may still serve on our confirmations
+        if place.is_tail and not old_place.is_tail and not old_place.is_learner:
+            self.replication.owed |= Owed.SENT_LIST
+        self._open_links_when_unfenced(now)
+        if place.is_learner:
+            old_source = old_place.predecessor if old_place.is_learner else None
+            same_source = old_source is not None and pred is not None and old_source.id == pred.id
+            self.catchup.learner(place, same_source, now)
+        elif place.in_chain:
+            self.catchup.member()
+
+    def _open_links_when_unfenced(self, now: float) -> None:
+        self.links.state = LinkState.WAITING
+        if not self.leases.fenced(now):
+            self._open_links(now)
+
+    def _open_links(self, now: float) -> None:
+        """Begin this epoch's chain traffic: commit what the new role owes, then sync both links."""
+        self.links.state = LinkState.OPEN
+        self.replication.settle_new_role(now)
+        self.links.sync(now)
+
+    # ------------------------------------------------------------------ chain frames
+
+    def on_write_frame(self, frame: ChainFrame | Malformed, now: float) -> None:
+        """A frame from the write-in endpoint (only ``w`` frames belong there)."""
+        if type(frame) is not WriteFrame:
+            self._bad_chain_frame(frame)
+            return
+        if not self._accept(frame, self.links.write_in, now):
+            return
+        if self.place.is_tail and not self.leases.held(now, self.place.peers):
+            # Only a tail that is surely still the tail may commit: one removed while paused or
+            # cut off would otherwise commit writes the chain never will. Resent later.
+            self.counters["unleased_frames"] += 1
+            return
+        self.links.received_writes(frame, now)
+        apply = self.replication.apply_write
+        for record in frame.records:
+            apply(record, now)
+
+    def on_ack_frame(self, frame: ChainFrame | Malformed, now: float) -> None:
+        """A frame from the ack-in endpoint (``c`` and ``r`` frames belong there)."""
+        if type(frame) is not CommitFrame and type(frame) is not ResyncFrame:
+            self._bad_chain_frame(frame)
+            return
+        if not self._accept(frame, self.links.ack_in, now):
+            return
+        self.links.received_ack(frame, now)
+        if type(frame) is CommitFrame:
+            self.replication.apply_commits(frame.commits)
+
+    def _accept(self, frame: ChainFrame, link: InLink | None, now: float) -> bool:
+        if self.leases.fenced(now) or not self.links.open:
+            self.counters["fenced_frames"] += 1
+            return False  # resent after the fence: the link starts afresh then
+        if frame.epoch > self.topology.epoch:
+            self.calls.ask_topology(now, self.topology.epoch)
+        if link is None or frame.sender != link.sender or frame.epoch != link.epoch:
+            self.counters["stale_chain_frames"] += 1
+            return False
+        return True
+
+    def _bad_chain_frame(self, frame: ChainFrame | Malformed) -> None:
+        self.counters["bad_messages"] += 1
+        if type(frame) is Malformed:
+            log.warning("dropped a malformed chain frame: %s", frame.message)
+
+    # ------------------------------------------------------------------ requests
+
+    def on_request(self, client: Any, request: NodeRequest | Malformed, now: float) -> None:
+        match request:
+            case Read():
+                self._read(client, request, now)
+            case Write():
+                self._write(client, request.id, request.key, request.value, False, now)
+            case Delete():
+                self._write(client, request.id, request.key, b"", True, now)
+            case VersionQuery():
+                self.reads.version_query(client, request, self.place, self.serving(now))
+            case CatchupRequest():
+                self._serve_page(client, request)
+            case StatusRequest():
+                self._status(client, request, now)
+            case Confirm():
+                self._confirm(client, request)
+            case Malformed():
+                self.counters["bad_messages"] += 1
+                self._error(client, request.id, request.code, request.message)
+            case _:
+                assert_never(request)
+
+    def _read(self, client: Any, request: Read, now: float) -> None:
+        if self.serving(now):
+            self.reads.read(client, request, self.place, now)
+        else:
+            self._error(client, request.id, "unavailable", self._not_serving_reason(now))
+
+    def _not_serving_reason(self, now: float) -> str:
+        if not self.joined:
+            return "node is registering with the coordinator"
+        if self.place.is_learner:
+            return "node is catching up and serves no reads yet"
+        if not self.place.in_chain:
+            return "node is not in the chain"
+        if not self.leases.held(now, self.place.peers):
+            return "node has no valid lease (neither from the coordinator nor from every peer)"
+        return "node is waiting for its predecessor to sync"
+
+    def _write(self, client: Any, request_id: Any, key: str, value: bytes, tombstone: bool, now: float) -> None:
+        if not self.place.is_head:
+            head = self.place.head
+            self._out.append(Respond(client, Error(request_id, "not_head", "writes go to the head of the chain",
+                                                   head=head.service if head else None)))
+            return
+        if not self.serving(now) or not self.links.open:
+            reason = self._not_serving_reason(now) if not self.serving(now) else "the chain is reconfiguring"
+            self._error(client, request_id, "unavailable", reason)
+            return
+        self.replication.client_write(client, request_id, key, value, tombstone, now)
+
+    def _confirm(self, client: Any, request: Confirm) -> None:
+        """A peer asks whether we are still in its epoch. Saying yes binds us: should we later
+        adopt an epoch that removes it, we take part in no commit for a peer lease (the fence)."""
+        topology = self.topology
+        if (not self.joined or request.epoch != topology.epoch or topology.member(request.node_id) is None
+                or topology.member(self.me.id) is None):
+            self._error(client, request.id, "wrong_epoch", "not in that epoch with you", epoch=topology.epoch)
+            return
+        self._reply(client, Ok(request.id, epoch=topology.epoch, lease_ms=int(self.timings.peer_lease * 1000)))
+
+    def _serve_page(self, client: Any, request: CatchupRequest) -> None:
+        if not self.place.in_chain or request.epoch != self.topology.epoch:
+            self._error(client, request.id, "wrong_epoch", "catch-up source is not in that epoch",
+                        epoch=self.topology.epoch)
+        elif not self.links.open:
+            # Commits this node still owes (a new tail, a restarted last member) must be in the pages.
+            self._error(client, request.id, "unavailable", "catch-up source is reconfiguring; retry")
+        else:
+            page, values = serve_page(self.store, request)
+            self._out.append(Respond(client, page, values))
+
+    def _status(self, client: Any, request: StatusRequest, now: float) -> None:
+        self._reply(client, Ok(request.id, node=self.me.id, epoch=self.topology.epoch, role=self.role,
+                               serving=self.serving(now), caught_up=self.caught_up, counters=dict(self.counters),
+                               sent=len(self.links.sent)))
+
+    def _reply(self, client: Any, reply: Reply) -> None:
+        self._out.append(Respond(client, reply))
+
+    def _error(self, client: Any, request_id: Any, code: str, message: str, **extra: Any) -> None:
+        self._out.append(Respond(client, Error(request_id, code, message, **extra)))
+
+    # ------------------------------------------------------------------ calls to peers
+
+    def on_peer_reply(self, reply: Reply | Malformed, values: list[bytes], now: float) -> None:
+        """A reply to one of our calls (a late one, to a call already given up, is dropped)."""
+        if type(reply) is Malformed:
+            self.counters["bad_messages"] += 1
+            log.warning("dropped a malformed reply: %s", reply.message)
+            reply = Error(reply.id, "bad_reply", reply.message)  # its call fails now, not at its deadline
+        call = self.calls.take(reply.id)
+        if call is None:
+            return
+        match call.kind:
+            case CallKind.VERSION:
+                self.reads.tail_answered(call, reply, self.topology.epoch, now)
+            case CallKind.JOIN:
+                self._join_answered(reply, now)
+            case CallKind.TOPOLOGY:
+                if type(reply) is Ok and reply.topology is not UNSET:
+                    self.on_topology(reply.topology, now)
+            case CallKind.HEARTBEAT:
+                self._heartbeat_answered(call, reply, now)
+            case CallKind.CONFIRM:
+                self._confirm_answered(call, reply, now)
+            case CallKind.CAUGHT_UP:
+                if type(reply) is Error:
+                    log.info("coordinator did not take the catch-up report: %s", reply.message)
+            case CallKind.CATCHUP:
+                self.catchup.page_answered(call, reply, values, self.place, self.links.in_sync(), now)
+            case _:
+                assert_never(call.kind)
+
+    def _newer_epoch_seen(self, reply: Reply, now: float) -> None:
+        if reply.epoch is not UNSET and reply.epoch > self.topology.epoch:
+            self.calls.ask_topology(now, self.topology.epoch)
+
+    def _join_answered(self, reply: Reply, now: float) -> None:
+        if type(reply) is Error:
+            # "busy" is routine (another node is catching up); anything else needs an operator.
+            level = logging.INFO if reply.code == "busy" else logging.ERROR
+            log.log(level, "the coordinator did not register this node yet: %s", reply.message)
+            return
+        if reply.topology is UNSET:
+            log.warning("bad topology in join reply")
+            return
+        if reply.publish is not UNSET:
+            self._out.append(Subscribe(reply.publish))
+        self.joined = True
+        self.topology = EMPTY  # adopt the join reply's topology whatever its epoch
+        self._set_place(Place.of(EMPTY, self.me.id, joined=True))
+        self.on_topology(reply.topology, now)
+        self._settle_uncommitted(now)
+        self._last_heartbeat = NEVER
+
+    def _heartbeat_answered(self, call: Call, reply: Reply, now: float) -> None:
+        if type(reply) is Error:
+            if reply.code == "unknown_node" and self.joined:
+                log.warning("the coordinator does not know this node; rejoining")
+                self._reset_incarnation(now)
+            elif reply.code == "incompatible" and now - self._incompatible_logged_at >= 60.0:
+                # Every heartbeat is refused until someone acts: say so loudly, but once a minute.
+                self._incompatible_logged_at = now
+                log.error("the coordinator refuses this node's heartbeats: %s", reply.message)
+            return
+        self._newer_epoch_seen(reply, now)
+        if reply.status == "member" and reply.lease_ms is not UNSET and reply.epoch == call.epoch:
+            # Measured from when the heartbeat was sent: the coordinator's clock started later.
+            self.leases.renew(call.sent_at, reply.lease_ms)
+
+    def _confirm_answered(self, call: Call, reply: Reply, now: float) -> None:
+        if type(reply) is Error:
+            self._newer_epoch_seen(reply, now)
+            return
+        lease = reply.lease_ms
+        if call.epoch == self.topology.epoch and lease is not UNSET and lease > 0 and call.peer is not None:
+            # Measured from when we asked: the peer's promise started later.
+            self.leases.confirmed(call.peer, call.sent_at, lease)
+
+    # ------------------------------------------------------------------ time
+
+    def tick(self, now: float) -> None:
+        """Heartbeats, time-outs and retransmission. Call often (every few tens of ms)."""
+        if not self.joined:
+            if now - self._join_sent_at >= self.timings.request_timeout:
+                self._send_join(now)
+        elif now - self._last_heartbeat >= self.timings.heartbeat_interval:
+            self._last_heartbeat = now
+            node_id, epoch = self.me.id, self.topology.epoch
+            self.calls.ask("coordinator", CallKind.HEARTBEAT, now, epoch,
+                           lambda i: Heartbeat(node_id, epoch, PROTOCOL_VERSION, id=i))
+        if self.joined and not self.links.open and not self.leases.fenced(now):
+            self._open_links(now)
+        if self.joined and self.leases.confirm_round_due(now):
+            node_id, epoch = self.me.id, self.topology.epoch
+            for peer in self.place.peers:
+                self.calls.ask(peer.service, CallKind.CONFIRM, now, epoch, lambda i: Confirm(node_id, epoch, id=i),
+                               peer=peer.id)
+        if self.links.write_in is not None and not self.links.write_in.synced:
+            self.links.request_resync(now)  # the sync frame or our request for it may have been lost
+        for call in self.calls.expire(now):
+            if call.kind is CallKind.VERSION:
+                self.reads.tail_timed_out(call)
+        self.replication.expire_writes(now)
+        self.links.resend_stale(now)
+        if self.place.is_learner:
+            self.catchup.drive(self.place, self.links.in_sync(), now)

@@ -1,0 +1,102 @@
+"""Reads, CRAQ's apportioned queries: any member answers from its own store when its newest
+version of a key is committed, and asks the tail which version is committed when it is dirty.
+Also the tail's side of that exchange: answering version queries.
+
+Mind the race a dirty read runs: while we wait for the tail, a newer version may commit here and
+prune the one the tail named. Our own newest committed version is then a correct answer (it
+committed during the read), never "not found".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from msgspec import UNSET
+
+from zcraq.effects import Effect, Respond
+from zcraq.messages import Error, Ok, Read, Reply, VersionQuery
+from zcraq.nodecore.calls import Call, CallKind, Calls
+from zcraq.nodecore.place import Place
+from zcraq.store.base import Item, ReplicaStore
+
+
+class Reads:
+    def __init__(self, store: ReplicaStore, calls: Calls, out: list[Effect], counters: dict[str, int],
+                 unsafe: frozenset[str]) -> None:
+        self.store = store
+        self.calls = calls
+        self._out = out
+        self._counters = counters
+        # "dirty_read_local": answer dirty reads without asking the tail (a test-only bug).
+        self._dirty_read_local = "dirty_read_local" in unsafe
+
+    def read(self, client: Any, request: Read, place: Place, now: float) -> None:
+        """A read at a serving member."""
+        self._counters["reads"] += 1
+        key, store = request.key, self.store
+        if request.mode == "eventual":
+            self._answer(client, request.id, key, store.latest_committed(key))
+            return
+        latest = store.latest(key)
+        if latest is None or latest.committed:
+            self._answer(client, request.id, key, latest)
+            return
+        if place.is_tail:  # it decides what is committed: its newest committed version is the answer
+            self._answer(client, request.id, key, store.latest_committed(key))
+            return
+        self._counters["dirty_reads"] += 1
+        if self._dirty_read_local:
+            self._answer(client, request.id, key, latest)
+            return
+        tail, epoch = place.tail, place.epoch
+        assert tail is not None
+        self.calls.ask(tail.service, CallKind.VERSION, now, epoch, lambda i: VersionQuery(key, epoch, id=i),
+                       client=client, request_id=request.id, key=key)
+
+    def tail_answered(self, call: Call, reply: Reply, epoch: int, now: float) -> None:
+        """The tail's answer to a dirty read's version query (``epoch``: ours now)."""
+        key = call.key
+        assert key is not None
+        if type(reply) is Error:
+            if reply.epoch is not UNSET and reply.epoch > epoch:
+                self.calls.ask_topology(now, epoch)
+            self._unavailable(call, f"the tail could not confirm the committed version: {reply.message}")
+            return
+        committed = reply.version
+        if committed is UNSET:
+            self._unavailable(call, "bad version reply from the tail")
+            return
+        local = self.store.latest_committed(key)
+        if local is not None and local.version >= committed:
+            self._answer(call.client, call.request_id, key, local)
+        elif committed == 0:
+            self._answer(call.client, call.request_id, key, None)
+        else:
+            item = self.store.get(key, committed)
+            if item is None:
+                self._unavailable(call, "the committed version is not held here; retry")
+            else:
+                self._answer(call.client, call.request_id, key, item)
+
+    def tail_timed_out(self, call: Call) -> None:
+        self._unavailable(call, "the tail did not answer in time")
+
+    def version_query(self, client: Any, request: VersionQuery, place: Place, serving: bool) -> None:
+        """As tail: which version of the key is committed, in the asker's epoch only."""
+        if not place.is_tail or not serving:
+            self._out.append(Respond(client, Error(request.id, "not_tail", "this node is not a serving tail",
+                                                   epoch=place.epoch)))
+        elif request.epoch != place.epoch:
+            self._out.append(Respond(client, Error(request.id, "wrong_epoch", "epochs differ", epoch=place.epoch)))
+        else:
+            item = self.store.latest_committed(request.key)
+            self._out.append(Respond(client, Ok(request.id, version=item.version if item else 0)))
+
+    def _answer(self, client: Any, request_id: Any, key: str, item: Item | None) -> None:
+        if item is None or item.tombstone:
+            self._out.append(Respond(client, Error(request_id, "not_found", f"key {key!r} does not exist")))
+        else:
+            self._out.append(Respond(client, Ok(request_id, version=item.version), (item.value,)))
+
+    def _unavailable(self, call: Call, message: str) -> None:
+        self._out.append(Respond(call.client, Error(call.request_id, "unavailable", message)))

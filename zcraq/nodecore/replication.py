@@ -1,0 +1,248 @@
+"""The commit rules: how a version moves through this node, from stored dirty to committed and
+acknowledged. Every store mutation the chain makes happens here.
+
+Owns the client writes waiting for their commit (at the head) and what a new role owes before it
+may serve (``Owed``). The links carry what it decides to send; the place says what this node is.
+
+- A middle node stores a record dirty and forwards it; a record it already holds committed is
+  answered with its COMMIT again (this repairs a lost COMMIT), unless the successor still owes us
+  that commit.
+- The tail commits a record on receipt and reports it up. With a learner attached, it forwards the
+  record to the learner and commits (and reports, and answers) only when the learner has it, so no
+  reader sees a version that would be lost with this tail.
+- The learner stores records committed and acknowledges them to the tail.
+- COMMIT(k, v) commits v, prunes older versions, and acknowledges every pending write of k up to v:
+  an older write overtaken by a newer commit took effect and was overwritten at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Flag, auto
+from typing import Any
+
+from msgspec import UNSET, UnsetType
+
+from zcraq.effects import Effect, Respond
+from zcraq.messages import Error, Ok, WriteRecord
+from zcraq.nodecore.links import Links
+from zcraq.nodecore.place import Place, Role
+from zcraq.store.base import Item, ReplicaStore
+from zcraq.topology import EMPTY
+
+log = logging.getLogger("zcraq.node")
+
+
+class Owed(Flag):
+    """What a new role must commit before this node serves or opens its links."""
+
+    NOTHING = 0
+    SENT_LIST = auto()  # a new tail: everything it forwarded (the old tail may have exposed it)
+    LEFTOVERS = auto()  # a restarted sole member: what its previous run left uncommitted
+
+
+@dataclass(slots=True)
+class _PendingWrite:
+    version: int
+    client: Any
+    request_id: Any
+    deadline: float
+
+
+class Replication:
+    def __init__(self, store: ReplicaStore, links: Links, out: list[Effect], counters: dict[str, int],
+                 write_timeout: float) -> None:
+        self.store = store
+        self.links = links
+        self._out = out
+        self._counters = counters
+        self.write_timeout = write_timeout
+        self.place = Place.of(EMPTY, "", joined=False)  # kept current by the core
+        self.owed = Owed.NOTHING
+        self._pending: dict[str, list[_PendingWrite]] = {}
+
+    def committed_version(self, key: str) -> int:
+        item = self.store.latest_committed(key)
+        return item.version if item else 0
+
+    # ------------------------------------------------------------------ writes from clients
+
+    def client_write(self, client: Any, request_id: Any, key: str, value: bytes, tombstone: bool,
+                     now: float) -> None:
+        """At a serving head: the next version of ``key``, answered once committed."""
+        latest = self.store.latest(key)
+        version = (latest.version if latest else 0) + 1
+        self._counters["writes"] += 1
+        self.store.put(key, version, value, tombstone=tombstone)
+        self._pending.setdefault(key, []).append(_PendingWrite(version, client, request_id, now + self.write_timeout))
+        record = WriteRecord(key, version, value, False, tombstone)
+        if self.place.is_tail:  # the only member: it commits at once (or when the learner has it)
+            self._tail_commit(record, now)
+        else:
+            self.links.forward(record, now)
+
+    def _acknowledge(self, key: str, version: int) -> None:
+        pending = self._pending.get(key)
+        if not pending:
+            return
+        remaining = []
+        for write in pending:
+            if write.version <= version:
+                self._out.append(Respond(write.client, Ok(write.request_id, version=write.version)))
+            else:
+                remaining.append(write)
+        if remaining:
+            self._pending[key] = remaining
+        else:
+            del self._pending[key]
+
+    def expire_writes(self, now: float) -> None:
+        for key in list(self._pending):
+            pending = self._pending[key]
+            alive = [w for w in pending if w.deadline > now]
+            for write in pending:
+                if write.deadline <= now:
+                    self._unknown_outcome(write, "the write did not commit in time; it may still commit")
+            if alive:
+                self._pending[key] = alive
+            else:
+                del self._pending[key]
+
+    def fail_pending(self, reason: str) -> None:
+        for pending in self._pending.values():
+            for write in pending:
+                self._unknown_outcome(write, reason)
+        self._pending.clear()
+
+    def _unknown_outcome(self, write: _PendingWrite, message: str) -> None:
+        self._out.append(Respond(write.client, Error(write.request_id, "unknown_outcome", message)))
+
+    # ------------------------------------------------------------------ records from the predecessor
+
+    def apply_write(self, record: WriteRecord, now: float) -> None:
+        key, version = record.key, record.version
+        store = self.store
+        role = self.place.role
+        if role is Role.LEARNER:
+            stored = (store.put(key, version, record.value, committed=True, tombstone=record.tombstone)
+                      or store.commit(key, version))
+            if stored or self.committed_version(key) >= version:
+                self.links.report_commit(key, version)  # the acknowledgement the tail waits for
+            return
+        stored = store.put(key, version, record.value, tombstone=record.tombstone)
+        if role is Role.TAIL or role is Role.SOLE:
+            held = None if stored else store.get(key, version)
+            if stored or (held is not None and not held.committed):
+                self._tail_commit(record, now)
+            elif held is not None:
+                self._release(key, version)  # a repeat of a version committed here: report again
+            elif self.committed_version(key) >= version:
+                self._echo_commit(key, version)
+            return
+        if stored:
+            self.links.forward(record, now)
+        elif self.committed_version(key) >= version:
+            self._echo_commit(key, version)
+
+    def _echo_commit(self, key: str, version: int) -> None:
+        """Repeat a COMMIT for a version committed here (a lost COMMIT is repaired so) - unless
+        our successor still owes us the commit of that version: then it is not ours to give."""
+        if not self.links.sent.owes(key, version):
+            self.links.report_commit(key, version)
+
+    def _tail_commit(self, record: WriteRecord, now: float) -> None:
+        """The tail commits a version it holds dirty; with a learner behind it, only once the
+        learner acknowledges it (until then the version stays dirty here and reads get the
+        previous one)."""
+        key, version = record.key, record.version
+        if self.place.successor is not None:
+            if (key, version) not in self.links.sent:
+                self.links.forward(WriteRecord(key, version, record.value, True, record.tombstone), now)
+            return
+        self.store.commit(key, version)
+        self._counters["commits"] += 1
+        self.links.sent.forget(key, version)
+        self._release(key, version)
+
+    def _learner_has(self, key: str, version: int) -> None:
+        """The learner acknowledged a record: the tail may commit it now."""
+        held = self.links.sent.versions_upto(key, version)
+        self.links.sent.forget(key, version)
+        for v in held:
+            if self.store.commit(key, v):
+                self._counters["commits"] += 1
+            self._release(key, v)
+
+    def _release(self, key: str, version: int) -> None:
+        """Report a commit upstream and answer the clients waiting for it."""
+        self._acknowledge(key, version)
+        if self.place.predecessor is not None:
+            self.links.report_commit(key, version)
+
+    # ------------------------------------------------------------------ commits from the successor
+
+    def apply_commits(self, commits: tuple[tuple[str, int], ...]) -> None:
+        if self.place.is_tail and self.place.successor is not None:
+            for key, version in commits:  # from the learner: acknowledgements
+                self._learner_has(key, version)
+            return
+        store, counters, sent, links = self.store, self._counters, self.links.sent, self.links
+        has_predecessor = self.place.predecessor is not None
+        for key, version in commits:
+            store.commit(key, version)
+            counters["commits"] += 1
+            sent.forget(key, version)
+            self._acknowledge(key, version)
+            if has_predecessor:
+                links.report_commit(key, version)
+
+    # ------------------------------------------------------------------ a new role
+
+    def settle_new_role(self, now: float) -> None:
+        """What a new epoch's role owes, once its fence is over and before its links open."""
+        owed, self.owed = self.owed, Owed.NOTHING
+        if Owed.LEFTOVERS in owed:
+            self._commit_leftovers()
+        if Owed.SENT_LIST in owed and self.place.is_tail:
+            self._commit_everything_sent(now)
+        if self.place.is_tail and self.place.successor is None:
+            for record in self.links.sent.records():  # no learner any more: what waited for it commits
+                self._learner_has(record.key, record.version)
+
+    def _commit_leftovers(self) -> None:
+        dirty = [(item.key, item.version) for item in self.store.dirty_items()]
+        for key, version in dirty:
+            self.store.commit(key, version)
+        if dirty:
+            log.info("committed %d versions left uncommitted by a previous run", len(dirty))
+
+    def _commit_everything_sent(self, now: float) -> None:
+        """A node that becomes tail has seen everything the old tail saw: commit it all (and pass
+        it to the learner, which may have missed it from the old tail)."""
+        for record in self.links.sent.records():
+            key, version = record.key, record.version
+            self.links.sent.forget(key, version)  # our own entries for the old successor
+            # The old tail may have let readers see these: commit them at once, whatever waits
+            # on the learner. Reported upstream only when the learner has them, so that our
+            # predecessor still holds them should we die first.
+            if self.store.commit(key, version):
+                self._counters["commits"] += 1
+            if self.place.successor is not None:
+                self.links.forward(WriteRecord(key, version, record.value, True, record.tombstone), now)
+            else:
+                self._release(key, version)
+
+    # ------------------------------------------------------------------ reads
+
+    def version_to_answer(self, key: str, committed: int) -> Item | None | UnsetType:
+        """A dirty read's answer once the tail said ``committed``: our own newest committed version
+        if it is at least that (it committed here meanwhile), that version, or None for nothing
+        committed; UNSET when that version is no longer held here."""
+        local = self.store.latest_committed(key)
+        if local is not None and local.version >= committed:
+            return local
+        if committed == 0:
+            return None
+        item = self.store.get(key, committed)
+        return UNSET if item is None else item
