@@ -100,7 +100,7 @@ class ZClient:
                     if node:
                         break
                     continue
-                if type(reply) is Ok:
+                if isinstance(reply, Ok):
                     version = 0 if reply.version is msgspec.UNSET else reply.version
                     return (values[0] if values else b""), version
                 if reply.code not in _READ_RETRYABLE:
@@ -155,7 +155,7 @@ class ZClient:
                 raise WriteOutcomeUnknown(
                     f"{request_type(request)} of {key!r}: no answer from {endpoint} within {self.timeout:g}s; "
                     "it may or may not have committed") from None
-            if type(reply) is Ok:
+            if isinstance(reply, Ok):
                 if reply.version is msgspec.UNSET:
                     raise ZcraqError(f"{endpoint} acknowledged a write without its version")
                 return reply.version
@@ -185,7 +185,7 @@ class ZClient:
             try:
                 reply, _values = self._call(self.coordinator, TopologyRequest(id=next(self._ids)),
                                             self._attempt_deadline(deadline))
-                if type(reply) is Ok and reply.topology is not msgspec.UNSET:
+                if isinstance(reply, Ok) and reply.topology is not msgspec.UNSET:
                     self._topology = reply.topology
                     self._topology_at = time.monotonic()
             except Timeout:
@@ -256,9 +256,8 @@ class ZClient:
 
     @staticmethod
     def _ok(reply: Reply) -> Ok:
-        if type(reply) is Error:
+        if isinstance(reply, Error):
             raise error_for(reply.code, reply.message or reply.code)
-        assert type(reply) is Ok
         return reply
 
 

@@ -32,7 +32,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import count
-from typing import Any, Protocol, assert_never
+from typing import Any, Literal, Protocol, assert_never
 
 import msgspec
 
@@ -219,6 +219,7 @@ class CoordinatorCore:
             return  # not counted as a sign of life: the node is removed once its lease is over
         node_id = request.node_id
         self._kept_last.discard(node_id)
+        status: Literal["member", "learner"]
         if self.topology.position(node_id) is not None:
             status = "member"
         elif self.topology.learner is not None and self.topology.learner.id == node_id:
@@ -254,7 +255,7 @@ class CoordinatorCore:
 
     def on_peer_reply(self, reply: Reply | Malformed, values: list[bytes], now: float) -> None:
         """The head's answer to a forwarded write: relayed under the client's own request id."""
-        if type(reply) is Malformed:
+        if isinstance(reply, Malformed):
             self.counters["bad_messages"] += 1
             log.warning("dropped a malformed reply from a node: %s", reply.message)
             return

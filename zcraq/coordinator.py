@@ -100,17 +100,15 @@ class CoordinatorProcess:
             log.info("restored epoch %d from %s; no removals for %.1fs (leases of the previous run)",
                      self.core.topology.epoch, config.state_dir, timings.removal_after)
         self.ctx = zmq.Context()
-        self.poller = zmq.Poller()
         self._stopping = False
         max_message = limits.max_value_bytes + limits.max_key_bytes + 64 * 1024
-        self.service: zmq.Socket | None = None
-        self.pub: zmq.Socket | None = None
         try:
-            self.service = sockets.bound_from_config(self.ctx, zmq.ROUTER, config, "port", max_message)
-            self.pub = sockets.bound_from_config(self.ctx, zmq.PUB, config, "publish_port")
+            self.service, self.pub = sockets.bind_all(self.ctx, config, [
+                (zmq.ROUTER, "port", max_message), (zmq.PUB, "publish_port", sockets.MAX_MESSAGE_BYTES)])
         except ConfigError:
-            self.close()
+            self.ctx.term()
             raise
+        self.poller = zmq.Poller()
         self.poller.register(self.service, zmq.POLLIN)
         self.peers = sockets.DealerPool(self.ctx, self.poller)
 
@@ -141,7 +139,7 @@ class CoordinatorProcess:
             self.core.counters["bad_messages"] += 1
             return
         envelope, body = split
-        self.core.on_request(envelope, wire.read_request(body, self.limits, wire.COORDINATOR_REQUESTS), now)
+        self.core.on_request(envelope, wire.read_coordinator_request(body, self.limits), now)
 
     def _execute(self, effects: list[Effect]) -> None:
         for effect in effects:
@@ -162,11 +160,9 @@ class CoordinatorProcess:
         self._stopping = True
 
     def close(self) -> None:
-        for sock in (self.service, self.pub):
-            if sock is not None:
-                sock.close(0)
-        if hasattr(self, "peers"):
-            self.peers.close()
+        self.service.close(0)
+        self.pub.close(0)
+        self.peers.close()
         self.ctx.term()
 
 

@@ -50,8 +50,6 @@ def unsafe_faults_from_environment() -> frozenset[str]:
 class NodeProcess:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.ctx = zmq.Context()
-        self.poller = zmq.Poller()
         self._stopping = False
         self.me = Member(config.id, config.service_endpoint, config.write_endpoint, config.ack_endpoint)
         self.limits = limits = Limits(config.limits.max_key_bytes, config.limits.max_value_bytes)
@@ -64,14 +62,18 @@ class NodeProcess:
             peer_lease=config.peer_lease_ms / 1000,
         )
         self.core = NodeCore(self.me, self.store, timings, unsafe_faults_from_environment())
-        self.service = self.write_in = self.ack_in = self.sub = None
+        self.ctx = zmq.Context()
         try:
-            self.service = sockets.bound_from_config(self.ctx, zmq.ROUTER, config, "service_port", self.max_message)
-            self.write_in = sockets.bound_from_config(self.ctx, zmq.PULL, config, "write_port")
-            self.ack_in = sockets.bound_from_config(self.ctx, zmq.PULL, config, "ack_port")
+            self.service, self.write_in, self.ack_in = sockets.bind_all(self.ctx, config, [
+                (zmq.ROUTER, "service_port", self.max_message),
+                (zmq.PULL, "write_port", sockets.MAX_MESSAGE_BYTES),
+                (zmq.PULL, "ack_port", sockets.MAX_MESSAGE_BYTES)])
         except ConfigError:
-            self.close()
+            self.ctx.term()
+            self.store.close()
             raise
+        self.sub: zmq.Socket | None = None
+        self.poller = zmq.Poller()
         for sock in (self.service, self.write_in, self.ack_in):
             self.poller.register(sock, zmq.POLLIN)
         self.down = sockets.PushLink(self.ctx)
@@ -131,7 +133,7 @@ class NodeProcess:
             self.core.counters["bad_messages"] += 1
             return
         envelope, body = split
-        self.core.on_request(envelope, wire.read_request(body, self.limits, wire.NODE_REQUESTS), now)
+        self.core.on_request(envelope, wire.read_node_request(body, self.limits), now)
 
     def _on_topology_message(self, frames: list[bytes], now: float) -> None:
         if len(frames) != 2 or frames[0] != TOPIC:
@@ -182,9 +184,9 @@ class NodeProcess:
                 return
             self.poller.unregister(self.sub)
             self.sub.close(0)
-        self.sub = sockets.connected(self.ctx, zmq.SUB, endpoint)
-        self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC)
-        self.poller.register(self.sub, zmq.POLLIN)
+        self.sub = sub = sockets.connected(self.ctx, zmq.SUB, endpoint)
+        sub.setsockopt(zmq.SUBSCRIBE, TOPIC)
+        self.poller.register(sub, zmq.POLLIN)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -209,14 +211,11 @@ class NodeProcess:
         return reply.id == 0
 
     def close(self) -> None:
-        for name in ("service", "write_in", "ack_in", "sub"):
-            sock = getattr(self, name, None)
+        for sock in (self.service, self.write_in, self.ack_in, self.sub):
             if sock is not None:
                 sock.close(0)
-        for name in ("down", "up", "peers"):
-            part = getattr(self, name, None)
-            if part is not None:
-                part.close()
+        for link in (self.down, self.up, self.peers):
+            link.close()
         self.store.close()
         self.ctx.term()
 

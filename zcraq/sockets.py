@@ -109,6 +109,21 @@ def bound_from_config(ctx: zmq.Context, kind: int, config: NodeConfig | Coordina
         raise ConfigError(str(config.path), f"{table}.{key}", str(error)) from None
 
 
+def bind_all(ctx: zmq.Context, config: NodeConfig | CoordinatorConfig,
+             ports: list[tuple[int, str, int]]) -> list[zmq.Socket]:
+    """One bound socket per (kind, config key, max message size); on a ConfigError the sockets
+    already bound are closed again, so a process that cannot start leaves nothing open."""
+    bound_so_far: list[zmq.Socket] = []
+    try:
+        for kind, key, max_message in ports:
+            bound_so_far.append(bound_from_config(ctx, kind, config, key, max_message))
+    except ConfigError:
+        for sock in bound_so_far:
+            sock.close(0)
+        raise
+    return bound_so_far
+
+
 class PushLink:
     """A PUSH socket aimed at exactly one peer at a time.
 

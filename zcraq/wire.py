@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import orjson
 
 from zcraq.messages import (COMMITTED, MAX_ID_CHARS, MAX_NODE_ID_CHARS, TOMBSTONE, CatchupRequest, CaughtUp,
+                            CoordinatorRequest, NodeRequest,
                             ChainFrame, CommitFrame, Confirm, Delete, Flags, Heartbeat, Join, Key, Leave,
                             Malformed, NodeId, Read, Reply, Request, RequestId, request_type, ResyncFrame, StatusRequest,
                             TopologyRequest, U64_MAX, Version, VersionQuery, Write, WriteFrame, WriteRecord)
@@ -85,7 +85,6 @@ COORDINATOR_REQUESTS = frozenset({"topology", "status", "write", "delete", "join
 _KEYED = frozenset({"read", "write", "delete", "version"})
 
 
-@cache
 def _request_decoder(accepted: frozenset[str]) -> msgspec.json.Decoder[Any]:
     union = tuple(_HEADER_TYPES[kind] for kind in sorted(accepted))
     return msgspec.json.Decoder(union[0] if len(union) == 1 else _union(union))
@@ -98,12 +97,17 @@ def _union(types: tuple[type[Any], ...]) -> Any:
     return result
 
 
+_DECODERS = {NODE_REQUESTS: _request_decoder(NODE_REQUESTS),
+             COORDINATOR_REQUESTS: _request_decoder(COORDINATOR_REQUESTS)}
+
+
 def decode_request(frames: list[bytes], limits: Limits, accepted: frozenset[str]) -> Request:
     """A validated request from its body frames (envelope already removed); WireError if bad."""
     if not frames or len(frames) > 2 or len(frames[0]) > MAX_HEADER_BYTES:
         _explain_request(frames, limits, accepted)
+    decoder = _DECODERS.get(accepted) or _request_decoder(accepted)
     try:
-        header = _request_decoder(accepted).decode(frames[0])
+        header = decoder.decode(frames[0])
     except msgspec.DecodeError as error:
         _explain_request(frames, limits, accepted)
         raise WireError(f"malformed header: {error}") from None  # the rules above missed it
@@ -111,7 +115,8 @@ def decode_request(frames: list[bytes], limits: Limits, accepted: frozenset[str]
         raise WireError("header nests too deeply") from None
     if _out_of_range(header):
         _explain_request(frames, limits, accepted)
-    if (key := getattr(header, "key", None)) is not None and len(key.encode()) > limits.max_key_bytes:
+    key = getattr(header, "key", None)
+    if key is not None and len(key) > limits.max_key_bytes // 4 and len(key.encode()) > limits.max_key_bytes:
         raise WireError(f"key is longer than {limits.max_key_bytes} bytes", "too_large", header.id)
     if type(header) is _WriteHeader:
         if len(frames) != 2:
@@ -141,6 +146,16 @@ def read_request(frames: list[bytes], limits: Limits, accepted: frozenset[str]) 
         return error.malformed()
 
 
+def read_node_request(frames: list[bytes], limits: Limits) -> NodeRequest | Malformed:
+    """What a node's service endpoint received: one of its requests, or why not."""
+    return cast("NodeRequest | Malformed", read_request(frames, limits, NODE_REQUESTS))
+
+
+def read_coordinator_request(frames: list[bytes], limits: Limits) -> CoordinatorRequest | Malformed:
+    """What the coordinator's request endpoint received: one of its requests, or why not."""
+    return cast("CoordinatorRequest | Malformed", read_request(frames, limits, COORDINATOR_REQUESTS))
+
+
 # type -> {field: (python types, required)}, for the one-rule-at-a-time explanation only
 _INT = (int,)
 _STR = (str,)
@@ -166,8 +181,9 @@ def _is_wire_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and _I64_MIN <= value <= U64_MAX
 
 
-def _explain_request(frames: list[bytes], limits: Limits, accepted: frozenset[str]) -> None:
-    """Raise the WireError for the first rule of PROTOCOL.md §3.2 that ``frames`` break."""
+def _explain_request(frames: list[bytes], limits: Limits, accepted: frozenset[str]) -> dict[str, Any]:
+    """Raise the WireError for the first rule of PROTOCOL.md §3.2 that ``frames`` break; return the
+    parsed header if they break none."""
     if not frames:
         raise WireError("empty message: expected a JSON header frame")
     if len(frames) > 2:
@@ -219,6 +235,7 @@ def _explain_request(frames: list[bytes], limits: Limits, accepted: frozenset[st
         raise WireError("epoch must be non-negative", request_id=request_id)
     if kind == "catchup" and not 0 < fields["limit"] <= 100_000:
         raise WireError("limit must be from 1 to 100000", request_id=request_id)
+    return header
 
 
 def encode_request(request: Request) -> list[bytes]:
@@ -307,14 +324,8 @@ class _ResyncFrameHeader(msgspec.Struct, frozen=True, tag_field="t", tag="r"):
     seq: Epoch
 
 
-class _Meta(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
-    key: Key
-    version: Version
-    flags: Flags
-
-
 _chain_header_decoder = msgspec.json.Decoder(_WriteFrameHeader | _CommitFrameHeader | _ResyncFrameHeader)
-_meta_decoder = msgspec.json.Decoder(_Meta)
+_meta_decoder = msgspec.json.Decoder(tuple[Key, Version, Flags])  # [key, version, flags]
 
 
 def encode_chain(frame: ChainFrame) -> bytes:
@@ -354,26 +365,7 @@ def decode_chain(data: bytes, limits: Limits) -> ChainFrame:
         raise WireError("chain frame epoch and seq must fit in 64 bits")
     max_key = limits.max_key_bytes
     if type(header) is _WriteFrameHeader:
-        records = []
-        max_value = limits.max_value_bytes
-        end = len(data)
-        while offset < end:
-            meta_bytes, offset = _take(data, offset, "record meta")
-            value, offset = _take(data, offset, "record value")
-            try:
-                meta = _meta_decoder.decode(meta_bytes)
-            except msgspec.DecodeError as error:
-                raise WireError(f"write record meta must be [key, version, flags 0..3]: {error}") from None
-            if meta.version > U64_MAX:
-                raise WireError("write record version beyond 64 bits")
-            if len(meta.key.encode()) > max_key:
-                raise WireError(f"key is longer than {max_key} bytes", "too_large")
-            if len(value) > max_value:
-                raise WireError("write record value too large", "too_large")
-            flags = meta.flags
-            records.append(WriteRecord(meta.key, meta.version, value, bool(flags & COMMITTED),
-                                       bool(flags & TOMBSTONE)))
-        return WriteFrame(header.sender, header.epoch, header.seq, tuple(records))
+        return WriteFrame(header.sender, header.epoch, header.seq, _records(data, offset, max_key, limits.max_value_bytes))
     if offset != len(data):
         raise WireError("trailing bytes after a header-only chain frame")
     if type(header) is _CommitFrameHeader:
@@ -384,6 +376,36 @@ def decode_chain(data: bytes, limits: Limits) -> ChainFrame:
                 raise WireError(f"key is longer than {max_key} bytes", "too_large")
         return CommitFrame(header.sender, header.epoch, header.seq, header.commits)
     return ResyncFrame(header.sender, header.epoch, header.seq)
+
+
+def _records(data: bytes, offset: int, max_key: int, max_value: int) -> tuple[WriteRecord, ...]:
+    """The write records after a ``w`` header; one bad record spoils the frame."""
+    records = []
+    end = len(data)
+    unpack, decode_meta = _U32.unpack_from, _meta_decoder.decode
+    while offset < end:
+        if offset + 4 > end:
+            raise WireError("chain frame truncated before record meta length")
+        start = offset + 4
+        offset = start + unpack(data, offset)[0]
+        if offset + 4 > end:
+            raise WireError("chain frame truncated inside record meta")
+        try:
+            key, version, flags = decode_meta(data[start:offset])
+        except msgspec.DecodeError as error:
+            raise WireError(f"write record meta must be [key, version, flags 0..3]: {error}") from None
+        start = offset + 4
+        offset = start + unpack(data, offset)[0]
+        if offset > end:
+            raise WireError("chain frame truncated inside record value")
+        if version > U64_MAX:
+            raise WireError("write record version beyond 64 bits")
+        if len(key) > max_key // 4 and len(key.encode()) > max_key:  # a char is at most 4 bytes
+            raise WireError(f"key is longer than {max_key} bytes", "too_large")
+        if offset - start > max_value:
+            raise WireError("write record value too large", "too_large")
+        records.append(WriteRecord(key, version, data[start:offset], bool(flags & COMMITTED), bool(flags & TOMBSTONE)))
+    return tuple(records)
 
 
 def read_chain(data: bytes, limits: Limits) -> ChainFrame | Malformed:

@@ -75,7 +75,7 @@ class CatchUp:
                       now: float) -> None:
         if not place.is_learner or call.epoch != place.epoch or self.phase is not Phase.COPYING:
             return
-        if type(reply) is Error:
+        if isinstance(reply, Error):
             self._retry_at = now + RETRY_AFTER
             if reply.epoch is not UNSET and reply.epoch > place.epoch:
                 self.calls.ask_topology(now, place.epoch)

@@ -5,11 +5,17 @@ The shell (zcraq/node.py) and the simulator call one ``on_*`` method per decoded
 it makes the turn's store changes durable (one batch) and returns the effects to carry out, so
 nothing is forwarded or acknowledged before it is durable.
 
-This module holds the entry points, the request handlers and the commit rules (zcraq/nodecore/
-replication.py); the units it drives each own one idea: ``place`` (role and neighbours, computed
-once per topology), ``links`` (sequence numbers, the sent list, sync and resend), ``leases``
-(coordinator lease, peer confirmations, the fence), ``catchup`` (the learner's phases) and
-``calls`` (requests awaiting replies).
+This module is the node's front door: it routes every message to the unit that owns its idea and
+answers the requests that need several of them. The units:
+
+    membership   joins, heartbeats, peer confirmations, topology changes: the node's place
+    place        role and neighbours, computed once per topology
+    replication  the commit rules: every store mutation the chain makes
+    reads        clean reads locally, dirty reads through the tail's version query
+    links        sequence numbers, the sent list, sync, resync and resend (no store access)
+    leases       the coordinator's lease, peer confirmations, the fence
+    catchup      the learner's phases, and serving pages to one
+    calls        requests sent to peers, waiting for replies
 
 Theory of operation
 -------------------
@@ -41,28 +47,24 @@ import logging
 from dataclasses import dataclass
 from typing import Any, assert_never
 
-from msgspec import UNSET
-
-from zcraq.effects import Effect, Relink, Respond, Subscribe
-from zcraq.messages import (PROTOCOL_VERSION, CatchupRequest, ChainFrame, CommitFrame, Confirm, Delete, Error,
-                            Heartbeat, Join, Malformed, NodeRequest, Ok, Read, Reply, ResyncFrame, StatusRequest,
-                            VersionQuery, Write, WriteFrame)
-from zcraq.nodecore.calls import Call, CallKind, Calls
+from zcraq.effects import Effect, Respond
+from zcraq.messages import (CatchupRequest, ChainFrame, CommitFrame, Confirm, Delete, Error, Malformed, NodeRequest,
+                            Ok, Read, Reply, ResyncFrame, StatusRequest, VersionQuery, Write, WriteFrame)
+from zcraq.nodecore.calls import CallKind, Calls
 from zcraq.nodecore.catchup import CatchUp, serve_page
 from zcraq.nodecore.leases import Leases
-from zcraq.nodecore.links import InLink, Links, LinkState
+from zcraq.nodecore.links import InLink, Links
+from zcraq.nodecore.membership import Membership
 from zcraq.nodecore.place import Place
 from zcraq.nodecore.reads import Reads
-from zcraq.nodecore.replication import Owed, Replication
+from zcraq.nodecore.replication import Replication
 from zcraq.store.base import ReplicaStore
-from zcraq.topology import EMPTY, Member, Topology
+from zcraq.topology import Member, Topology
 
 log = logging.getLogger("zcraq.node")
 
 # Test-only protocol bugs that can be switched on to check that the checkers catch them.
 UNSAFE_FAULTS = frozenset({"dirty_read_local"})  # answer dirty reads without asking the tail
-
-NEVER = float("-inf")
 
 
 @dataclass(slots=True)
@@ -91,8 +93,6 @@ class NodeCore:
         self.unsafe = unsafe
         self.counters = _new_counters()
         self._out: list[Effect] = []
-        self.topology: Topology = EMPTY
-        self.joined = False  # the coordinator accepted this incarnation
         self.leases = Leases(timings.peer_lease)
         self.links = Links(me.id, timings.resend_interval, self._out, self.counters)
         self.calls = Calls(timings.request_timeout, self._out)
@@ -100,15 +100,23 @@ class NodeCore:
                                timings.heartbeat_interval)
         self.reads = Reads(store, self.calls, self._out, self.counters, unsafe)
         self.replication = Replication(store, self.links, self._out, self.counters, timings.write_timeout)
-        self._set_place(Place.of(EMPTY, me.id, joined=False))
-        self._last_heartbeat = NEVER
-        self._join_sent_at = NEVER
-        self._incompatible_logged_at = NEVER
+        self.membership = Membership(me, timings, store, self._out, self.leases, self.links, self.calls,
+                                     self.catchup, self.replication)
 
     # ------------------------------------------------------------------ what others ask of us
 
-    def _set_place(self, place: Place) -> None:
-        self.place = self.replication.place = place
+    @property
+    def topology(self) -> Topology:
+        return self.membership.topology
+
+    @property
+    def joined(self) -> bool:
+        """The coordinator accepted this incarnation."""
+        return self.membership.joined
+
+    @property
+    def place(self) -> Place:
+        return self.membership.place
 
     @property
     def role(self) -> str:
@@ -142,92 +150,15 @@ class NodeCore:
         """When ``tick`` next has work; the shell may sleep until then."""
         return now + min(0.05, self.timings.heartbeat_interval)
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ lifecycle and topology
 
     def start(self, now: float) -> None:
-        """A fresh incarnation: register with the coordinator. What becomes of versions left
-        uncommitted by the previous run depends on where the coordinator puts us (see
-        ``_settle_uncommitted``). A previous incarnation may have confirmed peers: keep the
-        promise by staying fenced for a peer lease."""
-        self.leases.fence(now)
-        self._send_join(now)
-
-    def _send_join(self, now: float) -> None:
-        self._join_sent_at = now
-        node = self.me.to_dict()
-        self.calls.ask("coordinator", CallKind.JOIN, now, self.topology.epoch, lambda i: Join(node, PROTOCOL_VERSION, id=i))
-
-    def _settle_uncommitted(self, now: float) -> None:
-        """Uncommitted versions from a previous incarnation, once the join is answered.
-
-        As a learner they go: the chain holds everything that was committed, and a stale dirty
-        version could clash with a version number the head assigns again. As the only member they
-        are committed: a tail removed since may have committed them (and served them to readers),
-        and this node is the only copy left; a write that never committed anywhere was never
-        acknowledged, so letting it take effect now is a correct outcome of an unknown write.
-        """
-        if self.place.is_learner:
-            dropped = self.store.drop_uncommitted()
-            if dropped:
-                log.info("dropped %d uncommitted versions from before this node (re)joined the chain", dropped)
-        elif self.place.is_tail:
-            self.replication.owed |= Owed.LEFTOVERS
-            self._open_links_when_unfenced(now)
-
-    def _reset_incarnation(self, now: float) -> None:
-        """Out of the chain while running: forget everything in flight and join again."""
-        self.leases.fence(now)
-        self.leases.lose_coordinator_lease()
-        self.joined = False
-        self._set_place(Place.of(self.topology, self.me.id, joined=False))
-        self.catchup.reset()
-        self.links.close()
-        self._out.append(Relink(down=None, up=None))
-        self.replication.fail_pending("this node left the chain before the write committed")
-        self._send_join(now)
-
-    # ------------------------------------------------------------------ topology
+        """A fresh incarnation: fenced, it registers with the coordinator (see membership.py)."""
+        self.membership.start(now)
 
     def on_topology(self, topology: Topology, now: float) -> None:
-        if topology.epoch <= self.topology.epoch or not self.joined:
-            return
-        self.links.flush()  # frames of the old epoch go to the old peers
-        old, old_place = self.topology, self.place
-        self.topology = topology
-        if topology.member(self.me.id) is None:
-            log.warning("removed from the chain at epoch %d; rejoining", topology.epoch)
-            self._reset_incarnation(now)
-            return
-        place = Place.of(topology, self.me.id, joined=True)
-        self._set_place(place)
-        log.info("epoch %d: %s (%d members%s)", topology.epoch, place.role.value, len(topology.members),
-                 ", learner " + topology.learner.id if topology.learner else "")
-        pred, succ = place.predecessor, place.successor
-        self._out.append(Relink(down=succ.write_in if succ else None, up=pred.ack_in if pred else None))
-        self.links.retarget(topology.epoch, pred, succ)
-        self.leases.new_epoch()  # confirmations were for the old epoch
-        if {m.id for m in old.listed()} - {m.id for m in topology.listed()}:
-            self.leases.fence(now)  # someone was removed: it may still serve on our confirmations
-        if place.is_tail and not old_place.is_tail and not old_place.is_learner:
-            self.replication.owed |= Owed.SENT_LIST
-        self._open_links_when_unfenced(now)
-        if place.is_learner:
-            old_source = old_place.predecessor if old_place.is_learner else None
-            same_source = old_source is not None and pred is not None and old_source.id == pred.id
-            self.catchup.learner(place, same_source, now)
-        elif place.in_chain:
-            self.catchup.member()
-
-    def _open_links_when_unfenced(self, now: float) -> None:
-        self.links.state = LinkState.WAITING
-        if not self.leases.fenced(now):
-            self._open_links(now)
-
-    def _open_links(self, now: float) -> None:
-        """Begin this epoch's chain traffic: commit what the new role owes, then sync both links."""
-        self.links.state = LinkState.OPEN
-        self.replication.settle_new_role(now)
-        self.links.sync(now)
+        """A topology published by the coordinator (ignored unless newer than ours)."""
+        self.membership.on_topology(topology, now)
 
     # ------------------------------------------------------------------ chain frames
 
@@ -292,7 +223,7 @@ class NodeCore:
             case StatusRequest():
                 self._status(client, request, now)
             case Confirm():
-                self._confirm(client, request)
+                self.membership.confirm(client, request)
             case Malformed():
                 self.counters["bad_messages"] += 1
                 self._error(client, request.id, request.code, request.message)
@@ -328,16 +259,6 @@ class NodeCore:
             return
         self.replication.client_write(client, request_id, key, value, tombstone, now)
 
-    def _confirm(self, client: Any, request: Confirm) -> None:
-        """A peer asks whether we are still in its epoch. Saying yes binds us: should we later
-        adopt an epoch that removes it, we take part in no commit for a peer lease (the fence)."""
-        topology = self.topology
-        if (not self.joined or request.epoch != topology.epoch or topology.member(request.node_id) is None
-                or topology.member(self.me.id) is None):
-            self._error(client, request.id, "wrong_epoch", "not in that epoch with you", epoch=topology.epoch)
-            return
-        self._reply(client, Ok(request.id, epoch=topology.epoch, lease_ms=int(self.timings.peer_lease * 1000)))
-
     def _serve_page(self, client: Any, request: CatchupRequest) -> None:
         if not self.place.in_chain or request.epoch != self.topology.epoch:
             self._error(client, request.id, "wrong_epoch", "catch-up source is not in that epoch",
@@ -364,7 +285,7 @@ class NodeCore:
 
     def on_peer_reply(self, reply: Reply | Malformed, values: list[bytes], now: float) -> None:
         """A reply to one of our calls (a late one, to a call already given up, is dropped)."""
-        if type(reply) is Malformed:
+        if isinstance(reply, Malformed):
             self.counters["bad_messages"] += 1
             log.warning("dropped a malformed reply: %s", reply.message)
             reply = Error(reply.id, "bad_reply", reply.message)  # its call fails now, not at its deadline
@@ -375,87 +296,26 @@ class NodeCore:
             case CallKind.VERSION:
                 self.reads.tail_answered(call, reply, self.topology.epoch, now)
             case CallKind.JOIN:
-                self._join_answered(reply, now)
+                self.membership.join_answered(reply, now)
             case CallKind.TOPOLOGY:
-                if type(reply) is Ok and reply.topology is not UNSET:
-                    self.on_topology(reply.topology, now)
+                self.membership.topology_answered(reply, now)
             case CallKind.HEARTBEAT:
-                self._heartbeat_answered(call, reply, now)
+                self.membership.heartbeat_answered(call, reply, now)
             case CallKind.CONFIRM:
-                self._confirm_answered(call, reply, now)
+                self.membership.confirm_answered(call, reply, now)
             case CallKind.CAUGHT_UP:
-                if type(reply) is Error:
+                if isinstance(reply, Error):
                     log.info("coordinator did not take the catch-up report: %s", reply.message)
             case CallKind.CATCHUP:
                 self.catchup.page_answered(call, reply, values, self.place, self.links.in_sync(), now)
             case _:
                 assert_never(call.kind)
 
-    def _newer_epoch_seen(self, reply: Reply, now: float) -> None:
-        if reply.epoch is not UNSET and reply.epoch > self.topology.epoch:
-            self.calls.ask_topology(now, self.topology.epoch)
-
-    def _join_answered(self, reply: Reply, now: float) -> None:
-        if type(reply) is Error:
-            # "busy" is routine (another node is catching up); anything else needs an operator.
-            level = logging.INFO if reply.code == "busy" else logging.ERROR
-            log.log(level, "the coordinator did not register this node yet: %s", reply.message)
-            return
-        if reply.topology is UNSET:
-            log.warning("bad topology in join reply")
-            return
-        if reply.publish is not UNSET:
-            self._out.append(Subscribe(reply.publish))
-        self.joined = True
-        self.topology = EMPTY  # adopt the join reply's topology whatever its epoch
-        self._set_place(Place.of(EMPTY, self.me.id, joined=True))
-        self.on_topology(reply.topology, now)
-        self._settle_uncommitted(now)
-        self._last_heartbeat = NEVER
-
-    def _heartbeat_answered(self, call: Call, reply: Reply, now: float) -> None:
-        if type(reply) is Error:
-            if reply.code == "unknown_node" and self.joined:
-                log.warning("the coordinator does not know this node; rejoining")
-                self._reset_incarnation(now)
-            elif reply.code == "incompatible" and now - self._incompatible_logged_at >= 60.0:
-                # Every heartbeat is refused until someone acts: say so loudly, but once a minute.
-                self._incompatible_logged_at = now
-                log.error("the coordinator refuses this node's heartbeats: %s", reply.message)
-            return
-        self._newer_epoch_seen(reply, now)
-        if reply.status == "member" and reply.lease_ms is not UNSET and reply.epoch == call.epoch:
-            # Measured from when the heartbeat was sent: the coordinator's clock started later.
-            self.leases.renew(call.sent_at, reply.lease_ms)
-
-    def _confirm_answered(self, call: Call, reply: Reply, now: float) -> None:
-        if type(reply) is Error:
-            self._newer_epoch_seen(reply, now)
-            return
-        lease = reply.lease_ms
-        if call.epoch == self.topology.epoch and lease is not UNSET and lease > 0 and call.peer is not None:
-            # Measured from when we asked: the peer's promise started later.
-            self.leases.confirmed(call.peer, call.sent_at, lease)
-
     # ------------------------------------------------------------------ time
 
     def tick(self, now: float) -> None:
         """Heartbeats, time-outs and retransmission. Call often (every few tens of ms)."""
-        if not self.joined:
-            if now - self._join_sent_at >= self.timings.request_timeout:
-                self._send_join(now)
-        elif now - self._last_heartbeat >= self.timings.heartbeat_interval:
-            self._last_heartbeat = now
-            node_id, epoch = self.me.id, self.topology.epoch
-            self.calls.ask("coordinator", CallKind.HEARTBEAT, now, epoch,
-                           lambda i: Heartbeat(node_id, epoch, PROTOCOL_VERSION, id=i))
-        if self.joined and not self.links.open and not self.leases.fenced(now):
-            self._open_links(now)
-        if self.joined and self.leases.confirm_round_due(now):
-            node_id, epoch = self.me.id, self.topology.epoch
-            for peer in self.place.peers:
-                self.calls.ask(peer.service, CallKind.CONFIRM, now, epoch, lambda i: Confirm(node_id, epoch, id=i),
-                               peer=peer.id)
+        self.membership.tick(now)
         if self.links.write_in is not None and not self.links.write_in.synced:
             self.links.request_resync(now)  # the sync frame or our request for it may have been lost
         for call in self.calls.expire(now):

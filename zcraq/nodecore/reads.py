@@ -57,7 +57,7 @@ class Reads:
         """The tail's answer to a dirty read's version query (``epoch``: ours now)."""
         key = call.key
         assert key is not None
-        if type(reply) is Error:
+        if isinstance(reply, Error):
             if reply.epoch is not UNSET and reply.epoch > epoch:
                 self.calls.ask_topology(now, epoch)
             self._unavailable(call, f"the tail could not confirm the committed version: {reply.message}")

@@ -16,6 +16,7 @@ from typing import Any, Protocol, assert_never
 from zcraq import wire
 from zcraq.coordcore import CoordinatorCore, CoordinatorTimings
 from zcraq.effects import Effect, PeerRequest, Publish, Relink, Respond, SendDown, SendUp, Subscribe
+from zcraq.messages import CoordinatorRequest, Malformed, NodeRequest, Reply
 from zcraq.nodecore import NodeCore, NodeTimings
 from zcraq.sim.world import World
 from zcraq.store import MemoryStore
@@ -51,13 +52,9 @@ class SimCluster:
     def deliver_request(self, endpoint: str, ref: tuple[Any, ...], frames: list[bytes]) -> None:
         owner = endpoint.split("/")[0]
         if owner == COORDINATOR and self.coordinator is not None:
-            coordinator = self.coordinator
-            request = wire.read_request(frames, LIMITS, wire.COORDINATOR_REQUESTS)
-            coordinator.deliver(lambda: coordinator.core.on_request(ref, request, self.world.now))  # type: ignore[union-attr]
+            self.coordinator.receive(ref, wire.read_coordinator_request(frames, LIMITS))
         elif owner in self.nodes:
-            node = self.nodes[owner]
-            request = wire.read_request(frames, LIMITS, wire.NODE_REQUESTS)
-            node.deliver(lambda: node.core.on_request(ref, request, self.world.now))  # type: ignore[union-attr]
+            self.nodes[owner].receive(ref, wire.read_node_request(frames, LIMITS))
 
     def deliver_reply(self, ref: tuple[Any, ...], frames: list[bytes]) -> None:
         kind, name, tag = ref
@@ -66,8 +63,7 @@ class SimCluster:
             return
         process: SimProcess | None = self.coordinator if name == COORDINATOR else self.nodes[name]
         if process is not None and process.incarnation == tag:
-            reply, values = wire.read_reply(frames)
-            process.deliver(lambda: process.core.on_peer_reply(reply, values, self.world.now))  # type: ignore[union-attr]
+            process.receive_reply(*wire.read_reply(frames))
 
 
 class SimProcess:
@@ -131,6 +127,13 @@ class SimProcess:
     def execute(self, effects: list[Effect]) -> None:
         raise NotImplementedError
 
+    def receive_reply(self, reply: Reply | Malformed, values: list[bytes]) -> None:
+        def handle() -> None:
+            if self.core is not None:
+                self.core.on_peer_reply(reply, values, self.world.now)
+
+        self.deliver(handle)
+
     def send_reply(self, ref: tuple[Any, ...], effect: Respond) -> None:
         frames = wire.encode_reply(effect.reply, effect.values)
         self.world.send(self.name, f"{ref[1]}/reply", lambda: self.cluster.deliver_reply(ref, frames))
@@ -142,6 +145,8 @@ class SimProcess:
 
 
 class SimNode(SimProcess):
+    core: NodeCore | None
+
     def __init__(self, cluster: SimCluster, name: str, timings: NodeTimings, unsafe: frozenset[str]) -> None:
         super().__init__(cluster, name)
         self.member = Member(name, service_of(name), f"{name}/write", f"{name}/ack")
@@ -166,6 +171,13 @@ class SimNode(SimProcess):
         super().crash()
         self.core = None
         self.store = self.store.crash_copy()  # what was not flushed is lost
+
+    def receive(self, ref: tuple[Any, ...], request: NodeRequest | Malformed) -> None:
+        def handle() -> None:
+            if self.core is not None:
+                self.core.on_request(ref, request, self.world.now)
+
+        self.deliver(handle)
 
     def execute(self, effects: list[Effect]) -> None:
         for effect in effects:
@@ -195,7 +207,7 @@ class SimNode(SimProcess):
 
         def arrive() -> None:
             core = target.core
-            if isinstance(core, NodeCore):
+            if core is not None:
                 frame = wire.read_chain(data, LIMITS)
                 if ack:
                     core.on_ack_frame(frame, self.world.now)
@@ -205,12 +217,18 @@ class SimNode(SimProcess):
         self.world.send(self.name, endpoint, lambda: target.deliver(arrive), duplicable=True)
 
     def on_topology(self, data: bytes) -> None:
-        if isinstance(self.core, NodeCore) and self.subscribed:
+        if self.core is not None and self.subscribed:
             self.core.on_topology(wire.decode_topology(data), self.world.now)
+
+
+def _publication(node: SimNode, data: bytes) -> Callable[[], None]:
+    return lambda: node.deliver(lambda: node.on_topology(data))
 
 
 class SimCoordinator(SimProcess):
     """Its StateStore is itself: the saved topology outlives a crash, as the state file does."""
+
+    core: CoordinatorCore | None
 
     def __init__(self, cluster: SimCluster, timings: CoordinatorTimings) -> None:
         super().__init__(cluster, COORDINATOR)
@@ -234,9 +252,16 @@ class SimCoordinator(SimProcess):
         super().crash()
         self.core = None
 
+    def receive(self, ref: tuple[Any, ...], request: CoordinatorRequest | Malformed) -> None:
+        def handle() -> None:
+            if self.core is not None:
+                self.core.on_request(ref, request, self.world.now)
+
+        self.deliver(handle)
+
     @property
     def topology(self) -> Topology | None:
-        return self.core.topology if isinstance(self.core, CoordinatorCore) else None
+        return self.core.topology if self.core is not None else None
 
     def execute(self, effects: list[Effect]) -> None:
         for effect in effects:
@@ -244,8 +269,7 @@ class SimCoordinator(SimProcess):
                 case Publish():
                     data = wire.encode_topology(effect.topology)
                     for node in self.cluster.nodes.values():
-                        self.world.send(self.name, f"{node.name}/sub",
-                                        lambda n=node, d=data: n.deliver(lambda: n.on_topology(d)))
+                        self.world.send(self.name, f"{node.name}/sub", _publication(node, data))
                 case Respond():
                     self.send_reply(effect.client, effect)
                 case PeerRequest():

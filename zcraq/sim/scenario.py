@@ -299,9 +299,10 @@ class Simulation:
             problems.append("history is not linearizable:\n" + result.describe())
         topology = self.coordinator.topology
         members = [self.nodes[m.id] for m in topology.members] if topology else []
-        if len(members) != len(self.nodes) or topology.learner is not None:
+        learner = topology.learner if topology else None
+        if len(members) != len(self.nodes) or learner is not None:
             problems.append(f"after healing, the chain is {[m.name for m in members]}"
-                            f" (learner {topology.learner.id if topology.learner else None})")
+                            f" (learner {learner.id if learner else None})")
         # A lost acknowledged write shows up in the history: the final reads miss it.
         for key in KEYS:
             states = {n.name: n.store.latest_committed(key) for n in members}
