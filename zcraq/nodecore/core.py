@@ -44,7 +44,6 @@ from its predecessor in that epoch, so it holds everything the old tail had comm
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, assert_never
 
 from zcraq.effects import Effect, Respond
@@ -58,6 +57,7 @@ from zcraq.nodecore.membership import Membership
 from zcraq.nodecore.place import Place
 from zcraq.nodecore.reads import Reads
 from zcraq.nodecore.replication import Replication
+from zcraq.nodecore.timings import NodeTimings
 from zcraq.store.base import ReplicaStore
 from zcraq.topology import Member, Topology
 
@@ -65,16 +65,6 @@ log = logging.getLogger("zcraq.node")
 
 # Test-only protocol bugs that can be switched on to check that the checkers catch them.
 UNSAFE_FAULTS = frozenset({"dirty_read_local"})  # answer dirty reads without asking the tail
-
-
-@dataclass(slots=True)
-class NodeTimings:
-    heartbeat_interval: float = 0.5
-    request_timeout: float = 2.0  # version queries, catch-up pages, coordinator calls
-    write_timeout: float = 10.0  # a client write still uncommitted after this gets unknown_outcome
-    resend_interval: float = 1.0
-    catchup_page_items: int = 1000
-    peer_lease: float = 1.0  # how long a confirmation to a peer binds this node (see leases.py)
 
 
 def _new_counters() -> dict[str, int]:

@@ -12,7 +12,7 @@ coordinator no longer knowing it): everything in flight is forgotten and it join
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from msgspec import UNSET
 
@@ -24,11 +24,9 @@ from zcraq.nodecore.leases import Leases
 from zcraq.nodecore.links import Links, LinkState
 from zcraq.nodecore.place import Place
 from zcraq.nodecore.replication import Owed, Replication
+from zcraq.nodecore.timings import NodeTimings
 from zcraq.store.base import ReplicaStore
 from zcraq.topology import EMPTY, Member, Topology
-
-if TYPE_CHECKING:
-    from zcraq.nodecore.core import NodeTimings
 
 log = logging.getLogger("zcraq.node")
 

@@ -2,6 +2,8 @@
 version of a key is committed, and asks the tail which version is committed when it is dirty.
 Also the tail's side of that exchange: answering version queries.
 
+Owns no state of its own: a dirty read waits as a call (calls.py) until the tail answers.
+
 Mind the race a dirty read runs: while we wait for the tail, a newer version may commit here and
 prune the one the tail named. Our own newest committed version is then a correct answer (it
 committed during the read), never "not found".
