@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import free_ports
+from zcraq.layout import free_ports
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -261,7 +261,7 @@ def test_verify_exit_codes(tmp_path):
 
 
 def test_client_commands_against_a_cluster(make_cluster):
-    cluster = make_cluster().start(3)
+    cluster = make_cluster(3).start_all()
     endpoint = cluster.coordinator_endpoint
     c = ("client", "-c", endpoint)
 
