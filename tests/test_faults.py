@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from cluster import wait_for
-from zcraq.cluster import COORDINATOR, Cluster
+from zcraq.cluster import Cluster
+from zcraq.layout import COORDINATOR
 from zcraq.chaos.analysis import analyse
 from zcraq.chaos.history import HistoryWriter
 from zcraq.chaos.workload import Workload, final_reads
