@@ -195,10 +195,7 @@ class Cluster:
     def kill(self, name: str) -> int | None:
         """SIGKILL and reap: a crash (nothing is flushed; the data directory stays as it is)."""
         with self._lock:
-            self._notice(name)
-            self._running.discard(name)
-            self.paused.discard(name)
-            return kill(self.processes[name])
+            return kill(self._release(name))
 
     def pause(self, name: str) -> None:
         """SIGSTOP: a long GC pause or a frozen VM, as the others see it."""
@@ -210,25 +207,23 @@ class Cluster:
     def signal(self, name: str, signum: int) -> None:
         """Send ``signum``; after one that ends a process, its exit is no surprise."""
         with self._lock:
-            self._notice(name)
-            process = self.processes[name]
+            if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+                process = self._release(name)
+            else:
+                self._notice(name)
+                process = self.processes[name]
             if process.poll() is None:
                 process.send_signal(signum)
             if signum == signal.SIGSTOP:
                 self.paused.add(name)
-            elif signum in (signal.SIGCONT, signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+            elif signum == signal.SIGCONT:
                 self.paused.discard(name)
-                if signum != signal.SIGCONT:
-                    self._running.discard(name)
 
     def stop(self, name: str, grace: float = 10.0) -> int | None:
         """SIGCONT and SIGTERM (a node then leaves the chain), SIGKILL after ``grace`` seconds;
         returns the exit code."""
         with self._lock:
-            self._notice(name)
-            self._running.discard(name)
-            self.paused.discard(name)
-            return terminate([self.processes[name]], grace)[0]
+            return terminate([self._release(name)], grace)[0]
 
     def restart(self, name: str, grace: float = 10.0) -> None:
         if self.alive(name):
@@ -265,6 +260,13 @@ class Cluster:
 
     def pids(self) -> dict[str, int]:
         return {name: process.pid for name, process in self.processes.items() if process.poll() is None}
+
+    def _release(self, name: str) -> subprocess.Popen[bytes]:
+        """``name``'s process, from now on ended on purpose: its exit will be no surprise."""
+        self._notice(name)
+        self._running.discard(name)
+        self.paused.discard(name)
+        return self.processes[name]
 
     def _notice(self, name: str) -> Exit | None:
         process = self.processes.get(name)

@@ -22,19 +22,25 @@ COORDINATOR_PORTS = (7000, 7001)  # requests, topology
 NODE_PORTS = (7100, 7101, 7102)  # service, writes in, acks in
 
 
-def _bindable(host: str, ports: Sequence[int]) -> bool:
+def _bind_all(addresses: Sequence[tuple[str, int]]) -> list[int] | None:
+    """Bind every (host, port) at once (port 0: any free one) and let go: the ports bound, or None
+    if one of them is taken."""
     holders = []
     try:
-        for port in ports:
+        for address in addresses:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             holders.append(sock)
-            sock.bind((host, port))
-        return True
+            sock.bind(address)
+        return [sock.getsockname()[1] for sock in holders]
     except OSError:
-        return False
+        return None
     finally:
         for sock in holders:
             sock.close()
+
+
+def _bindable(host: str, ports: Sequence[int]) -> bool:
+    return _bind_all([(host, port) for port in ports]) is not None
 
 
 class LoopbackHosts:
@@ -63,18 +69,12 @@ class LoopbackHosts:
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports on 127.0.0.1 that no one listens on right now (held open together, so distinct), for
-    a program outside a cluster; a cluster's own processes use LoopbackHosts instead."""
-    holders = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            holders.append(sock)
-        return [sock.getsockname()[1] for sock in holders]
-    finally:
-        for sock in holders:
-            sock.close()
+    """Ports on 127.0.0.1 that no one listens on right now (distinct), for a program outside a
+    cluster; a cluster's own processes use LoopbackHosts instead."""
+    ports = _bind_all([("127.0.0.1", 0)] * count)
+    if ports is None:
+        raise OSError("no free port on 127.0.0.1")
+    return ports
 
 
 class Layout:
