@@ -1,19 +1,18 @@
-"""Shared pieces of the benchmarks: a small cluster launcher, process CPU accounting from /proc,
-latency statistics, and child-process hygiene.
+"""Shared pieces of the benchmarks: the zcraq cluster they measure (the launcher of
+zcraq/cluster.py with the benchmark's settings, a CPU-quota hook and a profiler hook), process CPU
+accounting from /proc, latency statistics, and signal handling.
 
 Nothing here imports the test suite. Every wait is bounded by a deadline, and every process a
-launcher starts is stopped by ``close()`` (SIGTERM, then SIGKILL after a grace period). Children
-also get PR_SET_PDEATHSIG, so they die with the benchmark even if it is killed with SIGKILL.
+cluster starts is stopped by ``close()``; children also die with the benchmark even if it is
+killed with SIGKILL (see zcraq/processes.py).
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
+import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,53 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from cpuquota import CpuQuota
-from zcraq.waiting import wait_until
+from zcraq.cluster import Cluster, Hook
+from zcraq.layout import COORDINATOR, Generated
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # ---------------------------------------------------------------------------------------------
-# Child processes
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGTERM this process when its parent dies (PR_SET_PDEATHSIG)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def spawn(argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start ``argv`` with stdout+stderr to ``log_path``; the child gets SIGTERM if we die.
-
-    The child runs in its own session, so a Ctrl-C in the terminal reaches only the benchmark,
-    which then stops its children in order."""
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
-            start_new_session=True, preexec_fn=die_with_parent)
-
-
-def stop_process(process: subprocess.Popen[bytes], grace: float = 5.0) -> int | None:
-    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL (waiting up to 5 s more)."""
-    if process.poll() is None:
-        try:
-            process.send_signal(signal.SIGCONT)
-            process.terminate()
-        except ProcessLookupError:
-            pass
-        try:
-            return process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            try:
-                return process.wait(5.0)
-            except subprocess.TimeoutExpired:
-                return None
-    return process.returncode
+# Signals
 
 
 class Interrupted(Exception):
@@ -88,156 +48,76 @@ def install_signal_handlers() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Ports and waiting
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nobody listens on right now (held open together, so they are distinct)."""
-    holders = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            holders.append(sock)
-        return [sock.getsockname()[1] for sock in holders]
-    finally:
-        for sock in holders:
-            sock.close()
-
-
-# ---------------------------------------------------------------------------------------------
 # The zcraq cluster
 
 
-class ChainCluster:
-    """A coordinator and ``nodes`` chain nodes, as ``python -m zcraq ...`` subprocesses, with their
-    configs, LevelDB data and logs in a private temporary directory on loopback ports.
+class NodeQuota(Hook):
+    """Each node (not the coordinator) capped by ``quota``, in a cgroup of its own; the groups go
+    away once every process has stopped (a cgroup with live tasks cannot be removed)."""
+
+    def __init__(self, quota: CpuQuota) -> None:
+        self.quota = quota
+
+    def started(self, name: str, pid: int) -> None:
+        if name != COORDINATOR:
+            self.quota.add(name, pid)
+
+    def closed(self) -> None:
+        self.quota.close()
+
+
+class Profiler(Hook):
+    """Each node under cProfile (bench/profile_node.py), timed on the node thread's CPU clock; the
+    profile ``directory/<N>nodes-<node>.prof`` is written at the node's SIGTERM shutdown."""
+
+    def __init__(self, directory: Path, nodes: int) -> None:
+        self.directory = directory
+        self.nodes = nodes
+
+    def program(self, name: str) -> list[str] | None:
+        if name == COORDINATOR:
+            return None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return [sys.executable, str(Path(__file__).resolve().parent / "profile_node.py"),
+                str(self.directory / f"{self.nodes}nodes-{name}.prof")]
+
+
+class ChainCluster(Cluster):
+    """A coordinator and ``nodes`` chain nodes, with their configs, LevelDB data and logs in a
+    private temporary directory (kept with ``keep``) or in ``root``.
 
     ``node_cpu``: cap each node process (not the coordinator) at this fraction of one CPU, each in
-    its own cgroup (see CpuQuota); the groups go away in ``close()``."""
+    its own cgroup (see CpuQuota). ``profile_dir``: run each node under the profiler."""
 
     def __init__(self, nodes: int, durability: str = "async", root: Path | None = None,
                  keep: bool = False, log_level: str = "warning", profile_dir: Path | None = None,
                  node_cpu: float | None = None) -> None:
-        self.nodes = nodes
-        # Detected now, so an unusable cgroup setup fails before anything is started.
-        self.quota = CpuQuota(node_cpu) if node_cpu is not None else None
-        self.profile_dir = profile_dir
-        self.durability = durability
-        self.keep = keep
-        self.log_level = log_level
-        self._tmp = None if root else tempfile.TemporaryDirectory(prefix="zcraq-bench-")
-        self.root = Path(root or self._tmp.name)  # type: ignore[union-attr]
-        self.root.mkdir(parents=True, exist_ok=True)
-        port, publish = free_ports(2)
-        self.coordinator_endpoint = f"tcp://127.0.0.1:{port}"
-        self.node_ids = [f"node{i}" for i in range(1, nodes + 1)]
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        (self.root / "coordinator.toml").write_text(
-            "[coordinator]\n"
-            f"port = {port}\npublish_port = {publish}\n"
-            'state_dir = "coordinator-state"\n'
-            "lease_ms = 3000\nrepublish_interval_ms = 1000\n"
-            f'log_level = "{log_level}"\n')
-        self.service: dict[str, str] = {}
-        for node_id in self.node_ids:
-            service, write, ack = free_ports(3)
-            self.service[node_id] = f"tcp://127.0.0.1:{service}"
-            (self.root / f"{node_id}.toml").write_text(
-                "[node]\n"
-                f'id = "{node_id}"\ncoordinator = "{self.coordinator_endpoint}"\n'
-                f"service_port = {service}\nwrite_port = {write}\nack_port = {ack}\n"
-                f'data_dir = "data-{node_id}"\ndurability = "{durability}"\n'
-                "heartbeat_interval_ms = 500\nrequest_timeout_ms = 2000\n"
-                f'log_level = "{log_level}"\n')
-
-    def _start(self, name: str, kind: str) -> None:
-        if self.profile_dir is not None and kind == "node":
-            # Profiled on the node thread's CPU clock; written at the node's SIGTERM shutdown.
-            self.profile_dir.mkdir(parents=True, exist_ok=True)
-            argv = [sys.executable, str(Path(__file__).resolve().parent / "profile_node.py"),
-                    str(self.profile_dir / f"{self.nodes}nodes-{name}.prof")]
-        else:
-            argv = [sys.executable, "-m", "zcraq"]
-        argv += [kind, "--config", str(self.root / f"{name}.toml")]
-        self.processes[name] = spawn(argv, self.root / f"{name}.log")
-        if self.quota is not None and kind == "node":
-            self.quota.add(name, self.processes[name].pid)
-
-    def start(self, timeout: float = 60.0) -> ChainCluster:
-        """Start the coordinator, then each node in turn, waiting until it serves in the chain
-        (a new node first catches up as learner, then becomes the tail)."""
-        self._start("coordinator", "coordinator")
-        for node_id in self.node_ids:
-            self._start(node_id, "node")
-            wait_until(lambda: self._serving(node_id), timeout, f"{node_id} to join the chain and serve",
-                       retry_on=(Exception,))
-        wait_until(self.ready, timeout, f"a {self.nodes}-node chain", retry_on=(Exception,))
-        return self
-
-    def check_alive(self) -> None:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {process.returncode}; log:\n{self.log_tail(name)}")
-
-    def _serving(self, node_id: str) -> bool:
-        from zcraq.client import ZClient
-
-        self.check_alive()
-        with ZClient(self.coordinator_endpoint, timeout=1.0) as client:
-            topology = client.topology()
-            if topology.member(node_id) is None:
-                return False
-            return bool(client.status(self.service[node_id]).get("serving"))
-
-    def ready(self) -> bool:
-        """Every node is a serving member, in order, and nobody is catching up."""
-        from zcraq.client import ZClient
-
-        self.check_alive()
-        with ZClient(self.coordinator_endpoint, timeout=1.0) as client:
-            topology = client.topology()
-            if [m.id for m in topology.members] != self.node_ids or topology.learner is not None:
-                return False
-            return all(client.status(self.service[n]).get("serving") for n in self.node_ids)
+        hooks: list[Hook] = []
+        if node_cpu is not None:
+            # Detected now, so an unusable cgroup setup fails before anything is started.
+            hooks.append(NodeQuota(CpuQuota(node_cpu)))
+        if profile_dir is not None:
+            hooks.append(Profiler(profile_dir, nodes))
+        self.root = Path(root or tempfile.mkdtemp(prefix="zcraq-bench-"))
+        self.remove_root = root is None and not keep
+        super().__init__(Generated(
+            self.root, nodes,
+            coordinator={"lease_ms": 3000, "republish_interval_ms": 1000, "log_level": log_level},
+            node={"durability": durability, "heartbeat_interval_ms": 500, "request_timeout_ms": 2000,
+                  "log_level": log_level}), hooks=hooks)
 
     def roles(self) -> dict[str, str]:
-        from zcraq.client import ZClient
-
-        with ZClient(self.coordinator_endpoint, timeout=2.0) as client:
-            return {n: str(client.status(self.service[n]).get("role")) for n in self.node_ids}
+        return {n: str(self.node_status(n).get("role")) for n in self.node_ids}
 
     def counters(self) -> dict[str, dict[str, int]]:
-        from zcraq.client import ZClient
+        return {n: dict(self.node_status(n).get("counters", {})) for n in self.node_ids}
 
-        with ZClient(self.coordinator_endpoint, timeout=2.0) as client:
-            return {n: dict(client.status(self.service[n]).get("counters", {})) for n in self.node_ids}
-
-    def pids(self) -> dict[str, int]:
-        return {name: process.pid for name, process in self.processes.items()}
-
-    def log_tail(self, name: str, chars: int = 3000) -> str:
-        path = self.root / f"{name}.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-    def close(self) -> None:
-        # Nodes first (each tells the coordinator it leaves), then the coordinator.
+    def close(self, grace: float = 10.0) -> None:
         try:
-            for name in [*reversed(self.node_ids), "coordinator"]:
-                process = self.processes.get(name)
-                if process is not None:
-                    stop_process(process)
+            super().close(grace)
         finally:
-            if self.quota is not None:
-                self.quota.close()  # after the stops: a cgroup with live tasks cannot be removed
-            if self._tmp is not None and not self.keep:
-                self._tmp.cleanup()
-
-    def __enter__(self) -> ChainCluster:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
+            if self.remove_root:
+                shutil.rmtree(self.root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -224,7 +224,7 @@ def run_chain(nodes: int, workloads: list[str], common: dict[str, Any], args: ar
     try:
         print(f"\nstarting a {nodes}-node chain in {cluster.root} ...", flush=True)
         started = time.monotonic()
-        cluster.start(timeout=60.0)
+        cluster.start_all(timeout=60.0)
         roles = cluster.roles()
         print(f"chain up in {time.monotonic() - started:.1f} s: {roles}", flush=True)
         took = preload(cluster.coordinator_endpoint, args.keys, args.value_size, args.seed, args.op_timeout)
@@ -241,7 +241,7 @@ def run_chain(nodes: int, workloads: list[str], common: dict[str, Any], args: ar
                                             "timeout": args.op_timeout, "read_mode": args.read_mode},
                                     workload=workload, **loadgen.load_args(common))
             result = loadgen.run_load_retrying(spec, cluster.pids(), on_window, spec.retries)
-            cluster.check_alive()
+            cluster.check()
             result.update(system="zcraq", nodes=nodes, servers=None, durability=args.durability,
                           read_mode=args.read_mode, roles=roles, node_cpu=args.node_cpu)
             window = result.pop("window_probe", {})
@@ -253,7 +253,7 @@ def run_chain(nodes: int, workloads: list[str], common: dict[str, Any], args: ar
     except BaseException:
         if cluster.processes:
             for name in cluster.processes:
-                tail = cluster.log_tail(name, 1500).strip()
+                tail = cluster.log(name)[-1500:].strip()
                 if tail:
                     print(f"--- {name} log (tail) ---\n{tail}", file=sys.stderr)
         raise

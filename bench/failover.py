@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
 import sys
 import threading
@@ -84,7 +82,7 @@ def _rate(events: list[tuple[float, str, bool]], kind: str, start: float, end: f
 
 def measure(victim_role: str) -> dict[str, float | int | str]:
     with ChainCluster(3) as cluster:
-        cluster.start()
+        cluster.start_all()
         with ZClient(cluster.coordinator_endpoint, timeout=5.0) as client:
             for index in range(100):
                 client.write(f"w{index}", b"x" * 64)
@@ -99,7 +97,7 @@ def measure(victim_role: str) -> dict[str, float | int | str]:
         try:
             time.sleep(BASELINE_SECONDS)  # a measurement period, not a synchronisation
             killed_at = time.monotonic()
-            os.kill(cluster.processes[victim].pid, signal.SIGKILL)
+            cluster.kill(victim)
             time.sleep(AFTER_KILL_SECONDS)
         finally:
             stop.set()

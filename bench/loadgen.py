@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import benchlib
+from zcraq.processes import die_with_parent
 
 OP_KINDS = ("read", "write")
 
@@ -195,7 +196,7 @@ def generator_main(proc_index: int, client_indices: list[int], cfg: dict[str, An
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    benchlib.die_with_parent()  # and if the parent is killed outright, we go too
+    die_with_parent()  # and if the parent is killed outright, we go too
     slots: list[ClientResult | None] = [None] * (max(client_indices) + 1)
     results.put(("ready", proc_index, os.getpid()))
     threads = [threading.Thread(target=_client_loop, args=(i, cfg, start_ns_value, go, slots), daemon=True)

@@ -8,9 +8,10 @@ at all: it never parses the header. Replies have zcraq's shapes, so the bytes mo
     write: [b"", header, value]  -> [b"", header]
 
 That gives the ceiling that ZeroMQ + Python + this load generator impose on this machine; the
-chain benchmark reports zcraq's throughput as a fraction of it.
+chain benchmark reports zcraq's throughput as a fraction of it. chain_bench.py runs it (alone with
+--no-chain); this file is also the echo server program:
 
-    python bench/zmq_baseline.py --servers 1 --clients 8 --duration 10 --workload all
+    python bench/chain_bench.py --no-chain --baseline-servers 1 --clients 8 --duration 10
     python bench/zmq_baseline.py serve --port 5555 --value-size 64     (the echo server alone)
 """
 
@@ -23,9 +24,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import benchlib
 import cpuquota
 import loadgen
+from zcraq.layout import free_ports
+from zcraq.processes import spawn, terminate
+from zcraq.waiting import wait_until
 
 BATCH = 256
 
@@ -78,11 +81,11 @@ class EchoServers:
         self.root = root
         self.endpoints: list[str] = []
         self.processes = {}
-        for index, port in enumerate(benchlib.free_ports(count), start=1):
+        for index, port in enumerate(free_ports(count), start=1):
             name = f"echo{index}"
-            self.processes[name] = benchlib.spawn(
+            self.processes[name] = spawn(
                 [sys.executable, str(Path(__file__).resolve()), "serve", "--port", str(port),
-                 "--value-size", str(value_size)], root / f"{name}.log")
+                 "--value-size", str(value_size)], log=root / f"{name}.log")
             self.endpoints.append(f"tcp://127.0.0.1:{port}")
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -100,7 +103,7 @@ class EchoServers:
                         self.check_alive()
                         sock.send_multipart([b"", b'{"type":"read","id":0}'])
                         return bool(sock.poll(200)) and bool(sock.recv_multipart())
-                    benchlib.wait_until(answered, timeout, f"echo server {endpoint}")
+                    wait_until(answered, timeout, f"echo server {endpoint}")
                 finally:
                     sock.close(0)
         finally:
@@ -115,8 +118,7 @@ class EchoServers:
         return {name: p.pid for name, p in self.processes.items()}
 
     def close(self) -> None:
-        for process in self.processes.values():
-            benchlib.stop_process(process)
+        terminate(self.processes.values())
 
 
 def run_baseline(servers: int, workloads: list[str], common: dict[str, Any],
@@ -153,18 +155,16 @@ def run_baseline(servers: int, workloads: list[str], common: dict[str, Any],
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "serve":
-        parser = argparse.ArgumentParser(prog="zmq_baseline.py serve")
-        parser.add_argument("--port", type=int, required=True)
-        parser.add_argument("--value-size", type=int, default=64)
-        args = parser.parse_args(argv[1:])
-        serve(args.port, args.value_size)
-        return 0
-    # Stand-alone baseline run: reuse chain_bench's options and printing.
-    import chain_bench
-
-    return chain_bench.main(["--no-chain", *argv])
+    """The echo server: ``zmq_baseline.py serve --port PORT [--value-size N]``."""
+    parser = argparse.ArgumentParser(prog="zmq_baseline.py", description="The baseline's echo server; run the "
+                                     "baseline itself with chain_bench.py --no-chain.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    server = commands.add_parser("serve", help="answer round trips on 127.0.0.1:PORT until SIGTERM or SIGINT")
+    server.add_argument("--port", type=int, required=True)
+    server.add_argument("--value-size", type=int, default=64)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    serve(args.port, args.value_size)
+    return 0
 
 
 if __name__ == "__main__":

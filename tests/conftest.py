@@ -8,7 +8,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cluster import Cluster  # noqa: E402
+from cluster import new_cluster  # noqa: E402
+
+from zcraq.cluster import Cluster  # noqa: E402
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -18,14 +20,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture
 def make_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Cluster]]:
-    """Build clusters in this test's temporary directory; all are stopped at teardown, and their
-    logs are printed when the test failed."""
+    """Build clusters (``make_cluster(nodes, **options)``, see cluster.new_cluster) in this test's
+    temporary directory; all are stopped at teardown, and their logs are printed when the test
+    failed."""
     clusters: list[Cluster] = []
 
-    def make(**options: object) -> Cluster:
-        root = tmp_path / f"cluster{len(clusters)}"
-        root.mkdir()
-        cluster = Cluster(root, **options)  # type: ignore[arg-type]
+    def make(nodes: int = 3, **options: object) -> Cluster:
+        cluster = new_cluster(tmp_path / f"cluster{len(clusters)}", nodes, **options)  # type: ignore[arg-type]
         clusters.append(cluster)
         return cluster
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def test_writes_through_coordinator_and_head_are_read_at_every_node(make_cluster):
-    cluster = make_cluster().start(3)
+    cluster = make_cluster(3).start_all()
     assert cluster.members() == ["node1", "node2", "node3"]
     client = cluster.client()
     # Straight to the head (the client's default path).
@@ -45,7 +45,7 @@ def test_writes_through_coordinator_and_head_are_read_at_every_node(make_cluster
 
 
 def test_dirty_read_asks_the_tail_and_returns_the_committed_value(make_cluster):
-    cluster = make_cluster(lease_ms=5000).start(3)
+    cluster = make_cluster(3, lease_ms=5000).start_all()
     client = cluster.client()
     client.write("k", "v1")
     before = cluster.node_status("node1")["counters"]["dirty_reads"]
@@ -71,7 +71,7 @@ def test_dirty_read_asks_the_tail_and_returns_the_committed_value(make_cluster):
 def test_plain_dealer_without_delimiter_gets_a_clear_error(make_cluster):
     import zmq
 
-    cluster = make_cluster().start(1)
+    cluster = make_cluster(1).start_all()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster import Cluster, wait_for
+from cluster import wait_for
+from zcraq.cluster import Cluster
+from zcraq.layout import COORDINATOR
 from zcraq.chaos.analysis import analyse
 from zcraq.chaos.history import HistoryWriter
 from zcraq.chaos.workload import Workload, final_reads
@@ -66,18 +68,18 @@ def kill_role(role: str) -> Callable[[Cluster, HistoryWriter], None]:
 
 @pytest.mark.parametrize("role", ["head", "middle", "tail"])
 def test_kill_9(make_cluster, tmp_path, role):
-    cluster = make_cluster().start(3)
+    cluster = make_cluster(3).start_all()
     run_with_fault(cluster, tmp_path, kill_role(role), expect_members=2)
 
 
 def test_kill_9_and_restart_rejoins_and_catches_up_under_writes(make_cluster, tmp_path):
     def fault(cluster: Cluster, history: HistoryWriter) -> None:
         cluster.kill("node2")
-        cluster.start_node("node2", wait=False)  # same LevelDB directory
+        cluster.start("node2")  # same LevelDB directory
         wait_for(lambda: cluster.members()[-1:] == ["node2"] and cluster.node_status("node2")["serving"],
                  60, "node2 to rejoin as the tail")
 
-    cluster = make_cluster().start(3)
+    cluster = make_cluster(3).start_all()
     run_with_fault(cluster, tmp_path, fault, expect_members=3)
 
 
@@ -97,7 +99,7 @@ def test_sigstop_of_the_tail_beyond_its_lease_serves_no_stale_read(make_cluster,
         wait_for(lambda: tail in cluster.members() and cluster.node_status(tail)["serving"], 60,
                  f"{tail} to rejoin")
 
-    cluster = make_cluster().start(3)
+    cluster = make_cluster(3).start_all()
     run_with_fault(cluster, tmp_path, fault, expect_members=3)
 
 
@@ -107,11 +109,11 @@ def test_coordinator_kill_9_and_restart_then_a_node_failure_is_repaired(make_clu
         # The chain keeps serving while the coordinator is down (peer leases).
         before = completed(history)
         wait_for(lambda: completed(history) >= before + 100, 20, "operations while the coordinator is down")
-        cluster.start_coordinator()
+        cluster.start(COORDINATOR)
         wait_for(lambda: cluster.members() == ["node1", "node2", "node3"], 20, "the restored chain")
         kill_role("middle")(cluster, history)
 
-    cluster = make_cluster().start(3)
+    cluster = make_cluster(3).start_all()
     run_with_fault(cluster, tmp_path, fault, expect_members=2)
 
 

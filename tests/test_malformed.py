@@ -23,8 +23,9 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from cluster import Cluster, wait_for
+from cluster import wait_for
 from zcraq import KeyNotFound
+from zcraq.cluster import Cluster
 from zcraq.messages import PROTOCOL_VERSION
 
 pytestmark = pytest.mark.timeout(120)
@@ -281,7 +282,7 @@ def check_cases(sock: zmq.Socket, cases: list[tuple[str, list[bytes], str, Any]]
 
 
 def test_node_service_answers_malformed_requests_with_errors(make_cluster, ctx):
-    cluster = make_cluster().start(3)
+    cluster = make_cluster(3).start_all()
     baseline = seed(cluster)
     topo = topology(cluster)
     epoch = topo["epoch"]
@@ -344,7 +345,7 @@ def test_node_service_answers_malformed_requests_with_errors(make_cluster, ctx):
 
 
 def test_coordinator_answers_malformed_requests_with_errors(make_cluster, ctx):
-    cluster = make_cluster().start(3)
+    cluster = make_cluster(3).start_all()
     baseline = seed(cluster)
     topo = topology(cluster)
     cases = coordinator_bad_requests(topo["members"][0])
@@ -519,7 +520,7 @@ def push(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
 
 
 def test_chain_endpoints_drop_malformed_and_foreign_frames(make_cluster, ctx):
-    cluster = make_cluster().start(3)
+    cluster = make_cluster(3).start_all()
     baseline = seed(cluster)
     topo = topology(cluster)
     epoch = topo["epoch"]
@@ -612,7 +613,7 @@ def raw_tcp(endpoint: str, payload: bytes) -> None:
 
 
 def test_oversized_messages_and_transport_garbage(make_cluster, ctx):
-    cluster = make_cluster().start(3)
+    cluster = make_cluster(3).start_all()
     baseline = seed(cluster)
     topo = topology(cluster)
     oversized_request = bytes(ROUTER_MAX_MESSAGE + 1)
@@ -628,7 +629,7 @@ def test_oversized_messages_and_transport_garbage(make_cluster, ctx):
     send_oversized(ctx, zmq.DEALER, cluster.coordinator_endpoint, [b"", oversized_request])
 
     # Bytes that are not ZMTP at all, at every TCP endpoint, the topology publisher included.
-    endpoints = [cluster.coordinator_endpoint, f"tcp://{cluster.host}:{cluster.publish_port}"]
+    endpoints = [cluster.coordinator_endpoint, cluster.publish_endpoint]
     for member in topo["members"]:
         endpoints += [member["service"], member["write_in"], member["ack_in"]]
     rng = random.Random(7)
@@ -669,7 +670,7 @@ def test_oversized_messages_and_transport_garbage(make_cluster, ctx):
 def test_join_with_unusable_endpoints_is_refused(make_cluster, ctx, endpoint):
     """Other nodes connect to a learner's endpoints, so a join must not smuggle in one that a
     ZeroMQ connect rejects: that would bring the tail down."""
-    cluster = make_cluster().start(3)
+    cluster = make_cluster(3).start_all()
     baseline = seed(cluster)
     epoch = topology(cluster)["epoch"]
     node = {"id": "intruder", "service": "tcp://127.0.0.1:9", "write_in": "tcp://127.0.0.1:10",

@@ -27,11 +27,12 @@ def _fill(cluster, count: int) -> None:
 
 
 def test_fourth_node_catches_up_on_10000_keys_then_becomes_tail(make_cluster):
-    cluster = make_cluster(extra_node={"catchup_page_items": 500}).start(3)
+    cluster = make_cluster(3, node={"catchup_page_items": 500}).start_all()
     _fill(cluster, KEYS)
     client = cluster.client(timeout=10)
     client.delete("key-00007")  # a tombstone must be copied too
-    cluster.start_node("node4", wait=False)
+    cluster.add_node("node4")
+    cluster.start("node4")
     # Writes keep arriving while node4 copies: they reach it through the live stream.
     for index in range(10, 60):
         client.write(f"key-{index:05d}", f"updated-{index}")
@@ -53,7 +54,7 @@ def test_fourth_node_catches_up_on_10000_keys_then_becomes_tail(make_cluster):
 
 
 def test_node_restarted_on_its_leveldb_keeps_committed_data(make_cluster):
-    cluster = make_cluster().start(1)
+    cluster = make_cluster(1).start_all()
     client = cluster.client()
     for index in range(100):
         client.write(f"k{index}", f"v{index}")
@@ -65,28 +66,30 @@ def test_node_restarted_on_its_leveldb_keeps_committed_data(make_cluster):
     finally:
         store.close()
     # The only member comes back with its data: nothing else could have supplied it.
-    cluster.start_node("node1")
+    cluster.start("node1")
+    cluster.wait_member("node1")
     for index in range(100):
         assert client.read(f"k{index}") == f"v{index}".encode()
     assert client.write("k1", "newer") == 2
 
 
 def test_restarted_middle_node_rejoins_at_the_tail(make_cluster):
-    cluster = make_cluster().start(3)
+    cluster = make_cluster(3).start_all()
     client = cluster.client()
     client.write("a", "1")
     cluster.stop("node2")
     wait_for(lambda: cluster.members() == ["node1", "node3"], 10, "node2 to leave")
     client.write("a", "2")  # node2 misses this one
     client.write("b", "3")
-    cluster.start_node("node2")
+    cluster.start("node2")
+    cluster.wait_member("node2")
     assert cluster.members() == ["node1", "node3", "node2"]
     assert client.read_versioned("a", "node2") == (b"2", 2)
     assert client.read("b", "node2") == b"3"
 
 
 def test_sigterm_makes_a_node_leave_at_once(make_cluster):
-    cluster = make_cluster(lease_ms=10_000).start(3)
+    cluster = make_cluster(3, lease_ms=10_000).start_all()
     client = cluster.client()
     client.write("x", "1")
     cluster.signal("node3", signal.SIGTERM)
@@ -97,7 +100,7 @@ def test_sigterm_makes_a_node_leave_at_once(make_cluster):
 
 
 def test_concurrent_writers_on_few_keys(make_cluster):
-    cluster = make_cluster().start(3)
+    cluster = make_cluster(3).start_all()
     keys = ["hot0", "hot1", "hot2"]
     acknowledged: list[list[tuple[str, int, str]]] = [[] for _ in range(8)]
 

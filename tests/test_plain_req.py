@@ -63,7 +63,7 @@ def assert_error(reply: dict[str, Any], code: str, request_id: Any) -> None:
 
 
 def test_plain_req_client_reads_and_writes(make_cluster, ctx):
-    cluster = make_cluster().start(3)
+    cluster = make_cluster(3).start_all()
     coordinator = cluster.coordinator_endpoint
 
     # The topology: epoch, members head first, no learner once the chain is settled.
@@ -138,7 +138,7 @@ def test_plain_req_client_reads_and_writes(make_cluster, ctx):
 
 
 def test_plain_req_status_at_every_request_endpoint(make_cluster, ctx):
-    cluster = make_cluster().start(3)
+    cluster = make_cluster(3).start_all()
     coordinator = cluster.coordinator_endpoint
 
     reply, values = req(ctx, coordinator, {"type": "status", "id": "s"})
@@ -162,7 +162,7 @@ def test_plain_req_status_at_every_request_endpoint(make_cluster, ctx):
 
 
 def test_dealer_envelope_and_node_to_node_requests(make_cluster, ctx):
-    cluster = make_cluster().start(3)
+    cluster = make_cluster(3).start_all()
     topology = get_topology(ctx, cluster.coordinator_endpoint)
     epoch = topology["epoch"]
     head, middle, tail = (m["service"] for m in topology["members"])
@@ -230,8 +230,8 @@ def test_dealer_envelope_and_node_to_node_requests(make_cluster, ctx):
 
 
 def test_topology_publisher_clone_pattern(make_cluster, ctx):
-    cluster = make_cluster().start(3)
-    publish = f"tcp://{cluster.host}:{cluster.publish_port}"
+    cluster = make_cluster(3).start_all()
+    publish = cluster.publish_endpoint
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVTIMEO, TIMEOUT_MS)

@@ -30,7 +30,8 @@ from typing import Any
 
 import orjson
 
-from zcraq.chaos.cluster import COORDINATOR, ChaosCluster
+from zcraq.chaos.cluster import ChaosCluster
+from zcraq.layout import COORDINATOR
 
 KINDS = ("kill", "pause", "partition", "coordinator")
 

@@ -29,11 +29,13 @@ from typing import Any
 
 import zcraq
 from zcraq.chaos.analysis import Analysis, analyse
-from zcraq.chaos.cluster import COORDINATOR, ChaosCluster
+from zcraq.chaos.cluster import ChaosCluster
 from zcraq.chaos.history import HistoryWriter
 from zcraq.chaos.nemesis import KINDS, Nemesis, plan
 from zcraq.chaos.netns import Network, unavailable_reason
 from zcraq.chaos.workload import Workload, final_reads
+from zcraq.cluster import ProcessExited
+from zcraq.layout import COORDINATOR
 
 EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
 
@@ -198,9 +200,10 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
         summary["healed"] = cluster.heal()
         heal_started = time.monotonic()
         try:
-            cluster.wait(cluster.converged, options.converge_timeout, "every node to be a serving member")
+            cluster.wait(cluster.converged, options.converge_timeout, "every node to be a serving member",
+                         interval=0.1)
             summary["converged_after"] = round(time.monotonic() - heal_started, 3)
-        except TimeoutError as error:
+        except (TimeoutError, ProcessExited) as error:
             try:
                 state = cluster.chain_state()
             except Exception as inner:  # the coordinator itself may be the problem
@@ -209,9 +212,7 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
         states = final_reads(cluster.coordinator_endpoint, history, keys,
                              {n: cluster.service(n) for n in node_ids})
         summary["restarts"] = {name: count - 1 for name, count in cluster.starts.items()}
-        for name in cluster.processes:
-            if not cluster.alive(name):
-                cluster.check_alive(name)
+        cluster.exits()  # noted in cluster.unexpected_exits
     except Exception as error:  # the run could not go on: say why, then check what was recorded
         problems.append(f"the run was aborted: {type(error).__name__}: {error}\n"
                         + traceback.format_exc().rstrip())
@@ -241,7 +242,7 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
                         "started after the change ran other code than those started before")
         summary["source_at_end"] = source
     if cluster is not None and cluster.unexpected_exits:
-        problems.append("processes exited on their own: " + "; ".join(cluster.unexpected_exits))
+        problems.append("processes exited on their own: " + "; ".join(map(str, cluster.unexpected_exits)))
     analysis = analyse(options.out / "history.jsonl", states)
     problems = analysis.problems() + problems
     if nemesis is not None:

@@ -1,0 +1,140 @@
+"""A cluster's config files and addresses: where each process's config, data and log are, and
+which address and ports it binds.
+
+Either the config files exist (a directory of coordinator.toml and node*.toml, as ``zcraq run``
+uses) or they are written here with tomli-w, each process on an address of its own with fixed
+ports. zcraq/cluster.py starts processes from a Layout.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+COORDINATOR = "coordinator"
+COORDINATOR_PORTS = (7000, 7001)  # requests, topology
+NODE_PORTS = (7100, 7101, 7102)  # service, writes in, acks in
+
+
+def _bind_all(addresses: Sequence[tuple[str, int]]) -> list[int] | None:
+    """Bind every (host, port) at once (port 0: any free one) and let go: the ports bound, or None
+    if one of them is taken."""
+    holders = []
+    try:
+        for address in addresses:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            holders.append(sock)
+            sock.bind(address)
+        return [sock.getsockname()[1] for sock in holders]
+    except OSError:
+        return None
+    finally:
+        for sock in holders:
+            sock.close()
+
+
+def _bindable(host: str, ports: Sequence[int]) -> bool:
+    return _bind_all([(host, port) for port in ports]) is not None
+
+
+class LoopbackHosts:
+    """An address of its own for every process, in a 127.A.B.0/24 that no one else uses: .1 for
+    the coordinator, .11, .12, ... for the nodes in the order they are asked for.
+
+    Every process then binds the same fixed ports, and neither another program (they bind
+    127.0.0.1) nor an outgoing connection (its source is 127.0.0.1) can take a port that a process
+    needs back when it restarts, as happens with ports the OS hands out."""
+
+    def __init__(self, nodes: int = 3) -> None:
+        rng = random.SystemRandom()
+        for _ in range(200):
+            self.prefix = f"127.{rng.randrange(2, 255)}.{rng.randrange(256)}"
+            if _bindable(f"{self.prefix}.1", COORDINATOR_PORTS) and all(
+                    _bindable(f"{self.prefix}.{10 + i}", NODE_PORTS) for i in range(1, nodes + 1)):
+                break
+        else:
+            raise RuntimeError("no free 127.A.B.0/24 for the cluster's loopback addresses")
+        self.hosts: dict[str, str] = {COORDINATOR: f"{self.prefix}.1"}
+
+    def __call__(self, name: str) -> str:
+        if name not in self.hosts:
+            self.hosts[name] = f"{self.prefix}.{10 + len(self.hosts)}"
+        return self.hosts[name]
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports on 127.0.0.1 that no one listens on right now (distinct), for a program outside a
+    cluster; a cluster's own processes use LoopbackHosts instead."""
+    ports = _bind_all([("127.0.0.1", 0)] * count)
+    if ports is None:
+        raise OSError("no free port on 127.0.0.1")
+    return ports
+
+
+class Layout:
+    """Where a cluster's files are: the coordinator's config, the nodes' configs in chain order,
+    and the directory for one log per process (None: the processes write to the terminal)."""
+
+    def __init__(self, coordinator: Path, nodes: Sequence[Path], logs: Path | None = None) -> None:
+        self.coordinator = coordinator
+        self.nodes = list(nodes)
+        self.logs = logs
+
+    @classmethod
+    def directory(cls, directory: Path) -> Layout:
+        """coordinator.toml and node*.toml (sorted by name) of a config directory, as ``zcraq run``
+        uses them."""
+        return cls(directory / "coordinator.toml", sorted(directory.glob("node*.toml")))
+
+    def add_node(self, node_id: str) -> Path:
+        raise ValueError(f"cannot add {node_id}: this cluster runs existing config files")
+
+
+class Generated(Layout):
+    """Config files written here, under ``root``: ``configs/``, ``data/`` (LevelDB directories and
+    the coordinator's state) and ``logs/``. Each process binds an address of its own (``hosts``:
+    name -> address; loopback addresses unless given) with the fixed ports above.
+
+    ``coordinator`` and ``node`` set keys of the ``[coordinator]`` and every ``[node]`` table
+    (lease_ms, durability, log_level, ...: any key zcraq/config.py knows); ``per_node`` sets keys
+    for one node by id. Unset keys take the defaults of zcraq/config.py."""
+
+    def __init__(self, root: Path, nodes: int = 3, *, coordinator: Mapping[str, Any] | None = None,
+                 node: Mapping[str, Any] | None = None, per_node: Mapping[str, Mapping[str, Any]] | None = None,
+                 hosts: Callable[[str], str] | None = None) -> None:
+        self.root = root.absolute()
+        for sub in ("configs", "data", "logs"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.hosts = hosts or LoopbackHosts(nodes)
+        self.node_settings, self.per_node = dict(node or {}), per_node or {}
+        host = self.hosts(COORDINATOR)
+        port, publish = COORDINATOR_PORTS
+        self.coordinator_endpoint = f"tcp://{host}:{port}"
+        path = self._write(COORDINATOR, "coordinator", {
+            "bind_host": host, "port": port, "publish_port": publish,
+            "state_dir": str(self.root / "data" / COORDINATOR), **(coordinator or {})})
+        super().__init__(path, [], self.root / "logs")
+        for index in range(1, nodes + 1):
+            self.nodes.append(self.add_node(f"node{index}"))
+
+    def add_node(self, node_id: str) -> Path:
+        host = self.hosts(node_id)
+        service, write, ack = NODE_PORTS
+        return self._write(node_id, "node", {
+            "id": node_id, "coordinator": self.coordinator_endpoint, "bind_host": host,
+            "service_port": service, "write_port": write, "ack_port": ack,
+            "data_dir": str(self.root / "data" / node_id),
+            **self.node_settings, **self.per_node.get(node_id, {})})
+
+    def _write(self, name: str, table: str, values: dict[str, Any]) -> Path:
+        if not ipaddress.ip_address(values["bind_host"]).is_loopback:
+            values.setdefault("insecure", True)  # zcraq refuses other addresses without it
+        path = self.root / "configs" / f"{name}.toml"
+        path.write_text(tomli_w.dumps({table: values}))
+        return path
