@@ -1,9 +1,14 @@
 """python -m zcraq.sim --seed N [--seeds K]: run simulated seeds; a failing seed prints itself
-and the command that replays it."""
+and the command that replays it.
+
+--digests FILE writes one line per seed: seed, verdict, the SHA-256 of its history and the
+messages delivered and dropped. Two commits whose digests match, seed for seed, behaved alike in
+every run: the check for a change that must not change behaviour (a restructuring, a new codec)."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import sys
 import time
@@ -24,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated fault kinds from {','.join(NEMESIS_KINDS)} ('' for none)")
     parser.add_argument("--unsafe", default="", help=f"test-only protocol bugs to enable: {','.join(UNSAFE_FAULTS)}")
     parser.add_argument("--history", type=Path, help="write the (last) run's history here as JSON Lines")
+    parser.add_argument("--digests", type=Path, help="write each seed's verdict and history digest here")
     parser.add_argument("--verbose", action="store_true", help="log what the cores log")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.CRITICAL,
@@ -34,11 +40,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("unknown nemesis or unsafe kind")
     failures = 0
     started = time.monotonic()
+    digests = args.digests.open("w") if args.digests else None
     for seed in range(args.seed, args.seed + args.seeds):
         result = simulate(SimConfig(seed=seed, nodes=args.nodes, clients=args.clients, duration=args.duration,
                                     nemesis=nemesis, unsafe=unsafe))
         if args.history:
             args.history.write_bytes(result.history_jsonl())
+        if digests is not None:
+            digest = hashlib.sha256(result.history_jsonl()).hexdigest()
+            digests.write(f"{seed} {'ok' if result.ok else 'FAILED'} {digest} {result.stats['delivered']} "
+                          f"{result.stats['dropped']}\n")
         if not result.ok:
             failures += 1
             print(f"seed {seed}: FAILED", file=sys.stderr)
@@ -46,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("  " + problem.replace("\n", "\n  "), file=sys.stderr)
             print(f"  replay: python -m zcraq.sim --seed {seed} --duration {args.duration:g}"
                   + (f" --unsafe {args.unsafe}" if args.unsafe else ""), file=sys.stderr)
+    if digests is not None:
+        digests.close()
     elapsed = time.monotonic() - started
     print(f"{args.seeds - failures} passed, {failures} failed ({args.seeds} seeds in {elapsed:.1f}s)")
     return 1 if failures else 0
