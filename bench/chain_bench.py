@@ -52,7 +52,8 @@ WORKLOADS = ("read", "write", "mixed")
 
 
 def describe(result: dict[str, Any]) -> str:
-    system = (f"zcraq, {result['nodes']}-node chain ({result['durability']} durability)"
+    curve = ", CURVE" if result.get("security") == "curve" else ""
+    system = (f"zcraq, {result['nodes']}-node chain ({result['durability']} durability{curve})"
               if result["system"] == "zcraq" else f"zmq echo baseline, {result['servers']} server(s)")
     workload = result["workload"]
     if workload == "mixed":
@@ -184,7 +185,8 @@ def machine_info() -> dict[str, Any]:
 # Running
 
 
-def preload(coordinator: str, keys: int, value_size: int, seed: int, timeout: float, threads: int = 4) -> float:
+def preload(coordinator: str, keys: int, value_size: int, seed: int, timeout: float, threads: int = 4,
+            config: Path | None = None) -> float:
     """Write every key once (several clients in parallel); returns the seconds it took."""
     import random
 
@@ -196,7 +198,7 @@ def preload(coordinator: str, keys: int, value_size: int, seed: int, timeout: fl
 
     def work(index: int) -> None:
         try:
-            with ZClient(coordinator, timeout=timeout) as client:
+            with ZClient(coordinator, timeout=timeout, config=config) as client:
                 for k in range(index, keys, threads):
                     client.write(loadgen.key_name(k), value)
         except BaseException as exc:  # noqa: BLE001 - re-raised below
@@ -210,24 +212,28 @@ def preload(coordinator: str, keys: int, value_size: int, seed: int, timeout: fl
         w.join(max(60.0, keys * timeout / threads))
     if errors or any(w.is_alive() for w in workers):
         raise RuntimeError(f"preload failed: {errors[0] if errors else 'timed out'}")
-    with ZClient(coordinator, timeout=timeout) as client:  # spot check, through every node
+    with ZClient(coordinator, timeout=timeout, config=config) as client:  # spot check, through every node
         for k in (0, keys // 2, keys - 1, 1, 2, 3):
             if client.read(loadgen.key_name(k % keys)) != value:
                 raise RuntimeError("preload check: a key read back a different value")
     return time.monotonic() - started
 
 
-def run_chain(nodes: int, workloads: list[str], common: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+def run_chain(nodes: int, workloads: list[str], common: dict[str, Any], args: argparse.Namespace,
+              security: str = "plain") -> list[dict[str, Any]]:
     results = []
     cluster = benchlib.ChainCluster(nodes, durability=args.durability, keep=args.keep_dir,
-                                    profile_dir=args.profile_dir, node_cpu=args.node_cpu)
+                                    profile_dir=args.profile_dir, node_cpu=args.node_cpu,
+                                    secure=security == "curve")
+    client_config = cluster.layout.client
     try:
         print(f"\nstarting a {nodes}-node chain in {cluster.root} ...", flush=True)
         started = time.monotonic()
         cluster.start_all(timeout=60.0)
         roles = cluster.roles()
         print(f"chain up in {time.monotonic() - started:.1f} s: {roles}", flush=True)
-        took = preload(cluster.coordinator_endpoint, args.keys, args.value_size, args.seed, args.op_timeout)
+        took = preload(cluster.coordinator_endpoint, args.keys, args.value_size, args.seed, args.op_timeout,
+                       config=client_config)
         print(f"preloaded {args.keys:,} keys of {args.value_size} bytes in {took:.1f} s", flush=True)
         for workload in workloads:
             def on_window(edge: str) -> dict[str, dict[str, int]] | None:
@@ -238,12 +244,13 @@ def run_chain(nodes: int, workloads: list[str], common: dict[str, Any], args: ar
                     return None
 
             spec = loadgen.LoadSpec(target={"kind": "zcraq", "coordinator": cluster.coordinator_endpoint,
-                                            "timeout": args.op_timeout, "read_mode": args.read_mode},
+                                            "timeout": args.op_timeout, "read_mode": args.read_mode,
+                                            "client_config": str(client_config) if client_config else None},
                                     workload=workload, **loadgen.load_args(common))
             result = loadgen.run_load_retrying(spec, cluster.pids(), on_window, spec.retries)
             cluster.check()
             result.update(system="zcraq", nodes=nodes, servers=None, durability=args.durability,
-                          read_mode=args.read_mode, roles=roles, node_cpu=args.node_cpu)
+                          read_mode=args.read_mode, roles=roles, node_cpu=args.node_cpu, security=security)
             window = result.pop("window_probe", {})
             if window.get("start") and window.get("end"):
                 result["node_counters"] = {n: {k: window["end"][n].get(k, 0) - v for k, v in c.items()}
@@ -312,6 +319,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--read-fraction", type=float, default=0.9, help="share of reads in the mixed workload")
     p.add_argument("--read-mode", choices=("strong", "eventual"), default="strong", help="ZClient read mode")
     p.add_argument("--durability", choices=("async", "sync"), default="async", help="node durability")
+    p.add_argument("--security", choices=("plain", "curve", "both"), default="plain",
+                   help="chains without keys, with CURVE keys on every connection, or each in turn")
     p.add_argument("--seed", type=int, default=42, help="seed of every random choice")
     p.add_argument("--op-timeout", type=float, default=5.0, help="ZClient timeout per op, seconds")
     p.add_argument("--baseline-servers", type=_int_list, default="1",
@@ -387,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
                 results += zmq_baseline.run_baseline(servers, args.workload, common, print_result, args.node_cpu)
         if not args.no_chain:
             for nodes in args.nodes:
-                results += run_chain(nodes, args.workload, common, args)
+                for security in ("plain", "curve") if args.security == "both" else (args.security,):
+                    results += run_chain(nodes, args.workload, common, args, security)
     except (KeyboardInterrupt, benchlib.Interrupted) as exc:
         print(f"\ninterrupted ({type(exc).__name__} {exc}); everything started was stopped", file=sys.stderr)
         status = 130

@@ -52,7 +52,7 @@ class ZcraqTarget:
         from zcraq.client import ZClient
 
         random.seed(seed)  # ZClient picks its first reader with the module-level RNG
-        self.client = ZClient(spec["coordinator"], timeout=spec["timeout"])
+        self.client = ZClient(spec["coordinator"], timeout=spec["timeout"], config=spec.get("client_config"))
         self.mode = spec.get("read_mode", "strong")
 
     def read(self, key: str) -> None:

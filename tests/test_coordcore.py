@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from zcraq.callers import Caller, Role
 from zcraq.coordcore import CoordinatorCore, CoordinatorTimings
 from zcraq.effects import PeerRequest, Publish, Respond
 from zcraq.messages import (PROTOCOL_VERSION, CaughtUp, Delete, Error, Heartbeat, Join, Leave, Malformed, Ok,
@@ -436,3 +437,72 @@ def test_join_with_an_unusable_endpoint_is_refused_by_default():
     [effect] = drain(core)
     assert effect.reply.code == "bad_request" and "garbage" in effect.reply.message
     assert core.topology.epoch == 0
+
+
+# ---------------------------------------------------------------------------------- node ids and keys
+
+
+def moved(node: Member, port: int) -> Member:
+    return Member(node.id, f"{node.id}/service{port}", f"{node.id}/write{port}", f"{node.id}/ack{port}", node.key)
+
+
+def test_a_second_process_with_a_listed_id_is_refused_while_the_first_holds_a_lease():
+    core = chain(A, B, C)
+    heartbeat(core, "b", 1.0)
+    effects = request(core, "join", 1.5, node=moved(B, 2).to_dict(), protocol=PROTOCOL_VERSION)
+    reply = only_reply(effects)
+    assert reply.code == "node_id_taken" and "second process" in reply.message and "b/service" in reply.message
+    assert kinds(effects) == ["Respond"] and ids(core.topology.members) == ["a", "b", "c"]
+    assert core.counters["refused_joins"] == 1
+    # Once b's lease is surely over, the newcomer is taken for b restarted elsewhere.
+    assert join(core, moved(B, 2), 1.0 + REMOVAL + 0.1).ok
+    # Same id, same endpoints, within the lease: a restart, as always.
+    assert join(core, moved(B, 2), 1.0 + REMOVAL + 0.2).ok
+
+
+def keyed(name: str, key_char: str | None = None) -> Member:
+    return Member(name, f"{name}/service", f"{name}/write", f"{name}/ack", (key_char or name[0]) * 40)
+
+
+def node_caller(member: Member) -> Caller:
+    return Caller(member.key, frozenset({Role.NODE}))
+
+
+def secure_join(core: CoordinatorCore, node: Member, now: float, as_key: str | None = None) -> Answer:
+    caller = Caller(as_key or node.key, frozenset({Role.NODE}))
+    core.on_request("cl", Join(node.to_dict(), PROTOCOL_VERSION, id=1), now, caller)
+    return only_reply(drain(core))
+
+
+def test_with_keys_an_id_belongs_to_the_key_that_registered_it():
+    core = new_core()
+    ka, kb = keyed("a"), keyed("b")
+    assert secure_join(core, ka, 0.0).ok
+    assert core.topology.members[0].key == ka.key
+    # Another key for a: refused, whatever the lease.
+    reply = secure_join(core, keyed("a", "z"), 100.0)
+    assert reply.code == "node_id_taken" and "another key" in reply.message
+    # a's key for another id: refused (one key, one node).
+    reply = secure_join(core, Member("b", "b/service", "b/write", "b/ack", ka.key), 0.1)
+    assert reply.code == "node_id_taken" and "registered as a" in reply.message
+    # A join naming a key other than its connection's: forbidden.
+    reply = secure_join(core, kb, 0.2, as_key="y" * 40)
+    assert reply.code == "forbidden"
+    assert secure_join(core, kb, 0.3).ok and core.topology.learner == kb
+
+
+def test_membership_requests_need_the_registered_key():
+    core = new_core()
+    ka, kb = keyed("a"), keyed("b")
+    secure_join(core, ka, 0.0)
+    secure_join(core, kb, 0.0)
+    for request, caller in ((Heartbeat("a", 2, PROTOCOL_VERSION, id=1), node_caller(kb)),
+                            (CaughtUp("b", 2, id=2), node_caller(ka)),
+                            (Leave("a", id=3), node_caller(kb)),
+                            (Leave("a", id=4), Caller("c" * 40, frozenset({Role.CLIENT}))),
+                            (Write("k", b"v", id=5), node_caller(ka))):
+        core.on_request("cl", request, 0.1, caller)
+        assert only_reply(drain(core)).code == "forbidden", request
+    core.on_request("cl", Leave("b", id=6), 0.2, Caller("d" * 40, frozenset({Role.ADMIN})))
+    assert only_reply(drain(core)).ok and core.topology.learner is None
+    assert core.counters["forbidden"] == 5

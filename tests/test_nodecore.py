@@ -9,9 +9,10 @@ from typing import Any
 import msgspec
 import pytest
 
+from zcraq.callers import Caller, Role
 from zcraq.effects import PeerRequest, Relink, Respond, SendDown, SendUp, Subscribe
-from zcraq.messages import (PROTOCOL_VERSION, TOMBSTONE, CatchupRequest, CommitFrame, Delete, Error, Malformed, Ok,
-                            Read, ResyncFrame, VersionQuery, Write, WriteFrame, WriteRecord)
+from zcraq.messages import (PROTOCOL_VERSION, TOMBSTONE, CatchupRequest, CommitFrame, Confirm, Delete, Error, Malformed,
+                            Ok, Read, ResyncFrame, VersionQuery, Write, WriteFrame, WriteRecord)
 from zcraq.nodecore import NodeCore, NodeTimings
 from zcraq.store import MemoryStore
 from zcraq.topology import Member, Topology
@@ -879,3 +880,97 @@ def test_unanswered_join_is_repeated_after_request_timeout():
     assert [h["type"] for _, h in peer_requests(node.ready())] == ["join"]
     node.on_peer_reply(Error(1, "bad_request", "endpoint clash"), [], 2.5)
     assert not node.joined
+
+
+# ---------------------------------------------------------------------------------- defense in depth
+
+
+def test_a_record_held_with_another_value_is_refused_counted_and_logged(caplog):
+    tail = join(C, topo(1, A, B, C))
+    tail.on_write_frame(wframe("b", 1, 0, rec("k", 1, b"forged")), 0.1)
+    tail.ready()
+    with caplog.at_level(logging.ERROR, logger="zcraq"):
+        tail.on_write_frame(wframe("b", 1, 1, rec("k", 1, b"real")), 0.2)
+        effects = tail.ready()
+    assert ups(effects) == [] and tail.store.get("k", 1).value == b"forged"
+    assert tail.counters["conflicting_records"] == 1
+    assert any("another value" in r.getMessage() for r in caplog.records)
+    middle = join(B, topo(1, A, B, C))
+    middle.on_write_frame(wframe("a", 1, 0, rec("k", 1, b"one")), 0.1)
+    middle.ready()
+    middle.on_write_frame(wframe("a", 1, 1, rec("k", 1, b"two")), 0.2)
+    effects = middle.ready()
+    assert downs(effects) == [] and ups(effects) == [] and middle.counters["conflicting_records"] == 1
+    # A repeat with the same value is an ordinary duplicate.
+    middle.on_write_frame(wframe("a", 1, 2, rec("k", 1, b"one")), 0.3)
+    middle.ready()
+    assert middle.counters["conflicting_records"] == 1
+
+
+def test_a_record_too_far_beyond_the_versions_held_is_refused():
+    from zcraq.nodecore.replication import MAX_VERSION_STEP
+
+    middle = join(B, topo(1, A, B, C))
+    middle.on_write_frame(wframe("a", 1, 0, rec("k", 3)), 0.1)
+    middle.ready()
+    middle.on_write_frame(wframe("a", 1, 1, rec("k", 3 + MAX_VERSION_STEP + 1), rec("j", 2**64 - 1)), 0.2)
+    effects = middle.ready()
+    assert middle.store.versions("k") == [3] and middle.store.versions("j") == []
+    assert middle.counters["conflicting_records"] == 2
+    assert [r.version for f in downs(effects) for r in f.records] == []
+    # Within the step, and at a learner still copying (pages bring the keys later), records count.
+    middle.on_write_frame(wframe("a", 1, 2, rec("k", 3 + MAX_VERSION_STEP)), 0.3)
+    assert middle.store.versions("k") == [3, 3 + MAX_VERSION_STEP]
+    learner = NodeCore(B, MemoryStore(), timings=TIMINGS)
+    learner.start(-1.0)
+    learner.ready()
+    learner.on_peer_reply(Ok(1, topology=topo(2, A, learner=B)), [], 0.0)
+    learner.ready()
+    learner.on_write_frame(wframe("a", 2, 0, rec("j", 5 * MAX_VERSION_STEP, committed=True)), 0.1)
+    assert learner.store.versions("j") == [5 * MAX_VERSION_STEP]
+
+
+def test_a_commit_for_a_version_the_head_never_assigned_is_counted_and_logged(caplog):
+    head = join(A, topo(1, A, B))
+    write(head, "k", b"x", 0.1)
+    with caplog.at_level(logging.ERROR, logger="zcraq"):
+        head.on_ack_frame(cframe("b", 1, 0, ("k", 2**64 - 1)), 0.2)
+        head.ready()
+    assert head.counters["foreign_commits"] == 1
+    assert any("never assigned" in r.getMessage() for r in caplog.records)
+    assert head.store.latest("k").version == 1
+
+
+# ---------------------------------------------------------------------------------- authorization
+
+
+def caller(*roles: str, key: str = "k" * 40) -> Caller:
+    return Caller(key, frozenset(Role(r) for r in roles))
+
+
+def keyed(name: str) -> Member:
+    return Member(name, f"{name}/service", f"{name}/write", f"{name}/ack", name[0] * 40)
+
+
+def test_requests_are_refused_by_role_with_forbidden():
+    ka, kb, kc = keyed("a"), keyed("b"), keyed("c")
+    node = join(kb, topo(1, ka, kb, kc))
+    node.on_request("cl", Read("k", id=1), 0.1, caller("node", key=ka.key))
+    node.on_request("cl", VersionQuery("k", 1, id=2), 0.1, caller("client"))
+    node.on_request("cl", Confirm("a", 1, id=3), 0.1, caller("node", key=kc.key))  # claims to be a
+    effects = node.ready()
+    assert [(a.id, a.code) for _, a in replies(effects)] == [(1, "forbidden"), (2, "forbidden"), (3, "forbidden")]
+    assert node.counters["forbidden"] == 3
+    node.on_request("cl", Read("k", id=4), 0.1, caller("client"))
+    node.on_request("cl", Confirm("a", 1, id=5), 0.1, caller("node", key=ka.key))
+    assert [(a.id, a.code) for _, a in replies(node.ready())] == [(4, "not_found"), (5, None)]
+
+
+def test_chain_frames_count_only_from_the_key_of_the_node_they_name():
+    ka, kb, kc = keyed("a"), keyed("b"), keyed("c")
+    middle = join(kb, topo(1, ka, kb, kc))
+    middle.on_write_frame(wframe("a", 1, 0, rec("k", 1)), 0.1, caller("node", key=kc.key))
+    middle.on_write_frame(wframe("a", 1, 0, rec("k", 1)), 0.1, caller("client", key=ka.key))
+    assert middle.store.versions("k") == [] and middle.counters["forbidden"] == 2
+    middle.on_write_frame(wframe("a", 1, 0, rec("k", 1)), 0.1, caller("node", key=ka.key))
+    assert middle.store.versions("k") == [1]

@@ -77,25 +77,50 @@ def run(config_dir: str) -> None:
 # ------------------------------------------------------------------------------------- client
 
 
+@main.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("-d", "--dir", "directory", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Directory to write NAME.key (public) and NAME.key_secret (secret, mode 0600) into.")
+def keygen(names: tuple[str, ...], directory: str) -> None:
+    """Create a CURVE key pair for each NAME, in ZeroMQ's certificate format.
+
+    Give each process its NAME.key_secret ([security] certificate) and put the public NAME.key
+    into the allow-list directory of its role (nodes, clients or admins) on every machine."""
+    from pathlib import Path
+
+    from zcraq.security import KeyFileError, create_certificate
+
+    for name in names:
+        try:
+            secret = create_certificate(Path(directory), name)
+        except KeyFileError as error:
+            _config_failure(error)
+        click.echo(f"{secret.with_suffix('.key')} (public)  {secret} (secret)")
+
+
 @main.group()
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="Client config file: coordinator, timeout and the CURVE keys of a secured cluster.")
 @click.option("-c", "--coordinator", "coordinator_endpoint", default=None, metavar="ENDPOINT",
-              help="Coordinator endpoint (default: $ZCRAQ_COORDINATOR or tcp://127.0.0.1:7000).")
+              help="Coordinator endpoint (default: the config file's, $ZCRAQ_COORDINATOR or tcp://127.0.0.1:7000).")
 @click.option("-n", "--node", default=None, metavar="NODE",
               help="Node id or service endpoint to send reads to (default: spread over all nodes).")
-@click.option("-t", "--timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds to wait for an answer, retries included.")
+@click.option("-t", "--timeout", default=None, type=click.FloatRange(min=0.1),
+              help="Seconds to wait for an answer, retries included (default: the config file's, else 5).")
 @click.pass_context
-def client(ctx: click.Context, coordinator_endpoint: str | None, node: str | None, timeout: float) -> None:
+def client(ctx: click.Context, config_path: str | None, coordinator_endpoint: str | None, node: str | None,
+           timeout: float | None) -> None:
     """Read, write and inspect the chain."""
     from zcraq.client import ZClient
 
     from zcraq.endpoints import parse_endpoint
 
     try:
-        zclient = ZClient(coordinator_endpoint or default_coordinator_endpoint(), timeout=timeout)
+        zclient = ZClient(coordinator_endpoint or (None if config_path else default_coordinator_endpoint()),
+                          timeout=timeout, config=config_path)
         if node and node.startswith("tcp://"):
             parse_endpoint(node)
-    except (ZcraqError, ValueError) as error:
+    except (ZcraqError, ValueError, ConfigError) as error:
         click.echo(f"zcraq: {error}", err=True)
         sys.exit(EXIT_USAGE)
     ctx.call_on_close(zclient.close)

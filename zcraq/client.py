@@ -9,6 +9,7 @@ a missing answer raises ``WriteOutcomeUnknown`` instead of writing twice.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
@@ -18,30 +19,41 @@ from typing import Any
 
 import msgspec
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from zcraq import sockets, wire
 from zcraq.config import default_coordinator_endpoint
 from zcraq.endpoints import parse_endpoint
-from zcraq.errors import BadRequest, KeyNotFound, Timeout, Unavailable, WriteOutcomeUnknown, ZcraqError, error_for
+from zcraq.client_config import ClientConfig, load_client_config
+from zcraq.errors import (AuthenticationError, BadRequest, Forbidden, KeyNotFound, Timeout, Unavailable,
+                          WriteOutcomeUnknown, ZcraqError, error_for)
 from zcraq.messages import Delete, Error, Ok, Read, Reply, Request, StatusRequest, TopologyRequest, Write, request_type
-from zcraq.topology import Topology
+from zcraq.security import Curve, KeyFileError, load_certificate, load_public_key
+from zcraq.toml_tables import ConfigError
+from zcraq.topology import Member, Topology
 
 # Errors after which a write surely did not happen, so sending it again is safe.
 _WRITE_RETRYABLE = {"not_head", "unavailable", "busy"}
 _READ_RETRYABLE = {"unavailable", "not_tail", "wrong_epoch", "timeout"}
 AVOID_SECONDS = 2.0  # a node that just failed a read is skipped this long (it may be dead)
+DEFAULT_TIMEOUT = 5.0
 
 
 class ZClient:
-    def __init__(self, coordinator: str | None = None, *, timeout: float = 5.0) -> None:
-        """``coordinator``: its request endpoint, ``tcp://HOST:PORT``; default: the one
-        config/coordinator.toml starts (or $ZCRAQ_COORDINATOR). ``timeout``: seconds any call may
-        take in all, retries included."""
-        self.coordinator = coordinator or default_coordinator_endpoint()
+    def __init__(self, coordinator: str | None = None, *, timeout: float | None = None,
+                 config: str | os.PathLike[str] | None = None) -> None:
+        """``coordinator``: its request endpoint, ``tcp://HOST:PORT``; default: the config file's,
+        else the one config/coordinator.toml starts (or $ZCRAQ_COORDINATOR). ``timeout``: seconds
+        any call may take in all, retries included (default: the config file's, else 5).
+        ``config``: a client config file (zcraq/client_config.py), needed for a cluster with CURVE
+        keys. Raises ConfigError for a config file or key that cannot be used."""
+        settings = load_client_config(config) if config is not None else None
+        self.coordinator = coordinator or (settings.coordinator if settings else default_coordinator_endpoint())
         self._check_endpoint(self.coordinator)
-        self.timeout = timeout
+        self.timeout = timeout or (settings.timeout if settings and settings.timeout else DEFAULT_TIMEOUT)
+        self._curve = _client_curve(settings) if settings is not None else None
         self._ctx = zmq.Context()
-        self._sockets: dict[str, zmq.Socket] = {}
+        self._sockets: dict[str, _Connection] = {}
         self._ids = count(1)
         self._topology: Topology | None = None
         self._topology_at = float("-inf")
@@ -126,8 +138,8 @@ class ZClient:
         if self._closed:
             return
         self._closed = True
-        for sock in self._sockets.values():
-            sock.close(0)
+        for connection in self._sockets.values():
+            connection.close()
         self._sockets.clear()
         self._ctx.term()
 
@@ -219,27 +231,55 @@ class ZClient:
         member = topology.member(node) if topology else None
         return member.service if member else None
 
-    def _socket(self, endpoint: str) -> zmq.Socket:
-        sock = self._sockets.get(endpoint)
-        if sock is None:
-            sock = sockets.connected(self._ctx, zmq.DEALER, endpoint)
-            self._sockets[endpoint] = sock
-        return sock
+    def _server_key(self, endpoint: str) -> str | None:
+        """The CURVE key of the process at ``endpoint``: the coordinator's from the config, a
+        node's from the topology (None without security)."""
+        if self._curve is None:
+            return None
+        if endpoint == self.coordinator:
+            return self._curve.coordinator_key
+        member = self._member_at(endpoint)
+        if member is None:  # not in the topology we hold: perhaps in a newer one
+            self._topology_at = float("-inf")
+            self._cached_topology(time.monotonic() + self.timeout)
+            member = self._member_at(endpoint)
+        if member is None or member.key is None:
+            raise Unavailable(f"no CURVE key known for {endpoint}: it is not in the chain's topology")
+        return member.key
+
+    def _member_at(self, endpoint: str) -> Member | None:
+        listed = self._topology.listed() if self._topology else ()
+        return next((m for m in listed if m.service == endpoint), None)
+
+    def _socket(self, endpoint: str) -> _Connection:
+        connection = self._sockets.get(endpoint)
+        if connection is None:
+            connection = _Connection(self._ctx, endpoint, self._curve, self._server_key(endpoint))
+            self._sockets[endpoint] = connection
+        return connection
 
     def _call(self, endpoint: str, request: Request, deadline: float) -> tuple[Reply, list[bytes]]:
         """Send ``request`` and wait for the reply that carries its id."""
         if self._closed:
             raise ZcraqError("client is closed")
-        sock = self._socket(endpoint)
+        connection = self._socket(endpoint)
+        sock = connection.sock
         if not sockets.send_nowait(sock, [b"", *wire.encode_request(request)]):
             self._drop_socket(endpoint)
             raise Unavailable(f"cannot send to {endpoint}")
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sock.poll(max(1, int(remaining * 1000))):
+            ready = connection.wait(max(1, int(remaining * 1000))) if remaining > 0 else None
+            if ready is None:
                 # Lazy Pirate: a fresh socket next time drops whatever is queued for a dead peer.
                 self._drop_socket(endpoint)
                 raise Timeout(f"{request_type(request)}: no answer from {endpoint}")
+            if ready is not sock:
+                refusal = connection.handshake_failure()
+                if refusal is None:
+                    continue
+                self._drop_socket(endpoint)
+                raise AuthenticationError(f"{endpoint} refused the connection: {refusal}")
             frames = sock.recv_multipart()
             try:
                 reply, values = wire.decode_reply(frames[1:] if frames and frames[0] == b"" else frames)
@@ -250,9 +290,9 @@ class ZClient:
             # else: a late answer to an earlier, abandoned request
 
     def _drop_socket(self, endpoint: str) -> None:
-        sock = self._sockets.pop(endpoint, None)
-        if sock is not None:
-            sock.close(0)
+        connection = self._sockets.pop(endpoint, None)
+        if connection is not None:
+            connection.close()
 
     @staticmethod
     def _ok(reply: Reply) -> Ok:
@@ -261,4 +301,58 @@ class ZClient:
         return reply
 
 
-__all__ = ["ZClient", "ZcraqError", "KeyNotFound", "Timeout", "WriteOutcomeUnknown", "Unavailable", "BadRequest"]
+class _Connection:
+    """A DEALER to one server, with a monitor that reports a refused CURVE handshake at once (a
+    refused handshake is otherwise invisible: the requests would only time out)."""
+
+    FAILURES: dict[int, str] = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "its allow-list does not hold this client's key",
+                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the security handshake failed (CURVE keys on one side only, "
+                                                     "or the wrong server key)",
+                zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the security handshake failed"}
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, curve: Curve | None, server_key: str | None) -> None:
+        self.sock = sockets.connected(ctx, zmq.DEALER, endpoint, curve=curve, server_key=server_key)
+        events = 0
+        for event in self.FAILURES:
+            events |= event
+        self.monitor = self.sock.get_monitor_socket(events)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
+
+    def wait(self, timeout_ms: int) -> zmq.Socket | None:
+        """The socket that is readable first (the DEALER or the monitor), or None at the timeout."""
+        ready = dict(self.poller.poll(timeout_ms))
+        if self.sock in ready:
+            return self.sock
+        return self.monitor if ready else None
+
+    def handshake_failure(self) -> str | None:
+        try:
+            event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        return self.FAILURES.get(int(event["event"]))
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(0)
+        self.sock.close(0)
+
+
+def _client_curve(settings: ClientConfig) -> Curve | None:
+    if settings.certificate is None or settings.coordinator_key is None:
+        return None
+    try:
+        own = load_certificate(settings.certificate)
+    except KeyFileError as error:
+        raise ConfigError(settings.path, "security.certificate", str(error)) from None
+    try:
+        coordinator_key = load_public_key(settings.coordinator_key)
+    except KeyFileError as error:
+        raise ConfigError(settings.path, "security.coordinator_key", str(error)) from None
+    return Curve(own, coordinator_key)
+
+
+__all__ = ["ZClient", "ZcraqError", "KeyNotFound", "Timeout", "WriteOutcomeUnknown", "Unavailable", "BadRequest",
+           "AuthenticationError", "Forbidden"]

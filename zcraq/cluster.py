@@ -126,8 +126,14 @@ class Cluster:
         self.node_configs[config.id] = config
 
     def add_node(self, node_id: str) -> None:
-        """A new node for a generated cluster (its config is written now; start it with start)."""
+        """A new node for a generated cluster (its config is written now; start it with start). In
+        a cluster with CURVE keys its key joins the nodes' allow-list, and every running process
+        rereads the lists (SIGHUP), as an operator would do."""
         self._load_node(self.layout.add_node(node_id))
+        if self.node_configs[node_id].security is not None:
+            for name in list(self.processes):
+                if self.alive(name):
+                    self.signal(name, signal.SIGHUP)
 
     @property
     def node_ids(self) -> list[str]:
@@ -293,12 +299,12 @@ class Cluster:
 
     def client(self, timeout: float = 5.0) -> ZClient:
         """A client of this cluster, closed with it."""
-        zclient = ZClient(self.coordinator_endpoint, timeout=timeout)
+        zclient = ZClient(self.coordinator_endpoint, timeout=timeout, config=self.layout.client)
         self._clients.append(zclient)
         return zclient
 
     def _probe(self, timeout: float = 1.0) -> ZClient:
-        return ZClient(self.coordinator_endpoint, timeout=timeout)
+        return ZClient(self.coordinator_endpoint, timeout=timeout, config=self.layout.client)
 
     def members(self) -> list[str]:
         with self._probe() as zclient:

@@ -13,17 +13,16 @@ Every problem raises ``ConfigError``, whose message names the file and the dotte
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zcraq.endpoints import (check_bind_host, check_connect_host, format_endpoint, is_loopback, is_unspecified,
                              parse_endpoint, show)
+from zcraq.toml_tables import ConfigError, Table, base_dir, check_top_level, read_toml
 # One definition of the size limits: the config hands these straight to the wire codec.
 from zcraq.wire import Limits
 
@@ -31,6 +30,7 @@ __all__ = [
     "ConfigError",
     "Limits",
     "NodeConfig",
+    "SecurityConfig",
     "CoordinatorConfig",
     "load_node_config",
     "load_coordinator_config",
@@ -57,16 +57,6 @@ MAX_CATCHUP_PAGE_ITEMS = 100_000
 _ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-class ConfigError(Exception):
-    """A config file that cannot be used. ``key`` is dotted (``node.service_port``) or None."""
-
-    def __init__(self, path: str | os.PathLike[str], key: str | None, problem: str) -> None:
-        self.path = str(path)
-        self.key = key
-        self.problem = problem
-        super().__init__(f"{self.path}: {key}: {problem}" if key else f"{self.path}: {problem}")
-
-
 def default_coordinator_endpoint() -> str:
     """The coordinator clients and tools talk to: ``$ZCRAQ_COORDINATOR`` if set, else loopback."""
     return os.environ.get(COORDINATOR_ENV) or DEFAULT_COORDINATOR_ENDPOINT
@@ -74,6 +64,17 @@ def default_coordinator_endpoint() -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Config objects
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """A ``[security]`` table: CURVE on every socket (zcraq/security.py). Paths are absolute."""
+
+    certificate: Path  # this process's NAME.key_secret
+    coordinator_key: Path | None  # the coordinator's public certificate (nodes and clients)
+    nodes: Path | None  # allow-lists: directories of public certificates, per role
+    clients: Path | None
+    admins: Path | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ class NodeConfig:
     log_level: str
     insecure: bool
     limits: Limits
+    security: SecurityConfig | None = None
 
     @property
     def service_endpoint(self) -> str:
@@ -150,6 +152,7 @@ class CoordinatorConfig:
     log_level: str
     insecure: bool
     limits: Limits
+    security: SecurityConfig | None = None
 
     @property
     def endpoint(self) -> str:
@@ -180,107 +183,31 @@ class CoordinatorConfig:
 # Validation helpers
 
 
-def _suggest(name: str, choices: Iterable[str], fmt: str = '"{}"') -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {fmt.format(close[0])}?)" if close else ""
-
-
-_MISSING: Any = object()
-
-
-class _Table:
-    """Typed, one-key-at-a-time access to one TOML table, raising ConfigError on misuse."""
-
-    def __init__(self, path: str, name: str, data: Any, known: Iterable[str]) -> None:
-        self.path = path
-        self.name = name
-        if not isinstance(data, Mapping):
-            raise ConfigError(path, name, f"expected a table [{name}], got {show(data)}")
-        self.data = data
-        known = tuple(known)
-        for key in data:
-            if key not in known:
-                raise ConfigError(path, f"{name}.{key}", f"unknown key{_suggest(key, known)}")
-
-    def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.path, f"{self.name}.{key}", problem)
-
-    def _get(self, key: str, default: Any, check: Callable[[Any], bool], expected: str) -> Any:
-        value = self.data.get(key, _MISSING)
-        if value is _MISSING:
-            if default is _MISSING:
-                raise self.error(key, "missing required key")
-            return default
-        if not check(value):
-            raise self.error(key, f"expected {expected}, got {show(value)}")
-        return value
-
-    def get_int(self, key: str, lo: int, hi: int, default: Any = _MISSING) -> int:
-        def ok(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
-        return self._get(key, default, ok, f"an integer from {lo} to {hi}")
-
-    def get_str(self, key: str, default: Any = _MISSING) -> str:
-        value = self._get(key, default, lambda v: isinstance(v, str), "a string")
-        if not value:
-            raise self.error(key, "must not be empty")
-        return value
-
-    def get_bool(self, key: str, default: Any = _MISSING) -> bool:
-        return self._get(key, default, lambda v: isinstance(v, bool), "true or false")
-
-    def get_choice(self, key: str, choices: tuple[str, ...], default: Any = _MISSING) -> str:
-        expected = "one of " + ", ".join(show(c) for c in choices)
-        return self._get(key, default, lambda v: isinstance(v, str) and v in choices, expected)
-
-    def get_path(self, key: str, base: Path) -> Path:
-        value = Path(self.get_str(key))
-        return value if value.is_absolute() else Path(os.path.normpath(base / value))
-
-
-def _check_top_level(path: str, data: Any, main: str, other_kind: str) -> None:
-    if not isinstance(data, Mapping):
-        raise ConfigError(path, None, "expected a TOML document")
-    allowed = (main, "limits")
-    for key, value in data.items():
-        if key in allowed:
-            continue
-        if not isinstance(value, Mapping):
-            raise ConfigError(path, key, f"unknown key outside any table (keys belong under [{main}])")
-        if key == other_kind:
-            hint = f" (this looks like a {other_kind} config; a {main} config needs [{main}])"
-        else:
-            hint = _suggest(key, allowed, "[{}]")
-        raise ConfigError(path, key, f"unknown table [{key}]{hint}")
-    if main not in data:
-        raise ConfigError(path, main, f"missing required table [{main}]")
-
-
 _DEFAULTS = Limits()
 
 
 def _limits(path: str, data: Mapping[str, Any]) -> Limits:
-    table = _Table(path, "limits", data.get("limits", {}), ("max_key_bytes", "max_value_bytes"))
+    table = Table(path, "limits", data.get("limits", {}), ("max_key_bytes", "max_value_bytes"))
     return Limits(
         max_key_bytes=table.get_int("max_key_bytes", 1, MAX_KEY_BYTES, _DEFAULTS.max_key_bytes),
         max_value_bytes=table.get_int("max_value_bytes", 1, MAX_VALUE_BYTES, _DEFAULTS.max_value_bytes),
     )
 
 
-def _hosts(table: _Table, insecure: bool) -> tuple[str, str]:
+def _hosts(table: Table, insecure: bool, secured: bool) -> tuple[str, str]:
     """bind_host and advertise_host, with the wildcard and plaintext-exposure rules applied."""
     bind_host = table.get_str("bind_host", "127.0.0.1")
     try:
         check_bind_host(bind_host)
     except ValueError as exc:
         raise table.error("bind_host", str(exc)) from None
-    if not is_loopback(bind_host) and not insecure:
+    if not is_loopback(bind_host) and not insecure and not secured:
         raise table.error(
             "bind_host",
-            f"binding {show(bind_host)} exposes this process beyond the local machine, and "
-            "traffic is neither encrypted nor authenticated (encryption is not configured); "
-            f"bind a loopback address, or set insecure = true in [{table.name}] to accept that",
+            f"binding {show(bind_host)} exposes this process beyond the local machine, and without "
+            "a [security] table traffic is neither encrypted nor authenticated; bind a loopback "
+            f"address, configure [security] (CURVE keys), or set insecure = true in [{table.name}] "
+            "to accept that",
         )
     if "advertise_host" in table.data:
         advertise_host = table.get_str("advertise_host")
@@ -299,7 +226,7 @@ def _hosts(table: _Table, insecure: bool) -> tuple[str, str]:
     return bind_host, advertise_host
 
 
-def _distinct_ports(table: _Table, ports: dict[str, int]) -> None:
+def _distinct_ports(table: Table, ports: dict[str, int]) -> None:
     seen: dict[int, str] = {}
     for key, port in ports.items():
         if port in seen:
@@ -307,8 +234,29 @@ def _distinct_ports(table: _Table, ports: dict[str, int]) -> None:
         seen[port] = key
 
 
-def _base_dir(path: str | os.PathLike[str]) -> Path:
-    return Path(os.path.abspath(path)).parent
+_SECURITY_KEYS = ("certificate", "coordinator_key", "nodes", "clients", "admins")
+
+
+def security_from_dict(path: str | os.PathLike[str], data: Mapping[str, Any],
+                       needs_coordinator_key: bool) -> SecurityConfig | None:
+    """The optional ``[security]`` table. Files and directories are checked when the process
+    starts (a local cluster creates missing keys first), not here."""
+    if "security" not in data:
+        return None
+    allowed = _SECURITY_KEYS if needs_coordinator_key else tuple(k for k in _SECURITY_KEYS if k != "coordinator_key")
+    t = Table(str(path), "security", data["security"], allowed)
+    base = base_dir(path)
+
+    def optional(key: str) -> Path | None:
+        return t.get_path(key, base) if key in t.data else None
+
+    return SecurityConfig(
+        certificate=t.get_path("certificate", base),
+        coordinator_key=t.get_path("coordinator_key", base) if needs_coordinator_key else None,
+        nodes=t.get_path("nodes", base),
+        clients=optional("clients"),
+        admins=optional("admins"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,8 +298,9 @@ _COORDINATOR_KEYS = (
 def node_config_from_dict(data: Mapping[str, Any], path: str | os.PathLike[str]) -> NodeConfig:
     """Validate a parsed node file. ``path`` names it in errors and anchors relative paths."""
     where = str(path)
-    _check_top_level(where, data, "node", "coordinator")
-    t = _Table(where, "node", data["node"], _NODE_KEYS)
+    check_top_level(where, data, "node", "coordinator", ("limits", "security"))
+    t = Table(where, "node", data["node"], _NODE_KEYS)
+    security = security_from_dict(path, data, needs_coordinator_key=True)
 
     node_id = t.get_str("id")
     if not _ID_RE.fullmatch(node_id):
@@ -362,7 +311,7 @@ def node_config_from_dict(data: Mapping[str, Any], path: str | os.PathLike[str])
     except ValueError as exc:
         raise t.error("coordinator", str(exc)) from None
     insecure = t.get_bool("insecure", False)
-    bind_host, advertise_host = _hosts(t, insecure)
+    bind_host, advertise_host = _hosts(t, insecure, security is not None)
     ports = {k: t.get_int(k, 1, 65535) for k in ("service_port", "write_port", "ack_port")}
     _distinct_ports(t, ports)
 
@@ -372,7 +321,7 @@ def node_config_from_dict(data: Mapping[str, Any], path: str | os.PathLike[str])
         coordinator=coordinator,
         bind_host=bind_host,
         advertise_host=advertise_host,
-        data_dir=t.get_path("data_dir", _base_dir(path)),
+        data_dir=t.get_path("data_dir", base_dir(path)),
         durability=t.get_choice("durability", DURABILITIES, "sync"),
         heartbeat_interval_ms=t.get_int("heartbeat_interval_ms", 1, MAX_MS, 500),
         request_timeout_ms=t.get_int("request_timeout_ms", 1, MAX_MS, 2000),
@@ -381,6 +330,7 @@ def node_config_from_dict(data: Mapping[str, Any], path: str | os.PathLike[str])
         log_level=t.get_choice("log_level", LOG_LEVELS, "info"),
         insecure=insecure,
         limits=_limits(where, data),
+        security=security,
         **ports,
     )
 
@@ -390,11 +340,12 @@ def coordinator_config_from_dict(
 ) -> CoordinatorConfig:
     """Validate a parsed coordinator file. ``path`` names it in errors and anchors relative paths."""
     where = str(path)
-    _check_top_level(where, data, "coordinator", "node")
-    t = _Table(where, "coordinator", data["coordinator"], _COORDINATOR_KEYS)
+    check_top_level(where, data, "coordinator", "node", ("limits", "security"))
+    t = Table(where, "coordinator", data["coordinator"], _COORDINATOR_KEYS)
+    security = security_from_dict(path, data, needs_coordinator_key=False)
 
     insecure = t.get_bool("insecure", False)
-    bind_host, advertise_host = _hosts(t, insecure)
+    bind_host, advertise_host = _hosts(t, insecure, security is not None)
     ports = {
         "port": t.get_int("port", 1, 65535, 7000),
         "publish_port": t.get_int("publish_port", 1, 65535, 7001),
@@ -405,38 +356,23 @@ def coordinator_config_from_dict(
         path=Path(path),
         bind_host=bind_host,
         advertise_host=advertise_host,
-        state_dir=t.get_path("state_dir", _base_dir(path)),
+        state_dir=t.get_path("state_dir", base_dir(path)),
         lease_ms=t.get_int("lease_ms", MIN_LEASE_MS, MAX_MS, 3000),
         republish_interval_ms=t.get_int("republish_interval_ms", 1, MAX_MS, 1000),
         request_timeout_ms=t.get_int("request_timeout_ms", 1, MAX_MS, 5000),
         log_level=t.get_choice("log_level", LOG_LEVELS, "info"),
         insecure=insecure,
         limits=_limits(where, data),
+        security=security,
         **ports,
     )
 
 
-def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(path, None, "file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(path, None, "is a directory, not a config file") from None
-    except OSError as exc:
-        raise ConfigError(path, None, f"cannot read file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(path, None, "invalid TOML: file is not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, None, f"invalid TOML: {exc}") from None
-
-
 def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     """Read and validate a node config file."""
-    return node_config_from_dict(_read_toml(path), path)
+    return node_config_from_dict(read_toml(path), path)
 
 
 def load_coordinator_config(path: str | os.PathLike[str]) -> CoordinatorConfig:
     """Read and validate a coordinator config file."""
-    return coordinator_config_from_dict(_read_toml(path), path)
+    return coordinator_config_from_dict(read_toml(path), path)

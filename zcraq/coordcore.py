@@ -36,10 +36,14 @@ from typing import Any, Literal, Protocol, assert_never
 
 import msgspec
 
+from zcraq.access import coordinator_request_refusal
+from zcraq.callers import TRUSTED, Caller
 from zcraq.effects import Effect, PeerRequest, Publish, Respond
 from zcraq.endpoints import parse_endpoint
+from zcraq.loglimit import LogLimiter
 from zcraq.messages import (MAX_NODE_ID_CHARS, PROTOCOL_VERSION, CaughtUp, CoordinatorRequest, Delete, Error,
-                            Heartbeat, Join, Leave, Malformed, Ok, Reply, StatusRequest, TopologyRequest, Write)
+                            Heartbeat, Join, Leave, Malformed, Ok, Reply, StatusRequest, TopologyRequest, Write,
+                            request_type)
 from zcraq.topology import EMPTY, Member, Topology
 
 log = logging.getLogger("zcraq.coordinator")
@@ -97,7 +101,9 @@ class CoordinatorCore:
         self._out: list[Effect] = []
         self._last_publish = float("-inf")
         self._kept_last: set[str] = set()  # warned about once
-        self.counters = {"bad_messages": 0, "forwarded_writes": 0, "removals": 0, "internal_errors": 0}
+        self.counters = {"bad_messages": 0, "forwarded_writes": 0, "removals": 0, "internal_errors": 0,
+                         "forbidden": 0, "refused_joins": 0}
+        self.logs = LogLimiter(log)
 
     def ready(self) -> list[Effect]:
         """End of a loop turn: the topology is durable (saved if it changed), then the effects."""
@@ -136,7 +142,16 @@ class CoordinatorCore:
 
     # ------------------------------------------------------------------ requests
 
-    def on_request(self, client: Any, request: CoordinatorRequest | Malformed, now: float) -> None:
+    def on_request(self, client: Any, request: CoordinatorRequest | Malformed, now: float,
+                   caller: Caller = TRUSTED) -> None:
+        if not isinstance(request, Malformed) and caller is not TRUSTED:
+            refusal = coordinator_request_refusal(request, caller, self.topology)
+            if refusal is not None:
+                self.counters["forbidden"] += 1
+                self.logs.warning("forbidden request", now, "refused a %s request: %s (key %s)",
+                                  request_type(request), refusal, caller.key)
+                self._error(client, request.id, "forbidden", refusal)
+                return
         match request:
             case TopologyRequest():
                 self._ok(client, Ok(request.id, topology=self.topology))
@@ -146,7 +161,7 @@ class CoordinatorCore:
             case Write() | Delete():
                 self._forward_to_head(client, request, now)
             case Join():
-                self._join(client, request, now)
+                self._join(client, request, now, caller)
             case Heartbeat():
                 self._heartbeat(client, request, now)
             case CaughtUp():
@@ -174,7 +189,7 @@ class CoordinatorCore:
                     f"speaks {PROTOCOL_VERSION}: run the same zcraq release on every process")
         return True
 
-    def _join(self, client: Any, request: Join, now: float) -> None:
+    def _join(self, client: Any, request: Join, now: float, caller: Caller) -> None:
         if self._refuse_other_protocol(client, request):
             return
         try:
@@ -193,6 +208,17 @@ class CoordinatorCore:
         if clash:
             self._error(client, request.id, "bad_request",
                         f"endpoint {sorted(clash)[0]} is already used by another node")
+            return
+        if caller.key is not None:
+            if node.key is not None and node.key != caller.key:
+                self._error(client, request.id, "forbidden", "the join names a key other than its connection's")
+                return
+            node = msgspec.structs.replace(node, key=caller.key)  # a node is its key
+        taken = self._id_taken(node, others, now)
+        if taken is not None:
+            self.counters["refused_joins"] += 1
+            self.logs.error(f"taken {node.id}", now, "refused a join: %s", taken)
+            self._error(client, request.id, "node_id_taken", taken)
             return
         if [m.id for m in self.topology.members] == [node.id]:
             # The last member restarted: let it back in, in one epoch (an empty chain must never
@@ -213,6 +239,25 @@ class CoordinatorCore:
         self.last_seen[node.id] = now
         self._ok(client, Ok(request.id, topology=self.topology, publish=self.publish_endpoint,
                             lease_ms=self._lease_ms))
+
+    def _id_taken(self, node: Member, others: list[Member], now: float) -> str | None:
+        """Why ``node`` may not have its id now: it belongs to another key, or to another process
+        that still holds a lease (a copied config). Same id, key and endpoints: a restart."""
+        holder = next((m for m in others if node.key is not None and m.key == node.key), None)
+        if holder is not None:
+            return f"this key is registered as {holder.id}; one key, one node"
+        listed = self.topology.member(node.id)
+        if listed is None:
+            return None
+        if listed.key != node.key:
+            return (f"{node.id} is registered with another key; if its key was replaced, stop the old "
+                    f"process first (it leaves the chain) or remove it (zcraq admin)")
+        silent = now - self.last_seen.get(node.id, now)
+        moved = (listed.service, listed.write_in, listed.ack_in) != (node.service, node.write_in, node.ack_in)
+        if moved and silent <= self.timings.removal_after:
+            return (f"{node.id} is in the chain at {listed.service} and was heard from {silent:.1f} s ago: "
+                    f"a second process with the same id? Give each node an id of its own (node.id)")
+        return None
 
     def _heartbeat(self, client: Any, request: Heartbeat, now: float) -> None:
         if self._refuse_other_protocol(client, request):
@@ -251,13 +296,13 @@ class CoordinatorCore:
         call_id = next(self._ids)
         self._forwards[call_id] = _Forward(client, request.id, now + self.timings.request_timeout)
         self.counters["forwarded_writes"] += 1
-        self._out.append(PeerRequest(head.service, msgspec.structs.replace(request, id=call_id)))
+        self._out.append(PeerRequest(head.service, msgspec.structs.replace(request, id=call_id), head.key))
 
     def on_peer_reply(self, reply: Reply | Malformed, values: list[bytes], now: float) -> None:
         """The head's answer to a forwarded write: relayed under the client's own request id."""
         if isinstance(reply, Malformed):
             self.counters["bad_messages"] += 1
-            log.warning("dropped a malformed reply from a node: %s", reply.message)
+            self.logs.warning("malformed reply", now, "dropped a malformed reply from a node: %s", reply.message)
             return
         forward = self._forwards.pop(reply.id, None) if type(reply.id) is int else None
         if forward is not None:

@@ -19,9 +19,11 @@ import orjson
 import zmq
 
 from zcraq import sockets, wire
+from zcraq.callers import TRUSTED, Caller
 from zcraq.config import ConfigError, CoordinatorConfig
 from zcraq.coordcore import CoordinatorCore, CoordinatorTimings
 from zcraq.effects import Effect, PeerRequest, Publish, Relink, Respond, SendDown, SendUp, Subscribe
+from zcraq.security import ProcessSecurity
 from zcraq.signals import run_until_signalled
 from zcraq.topology import Topology
 from zcraq.wire import Limits
@@ -101,16 +103,25 @@ class CoordinatorProcess:
                      self.core.topology.epoch, config.state_dir, timings.removal_after)
         self.ctx = zmq.Context()
         self._stopping = False
+        self._reload = False
         max_message = limits.max_value_bytes + limits.max_key_bytes + 64 * 1024
+        self.security: ProcessSecurity | None = None
         try:
+            if config.security is not None:
+                self.security = ProcessSecurity(self.ctx, config.security, config.path)
+            curve = self.security.curve if self.security else None
             self.service, self.pub = sockets.bind_all(self.ctx, config, [
-                (zmq.ROUTER, "port", max_message), (zmq.PUB, "publish_port", sockets.MAX_MESSAGE_BYTES)])
+                (zmq.ROUTER, "port", max_message), (zmq.PUB, "publish_port", sockets.MAX_MESSAGE_BYTES)], curve)
         except ConfigError:
+            if self.security is not None:
+                self.security.close()
             self.ctx.term()
             raise
         self.poller = zmq.Poller()
         self.poller.register(self.service, zmq.POLLIN)
-        self.peers = sockets.DealerPool(self.ctx, self.poller)
+        if self.security is not None:
+            self.poller.register(self.security.zap.sock, zmq.POLLIN)
+        self.peers = sockets.DealerPool(self.ctx, self.poller, curve=curve)
 
     def run(self) -> None:
         log.info("coordinator: requests %s, topology %s, state %s", self.config.endpoint,
@@ -119,27 +130,42 @@ class CoordinatorProcess:
             ready = dict(self.poller.poll(50))
             now = time.monotonic()
             for sock in ready:
-                for frames in sockets.recv_batch(sock, BATCH):
-                    try:
-                        if sock is self.service:
-                            self._on_service(frames, now)
-                        elif frames and frames[0] == b"":
-                            reply, values = wire.read_reply(frames[1:])
-                            self.core.on_peer_reply(reply, values, now)
-                    except Exception:  # a message the validation missed must not stop the chain
-                        self.core.counters["internal_errors"] += 1
-                        log.exception("error while handling a message; message dropped")
+                self._dispatch(sock, now)
             self.core.tick(now)
             self._execute(self.core.ready())
+            if self._reload and self.security is not None:
+                self._reload = False
+                self.security.reload()
         self.close()
 
-    def _on_service(self, frames: list[bytes], now: float) -> None:
+    def _dispatch(self, sock: zmq.Socket, now: float) -> None:
+        security = self.security
+        if security is not None and sock is security.zap.sock:
+            security.zap.handle()
+            return
+        if sock is self.service and security is not None:
+            batch = [(frames, security.caller(key)) for frames, key in sockets.recv_batch_with_keys(sock, BATCH)]
+        else:
+            batch = [(frames, TRUSTED) for frames in sockets.recv_batch(sock, BATCH)]
+        for frames, caller in batch:
+            try:
+                if sock is self.service:
+                    self._on_service(frames, now, caller)
+                elif frames and frames[0] == b"":
+                    reply, values = wire.read_reply(frames[1:])
+                    self.core.on_peer_reply(reply, values, now)
+            except Exception:  # a message the validation missed must not stop the chain
+                self.core.counters["internal_errors"] += 1
+                self.core.logs.log(logging.ERROR, "internal error", now, "error while handling a message; message "
+                                   "dropped", exc_info=True)
+
+    def _on_service(self, frames: list[bytes], now: float, caller: Caller) -> None:
         split = sockets.split_or_reject(self.service, frames)
         if split is None:
             self.core.counters["bad_messages"] += 1
             return
         envelope, body = split
-        self.core.on_request(envelope, wire.read_coordinator_request(body, self.limits), now)
+        self.core.on_request(envelope, wire.read_coordinator_request(body, self.limits), now, caller)
 
     def _execute(self, effects: list[Effect]) -> None:
         for effect in effects:
@@ -150,7 +176,7 @@ class CoordinatorProcess:
                 case Respond():
                     sockets.send_nowait(self.service, [*effect.client, *wire.encode_reply(effect.reply, effect.values)])
                 case PeerRequest():
-                    self.peers.send(effect.endpoint, wire.encode_request(effect.request))
+                    self.peers.send(effect.endpoint, wire.encode_request(effect.request), effect.key)
                 case SendDown() | SendUp() | Relink() | Subscribe():
                     raise AssertionError(f"the coordinator has no chain links: {effect}")
                 case _:
@@ -159,14 +185,20 @@ class CoordinatorProcess:
     def stop(self, *_args: object) -> None:
         self._stopping = True
 
+    def reload(self) -> None:
+        """SIGHUP: reread the allow-lists at the end of this loop turn."""
+        self._reload = True
+
     def close(self) -> None:
         self.service.close(0)
         self.pub.close(0)
         self.peers.close()
+        if self.security is not None:
+            self.security.close()
         self.ctx.term()
 
 
 def run_coordinator(config: CoordinatorConfig) -> None:
     """Run until SIGINT or SIGTERM."""
     process = CoordinatorProcess(config)
-    run_until_signalled(process.run, process.stop)
+    run_until_signalled(process.run, process.stop, process.reload)

@@ -22,6 +22,8 @@ class Relink:
 
     down: str | None
     up: str | None
+    down_key: str | None = None  # the peers' CURVE keys (None without security)
+    up_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,7 @@ class PeerRequest:
 
     endpoint: str
     request: Request
+    key: str | None = None  # the peer's CURVE key; for "coordinator" the shell knows it
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,19 @@ class Unavailable(ZcraqError):
     code = "unavailable"
 
 
+class AuthenticationError(ZcraqError):
+    """The server refused this client's CURVE handshake: no key where one is needed, a key not in
+    its allow-list, or keys where it has none. Retrying with the same keys fails again."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(ZcraqError):
+    """The server knows this client's key, but the key's role may not make this request."""
+
+    code = "forbidden"
+
+
 class BadRequest(ZcraqError):
     """The request was malformed or exceeded a limit; retrying it unchanged will fail again."""
 
@@ -57,6 +70,9 @@ ERROR_CODES: dict[str, type[ZcraqError]] = {
     "busy": Unavailable,
     "incompatible": BadRequest,
     "unknown_node": Unavailable,
+    "forbidden": Forbidden,
+    "node_id_taken": BadRequest,
+    "unauthenticated": AuthenticationError,
     "internal": ZcraqError,
 }
 

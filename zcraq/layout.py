@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import shutil
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+
+from zcraq.security import create_certificate
 
 COORDINATOR = "coordinator"
 COORDINATOR_PORTS = (7000, 7001)  # requests, topology
@@ -79,18 +82,26 @@ def free_ports(count: int) -> list[int]:
 
 class Layout:
     """Where a cluster's files are: the coordinator's config, the nodes' configs in chain order,
-    and the directory for one log per process (None: the processes write to the terminal)."""
+    the directory for one log per process (None: the processes write to the terminal), and the
+    client config that tools use to watch the cluster (needed when it runs with CURVE keys)."""
 
-    def __init__(self, coordinator: Path, nodes: Sequence[Path], logs: Path | None = None) -> None:
+    def __init__(self, coordinator: Path, nodes: Sequence[Path], logs: Path | None = None,
+                 client: Path | None = None, clients: Sequence[Path] = (), admins: Sequence[Path] = ()) -> None:
         self.coordinator = coordinator
         self.nodes = list(nodes)
         self.logs = logs
+        self.client = client
+        self.clients = list(clients)  # every client*.toml and admin*.toml, for key provisioning
+        self.admins = list(admins)
 
     @classmethod
     def directory(cls, directory: Path) -> Layout:
-        """coordinator.toml and node*.toml (sorted by name) of a config directory, as ``zcraq run``
-        uses them."""
-        return cls(directory / "coordinator.toml", sorted(directory.glob("node*.toml")))
+        """coordinator.toml, node*.toml (sorted by name), client*.toml and admin*.toml of a config
+        directory, as ``zcraq run`` uses them; client.toml, if there is one, watches the cluster."""
+        client = directory / "client.toml"
+        return cls(directory / "coordinator.toml", sorted(directory.glob("node*.toml")),
+                   client=client if client.exists() else None, clients=sorted(directory.glob("client*.toml")),
+                   admins=sorted(directory.glob("admin*.toml")))
 
     def add_node(self, node_id: str) -> Path:
         raise ValueError(f"cannot add {node_id}: this cluster runs existing config files")
@@ -103,14 +114,21 @@ class Generated(Layout):
 
     ``coordinator`` and ``node`` set keys of the ``[coordinator]`` and every ``[node]`` table
     (lease_ms, durability, log_level, ...: any key zcraq/config.py knows); ``per_node`` sets keys
-    for one node by id. Unset keys take the defaults of zcraq/config.py."""
+    for one node by id. Unset keys take the defaults of zcraq/config.py.
+
+    ``secure``: every process gets a CURVE key pair under ``keys/`` and a ``[security]`` table;
+    ``configs/client.toml`` and ``configs/admin.toml`` hold a client's and an administrator's."""
 
     def __init__(self, root: Path, nodes: int = 3, *, coordinator: Mapping[str, Any] | None = None,
                  node: Mapping[str, Any] | None = None, per_node: Mapping[str, Mapping[str, Any]] | None = None,
-                 hosts: Callable[[str], str] | None = None) -> None:
+                 hosts: Callable[[str], str] | None = None, secure: bool = False) -> None:
         self.root = root.absolute()
         for sub in ("configs", "data", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.keys = self.root / "keys" if secure else None
+        if self.keys is not None:
+            for role in ("nodes", "clients", "admins"):
+                (self.keys / role).mkdir(parents=True, exist_ok=True)
         self.hosts = hosts or LoopbackHosts(nodes)
         self.node_settings, self.per_node = dict(node or {}), per_node or {}
         host = self.hosts(COORDINATOR)
@@ -118,8 +136,12 @@ class Generated(Layout):
         self.coordinator_endpoint = f"tcp://{host}:{port}"
         path = self._write(COORDINATOR, "coordinator", {
             "bind_host": host, "port": port, "publish_port": publish,
-            "state_dir": str(self.root / "data" / COORDINATOR), **(coordinator or {})})
-        super().__init__(path, [], self.root / "logs")
+            "state_dir": str(self.root / "data" / COORDINATOR), **(coordinator or {})},
+            self._security(COORDINATOR, None))
+        client = admin = None
+        if self.keys is not None:
+            client, admin = self._client("client", "clients"), self._client("admin", "admins")
+        super().__init__(path, [], self.root / "logs", client=client, admins=[admin] if admin else [])
         for index in range(1, nodes + 1):
             self.nodes.append(self.add_node(f"node{index}"))
 
@@ -130,11 +152,42 @@ class Generated(Layout):
             "id": node_id, "coordinator": self.coordinator_endpoint, "bind_host": host,
             "service_port": service, "write_port": write, "ack_port": ack,
             "data_dir": str(self.root / "data" / node_id),
-            **self.node_settings, **self.per_node.get(node_id, {})})
+            **self.node_settings, **self.per_node.get(node_id, {})},
+            self._security(node_id, "nodes"))
 
-    def _write(self, name: str, table: str, values: dict[str, Any]) -> Path:
-        if not ipaddress.ip_address(values["bind_host"]).is_loopback:
+    @property
+    def secure(self) -> bool:
+        return self.keys is not None
+
+    def _security(self, name: str, role: str | None) -> dict[str, Any] | None:
+        """The ``[security]`` table of process ``name``, creating its key pair (and putting its
+        public key into the allow-list of ``role``)."""
+        if self.keys is None:
+            return None
+        secret = create_certificate(self.keys, name)
+        if role is not None:
+            shutil.copyfile(secret.with_suffix(".key"), self.keys / role / f"{name}.key")
+        table: dict[str, Any] = {"certificate": str(secret)}
+        if name != COORDINATOR:
+            table["coordinator_key"] = str(self.keys / "coordinator.key")
+        return {**table, **{role: str(self.keys / role) for role in ("nodes", "clients", "admins")}}
+
+    def _client(self, name: str, role: str) -> Path:
+        assert self.keys is not None
+        secret = create_certificate(self.keys, name)
+        shutil.copyfile(secret.with_suffix(".key"), self.keys / role / f"{name}.key")
+        path = self.root / "configs" / f"{name}.toml"
+        path.write_text(tomli_w.dumps({
+            "client": {"coordinator": self.coordinator_endpoint},
+            "security": {"certificate": str(secret), "coordinator_key": str(self.keys / "coordinator.key")}}))
+        return path
+
+    def _write(self, name: str, table: str, values: dict[str, Any], security: dict[str, Any] | None = None) -> Path:
+        if not ipaddress.ip_address(values["bind_host"]).is_loopback and security is None:
             values.setdefault("insecure", True)  # zcraq refuses other addresses without it
         path = self.root / "configs" / f"{name}.toml"
-        path.write_text(tomli_w.dumps({table: values}))
+        document: dict[str, Any] = {table: values}
+        if security is not None:
+            document["security"] = security
+        path.write_text(tomli_w.dumps(document))
         return path

@@ -1,10 +1,11 @@
 """A local cluster in the foreground: the coordinator and every node of a config directory.
 
 This is what ``make run`` starts: the launcher (zcraq/cluster.py) with the directory's own config
-files, the processes writing to this terminal. Each child runs in a session of its own, so a
+files, the processes writing to this terminal. A directory whose configs have ``[security]``
+tables (config/secure/) gets its missing CURVE keys created first (zcraq/provision.py). Each child runs in a session of its own, so a
 Ctrl-C reaches only ``zcraq run``, which then stops the nodes (each leaves the chain cleanly) and
-then the coordinator; SIGTERM does the same. A child that dies is named, with its exit code, and
-the rest are stopped.
+then the coordinator; SIGTERM does the same; SIGHUP is passed on to every child (they reread their
+allow-lists). A child that dies is named, with its exit code, and the rest are stopped.
 """
 
 from __future__ import annotations
@@ -16,20 +17,27 @@ from pathlib import Path
 from types import FrameType
 
 from zcraq.cluster import Cluster, ProcessExited
-from zcraq.config import ConfigError
+from zcraq.config import ConfigError, load_coordinator_config, load_node_config
 from zcraq.errors import ZcraqError
 from zcraq.layout import COORDINATOR, Layout
+from zcraq.provision import provision
+from zcraq.security import KeyFileError
 
 READY_TIMEOUT_SECONDS = 30.0
 
 
 def run_local(config_dir: str) -> int:
     directory = Path(config_dir)
+    layout = Layout.directory(directory)
     try:
-        cluster = Cluster(Layout.directory(directory))
-    except ConfigError as error:
+        created = provision(load_coordinator_config(layout.coordinator), [load_node_config(p) for p in layout.nodes],
+                            layout.clients, layout.admins)
+        cluster = Cluster(layout)
+    except (ConfigError, KeyFileError, ValueError) as error:
         print(f"zcraq: {error}", file=sys.stderr)
         return 2
+    for secret in created:
+        print(f"zcraq: created the CURVE key pair {secret}", flush=True)
     if not cluster.node_ids:
         print(f"zcraq: no node*.toml in {directory}", file=sys.stderr)
         return 2
@@ -40,6 +48,18 @@ def run_local(config_dir: str) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    hangups: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, _frame: hangups.append(signum))
+
+    def stop_or_pass_on_hangups() -> bool:
+        """True once asked to stop; meanwhile a SIGHUP goes on to every child (reload keys)."""
+        while hangups:
+            hangups.pop()
+            for name in [COORDINATOR, *cluster.node_ids]:
+                if cluster.alive(name):
+                    cluster.signal(name, signal.SIGHUP)
+        return bool(stopping)
+
     coordinator = cluster.coordinator_config
     status = 0
     try:
@@ -58,7 +78,7 @@ def run_local(config_dir: str) -> int:
             print(f"zcraq: chain ready: {' -> '.join(cluster.members())}", flush=True)
             print("zcraq: try `zcraq client write hello world` and `zcraq client read hello`; "
                   "Ctrl-C stops everything", flush=True)
-            cluster.wait(lambda: stopping, math.inf, "a signal to stop", interval=0.2)
+            cluster.wait(stop_or_pass_on_hangups, math.inf, "a signal to stop", interval=0.2)
     except ProcessExited as error:
         for found in error.exits:
             print(f"zcraq: {found}; stopping the rest", file=sys.stderr)

@@ -39,7 +39,7 @@ ReadMode = Literal["strong", "eventual"]
 # Version of the node <-> coordinator <-> node protocol. A node sends it in every join and
 # heartbeat and the coordinator refuses a different one: processes of different versions must
 # never share a chain (also not after the coordinator alone was restarted on another release).
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: members carry their CURVE key; authorization errors
 
 # Chain record flags (PROTOCOL.md §10.2), also used by catch-up items.
 COMMITTED = 1

@@ -17,10 +17,12 @@ from typing import assert_never
 import zmq
 
 from zcraq import sockets, wire
+from zcraq.callers import TRUSTED, Caller
 from zcraq.config import ConfigError, NodeConfig
 from zcraq.effects import Effect, PeerRequest, Publish, Relink, Respond, SendDown, SendUp, Subscribe
 from zcraq.messages import ChainFrame, Leave, Malformed
 from zcraq.nodecore import UNSAFE_FAULTS, NodeCore, NodeTimings
+from zcraq.security import ProcessSecurity
 from zcraq.signals import run_until_signalled
 from zcraq.store import LevelDBStore
 from zcraq.topology import Member
@@ -51,7 +53,6 @@ class NodeProcess:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self._stopping = False
-        self.me = Member(config.id, config.service_endpoint, config.write_endpoint, config.ack_endpoint)
         self.limits = limits = Limits(config.limits.max_key_bytes, config.limits.max_value_bytes)
         self.max_message = limits.max_value_bytes + limits.max_key_bytes + 64 * 1024
         self.store = LevelDBStore(config.data_dir, config.durability)
@@ -61,24 +62,36 @@ class NodeProcess:
             catchup_page_items=config.catchup_page_items,
             peer_lease=config.peer_lease_ms / 1000,
         )
-        self.core = NodeCore(self.me, self.store, timings, unsafe_faults_from_environment())
         self.ctx = zmq.Context()
+        self.security: ProcessSecurity | None = None
         try:
+            if config.security is not None:
+                self.security = ProcessSecurity(self.ctx, config.security, config.path)
+            curve = self.security.curve if self.security else None
             self.service, self.write_in, self.ack_in = sockets.bind_all(self.ctx, config, [
                 (zmq.ROUTER, "service_port", self.max_message),
                 (zmq.PULL, "write_port", sockets.MAX_MESSAGE_BYTES),
-                (zmq.PULL, "ack_port", sockets.MAX_MESSAGE_BYTES)])
+                (zmq.PULL, "ack_port", sockets.MAX_MESSAGE_BYTES)], curve)
         except ConfigError:
+            if self.security is not None:
+                self.security.close()
             self.ctx.term()
             self.store.close()
             raise
+        key = curve.own.public_text if curve else None
+        self.me = Member(config.id, config.service_endpoint, config.write_endpoint, config.ack_endpoint, key)
+        self.core = NodeCore(self.me, self.store, timings, unsafe_faults_from_environment())
         self.sub: zmq.Socket | None = None
+        self._reload = False
         self.poller = zmq.Poller()
         for sock in (self.service, self.write_in, self.ack_in):
             self.poller.register(sock, zmq.POLLIN)
-        self.down = sockets.PushLink(self.ctx)
-        self.up = sockets.PushLink(self.ctx)
-        self.peers = sockets.DealerPool(self.ctx, self.poller, {"coordinator": config.coordinator})
+        if self.security is not None:
+            self.poller.register(self.security.zap.sock, zmq.POLLIN)
+        self.down = sockets.PushLink(self.ctx, curve)
+        self.up = sockets.PushLink(self.ctx, curve)
+        self.peers = sockets.DealerPool(self.ctx, self.poller, {
+            "coordinator": (config.coordinator, curve.coordinator_key if curve else None)}, curve)
 
     # ------------------------------------------------------------------ loop
 
@@ -96,24 +109,36 @@ class NodeProcess:
                 self._dispatch(sock, now)
             self.core.tick(now)
             self._execute(self.core.ready())
+            if self._reload and self.security is not None:
+                self._reload = False
+                self.security.reload()
         self._leave()
 
     def _dispatch(self, sock: zmq.Socket, now: float) -> None:
-        for frames in sockets.recv_batch(sock, BATCH):
+        security = self.security
+        if security is not None and sock is security.zap.sock:
+            security.zap.handle()
+            return
+        if security is not None and sock in (self.service, self.write_in, self.ack_in):
+            batch = [(frames, security.caller(key)) for frames, key in sockets.recv_batch_with_keys(sock, BATCH)]
+        else:
+            batch = [(frames, TRUSTED) for frames in sockets.recv_batch(sock, BATCH)]
+        for frames, caller in batch:
             try:
-                self._handle(sock, frames, now)
+                self._handle(sock, frames, now, caller)
             except Exception:  # a message the validation missed must not take the node down
                 self.core.counters["internal_errors"] += 1
-                log.exception("error while handling a message; message dropped")
+                self.core.logs.log(logging.ERROR, "internal error", now, "error while handling a message; message "
+                                   "dropped", exc_info=True)
 
-    def _handle(self, sock: zmq.Socket, frames: list[bytes], now: float) -> None:
+    def _handle(self, sock: zmq.Socket, frames: list[bytes], now: float, caller: Caller) -> None:
         core = self.core
         if sock is self.service:
-            self._on_service(frames, now)
+            self._on_service(frames, now, caller)
         elif sock is self.write_in:
-            core.on_write_frame(self._chain_frame(frames), now)
+            core.on_write_frame(self._chain_frame(frames), now, caller)
         elif sock is self.ack_in:
-            core.on_ack_frame(self._chain_frame(frames), now)
+            core.on_ack_frame(self._chain_frame(frames), now, caller)
         elif sock is self.sub:
             self._on_topology_message(frames, now)
         elif frames and frames[0] == b"":  # a DEALER: a reply from a peer or the coordinator
@@ -127,13 +152,13 @@ class NodeProcess:
             return Malformed("bad_request", f"a chain message has exactly one frame, not {len(frames)}")
         return wire.read_chain(frames[0], self.limits)
 
-    def _on_service(self, frames: list[bytes], now: float) -> None:
+    def _on_service(self, frames: list[bytes], now: float, caller: Caller) -> None:
         split = sockets.split_or_reject(self.service, frames)
         if split is None:
             self.core.counters["bad_messages"] += 1
             return
         envelope, body = split
-        self.core.on_request(envelope, wire.read_node_request(body, self.limits), now)
+        self.core.on_request(envelope, wire.read_node_request(body, self.limits), now, caller)
 
     def _on_topology_message(self, frames: list[bytes], now: float) -> None:
         if len(frames) != 2 or frames[0] != TOPIC:
@@ -143,7 +168,7 @@ class NodeProcess:
             topology = wire.decode_topology(frames[1])
         except WireError as error:
             self.core.counters["bad_messages"] += 1
-            log.warning("ignored a malformed topology update: %s", error)
+            self.core.logs.warning("malformed topology", now, "ignored a malformed topology update: %s", error)
             return
         self.core.on_topology(topology, now)
 
@@ -159,10 +184,10 @@ class NodeProcess:
                 case Respond():
                     sockets.send_nowait(self.service, [*effect.client, *wire.encode_reply(effect.reply, effect.values)])
                 case PeerRequest():
-                    self.peers.send(effect.endpoint, wire.encode_request(effect.request))
+                    self.peers.send(effect.endpoint, wire.encode_request(effect.request), effect.key)
                 case Relink():
-                    self.down.retarget(effect.down)
-                    self.up.retarget(effect.up)
+                    self.down.retarget(effect.down, effect.down_key)
+                    self.up.retarget(effect.up, effect.up_key)
                     self._prune_peers()
                 case Subscribe():
                     self._subscribe(effect.endpoint)
@@ -184,7 +209,15 @@ class NodeProcess:
                 return
             self.poller.unregister(self.sub)
             self.sub.close(0)
-        self.sub = sub = sockets.connected(self.ctx, zmq.SUB, endpoint)
+        curve = self.security.curve if self.security else None
+        try:
+            sub = sockets.connected(self.ctx, zmq.SUB, endpoint, curve=curve,
+                                    server_key=curve.coordinator_key if curve else None)
+        except sockets.AddressError as error:
+            log.error("%s; topology updates come with heartbeats only", error)
+            self.sub = None
+            return
+        self.sub = sub
         sub.setsockopt(zmq.SUBSCRIBE, TOPIC)
         self.poller.register(sub, zmq.POLLIN)
 
@@ -193,13 +226,17 @@ class NodeProcess:
     def stop(self, *_args: object) -> None:
         self._stopping = True
 
+    def reload(self) -> None:
+        """SIGHUP: reread the allow-lists at the end of this loop turn."""
+        self._reload = True
+
     def _leave(self) -> None:
         """Tell the coordinator we are going, so it repairs the chain at once, then close."""
         if self.core.joined:
             log.info("leaving the chain")
             self.peers.send("coordinator", wire.encode_request(Leave(self.me.id, id=0)))
             deadline = time.monotonic() + 1.0
-            coordinator = self.peers.sockets.get(self.config.coordinator)
+            coordinator = self.peers.socket_of("coordinator")
             while coordinator is not None and time.monotonic() < deadline:
                 if coordinator.poll(100) and self._is_leave_reply(coordinator.recv_multipart()):
                     break
@@ -216,6 +253,8 @@ class NodeProcess:
                 sock.close(0)
         for link in (self.down, self.up, self.peers):
             link.close()
+        if self.security is not None:
+            self.security.close()
         self.store.close()
         self.ctx.term()
 
@@ -223,4 +262,4 @@ class NodeProcess:
 def run_node(config: NodeConfig) -> None:
     """Run until SIGINT or SIGTERM."""
     process = NodeProcess(config)
-    run_until_signalled(process.run, process.stop)
+    run_until_signalled(process.run, process.stop, process.reload)

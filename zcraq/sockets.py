@@ -18,6 +18,7 @@ from collections.abc import Iterable
 import zmq
 
 from zcraq.config import ConfigError, CoordinatorConfig, NodeConfig
+from zcraq.security import Curve, connect_curve, serve_curve
 from zcraq.messages import Error
 from zcraq.wire import encode_reply
 
@@ -44,9 +45,13 @@ def _configure(sock: zmq.Socket, max_message: int) -> zmq.Socket:
     return sock
 
 
-def bound(ctx: zmq.Context, kind: int, endpoint: str, max_message: int = MAX_MESSAGE_BYTES) -> zmq.Socket:
-    """A socket bound to ``endpoint``; AddressError names the endpoint if that is impossible."""
+def bound(ctx: zmq.Context, kind: int, endpoint: str, max_message: int = MAX_MESSAGE_BYTES,
+          curve: Curve | None = None) -> zmq.Socket:
+    """A socket bound to ``endpoint`` (a CURVE server with ``curve``); AddressError names the
+    endpoint if that is impossible."""
     sock = _configure(ctx.socket(kind), max_message)
+    if curve is not None:
+        serve_curve(sock, curve.own)
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as error:
@@ -55,9 +60,15 @@ def bound(ctx: zmq.Context, kind: int, endpoint: str, max_message: int = MAX_MES
     return sock
 
 
-def connected(ctx: zmq.Context, kind: int, endpoint: str, max_message: int = MAX_MESSAGE_BYTES) -> zmq.Socket:
-    """A socket connecting to ``endpoint``; AddressError (and no leaked socket) if it cannot."""
+def connected(ctx: zmq.Context, kind: int, endpoint: str, max_message: int = MAX_MESSAGE_BYTES,
+              curve: Curve | None = None, server_key: str | None = None) -> zmq.Socket:
+    """A socket connecting to ``endpoint`` (with ``curve``, to the server whose public key is
+    ``server_key``); AddressError (and no leaked socket) if it cannot."""
+    if curve is not None and server_key is None:
+        raise AddressError(f"cannot connect to {endpoint}: its CURVE key is not known")
     sock = _configure(ctx.socket(kind), max_message)
+    if curve is not None and server_key is not None:
+        connect_curve(sock, curve.own, server_key)
     if kind == zmq.PUSH:
         # Queue nothing for a peer that is not connected: the chain protocol resends instead.
         sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -100,23 +111,23 @@ def split_or_reject(router: zmq.Socket, frames: list[bytes]) -> tuple[list[bytes
 
 
 def bound_from_config(ctx: zmq.Context, kind: int, config: NodeConfig | CoordinatorConfig, key: str,
-                      max_message: int = MAX_MESSAGE_BYTES) -> zmq.Socket:
+                      max_message: int = MAX_MESSAGE_BYTES, curve: Curve | None = None) -> zmq.Socket:
     """A socket bound to the port ``config.<key>``; a ConfigError naming file and key if impossible."""
     table = "node" if isinstance(config, NodeConfig) else "coordinator"
     try:
-        return bound(ctx, kind, config.bind_endpoint(getattr(config, key)), max_message)
+        return bound(ctx, kind, config.bind_endpoint(getattr(config, key)), max_message, curve)
     except AddressError as error:
         raise ConfigError(str(config.path), f"{table}.{key}", str(error)) from None
 
 
 def bind_all(ctx: zmq.Context, config: NodeConfig | CoordinatorConfig,
-             ports: list[tuple[int, str, int]]) -> list[zmq.Socket]:
+             ports: list[tuple[int, str, int]], curve: Curve | None = None) -> list[zmq.Socket]:
     """One bound socket per (kind, config key, max message size); on a ConfigError the sockets
     already bound are closed again, so a process that cannot start leaves nothing open."""
     bound_so_far: list[zmq.Socket] = []
     try:
         for kind, key, max_message in ports:
-            bound_so_far.append(bound_from_config(ctx, kind, config, key, max_message))
+            bound_so_far.append(bound_from_config(ctx, kind, config, key, max_message, curve))
     except ConfigError:
         for sock in bound_so_far:
             sock.close(0)
@@ -131,20 +142,22 @@ class PushLink:
     peer, so an old neighbour must never stay connected, and frames queued for it are dropped.
     """
 
-    def __init__(self, ctx: zmq.Context) -> None:
+    def __init__(self, ctx: zmq.Context, curve: Curve | None = None) -> None:
         self._ctx = ctx
+        self._curve = curve
         self._sock: zmq.Socket | None = None
         self.endpoint: str | None = None
+        self._key: str | None = None
         self.dropped = 0
 
-    def retarget(self, endpoint: str | None) -> None:
-        if endpoint == self.endpoint:
+    def retarget(self, endpoint: str | None, key: str | None = None) -> None:
+        if endpoint == self.endpoint and key == self._key:
             return
         self.close()
-        self.endpoint = endpoint
+        self.endpoint, self._key = endpoint, key
         if endpoint is not None:
             try:
-                self._sock = connected(self._ctx, zmq.PUSH, endpoint)
+                self._sock = connected(self._ctx, zmq.PUSH, endpoint, curve=self._curve, server_key=key)
             except AddressError as error:
                 log.error("%s; the link stays down", error)
 
@@ -158,7 +171,7 @@ class PushLink:
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
-        self.endpoint = None
+        self.endpoint = self._key = None
 
 
 class DealerPool:
@@ -168,39 +181,72 @@ class DealerPool:
     envelope a REQ socket would produce; replies come back as [b"", header, values...].
     """
 
-    def __init__(self, ctx: zmq.Context, poller: zmq.Poller, aliases: dict[str, str] | None = None) -> None:
+    def __init__(self, ctx: zmq.Context, poller: zmq.Poller, aliases: dict[str, tuple[str, str | None]] | None = None,
+                 curve: Curve | None = None) -> None:
+        """``aliases``: name -> (endpoint, CURVE key), e.g. "coordinator"."""
         self._ctx = ctx
         self._poller = poller
         self._aliases = aliases or {}
+        self._curve = curve
         self.sockets: dict[str, zmq.Socket] = {}
+        self._keys: dict[str, str | None] = {}
 
-    def send(self, endpoint: str, frames: list[bytes]) -> bool:
-        endpoint = self._aliases.get(endpoint, endpoint)
+    def send(self, endpoint: str, frames: list[bytes], key: str | None = None) -> bool:
+        """Send to ``endpoint`` (or an alias), whose CURVE key is ``key``; a new key reconnects."""
+        if endpoint in self._aliases:
+            endpoint, key = self._aliases[endpoint]
         sock = self.sockets.get(endpoint)
+        if sock is not None and self._keys.get(endpoint) != key:
+            self._drop(endpoint)
+            sock = None
         if sock is None:
             try:
-                sock = connected(self._ctx, zmq.DEALER, endpoint)
+                sock = connected(self._ctx, zmq.DEALER, endpoint, curve=self._curve, server_key=key)
             except AddressError as error:
                 log.error("%s; request dropped", error)
                 return False
             self.sockets[endpoint] = sock
+            self._keys[endpoint] = key
             self._poller.register(sock, zmq.POLLIN)
         return send_nowait(sock, [b"", *frames])
 
+    def socket_of(self, name: str) -> zmq.Socket | None:
+        """The DEALER to an alias or endpoint, if one is open."""
+        return self.sockets.get(self._aliases[name][0] if name in self._aliases else name)
+
+    def _drop(self, endpoint: str) -> None:
+        sock = self.sockets.pop(endpoint)
+        self._keys.pop(endpoint, None)
+        self._poller.unregister(sock)
+        sock.close(0)
+
     def keep_only(self, endpoints: Iterable[str]) -> None:
         """Close DEALERs to peers that are no longer needed (a late reply to them is dropped)."""
-        wanted = {self._aliases.get(e, e) for e in endpoints} | set(self._aliases.values())
+        wanted = set(endpoints) | {endpoint for endpoint, _key in self._aliases.values()}
         for endpoint in [e for e in self.sockets if e not in wanted]:
-            sock = self.sockets.pop(endpoint)
-            self._poller.unregister(sock)
-            sock.close(0)
+            self._drop(endpoint)
 
     def close(self) -> None:
-        self.keep_only(())
-        for sock in self.sockets.values():
-            self._poller.unregister(sock)
-            sock.close(0)
-        self.sockets.clear()
+        for endpoint in list(self.sockets):
+            self._drop(endpoint)
+
+
+def recv_batch_with_keys(sock: zmq.Socket, limit: int) -> list[tuple[list[bytes], str | None]]:
+    """Like recv_batch, each message with the CURVE key its connection authenticated (the
+    "User-Id" the ZAP handler gave it), or None on a connection without one."""
+    messages = []
+    for _ in range(limit):
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            break
+        try:
+            found = frames[0].get("User-Id")
+        except zmq.ZMQError:
+            found = None
+        key = found if isinstance(found, str) else None
+        messages.append(([frame.bytes for frame in frames], key))
+    return messages
 
 
 def recv_batch(sock: zmq.Socket, limit: int) -> list[list[bytes]]:

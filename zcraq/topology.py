@@ -15,18 +15,23 @@ import msgspec
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Epoch = Annotated[int, msgspec.Meta(ge=0)]
+Z85Key = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-zA-Z.:+=^!/*?&<>()\[\]{}@%$#-]{40}$")]
 
 
 class Member(msgspec.Struct, frozen=True):
-    """One node and the endpoints others use to reach it."""
+    """One node, the endpoints others use to reach it, and (in a cluster with CURVE) the public
+    key it registered with: peers and clients connect to it with that key, and a chain frame
+    claiming to come from it is accepted only over a connection authenticated with it."""
 
     id: NonEmpty
     service: NonEmpty  # ROUTER: client requests, version queries, catch-up
     write_in: NonEmpty  # PULL: WRITE frames from the predecessor
     ack_in: NonEmpty  # PULL: COMMIT frames from the successor
+    key: Z85Key | None = None  # z85 CURVE public key; None without security
 
-    def to_dict(self) -> dict[str, str]:
-        return {"id": self.id, "service": self.service, "write_in": self.write_in, "ack_in": self.ack_in}
+    def to_dict(self) -> dict[str, str | None]:
+        return {"id": self.id, "service": self.service, "write_in": self.write_in, "ack_in": self.ack_in,
+                "key": self.key}
 
     @classmethod
     def from_dict(cls, data: Any) -> Member:

@@ -14,6 +14,7 @@ from typing import Any
 
 from zcraq.effects import Effect, PeerRequest
 from zcraq.messages import Request, TopologyRequest
+from zcraq.topology import Member
 
 
 class CallKind(Enum):
@@ -45,18 +46,21 @@ class Calls:
         self._ids = count(1)
         self._pending: dict[int, Call] = {}
 
-    def ask(self, endpoint: str, kind: CallKind, now: float, epoch: int, build: Callable[[int], Request],
+    def ask(self, to: Member | None, kind: CallKind, now: float, epoch: int, build: Callable[[int], Request],
             **context: Any) -> None:
-        """Send the request ``build(call_id)`` to ``endpoint`` ("coordinator": ours) and remember
-        the call; ``epoch`` is the asker's, ``context`` what the reply's handler will need."""
+        """Send the request ``build(call_id)`` to ``to``'s service (None: the coordinator) and
+        remember the call; ``epoch`` is the asker's, ``context`` what the reply's handler needs."""
         call_id = next(self._ids)
         self._pending[call_id] = Call(kind, now, now + self.timeout, epoch, **context)
-        self._out.append(PeerRequest(endpoint, build(call_id)))
+        if to is None:
+            self._out.append(PeerRequest("coordinator", build(call_id)))
+        else:
+            self._out.append(PeerRequest(to.service, build(call_id), to.key))
 
     def ask_topology(self, now: float, epoch: int) -> None:
         """Ask the coordinator for the current topology (once: not while a request for it is out)."""
         if not self.pending(CallKind.TOPOLOGY):
-            self.ask("coordinator", CallKind.TOPOLOGY, now, epoch, lambda i: TopologyRequest(id=i))
+            self.ask(None, CallKind.TOPOLOGY, now, epoch, lambda i: TopologyRequest(id=i))
 
     def take(self, call_id: Any) -> Call | None:
         """The call a reply answers, no longer pending; None for a late or foreign reply."""

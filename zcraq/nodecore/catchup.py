@@ -55,6 +55,11 @@ class CatchUp:
         """The data copy is complete (always true for a member)."""
         return self.phase is Phase.REPORTED or self.phase is Phase.MEMBER
 
+    @property
+    def copying(self) -> bool:
+        """Pages are still coming: records may arrive for keys not copied yet."""
+        return self.phase is Phase.COPYING
+
     def learner(self, place: Place, same_source: bool, now: float) -> None:
         """Made (or kept) the learner of a new epoch: copy, unless done from the same source."""
         if not same_source:
@@ -111,12 +116,12 @@ class CatchUp:
         if source is None:
             return
         after, limit, epoch = self.cursor, self.page_items, place.epoch
-        self.calls.ask(source.service, CallKind.CATCHUP, now, epoch, lambda i: CatchupRequest(limit, epoch, after, id=i))
+        self.calls.ask(source, CallKind.CATCHUP, now, epoch, lambda i: CatchupRequest(limit, epoch, after, id=i))
 
     def _report(self, place: Place, now: float) -> None:
         self._last_report = now
         me, epoch = self.me, place.epoch
-        self.calls.ask("coordinator", CallKind.CAUGHT_UP, now, epoch, lambda i: CaughtUp(me, epoch, id=i))
+        self.calls.ask(None, CallKind.CAUGHT_UP, now, epoch, lambda i: CaughtUp(me, epoch, id=i))
 
 
 def apply_page(store: ReplicaStore, page: Ok, values: list[bytes]) -> str | None | UnsetType:

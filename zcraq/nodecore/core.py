@@ -46,9 +46,13 @@ from __future__ import annotations
 import logging
 from typing import Any, assert_never
 
+from zcraq.access import chain_frame_refusal, node_request_refusal
+from zcraq.callers import TRUSTED, Caller
 from zcraq.effects import Effect, Respond
+from zcraq.loglimit import LogLimiter
 from zcraq.messages import (CatchupRequest, ChainFrame, CommitFrame, Confirm, Delete, Error, Malformed, NodeRequest,
-                            Ok, Read, Reply, ResyncFrame, StatusRequest, VersionQuery, Write, WriteFrame)
+                            Ok, Read, Reply, ResyncFrame, StatusRequest, VersionQuery, Write, WriteFrame,
+                            request_type)
 from zcraq.nodecore.calls import CallKind, Calls
 from zcraq.nodecore.catchup import CatchUp, serve_page
 from zcraq.nodecore.leases import Leases
@@ -69,7 +73,8 @@ UNSAFE_FAULTS = frozenset({"dirty_read_local"})  # answer dirty reads without as
 
 def _new_counters() -> dict[str, int]:
     return {"reads": 0, "dirty_reads": 0, "writes": 0, "commits": 0, "bad_messages": 0, "stale_chain_frames": 0,
-            "resyncs": 0, "resends": 0, "internal_errors": 0, "fenced_frames": 0, "unleased_frames": 0}
+            "resyncs": 0, "resends": 0, "internal_errors": 0, "fenced_frames": 0, "unleased_frames": 0,
+            "forbidden": 0, "conflicting_records": 0, "foreign_commits": 0}
 
 
 class NodeCore:
@@ -82,6 +87,7 @@ class NodeCore:
         # catch them. Never set in production: see UNSAFE_FAULTS.
         self.unsafe = unsafe
         self.counters = _new_counters()
+        self.logs = LogLimiter(log)
         self._out: list[Effect] = []
         self.leases = Leases(timings.peer_lease)
         self.links = Links(me.id, timings.resend_interval, self._out, self.counters)
@@ -89,7 +95,8 @@ class NodeCore:
         self.catchup = CatchUp(me.id, store, self.calls, self.counters, timings.catchup_page_items,
                                timings.heartbeat_interval)
         self.reads = Reads(store, self.calls, self._out, self.counters, unsafe)
-        self.replication = Replication(store, self.links, self._out, self.counters, timings.write_timeout)
+        self.replication = Replication(store, self.links, self._out, self.counters, timings.write_timeout,
+                                       self.logs)
         self.membership = Membership(me, timings, store, self._out, self.leases, self.links, self.calls,
                                      self.catchup, self.replication)
 
@@ -152,12 +159,12 @@ class NodeCore:
 
     # ------------------------------------------------------------------ chain frames
 
-    def on_write_frame(self, frame: ChainFrame | Malformed, now: float) -> None:
+    def on_write_frame(self, frame: ChainFrame | Malformed, now: float, caller: Caller = TRUSTED) -> None:
         """A frame from the write-in endpoint (only ``w`` frames belong there)."""
         if type(frame) is not WriteFrame:
-            self._bad_chain_frame(frame)
+            self._bad_chain_frame(frame, now)
             return
-        if not self._accept(frame, self.links.write_in, now):
+        if not self._accept(frame, self.links.write_in, now, caller):
             return
         if self.place.is_tail and not self.leases.held(now, self.place.peers):
             # Only a tail that is surely still the tail may commit: one removed while paused or
@@ -165,22 +172,22 @@ class NodeCore:
             self.counters["unleased_frames"] += 1
             return
         self.links.received_writes(frame, now)
-        apply = self.replication.apply_write
+        apply, copying = self.replication.apply_write, self.catchup.copying
         for record in frame.records:
-            apply(record, now)
+            apply(record, now, copying)
 
-    def on_ack_frame(self, frame: ChainFrame | Malformed, now: float) -> None:
+    def on_ack_frame(self, frame: ChainFrame | Malformed, now: float, caller: Caller = TRUSTED) -> None:
         """A frame from the ack-in endpoint (``c`` and ``r`` frames belong there)."""
         if type(frame) is not CommitFrame and type(frame) is not ResyncFrame:
-            self._bad_chain_frame(frame)
+            self._bad_chain_frame(frame, now)
             return
-        if not self._accept(frame, self.links.ack_in, now):
+        if not self._accept(frame, self.links.ack_in, now, caller):
             return
         self.links.received_ack(frame, now)
         if type(frame) is CommitFrame:
-            self.replication.apply_commits(frame.commits)
+            self.replication.apply_commits(frame.commits, now)
 
-    def _accept(self, frame: ChainFrame, link: InLink | None, now: float) -> bool:
+    def _accept(self, frame: ChainFrame, link: InLink | None, now: float, caller: Caller) -> bool:
         if self.leases.fenced(now) or not self.links.open:
             self.counters["fenced_frames"] += 1
             return False  # resent after the fence: the link starts afresh then
@@ -189,16 +196,30 @@ class NodeCore:
         if link is None or frame.sender != link.sender or frame.epoch != link.epoch:
             self.counters["stale_chain_frames"] += 1
             return False
+        refusal = chain_frame_refusal(frame, caller, self.topology)
+        if refusal is not None:
+            self.counters["forbidden"] += 1
+            self.logs.warning("forbidden frame", now, "dropped %s (key %s)", refusal, caller.key)
+            return False
         return True
 
-    def _bad_chain_frame(self, frame: ChainFrame | Malformed) -> None:
+    def _bad_chain_frame(self, frame: ChainFrame | Malformed, now: float) -> None:
         self.counters["bad_messages"] += 1
         if type(frame) is Malformed:
-            log.warning("dropped a malformed chain frame: %s", frame.message)
+            self.logs.warning("malformed frame", now, "dropped a malformed chain frame: %s", frame.message)
 
     # ------------------------------------------------------------------ requests
 
-    def on_request(self, client: Any, request: NodeRequest | Malformed, now: float) -> None:
+    def on_request(self, client: Any, request: NodeRequest | Malformed, now: float,
+                   caller: Caller = TRUSTED) -> None:
+        if not isinstance(request, Malformed) and caller is not TRUSTED:
+            refusal = node_request_refusal(request, caller, self.topology)
+            if refusal is not None:
+                self.counters["forbidden"] += 1
+                self.logs.warning("forbidden request", now, "refused a %s request: %s (key %s)",
+                                  request_type(request), refusal, caller.key)
+                self._error(client, request.id, "forbidden", refusal)
+                return
         match request:
             case Read():
                 self._read(client, request, now)
@@ -277,7 +298,7 @@ class NodeCore:
         """A reply to one of our calls (a late one, to a call already given up, is dropped)."""
         if isinstance(reply, Malformed):
             self.counters["bad_messages"] += 1
-            log.warning("dropped a malformed reply: %s", reply.message)
+            self.logs.warning("malformed reply", now, "dropped a malformed reply: %s", reply.message)
             reply = Error(reply.id, "bad_reply", reply.message)  # its call fails now, not at its deadline
         call = self.calls.take(reply.id)
         if call is None:

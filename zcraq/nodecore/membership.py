@@ -68,7 +68,7 @@ class Membership:
     def _send_join(self, now: float) -> None:
         self._join_sent_at = now
         node = self.me.to_dict()
-        self.calls.ask("coordinator", CallKind.JOIN, now, self.topology.epoch,
+        self.calls.ask(None, CallKind.JOIN, now, self.topology.epoch,
                        lambda i: Join(node, PROTOCOL_VERSION, id=i))
 
     def join_answered(self, reply: Reply, now: float) -> None:
@@ -135,7 +135,8 @@ class Membership:
         log.info("epoch %d: %s (%d members%s)", topology.epoch, place.role.value, len(topology.members),
                  ", learner " + topology.learner.id if topology.learner else "")
         pred, succ = place.predecessor, place.successor
-        self._out.append(Relink(down=succ.write_in if succ else None, up=pred.ack_in if pred else None))
+        self._out.append(Relink(down=succ.write_in if succ else None, up=pred.ack_in if pred else None,
+                                down_key=succ.key if succ else None, up_key=pred.key if pred else None))
         self.links.retarget(topology.epoch, pred, succ)
         self.leases.new_epoch()  # confirmations were for the old epoch
         if {m.id for m in old.listed()} - {m.id for m in topology.listed()}:
@@ -219,11 +220,11 @@ class Membership:
         node_id, epoch = self.me.id, self.topology.epoch
         if now - self._last_heartbeat >= self.timings.heartbeat_interval:
             self._last_heartbeat = now
-            self.calls.ask("coordinator", CallKind.HEARTBEAT, now, epoch,
+            self.calls.ask(None, CallKind.HEARTBEAT, now, epoch,
                            lambda i: Heartbeat(node_id, epoch, PROTOCOL_VERSION, id=i))
         if not self.links.open and not self.leases.fenced(now):
             self._open_links(now)
         if self.leases.confirm_round_due(now):
             for peer in self.place.peers:
-                self.calls.ask(peer.service, CallKind.CONFIRM, now, epoch, lambda i: Confirm(node_id, epoch, id=i),
+                self.calls.ask(peer, CallKind.CONFIRM, now, epoch, lambda i: Confirm(node_id, epoch, id=i),
                                peer=peer.id)

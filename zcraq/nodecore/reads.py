@@ -52,7 +52,7 @@ class Reads:
             return
         tail, epoch = place.tail, place.epoch
         assert tail is not None
-        self.calls.ask(tail.service, CallKind.VERSION, now, epoch, lambda i: VersionQuery(key, epoch, id=i),
+        self.calls.ask(tail, CallKind.VERSION, now, epoch, lambda i: VersionQuery(key, epoch, id=i),
                        client=client, request_id=request.id, key=key)
 
     def tail_answered(self, call: Call, reply: Reply, epoch: int, now: float) -> None:

@@ -13,6 +13,13 @@ may serve (``Owed``). The links carry what it decides to send; the place says wh
 - The learner stores records committed and acknowledges them to the tail.
 - COMMIT(k, v) commits v, prunes older versions, and acknowledges every pending write of k up to v:
   an older write overtaken by a newer commit took effect and was overwritten at once.
+
+Defense in depth (should a node's key ever be stolen): a record for a (key, version) held here
+with another value is refused, counted (``conflicting_records``) and logged as an error, so two
+replicas never differ silently; a record more than MAX_VERSION_STEP versions beyond the newest one
+held of its key is refused the same way (no honest chain runs that far ahead of a replica, and a
+version near the top of the range would leave the key no room for real writes); a commit for a
+version the head never assigned is counted (``foreign_commits``) and logged.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any
 from msgspec import UNSET, UnsetType
 
 from zcraq.effects import Effect, Respond
+from zcraq.loglimit import LogLimiter
 from zcraq.messages import Error, Ok, WriteRecord
 from zcraq.nodecore.links import Links
 from zcraq.nodecore.place import Place, Role
@@ -32,6 +40,10 @@ from zcraq.store.base import Item, ReplicaStore
 from zcraq.topology import EMPTY
 
 log = logging.getLogger("zcraq.node")
+
+# A record may be at most this many versions beyond the newest version held of its key (a key held
+# not at all counts as 0, except at a learner still copying, whose pages come after the records).
+MAX_VERSION_STEP = 1 << 20
 
 
 class Owed(Flag):
@@ -52,8 +64,9 @@ class _PendingWrite:
 
 class Replication:
     def __init__(self, store: ReplicaStore, links: Links, out: list[Effect], counters: dict[str, int],
-                 write_timeout: float) -> None:
+                 write_timeout: float, logs: LogLimiter) -> None:
         self.store = store
+        self.logs = logs
         self.links = links
         self._out = out
         self._counters = counters
@@ -120,17 +133,23 @@ class Replication:
 
     # ------------------------------------------------------------------ records from the predecessor
 
-    def apply_write(self, record: WriteRecord, now: float) -> None:
+    def apply_write(self, record: WriteRecord, now: float, copying: bool = False) -> None:
+        """A record from the predecessor (``copying``: we are a learner still copying pages)."""
         key, version = record.key, record.version
         store = self.store
         role = self.place.role
+        if version > MAX_VERSION_STEP and self._too_far(record, copying, now):
+            return
         if role is Role.LEARNER:
-            stored = (store.put(key, version, record.value, committed=True, tombstone=record.tombstone)
-                      or store.commit(key, version))
-            if stored or self.committed_version(key) >= version:
+            stored = store.put(key, version, record.value, committed=True, tombstone=record.tombstone)
+            if not stored and self._conflicts(record, now):
+                return
+            if stored or store.commit(key, version) or self.committed_version(key) >= version:
                 self.links.report_commit(key, version)  # the acknowledgement the tail waits for
             return
         stored = store.put(key, version, record.value, tombstone=record.tombstone)
+        if not stored and self._conflicts(record, now):
+            return
         if role is Role.TAIL or role is Role.SOLE:
             held = None if stored else store.get(key, version)
             if stored or (held is not None and not held.committed):
@@ -144,6 +163,27 @@ class Replication:
             self.links.forward(record, now)
         elif self.committed_version(key) >= version:
             self._echo_commit(key, version)
+
+    def _conflicts(self, record: WriteRecord, now: float) -> bool:
+        """A record for a version held here with another value: a protocol violation, refused."""
+        held = self.store.get(record.key, record.version)
+        if held is None or (held.value == record.value and held.tombstone == record.tombstone):
+            return False
+        self._counters["conflicting_records"] += 1
+        self.logs.error("conflict", now, "refused version %d of %r: it is held here with another value (a "
+                        "replica that differs, or a forged frame)", record.version, record.key)
+        return True
+
+    def _too_far(self, record: WriteRecord, copying: bool, now: float) -> bool:
+        latest = self.store.latest(record.key)
+        if latest is None and copying:
+            return False
+        if record.version - (latest.version if latest else 0) <= MAX_VERSION_STEP:
+            return False
+        self._counters["conflicting_records"] += 1
+        self.logs.error("version jump", now, "refused version %d of %r: more than %d versions beyond the newest "
+                        "held here", record.version, record.key, MAX_VERSION_STEP)
+        return True
 
     def _echo_commit(self, key: str, version: int) -> None:
         """Repeat a COMMIT for a version committed here (a lost COMMIT is repaired so) - unless
@@ -182,7 +222,7 @@ class Replication:
 
     # ------------------------------------------------------------------ commits from the successor
 
-    def apply_commits(self, commits: tuple[tuple[str, int], ...]) -> None:
+    def apply_commits(self, commits: tuple[tuple[str, int], ...], now: float) -> None:
         if self.place.is_tail and self.place.successor is not None:
             for key, version in commits:  # from the learner: acknowledgements
                 self._learner_has(key, version)
@@ -190,12 +230,22 @@ class Replication:
         store, counters, sent, links = self.store, self._counters, self.links.sent, self.links
         has_predecessor = self.place.predecessor is not None
         for key, version in commits:
-            store.commit(key, version)
+            if not store.commit(key, version) and not has_predecessor:
+                self._check_assigned(key, version, now)
             counters["commits"] += 1
             sent.forget(key, version)
             self._acknowledge(key, version)
             if has_predecessor:
                 links.report_commit(key, version)
+
+    def _check_assigned(self, key: str, version: int, now: float) -> None:
+        """At the head: a commit for a version it never assigned means the chain below holds a
+        version that no client wrote through it."""
+        latest = self.store.latest(key)
+        if latest is None or latest.version < version:
+            self._counters["foreign_commits"] += 1
+            self.logs.error("foreign commit", now, "a commit for version %d of %r, which this head never "
+                            "assigned: a replica below holds a version no client wrote", version, key)
 
     # ------------------------------------------------------------------ a new role
 
