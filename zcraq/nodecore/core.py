@@ -98,7 +98,7 @@ class NodeCore:
         self.replication = Replication(store, self.links, self._out, self.counters, timings.write_timeout,
                                        self.logs)
         self.membership = Membership(me, timings, store, self._out, self.leases, self.links, self.calls,
-                                     self.catchup, self.replication)
+                                     self.catchup, self.replication, self.logs)
 
     # ------------------------------------------------------------------ what others ask of us
 

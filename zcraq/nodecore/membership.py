@@ -17,6 +17,7 @@ from typing import Any
 from msgspec import UNSET
 
 from zcraq.effects import Effect, Relink, Respond, Subscribe
+from zcraq.loglimit import LogLimiter
 from zcraq.messages import PROTOCOL_VERSION, Confirm, Error, Heartbeat, Join, Ok, Reply
 from zcraq.nodecore.calls import Call, CallKind, Calls
 from zcraq.nodecore.catchup import CatchUp
@@ -35,8 +36,9 @@ NEVER = float("-inf")
 
 class Membership:
     def __init__(self, me: Member, timings: NodeTimings, store: ReplicaStore, out: list[Effect], leases: Leases,
-                 links: Links, calls: Calls, catchup: CatchUp, replication: Replication) -> None:
+                 links: Links, calls: Calls, catchup: CatchUp, replication: Replication, logs: LogLimiter) -> None:
         self.me = me
+        self.logs = logs
         self.timings = timings
         self.store = store
         self._out = out
@@ -73,9 +75,11 @@ class Membership:
 
     def join_answered(self, reply: Reply, now: float) -> None:
         if isinstance(reply, Error):
-            # "busy" is routine (another node is catching up); anything else needs an operator.
+            # "busy" is routine (another node is catching up); anything else needs an operator,
+            # and is repeated with every join until one acts: loudly, but not at every attempt.
             level = logging.INFO if reply.code == "busy" else logging.ERROR
-            log.log(level, "the coordinator did not register this node yet: %s", reply.message)
+            self.logs.log(level, f"join {reply.code}", now, "the coordinator did not register this node yet: %s",
+                          reply.message)
             return
         if reply.topology is UNSET:
             log.warning("bad topology in join reply")
