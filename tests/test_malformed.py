@@ -33,8 +33,9 @@ pytestmark = pytest.mark.timeout(120)
 MAX_KEY = 1024
 MAX_VALUE = 1 << 20
 MAX_HEADER = 64 * 1024
-# MAXMSGSIZE of the ROUTER endpoints: the largest value + key + header frame.
-ROUTER_MAX_MESSAGE = MAX_VALUE + MAX_KEY + 64 * 1024
+# MAXMSGSIZE of the ROUTER endpoints: far above the limits (zcraq/sockets.py request_cap), so that
+# a request over the limits still arrives and is answered too_large.
+ROUTER_MAX_MESSAGE = max(16 << 20, 4 * (MAX_VALUE + MAX_KEY)) + 64 * 1024
 PULL_MAX_MESSAGE = 256 * 1024 * 1024
 TIMEOUT_MS = 5000
 U32 = struct.Struct(">I")
@@ -610,6 +611,26 @@ def raw_tcp(endpoint: str, payload: bytes) -> None:
             conn.recv(4096)  # whatever the peer says (a ZMTP greeting), if anything
         except OSError:
             pass  # the peer hung up on us: fine
+
+
+def test_a_request_over_the_limits_is_answered_too_large_at_once(make_cluster, ctx):
+    cluster = make_cluster(1).start_all()
+    service = cluster.service("node1")
+    for endpoint in (service, cluster.coordinator_endpoint):
+        sock = dealer(ctx, endpoint)
+        try:
+            for size in (MAX_VALUE + 1, MAX_VALUE + 64 * 1024 + 1, 3 * MAX_VALUE, ROUTER_MAX_MESSAGE - 64 * 1024):
+                reply = exchange(sock, [j({"type": "write", "id": size, "key": "big"}), bytes(size)])
+                assert (reply["code"], reply["id"]) == ("too_large", size), (endpoint, size, reply)
+        finally:
+            sock.close(0)
+    with cluster.client() as client:
+        client.topology()
+        assert client.limits is not None and client.limits.max_value_bytes == MAX_VALUE
+        from zcraq.errors import TooLarge
+        with pytest.raises(TooLarge):  # refused by the client itself, before sending
+            client.write("big", bytes(MAX_VALUE + 1))
+        assert client.write("big", bytes(MAX_VALUE)) == 1
 
 
 def test_oversized_messages_and_transport_garbage(make_cluster, ctx):

@@ -242,8 +242,23 @@ def test_single_member_chain_answers_writes_at_once_with_committed_versions():
         assert downs(effects) == [] and ups(effects) == []
     assert store_view(node, "k") == [(2, True)]
     node.on_request("cl", Delete("k", id="d"), 0.1)
-    assert only_reply(node.ready()).header["version"] == 3
+    assert only_reply(node.ready()).header == {"type": "ok", "id": "d", "version": 3, "existed": True}
     assert only_reply(read(node, "k", 0.2)).code == "not_found"
+    # Deleting what is deleted, or was never written, is a version too; the reply says so.
+    for key, version in (("k", 4), ("never", 1)):
+        node.on_request("cl", Delete(key, id="d"), 0.3)
+        assert only_reply(node.ready()).header == {"type": "ok", "id": "d", "version": version, "existed": False}
+
+
+def test_a_deletion_behind_an_uncommitted_write_says_the_key_existed():
+    head = join(A, topo(1, A, B))
+    head.on_request("cl", Delete("k", id="d1"), 0.1)
+    write(head, "k", b"v", 0.1, request_id="w")
+    head.on_request("cl", Delete("k", id="d2"), 0.1)
+    assert replies(head.ready()) == []
+    head.on_ack_frame(cframe("b", 1, 0, ("k", 3)), 0.2)  # one commit acknowledges all three
+    answered = {reply.id: (reply.header["version"], reply.header.get("existed")) for _, reply in replies(head.ready())}
+    assert answered == {"d1": (1, False), "w": (2, None), "d2": (3, True)}
 
 
 # ---------------------------------------------------------------------------------- middle and tail

@@ -25,9 +25,10 @@ from zcraq import sockets, wire
 from zcraq.config import default_coordinator_endpoint
 from zcraq.endpoints import parse_endpoint
 from zcraq.client_config import ClientConfig, load_client_config
-from zcraq.errors import (AuthenticationError, BadRequest, Forbidden, KeyNotFound, Timeout, Unavailable,
+from zcraq.errors import (AuthenticationError, BadRequest, Forbidden, KeyNotFound, Timeout, TooLarge, Unavailable,
                           WriteOutcomeUnknown, ZcraqError, error_for)
-from zcraq.messages import Delete, Error, Ok, Read, Reply, Request, StatusRequest, TopologyRequest, Write, request_type
+from zcraq.messages import (Delete, Error, Limits, Ok, Read, Reply, Request, StatusRequest, TopologyRequest, Write,
+                            request_type)
 from zcraq.security import Curve, KeyFileError, load_certificate, load_public_key
 from zcraq.toml_tables import ConfigError
 from zcraq.topology import Member, Topology
@@ -57,6 +58,7 @@ class ZClient:
         self._ids = count(1)
         self._topology: Topology | None = None
         self._topology_at = float("-inf")
+        self._limits: Limits | None = None  # the coordinator's, once a topology reply told them
         self._next_node = random.randrange(1 << 16)
         self._avoid: dict[str, float] = {}  # endpoint -> until when reads skip it (it failed us)
         self._closed = False
@@ -70,6 +72,8 @@ class ZClient:
         ok = self._ok(reply)
         if ok.topology is msgspec.UNSET:
             raise ZcraqError(f"{self.coordinator} answered a topology request without a topology")
+        if ok.limits is not msgspec.UNSET:
+            self._limits = ok.limits
         self._topology = ok.topology
         self._topology_at = time.monotonic()
         return self._topology
@@ -77,11 +81,22 @@ class ZClient:
     def write(self, key: str, value: bytes | str) -> int:
         """Store ``value`` under ``key``; returns the committed version."""
         data = value.encode() if isinstance(value, str) else bytes(value)
-        return self._write(key, lambda request_id: Write(key, data, id=request_id))
+        return self._write(key, lambda request_id: Write(key, data, id=request_id), len(data)).version  # type: ignore[return-value]
 
     def delete(self, key: str) -> int:
         """Delete ``key``; returns the version of the deletion."""
-        return self._write(key, lambda request_id: Delete(key, id=request_id))
+        return self.delete_and_report(key)[0]
+
+    def delete_and_report(self, key: str) -> tuple[int, bool]:
+        """Delete ``key``; returns the version of the deletion and whether the key had a value just
+        before it (a deletion of a missing key is a version too)."""
+        ok = self._write(key, lambda request_id: Delete(key, id=request_id), 0)
+        return ok.version, ok.existed is True  # type: ignore[return-value]
+
+    @property
+    def limits(self) -> Limits | None:
+        """The largest key and value the cluster accepts, once the coordinator has told them."""
+        return self._limits
 
     def read(self, key: str, node: str | None = None, *, mode: str = "strong") -> bytes:
         """The committed value of ``key``. ``node``: a node id or service endpoint to ask;
@@ -102,6 +117,7 @@ class ZClient:
                 last_error = Unavailable("no node to read from: the chain is empty or the coordinator "
                                          "did not answer")
             else:
+                self._check_size(key, 0)
                 try:
                     reply, values = self._call(endpoint, Read(key, id=next(self._ids), mode=mode),  # type: ignore[arg-type]
                                                self._attempt_deadline(deadline))
@@ -151,26 +167,34 @@ class ZClient:
 
     # ------------------------------------------------------------------ writes
 
-    def _write(self, key: str, build: Callable[[int], Write | Delete]) -> int:
+    def _write(self, key: str, build: Callable[[int], Write | Delete], value_size: int) -> Ok:
         self._check_key(key)
         deadline = time.monotonic() + self.timeout
         last_error: ZcraqError = Unavailable("no head available")
         while time.monotonic() < deadline:
             topology = self._cached_topology(deadline)
+            self._check_size(key, value_size)
             head = topology.head if topology else None
             # Straight to the head; through the coordinator when the head is unknown.
             endpoint = head.service if head else self.coordinator
             request = build(next(self._ids))
             try:
                 reply, _values = self._call(endpoint, request, deadline)
-            except Timeout:
-                raise WriteOutcomeUnknown(
-                    f"{request_type(request)} of {key!r}: no answer from {endpoint} within {self.timeout:g}s; "
-                    "it may or may not have committed") from None
+            except Timeout as error:
+                if error.delivered:
+                    raise WriteOutcomeUnknown(
+                        f"{request_type(request)} of {key!r}: no answer from {endpoint} within {self.timeout:g}s; "
+                        "it may or may not have committed") from None
+                # The connection never came up: the request cannot have arrived, so it is safe to
+                # send again (to whatever head a fresh topology names).
+                last_error = Unavailable(f"{endpoint} could not be reached; the {request_type(request)} was not sent")
+                self._topology_at = float("-inf")
+                self._pause(deadline)
+                continue
             if isinstance(reply, Ok):
                 if reply.version is msgspec.UNSET:
                     raise ZcraqError(f"{endpoint} acknowledged a write without its version")
-                return reply.version
+                return reply
             if reply.code not in _WRITE_RETRYABLE:
                 raise error_for(reply.code, reply.message or reply.code)
             last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
@@ -184,6 +208,17 @@ class ZClient:
     def _check_key(key: str) -> None:
         if not isinstance(key, str) or not key:
             raise BadRequest("key must be a non-empty string")
+
+    def _check_size(self, key: str, value_size: int) -> None:
+        """Refuse, before sending, what the cluster would refuse: an oversized request is answered
+        at once instead of being cut off by the server's socket and waited for in vain."""
+        limits = self._limits
+        if limits is None:
+            return
+        if len(key.encode()) > limits.max_key_bytes:
+            raise TooLarge(f"key is longer than {limits.max_key_bytes} bytes")
+        if value_size > limits.max_value_bytes:
+            raise TooLarge(f"value is larger than {limits.max_value_bytes} bytes ({value_size:,} bytes)")
 
     def _attempt_deadline(self, deadline: float) -> float:
         return min(deadline, time.monotonic() + max(1.0, self.timeout / 3))
@@ -200,6 +235,8 @@ class ZClient:
                 if isinstance(reply, Ok) and reply.topology is not msgspec.UNSET:
                     self._topology = reply.topology
                     self._topology_at = time.monotonic()
+                    if reply.limits is not msgspec.UNSET:
+                        self._limits = reply.limits
             except Timeout:
                 pass  # keep the last topology: the chain may well be fine without the coordinator
         return self._topology
@@ -272,8 +309,9 @@ class ZClient:
             ready = connection.wait(max(1, int(remaining * 1000))) if remaining > 0 else None
             if ready is None:
                 # Lazy Pirate: a fresh socket next time drops whatever is queued for a dead peer.
+                connection.drain_events()  # a success still waiting on the monitor counts
                 self._drop_socket(endpoint)
-                raise Timeout(f"{request_type(request)}: no answer from {endpoint}")
+                raise Timeout(f"{request_type(request)}: no answer from {endpoint}", delivered=connection.connected)
             if ready is not sock:
                 refusal = connection.handshake_failure()
                 if refusal is None:
@@ -312,7 +350,8 @@ class _Connection:
 
     def __init__(self, ctx: zmq.Context, endpoint: str, curve: Curve | None, server_key: str | None) -> None:
         self.sock = sockets.connected(ctx, zmq.DEALER, endpoint, curve=curve, server_key=server_key)
-        events = 0
+        self.connected = False  # a handshake succeeded: what was sent may have arrived
+        events = zmq.EVENT_HANDSHAKE_SUCCEEDED
         for event in self.FAILURES:
             events |= event
         self.monitor = self.sock.get_monitor_socket(events)
@@ -327,12 +366,19 @@ class _Connection:
             return self.sock
         return self.monitor if ready else None
 
+    def drain_events(self) -> None:
+        while self.monitor.poll(0):
+            self.handshake_failure()
+
     def handshake_failure(self) -> str | None:
+        """Take one monitor event: why the handshake failed, or None (it succeeded: noted)."""
         try:
-            event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            event = int(recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"])
         except zmq.Again:
             return None
-        return self.FAILURES.get(int(event["event"]))
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.connected = True
+        return self.FAILURES.get(event)
 
     def close(self) -> None:
         self.sock.disable_monitor()

@@ -41,7 +41,7 @@ from zcraq.callers import TRUSTED, Caller
 from zcraq.effects import Effect, PeerRequest, Publish, Respond
 from zcraq.endpoints import parse_endpoint
 from zcraq.loglimit import LogLimiter
-from zcraq.messages import (MAX_NODE_ID_CHARS, PROTOCOL_VERSION, CaughtUp, CoordinatorRequest, Delete, Error,
+from zcraq.messages import (MAX_NODE_ID_CHARS, Limits, PROTOCOL_VERSION, CaughtUp, CoordinatorRequest, Delete, Error,
                             Heartbeat, Join, Leave, Malformed, Ok, Reply, StatusRequest, TopologyRequest, Write,
                             request_type)
 from zcraq.topology import EMPTY, Member, Topology
@@ -84,9 +84,11 @@ class _Forward:
 class CoordinatorCore:
     def __init__(self, publish_endpoint: str, state: StateStore, now: float,
                  timings: CoordinatorTimings | None = None,
-                 check_endpoint: Callable[[str], object] = parse_endpoint) -> None:
+                 check_endpoint: Callable[[str], object] = parse_endpoint, limits: Limits | None = None) -> None:
         """``check_endpoint`` raises ValueError for an endpoint nodes could not connect to (the
-        simulator passes its own: its endpoints are not TCP addresses)."""
+        simulator passes its own: its endpoints are not TCP addresses). ``limits``: the sizes this
+        deployment accepts, told to clients with the topology."""
+        self.limits = limits or Limits()
         self.publish_endpoint = publish_endpoint
         self.state = state
         self.check_endpoint = check_endpoint
@@ -154,7 +156,7 @@ class CoordinatorCore:
                 return
         match request:
             case TopologyRequest():
-                self._ok(client, Ok(request.id, topology=self.topology))
+                self._ok(client, Ok(request.id, topology=self.topology, limits=self.limits))
             case StatusRequest():
                 self._ok(client, Ok(request.id, topology=self.topology, counters=dict(self.counters),
                                     lease_ms=self._lease_ms))

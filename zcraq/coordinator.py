@@ -97,14 +97,14 @@ class CoordinatorProcess:
             republish_interval=config.republish_interval_ms / 1000,
             request_timeout=config.request_timeout_ms / 1000,
         )
-        self.core = CoordinatorCore(config.publish_endpoint, state, time.monotonic(), timings)
+        self.core = CoordinatorCore(config.publish_endpoint, state, time.monotonic(), timings, limits=limits)
         if self.core.topology.epoch > 0:
             log.info("restored epoch %d from %s; no removals for %.1fs (leases of the previous run)",
                      self.core.topology.epoch, config.state_dir, timings.removal_after)
         self.ctx = zmq.Context()
         self._stopping = False
         self._reload = False
-        max_message = limits.max_value_bytes + limits.max_key_bytes + 64 * 1024
+        max_message = sockets.request_cap(limits)
         self.security: ProcessSecurity | None = None
         try:
             if config.security is not None:

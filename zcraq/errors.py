@@ -19,9 +19,14 @@ class KeyNotFound(ZcraqError):
 
 
 class Timeout(ZcraqError):
-    """No answer within the deadline. For a write, the outcome is unknown: see WriteOutcomeUnknown."""
+    """No answer within the deadline. For a write, the outcome is unknown: see WriteOutcomeUnknown.
+    ``delivered`` is False when the connection never came up, so the request surely did not arrive."""
 
     code = "timeout"
+
+    def __init__(self, message: str, delivered: bool = True) -> None:
+        super().__init__(message)
+        self.delivered = delivered
 
 
 class WriteOutcomeUnknown(Timeout):
@@ -56,11 +61,17 @@ class BadRequest(ZcraqError):
     code = "bad_request"
 
 
+class TooLarge(BadRequest):
+    """A key or value over the cluster's limits."""
+
+    code = "too_large"
+
+
 # Wire error codes (PROTOCOL.md) -> the exception a client raises for them.
 ERROR_CODES: dict[str, type[ZcraqError]] = {
     "not_found": KeyNotFound,
     "bad_request": BadRequest,
-    "too_large": BadRequest,
+    "too_large": TooLarge,
     "timeout": Timeout,
     "unknown_outcome": WriteOutcomeUnknown,
     "unavailable": Unavailable,

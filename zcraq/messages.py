@@ -47,6 +47,15 @@ TOMBSTONE = 2
 Flags = Annotated[int, msgspec.Meta(ge=0, le=3)]
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The largest key and value a process accepts (its config's ``[limits]``). The coordinator
+    tells clients its limits with the topology, so they refuse an oversized request themselves."""
+
+    max_key_bytes: int = 1024
+    max_value_bytes: int = 1 << 20
+
+
 class _Request(msgspec.Struct, frozen=True, tag_field="type"):
     """A request: ``type`` is the class's tag; ``id`` is copied into the reply."""
 
@@ -158,18 +167,21 @@ class Ok(msgspec.Struct, frozen=True, tag_field="type", tag="ok"):
 
     id: RequestId = None
     version: U64 | UnsetType = UNSET  # read, write, delete, version
+    existed: bool | UnsetType = UNSET  # delete: the key had a value just before this deletion
     items: list[tuple[Key, Version, Flags]] | UnsetType = UNSET  # catchup: [key, version, flags]
     cursor: str | None | UnsetType = UNSET  # catchup: null on the last page
     epoch: Epoch | UnsetType = UNSET  # confirm, heartbeat, caught_up, leave, node status
     lease_ms: U64 | UnsetType = UNSET  # confirm, heartbeat, join, coordinator status
     status: Literal["member", "learner"] | UnsetType = UNSET  # heartbeat
     topology: Topology | UnsetType = UNSET  # topology, join, coordinator status
+    limits: Limits | UnsetType = UNSET  # topology: the coordinator's [limits]
     publish: str | UnsetType = UNSET  # join
     node: str | UnsetType = UNSET  # node status: its id
     role: str | UnsetType = UNSET  # node status
     serving: bool | UnsetType = UNSET  # node status
     caught_up: bool | UnsetType = UNSET  # node status
     sent: U64 | UnsetType = UNSET  # node status
+    lease_left_ms: U64 | UnsetType = UNSET  # node status: the coordinator's lease, what is left of it
     counters: dict[str, int] | UnsetType = UNSET  # node and coordinator status
 
 

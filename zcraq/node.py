@@ -54,7 +54,7 @@ class NodeProcess:
         self.config = config
         self._stopping = False
         self.limits = limits = Limits(config.limits.max_key_bytes, config.limits.max_value_bytes)
-        self.max_message = limits.max_value_bytes + limits.max_key_bytes + 64 * 1024
+        self.max_message = sockets.request_cap(limits)
         self.store = LevelDBStore(config.data_dir, config.durability)
         timings = NodeTimings(
             heartbeat_interval=config.heartbeat_interval_ms / 1000,

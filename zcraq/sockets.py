@@ -19,7 +19,7 @@ import zmq
 
 from zcraq.config import ConfigError, CoordinatorConfig, NodeConfig
 from zcraq.security import Curve, connect_curve, serve_curve
-from zcraq.messages import Error
+from zcraq.messages import Error, Limits
 from zcraq.wire import encode_reply
 
 log = logging.getLogger("zcraq.sockets")
@@ -28,6 +28,12 @@ HWM = 10_000
 RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 2_000
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a catch-up page or a batch of chain records fits
+
+
+def request_cap(limits: Limits) -> int:
+    """MAXMSGSIZE of a request endpoint: well above the limits, so that an oversized request still
+    arrives and is answered ``too_large`` instead of being cut off by libzmq without a word."""
+    return max(16 << 20, 4 * (limits.max_value_bytes + limits.max_key_bytes)) + 64 * 1024
 
 
 class AddressError(Exception):

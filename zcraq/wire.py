@@ -24,12 +24,12 @@ order. Nothing here touches sockets or stores.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Any, cast
 
 import msgspec
 import orjson
 
+from zcraq.messages import Limits
 from zcraq.messages import (COMMITTED, MAX_ID_CHARS, MAX_NODE_ID_CHARS, TOMBSTONE, CatchupRequest, CaughtUp,
                             CoordinatorRequest, NodeRequest,
                             ChainFrame, CommitFrame, Confirm, Delete, Flags, Heartbeat, Join, Key, Leave,
@@ -55,12 +55,6 @@ class WireError(Exception):
 
     def malformed(self) -> Malformed:
         return Malformed(self.code, str(self), self.request_id)
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_key_bytes: int = 1024
-    max_value_bytes: int = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------

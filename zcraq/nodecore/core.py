@@ -282,9 +282,10 @@ class NodeCore:
             self._out.append(Respond(client, page, values))
 
     def _status(self, client: Any, request: StatusRequest, now: float) -> None:
+        lease_left = self.leases.coordinator_until - now
         self._reply(client, Ok(request.id, node=self.me.id, epoch=self.topology.epoch, role=self.role,
                                serving=self.serving(now), caught_up=self.caught_up, counters=dict(self.counters),
-                               sent=len(self.links.sent)))
+                               sent=len(self.links.sent), lease_left_ms=int(lease_left * 1000) if lease_left > 0 else 0))
 
     def _reply(self, client: Any, reply: Reply) -> None:
         self._out.append(Respond(client, reply))

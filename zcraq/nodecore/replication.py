@@ -60,6 +60,7 @@ class _PendingWrite:
     client: Any
     request_id: Any
     deadline: float
+    existed: bool | None  # a deletion: did the key have a value just before it?
 
 
 class Replication:
@@ -88,7 +89,11 @@ class Replication:
         version = (latest.version if latest else 0) + 1
         self._counters["writes"] += 1
         self.store.put(key, version, value, tombstone=tombstone)
-        self._pending.setdefault(key, []).append(_PendingWrite(version, client, request_id, now + self.write_timeout))
+        # The newest version held, committed or not, is what the key holds just before this one
+        # in version order: every older pending write commits (or is overtaken) first.
+        existed = (latest is not None and not latest.tombstone) if tombstone else None
+        self._pending.setdefault(key, []).append(
+            _PendingWrite(version, client, request_id, now + self.write_timeout, existed))
         record = WriteRecord(key, version, value, False, tombstone)
         if self.place.is_tail:  # the only member: it commits at once (or when the learner has it)
             self._tail_commit(record, now)
@@ -102,7 +107,8 @@ class Replication:
         remaining = []
         for write in pending:
             if write.version <= version:
-                self._out.append(Respond(write.client, Ok(write.request_id, version=write.version)))
+                existed = UNSET if write.existed is None else write.existed
+                self._out.append(Respond(write.client, Ok(write.request_id, version=write.version, existed=existed)))
             else:
                 remaining.append(write)
         if remaining:
