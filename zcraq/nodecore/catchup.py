@@ -47,6 +47,9 @@ class CatchUp:
         self.report_interval = report_interval
         self.phase = Phase.NOT_STARTED
         self.cursor: str | None = None  # the last key copied
+        self.copied = 0  # keys copied by the current copy
+        self.fraction: float | None = None  # how far the copy is, as its source estimates; None: unknown
+        self.started_at = float("-inf")  # when the current copy began
         self._retry_at = float("-inf")
         self._last_report = float("-inf")
 
@@ -64,6 +67,7 @@ class CatchUp:
         """Made (or kept) the learner of a new epoch: copy, unless done from the same source."""
         if not same_source:
             self.cursor = None
+            self.copied, self.fraction, self.started_at = 0, None, now
             if self.caught_up:
                 self.phase = Phase.NOT_STARTED
         if not self.caught_up:
@@ -91,6 +95,7 @@ class CatchUp:
             self._retry_at = now + RETRY_AFTER
             return
         self.cursor = cursor
+        self.copied += len(values)
         if cursor is not None:
             self._request_page(place, now)
         else:
