@@ -6,20 +6,16 @@ Exit codes (zcraq/cli.py): 0 success, 1 not found or failed, 2 usage or config e
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cluster import wait_for
-from zcraq.cluster import Cluster
-from zcraq.layout import Generated, Layout, free_ports
+from zcraq.layout import free_ports
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -225,111 +221,6 @@ def test_coordinator_port_already_in_use(tmp_path, listener):
     path.write_text(coordinator_toml(free_ports(1)[0], listener))
     result = zcraq("coordinator", "--config", str(path), timeout=20)
     assert_config_error(result, path, "coordinator.publish_port", "in use")
-
-
-def test_run_with_a_bad_config_dir(tmp_path):
-    missing = tmp_path / "nothing-here"
-    assert_config_error(zcraq("run", "--config-dir", str(missing)), missing / "coordinator.toml",
-                        "file not found")
-    (tmp_path / "coordinator.toml").write_text(coordinator_toml(*free_ports(2)))
-    result = zcraq("run", "--config-dir", str(tmp_path))
-    assert_exit(result, 2)
-    assert "no node*.toml" in result.stderr
-
-
-class ForegroundRun:
-    """``zcraq run --config-dir DIR`` as a terminal's foreground job (a process group of its own),
-    its output collected line by line; stopped and reaped on leaving the ``with``."""
-
-    def __init__(self, config_dir: Path) -> None:
-        self.process = subprocess.Popen([*ZCRAQ, "run", "--config-dir", str(config_dir)], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for_line(self, text: str, timeout: float) -> None:
-        wait_for(lambda: any(text in line for line in self.lines) or self.process.poll() is not None,
-                 timeout, f"zcraq run to print {text!r}")
-        assert any(text in line for line in self.lines), self.output()
-
-    def wait(self, timeout: float = 60.0) -> int:
-        code = self.process.wait(timeout)
-        self.reader.join(10)
-        return code
-
-    def ctrl_c(self) -> int:
-        """What a terminal's Ctrl-C does: SIGINT to the whole foreground process group."""
-        os.killpg(self.process.pid, signal.SIGINT)
-        return self.wait()
-
-    def __enter__(self) -> ForegroundRun:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self.process.poll() is None:
-            self.process.kill()  # its children die with it
-            self.wait()
-
-
-def pid_running(config: Path) -> int:
-    """The pid of the process started with ``config``."""
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and str(config).encode() in (entry / "cmdline").read_bytes():
-                return int(entry.name)
-        except OSError:
-            continue
-    raise AssertionError(f"no process runs with {config}")
-
-
-def local_configs(root: Path) -> Path:
-    layout = Generated(root, 3, coordinator={"lease_ms": 2000},
-                       node={"heartbeat_interval_ms": 200, "durability": "async"})
-    return layout.coordinator.parent
-
-
-def test_run_ctrl_c_stops_the_nodes_before_the_coordinator_and_a_restart_keeps_the_data(tmp_path):
-    configs = local_configs(tmp_path)
-    endpoint = Cluster(Layout.directory(configs)).coordinator_endpoint
-    with ForegroundRun(configs) as run:
-        run.wait_for_line("zcraq: chain ready: node1 -> node2 -> node3", 60)
-        assert_exit(zcraq("client", "-c", endpoint, "write", "hello", "world"), 0)
-        assert run.ctrl_c() == 0, run.output()
-    output = run.output()
-    # Only `zcraq run` got the Ctrl-C; it stopped every child with SIGTERM, the nodes first: each
-    # left while the coordinator was still there to remove it (the first node is kept as the last
-    # member, so that a restart brings back the same chain).
-    assert "received SIGINT" not in output and output.count("received SIGTERM") == 4, output
-    for line in ("node2 removed (left)", "node3 removed (left)", "node1 is the last member: kept"):
-        assert line in output, output
-    with ForegroundRun(configs) as run:
-        run.wait_for_line("zcraq: chain ready: node1 -> node2 -> node3", 60)
-        result = zcraq("client", "-c", endpoint, "read", "hello")
-        assert_exit(result, 0)
-        assert result.stdout == "world\n"
-        assert run.ctrl_c() == 0, run.output()
-
-
-def test_run_names_a_child_that_died_and_stops_the_rest(tmp_path):
-    configs = local_configs(tmp_path)
-    with ForegroundRun(configs) as run:
-        run.wait_for_line("zcraq: chain ready", 60)
-        pid = pid_running(configs / "node2.toml")
-        os.kill(pid, signal.SIGKILL)
-        assert run.wait() == 1, run.output()
-    output = run.output()
-    assert f"zcraq: node2 (pid {pid}) exited with signal SIGKILL; stopping the rest" in output, output
-    assert "zcraq: stopping" in output and output.count("received SIGTERM") == 3, output
 
 
 # ---------------------------------------------------------------------------------------- verify

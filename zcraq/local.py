@@ -1,29 +1,97 @@
-"""A local cluster in the foreground: the coordinator and every node of a config directory.
+"""``zcraq run``: a local cluster in the foreground, the coordinator and every node of a config
+directory, kept running.
 
-This is what ``make run`` starts: the launcher (zcraq/cluster.py) with the directory's own config
-files, the processes writing to this terminal. A directory whose configs have ``[security]``
-tables (config/secure/) gets its missing CURVE keys created first (zcraq/provision.py). Each child runs in a session of its own, so a
-Ctrl-C reaches only ``zcraq run``, which then stops the nodes (each leaves the chain cleanly) and
-then the coordinator; SIGTERM does the same; SIGHUP is passed on to every child (they reread their
-allow-lists). A child that dies is named, with its exit code, and the rest are stopped.
+It starts the processes with the launcher (zcraq/cluster.py) from the directory's own config files,
+every node at once, and says when the chain serves as a whole (in whatever order the nodes joined).
+It then watches: each change of the chain is printed as it happens, and a child that dies is named
+and started again after a short back-off (zcraq/supervise.py), so a ``kill -9`` of any process
+shows the failover and the rejoin live. A directory whose configs have ``[security]`` tables
+(config/secure/) gets its missing CURVE keys created first (zcraq/provision.py).
+
+Each child runs in a session of its own, so a Ctrl-C reaches only ``zcraq run``, which then stops
+the nodes (each leaves the chain cleanly while the coordinator is still there) and then the
+coordinator; SIGTERM does the same; SIGHUP is passed on to every child (they reread their
+allow-lists). The children die with it even if it is killed (zcraq/processes.py), and their data
+stays: the next ``zcraq run`` continues where this one stopped.
+
+Exit codes: 0 stopped by Ctrl-C or SIGTERM; 1 a child could not be kept running (its config is
+unusable, or it failed five times in a row right after starting); 2 the config directory is
+unusable.
 """
 
 from __future__ import annotations
 
-import math
 import signal
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 
-from zcraq.cluster import Cluster, ProcessExited
+from zcraq.cluster import Cluster
 from zcraq.config import ConfigError, load_coordinator_config, load_node_config
 from zcraq.errors import ZcraqError
 from zcraq.layout import COORDINATOR, Layout
 from zcraq.provision import provision
 from zcraq.security import KeyFileError
+from zcraq.supervise import GiveUp, LeaveStopped, Restart, Restarts
+from zcraq.topology import Topology
 
-READY_TIMEOUT_SECONDS = 30.0
+EXIT_STOPPED = 0
+EXIT_GAVE_UP = 1
+EXIT_USAGE = 2
+
+TICK_SECONDS = 0.1  # how often exits, restarts and signals are looked at
+WATCH_SECONDS = 0.5  # how often the chain is looked at
+WAITING_NOTE_SECONDS = 10.0  # while the chain is not whole, how often to say what it waits for
+
+
+def say(message: str) -> None:
+    print(f"zcraq: {message}", flush=True)
+
+
+def complain(message: str) -> None:
+    print(f"zcraq: {message}", file=sys.stderr, flush=True)
+
+
+def describe(topology: Topology) -> str:
+    chain = " -> ".join(m.id for m in topology.members) or "(no member)"
+    learner = f", {topology.learner.id} catching up" if topology.learner else ""
+    return f"epoch {topology.epoch}: {chain}{learner}"
+
+
+class ChainWatch:
+    """Asks the coordinator for the topology every WATCH_SECONDS and prints each change; knows
+    whether the chain is whole (every node of the directory a member, none catching up)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.client = cluster.client(timeout=WATCH_SECONDS)
+        self.topology: Topology | None = None
+        self._next_look = 0.0
+
+    def look(self, now: float) -> None:
+        if now < self._next_look:
+            return
+        self._next_look = now + WATCH_SECONDS
+        try:
+            topology = self.client.topology()
+        except ZcraqError:
+            return  # the coordinator is down or restarting: its exit is reported on its own
+        if self.topology is None or topology.epoch != self.topology.epoch:
+            say(describe(topology))
+        self.topology = topology
+
+    def whole(self) -> bool:
+        topology = self.topology
+        return (topology is not None and topology.learner is None
+                and sorted(m.id for m in topology.members) == sorted(self.cluster.node_ids))
+
+    def serving(self) -> bool:
+        """Whole, and every node says it serves in the current epoch."""
+        try:
+            return self.whole() and self.cluster.converged()
+        except ZcraqError:
+            return False
 
 
 def run_local(config_dir: str) -> int:
@@ -34,59 +102,91 @@ def run_local(config_dir: str) -> int:
                             layout.clients, layout.admins)
         cluster = Cluster(layout)
     except (ConfigError, KeyFileError, ValueError) as error:
-        print(f"zcraq: {error}", file=sys.stderr)
-        return 2
+        complain(str(error))
+        return EXIT_USAGE
     for secret in created:
-        print(f"zcraq: created the CURVE key pair {secret}", flush=True)
+        say(f"created the CURVE key pair {secret}")
     if not cluster.node_ids:
-        print(f"zcraq: no node*.toml in {directory}", file=sys.stderr)
-        return 2
-    stopping: list[int] = []
+        complain(f"no node*.toml in {directory}")
+        return EXIT_USAGE
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stopping.append(signum)
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop_signals: list[int] = []
     hangups: list[int] = []
-    signal.signal(signal.SIGHUP, lambda signum, _frame: hangups.append(signum))
 
-    def stop_or_pass_on_hangups() -> bool:
-        """True once asked to stop; meanwhile a SIGHUP goes on to every child (reload keys)."""
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
+        stop_signals.append(signum)
+
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGHUP, lambda signum, _frame: hangups.append(signum))
+    try:
+        return _supervise(cluster, stop_signals, hangups)
+    finally:
+        say("stopping: the nodes leave the chain, then the coordinator stops")
+        cluster.close()
+
+
+def _supervise(cluster: Cluster, stop_signals: list[int], hangups: list[int]) -> int:
+    coordinator = cluster.coordinator_config
+    restarts = Restarts()
+    say(f"coordinator on {coordinator.endpoint} (topology on {coordinator.publish_endpoint})")
+    cluster.start(COORDINATOR)
+    restarts.started(COORDINATOR, time.monotonic())
+    for node_id, config in cluster.node_configs.items():
+        say(f"{node_id} serves on {config.service_endpoint}, data in {config.data_dir}")
+        cluster.start(node_id)
+        restarts.started(node_id, time.monotonic())
+    watch = ChainWatch(cluster)
+    ready_said = False  # "chain ready" is said once; later, "whole again" after each recovery
+    # After a node died or the chain lost a member: the epoch then. The chain is whole again once it
+    # has every node at a later epoch (a restarted node always rejoins through a new epoch, so a
+    # recovery too quick for the watch to see the chain incomplete is still noticed).
+    broken_at: int | None = None
+    next_waiting_note = time.monotonic() + WAITING_NOTE_SECONDS
+    while not stop_signals:
         while hangups:
             hangups.pop()
             for name in [COORDINATOR, *cluster.node_ids]:
                 if cluster.alive(name):
                     cluster.signal(name, signal.SIGHUP)
-        return bool(stopping)
+        now = time.monotonic()
+        for found in cluster.exits():
+            decision = restarts.exited(found.name, found.code, now)
+            match decision:
+                case Restart(delay=delay):
+                    complain(f"{found}; starting it again in {delay:g} s")
+                case LeaveStopped(reason=reason) | GiveUp(reason=reason):
+                    complain(f"{found}; {reason}")
+            if isinstance(decision, GiveUp):
+                complain(f"cannot keep {found.name} running; stopping the rest")
+                return EXIT_GAVE_UP
+            if found.name != COORDINATOR and ready_said and broken_at is None:
+                broken_at = watch.topology.epoch if watch.topology else 0
+        for name in restarts.due(now):
+            say(f"starting {name} again")
+            cluster.start(name)
+            restarts.started(name, now)
+        watch.look(now)
+        topology = watch.topology
+        if not ready_said:
+            if watch.whole() and watch.serving():
+                ready_said = True
+                say(f"chain ready: {_chain(topology)}")
+                say("try `zcraq client write hello world` and `zcraq client read hello`; kill -9 a node to "
+                    "watch the failover; Ctrl-C stops everything")
+            elif now >= next_waiting_note:
+                next_waiting_note = now + WAITING_NOTE_SECONDS
+                say("waiting for every node to join and serve (" +
+                    (describe(topology) if topology else "no answer from the coordinator yet") + ")")
+        elif topology is not None:
+            if not watch.whole():
+                broken_at = topology.epoch if broken_at is None else broken_at
+            elif broken_at is not None and topology.epoch > broken_at:
+                broken_at = None
+                say(f"chain whole again: {_chain(topology)}")
+        time.sleep(TICK_SECONDS)
+    return EXIT_STOPPED
 
-    coordinator = cluster.coordinator_config
-    status = 0
-    try:
-        print(f"zcraq: coordinator on {coordinator.endpoint} (topology on {coordinator.publish_endpoint})",
-              flush=True)
-        cluster.start(COORDINATOR)
-        # One at a time, so the chain's order is the order of the files: node1 -> node2 -> node3.
-        for node_id, config in cluster.node_configs.items():
-            print(f"zcraq: {node_id} serves on {config.service_endpoint}, data in {config.data_dir}", flush=True)
-            cluster.start(node_id)
-            cluster.wait(lambda: stopping or cluster.serving(node_id), READY_TIMEOUT_SECONDS,
-                         f"{node_id} to join the chain and serve")
-            if stopping:
-                break
-        else:
-            print(f"zcraq: chain ready: {' -> '.join(cluster.members())}", flush=True)
-            print("zcraq: try `zcraq client write hello world` and `zcraq client read hello`; "
-                  "Ctrl-C stops everything", flush=True)
-            cluster.wait(stop_or_pass_on_hangups, math.inf, "a signal to stop", interval=0.2)
-    except ProcessExited as error:
-        for found in error.exits:
-            print(f"zcraq: {found}; stopping the rest", file=sys.stderr)
-        status = 1
-    except (TimeoutError, ZcraqError) as error:
-        print(f"zcraq: the chain did not come up ({error}); stopping", file=sys.stderr)
-        status = 1
-    finally:
-        print("zcraq: stopping", flush=True)
-        cluster.close()
-    return status
+
+def _chain(topology: Topology | None) -> str:
+    return " -> ".join(m.id for m in topology.members) if topology else "?"
