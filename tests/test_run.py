@@ -195,7 +195,11 @@ def test_restart_policy_backs_off_and_gives_up_like_systemd():
         restarts.started("n", now)
     assert delays == [2, 4, 8, 8]
     assert isinstance(restarts.exited("n", 1, now + 1), GiveUp)
+    # A quick exit after the child was seen doing its job is no failed start.
+    restarts.started("u", 0)
+    restarts.up("u")
+    assert restarts.exited("u", -9, 1) == Restart(2, 1)
     # A clean exit is someone's intent; exit code 2 is a config no restart can fix.
     assert isinstance(restarts.exited("m", 0, 5), LeaveStopped)
     assert isinstance(restarts.exited("m", 2, 5), GiveUp)
-    assert restarts.due(10_000) == []
+    assert restarts.due(10_000) == ["u"]  # m is not due: it is not restarted

@@ -69,17 +69,19 @@ class ChainWatch:
         self.topology: Topology | None = None
         self._next_look = 0.0
 
-    def look(self, now: float) -> None:
+    def look(self, now: float) -> bool:
+        """True if the coordinator answered this time (False also when it was not yet time to ask)."""
         if now < self._next_look:
-            return
+            return False
         self._next_look = now + WATCH_SECONDS
         try:
             topology = self.client.topology()
         except ZcraqError:
-            return  # the coordinator is down or restarting: its exit is reported on its own
-        if self.topology is None or topology.epoch != self.topology.epoch:
+            return False  # the coordinator is down or restarting: its exit is reported on its own
+        if topology.epoch > 0 and (self.topology is None or topology.epoch != self.topology.epoch):
             say(describe(topology))
         self.topology = topology
+        return True
 
     def whole(self) -> bool:
         topology = self.topology
@@ -137,6 +139,7 @@ def _supervise(cluster: Cluster, stop_signals: list[int], hangups: list[int]) ->
         cluster.start(node_id)
         restarts.started(node_id, time.monotonic())
     watch = ChainWatch(cluster)
+    start_epoch: dict[str, int] = {}  # node -> the newest epoch known when it was last started
     ready_said = False  # "chain ready" is said once; later, "whole again" after each recovery
     # After a node died or the chain lost a member: the epoch then. The chain is whole again once it
     # has every node at a later epoch (a restarted node always rejoins through a new epoch, so a
@@ -166,7 +169,14 @@ def _supervise(cluster: Cluster, stop_signals: list[int], hangups: list[int]) ->
             say(f"starting {name} again")
             cluster.start(name)
             restarts.started(name, now)
-        watch.look(now)
+            start_epoch[name] = watch.topology.epoch if watch.topology else 0
+        if watch.look(now):
+            restarts.up(COORDINATOR)
+            for member in watch.topology.members:  # type: ignore[union-attr]
+                # A member in an epoch newer than its start: this incarnation joined (a restarted
+                # node always rejoins through a new epoch).
+                if watch.topology.epoch > start_epoch.get(member.id, 0):  # type: ignore[union-attr]
+                    restarts.up(member.id)
         topology = watch.topology
         if not ready_said:
             if watch.whole() and watch.serving():

@@ -3,7 +3,8 @@ and a start limit, as a small state machine with the clock passed in (so it is t
 waiting).
 
 - A child that exits with a failure (a non-zero code or a signal) is started again after a delay:
-  1 s, doubled after each exit that came soon after its start (a start that failed), up to 30 s.
+  1 s, doubled after each failed start, up to 30 s. A start failed if the child exited soon after
+  it, before it was seen doing its job (a node in the chain, the coordinator answering).
 - Exit code 0 means someone stopped the child on purpose (SIGTERM): it is left stopped.
 - Exit code 2 means the child's config is unusable (a port taken, a bad file): starting it again
   cannot help, so the cluster gives up, as systemd's ``RestartPreventExitStatus=2`` would.
@@ -50,10 +51,16 @@ class Restarts:
     _started_at: dict[str, float] = field(default_factory=dict)
     _failed_starts: dict[str, int] = field(default_factory=dict)
     _due: dict[str, float] = field(default_factory=dict)
+    _up: set[str] = field(default_factory=set)
 
     def started(self, name: str, now: float) -> None:
         self._started_at[name] = now
         self._due.pop(name, None)
+        self._up.discard(name)
+
+    def up(self, name: str) -> None:
+        """``name`` was seen doing its job since its last start: that start succeeded."""
+        self._up.add(name)
 
     def exited(self, name: str, code: int, now: float) -> Decision:
         """What to do about ``name``, which exited with ``code`` (negative: killed by a signal)."""
@@ -61,7 +68,7 @@ class Restarts:
             return LeaveStopped("it exited cleanly, so someone stopped it on purpose; not restarted")
         if code == EXIT_CONFIG_ERROR:
             return GiveUp("its config cannot be used (see its error above); restarting cannot help")
-        if now - self._started_at.get(name, float("-inf")) < self.policy.failed_start_within:
+        if name not in self._up and now - self._started_at.get(name, float("-inf")) < self.policy.failed_start_within:
             failed = self._failed_starts[name] = self._failed_starts.get(name, 0) + 1
         else:
             failed = self._failed_starts[name] = 0
