@@ -123,14 +123,17 @@ def test_plain_req_client_reads_and_writes(make_cluster, ctx):
         reply, values = req(ctx, service, {"type": "read", "id": 13, "key": "hello"})
         assert reply["version"] == 2 and values == [b"again"]
     reply, values = req(ctx, head, {"type": "delete", "id": 14, "key": "hello"})
-    assert reply == {"type": "ok", "id": 14, "version": 3} and values == []
+    assert reply == {"type": "ok", "id": 14, "version": 3, "existed": True} and values == []
     for service in services:
         for mode in ("strong", "eventual"):
             reply, _ = req(ctx, service, {"type": "read", "id": 15, "key": "hello", "mode": mode})
             assert_error(reply, "not_found", 15)
+    # Deleting what is already deleted is a version too; the reply says the key did not exist.
+    reply, _ = req(ctx, head, {"type": "delete", "id": 19, "key": "never-written"})
+    assert reply == {"type": "ok", "id": 19, "version": 1, "existed": False}
     # Delete through the coordinator; writing again continues after the tombstone's version.
     reply, _ = req(ctx, coordinator, {"type": "delete", "id": 16, "key": "k2"})
-    assert reply == {"type": "ok", "id": 16, "version": 2}
+    assert reply == {"type": "ok", "id": 16, "version": 2, "existed": True}
     reply, _ = req(ctx, head, {"type": "write", "id": 17, "key": "hello"}, b"back")
     assert reply == {"type": "ok", "id": 17, "version": 4}
     reply, values = req(ctx, services[-1], {"type": "read", "id": 18, "key": "hello"})
@@ -170,7 +173,7 @@ def test_dealer_envelope_and_node_to_node_requests(make_cluster, ctx):
         reply, _ = req(ctx, head, {"type": "write", "id": key, "key": key}, value)
         assert reply["type"] == "ok"
     reply, _ = req(ctx, head, {"type": "delete", "id": "del", "key": "b"})
-    assert reply == {"type": "ok", "id": "del", "version": 2}
+    assert reply == {"type": "ok", "id": "del", "version": 2, "existed": True}
 
     # DEALER: an empty delimiter frame first; the reply comes back behind one too. Several
     # requests may be in flight; ids tell the replies apart.
