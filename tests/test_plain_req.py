@@ -128,7 +128,7 @@ def test_plain_req_client_reads_and_writes(make_cluster, ctx):
         for mode in ("strong", "eventual"):
             reply, _ = req(ctx, service, {"type": "read", "id": 15, "key": "hello", "mode": mode})
             assert_error(reply, "not_found", 15)
-    # Deleting what is already deleted is a version too; the reply says the key did not exist.
+    # Deleting a key never written is a version too; the reply says the key did not exist.
     reply, _ = req(ctx, head, {"type": "delete", "id": 19, "key": "never-written"})
     assert reply == {"type": "ok", "id": 19, "version": 1, "existed": False}
     # Delete through the coordinator; writing again continues after the tombstone's version.
