@@ -134,10 +134,10 @@ class MemoryStore:
     def committed_share(self, through: str) -> float | None:
         """The share of the keys held (one held only dirty counts too) up to ``through``."""
         self._check_open()
-        order = self._sorted_keys()
-        if not self.estimates or not order:
+        if not self.estimates:
             return None
-        return bisect_right(order, check_key(through)) / len(order)
+        order = self._sorted_keys()
+        return bisect_right(order, check_key(through)) / len(order) if order else None
 
     def dirty_items(self) -> Iterator[Item]:
         self._check_open()
