@@ -196,6 +196,18 @@ def test_setup_logging_names_the_process_in_the_root_handler(tmp_path):
     assert orjson.loads(json.stderr)["msg"] == "shown" and "hidden" not in json.stderr, json
 
 
+def test_an_uncaught_exception_is_logged_in_the_process_format():
+    script = ("import sys; from zcraq.logs import setup_logging; "
+              "setup_logging('coordinator', 'info', 'json'); raise RuntimeError('the end')")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    entry = orjson.loads(line)
+    assert (entry["level"], entry["process"], entry["msg"]) == (
+        "CRITICAL", "coordinator", "uncaught exception: the process stops")
+    assert entry["exc"].endswith("RuntimeError: the end")
+
+
 def fail(logger: logging.Logger) -> None:
     try:
         raise ValueError("broken")

@@ -7,6 +7,8 @@ each line says whose it is: the node id, or "coordinator". Two formats (config `
   traceback follow, each prefixed with the process name too.
 - ``json``: one object per line, for log collectors: ``ts`` (ISO 8601, UTC, milliseconds),
   ``level``, ``process``, ``logger``, ``msg`` and, when there is one, ``exc`` (the traceback).
+
+An uncaught exception is logged the same way, so that even a crash leaves lines of the format.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import TextIO
 
 import orjson
@@ -71,7 +74,8 @@ def formatter(process: str, log_format: str) -> logging.Formatter:
 
 def setup_logging(process: str, level: str, log_format: str, stream: TextIO | None = None) -> None:
     """Send every log record of this process, from ``level`` up, to ``stream`` (stderr) in
-    ``log_format``, each line naming ``process``. Replaces any handler set up before."""
+    ``log_format``, each line naming ``process``; an uncaught exception too. Replaces any handler
+    set up before."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter(process, log_format))
     root = logging.getLogger()
@@ -80,3 +84,12 @@ def setup_logging(process: str, level: str, log_format: str, stream: TextIO | No
         old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException, traceback: TracebackType | None) -> None:
+    """A crash's traceback in the process's format (one JSON object, not loose lines)."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, traceback)
+        return
+    logging.getLogger("zcraq").critical("uncaught exception: the process stops", exc_info=(kind, value, traceback))
