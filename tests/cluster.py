@@ -15,12 +15,14 @@ T = TypeVar("T")
 
 
 def new_cluster(root: Path, nodes: int = 3, *, lease_ms: int = 2000, heartbeat_ms: int = 200,
-                durability: str = "async", node: dict[str, Any] | None = None, secure: bool = False) -> Cluster:
-    """A cluster of ``nodes`` nodes (not started) with its files under ``root``; ``node`` sets
-    more keys of every node's config; ``secure``: CURVE keys on every connection."""
+                durability: str = "async", node: dict[str, Any] | None = None,
+                coordinator: dict[str, Any] | None = None, secure: bool = False) -> Cluster:
+    """A cluster of ``nodes`` nodes (not started) with its files under ``root``; ``node`` and
+    ``coordinator`` set more keys of every node's and the coordinator's config; ``secure``: CURVE
+    keys on every connection."""
     return Cluster(Generated(
         root, nodes,
-        coordinator={"lease_ms": lease_ms, "republish_interval_ms": 500, "log_level": "debug"},
+        coordinator={"lease_ms": lease_ms, "republish_interval_ms": 500, "log_level": "debug", **(coordinator or {})},
         node={"durability": durability, "heartbeat_interval_ms": heartbeat_ms, "request_timeout_ms": 1000,
               "log_level": "debug", **(node or {})}, secure=secure))
 

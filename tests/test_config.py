@@ -140,7 +140,7 @@ def test_node_defaults() -> None:
     assert cfg.heartbeat_interval_ms == 500
     assert cfg.request_timeout_ms == 2000
     assert cfg.catchup_page_items == 1000
-    assert cfg.log_level == "info"
+    assert (cfg.log_level, cfg.log_format) == ("info", "text")
     assert cfg.insecure is False
     assert cfg.limits == Limits(max_key_bytes=1024, max_value_bytes=1048576)
 
@@ -150,7 +150,7 @@ def test_coordinator_defaults() -> None:
     assert (cfg.bind_host, cfg.advertise_host) == ("127.0.0.1", "127.0.0.1")
     assert (cfg.port, cfg.publish_port) == (7000, 7001)
     assert (cfg.lease_ms, cfg.republish_interval_ms, cfg.request_timeout_ms) == (3000, 1000, 5000)
-    assert (cfg.log_level, cfg.insecure) == ("info", False)
+    assert (cfg.log_level, cfg.log_format, cfg.insecure) == ("info", "text", False)
 
 
 def test_limits_table() -> None:
@@ -476,6 +476,22 @@ def test_bad_coordinator_log_level() -> None:
     with pytest.raises(ConfigError) as info:
         coordinator(log_level="trace")
     assert info.value.key == "coordinator.log_level"
+
+
+@pytest.mark.parametrize("log_format", ["xml", "JSON", ""])
+def test_bad_log_format(log_format: str) -> None:
+    err = node_error(log_format=log_format)
+    assert str(err) == f'etc/n1.toml: node.log_format: expected one of "text", "json", got "{log_format}"'
+
+
+def test_bad_coordinator_log_format() -> None:
+    with pytest.raises(ConfigError) as info:
+        coordinator(log_format="xml")
+    assert info.value.key == "coordinator.log_format"
+
+
+def test_log_format_json() -> None:
+    assert node(log_format="json").log_format == coordinator(log_format="json").log_format == "json"
 
 
 @pytest.mark.parametrize(

@@ -125,6 +125,20 @@ def test_leveldb_flush_survives_crash_without_close(tmp_path: Path) -> None:
         assert again.versions("lost") == []
 
 
+def test_leveldb_committed_share_is_estimated_from_the_data_on_disk(tmp_path: Path) -> None:
+    with LevelDBStore(tmp_path / "db") as store:
+        assert store.committed_share("k") is None  # empty
+        for i in range(20_000):
+            store.put(f"k{i:05d}", 1, bytes([i % 251]) * 100, committed=True)
+        store.flush()
+        assert store.committed_share("k10000") is None  # all still in the memtable: no size on disk
+    with LevelDBStore(tmp_path / "db") as store:  # reopening writes the log to a table on disk
+        shares = [store.committed_share(f"k{i:05d}") for i in (0, 5_000, 10_000, 15_000, 19_999)]
+    assert all(share is not None for share in shares), shares
+    assert shares == sorted(shares)
+    assert shares[0] < 0.05 and 0.4 < shares[2] < 0.6 and shares[-1] > 0.95, shares
+
+
 # -- MemoryStore specifics -----------------------------------------------------------------------
 
 
@@ -158,6 +172,20 @@ def test_memory_crash_copy_is_deterministic() -> None:
         return [*copy.committed_page(None, 1000).items, *copy.dirty_items()]
 
     assert build() == build()
+
+
+def test_memory_committed_share_counts_keys_unless_switched_off() -> None:
+    store = MemoryStore()
+    assert store.committed_share("a") is None  # empty
+    for key in "abcd":
+        store.put(key, 1, b"v", committed=True)
+    assert [store.committed_share(k) for k in ("", "a", "b", "bb", "d", "z")] == [0.0, 0.25, 0.5, 0.5, 1.0, 1.0]
+    store.flush()
+    assert store.crash_copy().committed_share("b") == 0.5
+    quiet = MemoryStore(estimates=False)
+    quiet.put("a", 1, b"v", committed=True)
+    quiet.flush()
+    assert quiet.committed_share("a") is None and quiet.crash_copy().committed_share("a") is None
 
 
 # -- open_store ----------------------------------------------------------------------------------

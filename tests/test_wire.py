@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from zcraq import wire
-from zcraq.messages import (CatchupRequest, CommitFrame, Delete, Error, Malformed, Ok, Read, ResyncFrame, StatusRequest,
-                            Write, WriteFrame, WriteRecord, request_type)
+from zcraq.messages import (UNSET, CatchupRequest, CommitFrame, Delete, Error, Malformed, Ok, Read, ResyncFrame,
+                            StatusRequest, Write, WriteFrame, WriteRecord, request_type)
 from zcraq.topology import Member, Topology
 
 pytestmark = pytest.mark.timeout(120)
@@ -52,6 +52,19 @@ def test_replies_are_those_of_protocol_md():
     # A last catch-up page says so with an explicit null cursor.
     page = orjson.loads(wire.encode_reply(Ok(3, items=[("a", 1, 0)], cursor=None))[0])
     assert page == {"type": "ok", "id": 3, "items": [["a", 1, 0]], "cursor": None}
+
+
+def test_a_catchup_page_may_carry_the_source_estimate_of_its_progress():
+    page = wire.encode_reply(Ok(3, items=[("a", 1, 0)], cursor="a", progress=0.4))
+    assert orjson.loads(page[0]) == {"type": "ok", "id": 3, "items": [["a", 1, 0]], "cursor": "a", "progress": 0.4}
+    for progress in (0, 1, 0.25):
+        reply, _ = wire.read_reply([orjson.dumps({"type": "ok", "id": 3, "progress": progress})])
+        assert isinstance(reply, Ok) and reply.progress == progress
+    last, _ = wire.read_reply([b'{"type":"ok","id":3,"items":[],"cursor":null}'])
+    assert isinstance(last, Ok) and last.progress is UNSET
+    for bad in (1.5, -0.1, "0.5", True, None):
+        reply, _ = wire.read_reply([orjson.dumps({"type": "ok", "id": 3, "progress": bad})])
+        assert isinstance(reply, Malformed) and "progress" in reply.message
 
 
 def test_requests_round_trip_with_their_value_in_its_own_frame():

@@ -5,21 +5,16 @@ Exit codes: 0 success; 1 not found or failed; 2 usage or config error.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
 
 from zcraq.config import ConfigError, default_coordinator_endpoint, load_coordinator_config, load_node_config
 from zcraq.errors import KeyNotFound, ZcraqError
+from zcraq.logs import setup_logging
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
 
 def _config_failure(error: Exception) -> None:
@@ -43,7 +38,7 @@ def node(config_path: str) -> None:
 
     try:
         config = load_node_config(config_path)
-        _setup_logging(config.log_level)
+        setup_logging(config.id, config.log_level, config.log_format)
         run_node(config)
     except (ConfigError, StoreError) as error:
         _config_failure(error)
@@ -58,7 +53,7 @@ def coordinator(config_path: str) -> None:
 
     try:
         config = load_coordinator_config(config_path)
-        _setup_logging(config.log_level)
+        setup_logging("coordinator", config.log_level, config.log_format)
         run_coordinator(config)
     except (ConfigError, StateError) as error:
         _config_failure(error)

@@ -46,6 +46,7 @@ DEFAULT_COORDINATOR_ENDPOINT = "tcp://127.0.0.1:7000"
 COORDINATOR_ENV = "ZCRAQ_COORDINATOR"
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 DURABILITIES = ("sync", "async")
 
 MAX_KEY_BYTES = 65535
@@ -97,6 +98,7 @@ class NodeConfig:
     catchup_page_items: int
     peer_lease_ms: int
     log_level: str
+    log_format: str
     insecure: bool
     limits: Limits
     security: SecurityConfig | None = None
@@ -150,6 +152,7 @@ class CoordinatorConfig:
     republish_interval_ms: int
     request_timeout_ms: int
     log_level: str
+    log_format: str
     insecure: bool
     limits: Limits
     security: SecurityConfig | None = None
@@ -278,6 +281,7 @@ _NODE_KEYS = (
     "catchup_page_items",
     "peer_lease_ms",
     "log_level",
+    "log_format",
     "insecure",
 )
 
@@ -291,6 +295,7 @@ _COORDINATOR_KEYS = (
     "republish_interval_ms",
     "request_timeout_ms",
     "log_level",
+    "log_format",
     "insecure",
 )
 
@@ -328,6 +333,7 @@ def node_config_from_dict(data: Mapping[str, Any], path: str | os.PathLike[str])
         catchup_page_items=t.get_int("catchup_page_items", 1, MAX_CATCHUP_PAGE_ITEMS, 1000),
         peer_lease_ms=t.get_int("peer_lease_ms", MIN_LEASE_MS, MAX_MS, 1000),
         log_level=t.get_choice("log_level", LOG_LEVELS, "info"),
+        log_format=t.get_choice("log_format", LOG_FORMATS, "text"),
         insecure=insecure,
         limits=_limits(where, data),
         security=security,
@@ -361,6 +367,7 @@ def coordinator_config_from_dict(
         republish_interval_ms=t.get_int("republish_interval_ms", 1, MAX_MS, 1000),
         request_timeout_ms=t.get_int("request_timeout_ms", 1, MAX_MS, 5000),
         log_level=t.get_choice("log_level", LOG_LEVELS, "info"),
+        log_format=t.get_choice("log_format", LOG_FORMATS, "text"),
         insecure=insecure,
         limits=_limits(where, data),
         security=security,

@@ -133,10 +133,18 @@ class CoordinatorProcess:
                 self._dispatch(sock, now)
             self.core.tick(now)
             self._execute(self.core.ready())
+            self._flush_logs(now)
             if self._reload and self.security is not None:
                 self._reload = False
                 self.security.reload()
         self.close()
+
+    def _flush_logs(self, now: float) -> None:
+        """Counts of repeated lines left out come out once their interval is over."""
+        self.core.logs.flush(now)
+        self.peers.logs.flush(now)
+        if self.security is not None:
+            self.security.zap.logs.flush(now)
 
     def _dispatch(self, sock: zmq.Socket, now: float) -> None:
         security = self.security

@@ -35,6 +35,7 @@ Key = Annotated[str, msgspec.Meta(min_length=1)]
 Version = Annotated[int, msgspec.Meta(ge=1)]
 PageLimit = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
 ReadMode = Literal["strong", "eventual"]
+Share = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
 # Version of the node <-> coordinator <-> node protocol. A node sends it in every join and
 # heartbeat and the coordinator refuses a different one: processes of different versions must
@@ -170,6 +171,7 @@ class Ok(msgspec.Struct, frozen=True, tag_field="type", tag="ok"):
     existed: bool | UnsetType = UNSET  # delete: the key had a value just before this deletion
     items: list[tuple[Key, Version, Flags]] | UnsetType = UNSET  # catchup: [key, version, flags]
     cursor: str | None | UnsetType = UNSET  # catchup: null on the last page
+    progress: Share | UnsetType = UNSET  # catchup: the source's estimate of how far the page reaches
     epoch: Epoch | UnsetType = UNSET  # confirm, heartbeat, caught_up, leave, node status
     lease_ms: U64 | UnsetType = UNSET  # confirm, heartbeat, join, coordinator status
     status: Literal["member", "learner"] | UnsetType = UNSET  # heartbeat

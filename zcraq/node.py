@@ -109,10 +109,18 @@ class NodeProcess:
                 self._dispatch(sock, now)
             self.core.tick(now)
             self._execute(self.core.ready())
+            self._flush_logs(now)
             if self._reload and self.security is not None:
                 self._reload = False
                 self.security.reload()
         self._leave()
+
+    def _flush_logs(self, now: float) -> None:
+        """Counts of repeated lines left out come out once their interval is over."""
+        self.core.logs.flush(now)
+        self.peers.logs.flush(now)
+        if self.security is not None:
+            self.security.zap.logs.flush(now)
 
     def _dispatch(self, sock: zmq.Socket, now: float) -> None:
         security = self.security
@@ -214,7 +222,8 @@ class NodeProcess:
             sub = sockets.connected(self.ctx, zmq.SUB, endpoint, curve=curve,
                                     server_key=curve.coordinator_key if curve else None)
         except sockets.AddressError as error:
-            log.error("%s; topology updates come with heartbeats only", error)
+            self.core.logs.error("subscribe", time.monotonic(), "%s; topology updates come with heartbeats only",
+                                 error)
             self.sub = None
             return
         self.sub = sub

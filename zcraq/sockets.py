@@ -13,11 +13,13 @@ liveness is handled by the application's heartbeats.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 import zmq
 
 from zcraq.config import ConfigError, CoordinatorConfig, NodeConfig
+from zcraq.loglimit import LogLimiter
 from zcraq.security import Curve, connect_curve, serve_curve
 from zcraq.messages import Error, Limits
 from zcraq.wire import encode_reply
@@ -196,6 +198,8 @@ class DealerPool:
         self._curve = curve
         self.sockets: dict[str, zmq.Socket] = {}
         self._keys: dict[str, str | None] = {}
+        # A peer listed with an unusable address is asked again and again (confirmations, queries).
+        self.logs = LogLimiter(log)
 
     def send(self, endpoint: str, frames: list[bytes], key: str | None = None) -> bool:
         """Send to ``endpoint`` (or an alias), whose CURVE key is ``key``; a new key reconnects."""
@@ -209,7 +213,7 @@ class DealerPool:
             try:
                 sock = connected(self._ctx, zmq.DEALER, endpoint, curve=self._curve, server_key=key)
             except AddressError as error:
-                log.error("%s; request dropped", error)
+                self.logs.error(f"unusable {endpoint}", time.monotonic(), "%s; request dropped", error)
                 return False
             self.sockets[endpoint] = sock
             self._keys[endpoint] = key

@@ -26,6 +26,7 @@ from zcraq.store.base import ReplicaStore
 log = logging.getLogger("zcraq.node")
 
 RETRY_AFTER = 0.1  # seconds before asking again for a page that failed
+PROGRESS_EVERY = 2.0  # seconds between the progress lines of a copy
 
 
 class Phase(Enum):
@@ -50,6 +51,7 @@ class CatchUp:
         self.copied = 0  # keys copied by the current copy
         self.fraction: float | None = None  # how far the copy is, as its source estimates; None: unknown
         self.started_at = float("-inf")  # when the current copy began
+        self._progress_logged_at = float("-inf")
         self._retry_at = float("-inf")
         self._last_report = float("-inf")
 
@@ -68,6 +70,7 @@ class CatchUp:
         if not same_source:
             self.cursor = None
             self.copied, self.fraction, self.started_at = 0, None, now
+            self._progress_logged_at = now
             if self.caught_up:
                 self.phase = Phase.NOT_STARTED
         if not self.caught_up:
@@ -96,11 +99,28 @@ class CatchUp:
             return
         self.cursor = cursor
         self.copied += len(values)
+        self.fraction = None if reply.progress is UNSET else reply.progress
+        source = place.predecessor.id if place.predecessor is not None else "?"
         if cursor is not None:
+            self._log_progress(source, now)
             self._request_page(place, now)
         else:
+            log.info("catch-up from %s: %s keys copied in %.1f s (%s keys/s)", source, f"{self.copied:,}",
+                     now - self.started_at, self._rate(now))
             self.phase = Phase.WAITING_FOR_SYNC
             self.drive(place, in_sync, now)
+
+    def _log_progress(self, source: str, now: float) -> None:
+        """A line every ``PROGRESS_EVERY`` seconds of a copy; the percentage when the source
+        estimates how far its pages reach."""
+        if now - self._progress_logged_at < PROGRESS_EVERY:
+            return
+        self._progress_logged_at = now
+        share = "" if self.fraction is None else f" ({self.fraction:.0%})"
+        log.info("catch-up from %s: %s keys copied%s, %s keys/s", source, f"{self.copied:,}", share, self._rate(now))
+
+    def _rate(self, now: float) -> str:
+        return f"{self.copied / max(now - self.started_at, 1e-3):,.0f}"
 
     def drive(self, place: Place, in_sync: bool, now: float) -> None:
         """Every tick, as learner: ask for a page again, or report (again) that we are done."""
@@ -141,7 +161,10 @@ def apply_page(store: ReplicaStore, page: Ok, values: list[bytes]) -> str | None
 
 
 def serve_page(store: ReplicaStore, request: CatchupRequest) -> tuple[Ok, list[bytes]]:
-    """A page of newest-committed items after ``request.after``, and their values."""
+    """A page of newest-committed items after ``request.after``, and their values; with the
+    store's estimate of how far through its data the page reaches, when it has one."""
     page = store.committed_page(request.after, request.limit)
     items = [(i.key, i.version, TOMBSTONE if i.tombstone else 0) for i in page.items]
-    return Ok(request.id, items=items, cursor=page.cursor), [i.value for i in page.items]
+    share = store.committed_share(page.items[-1].key) if page.items else None
+    progress = UNSET if share is None else round(share, 4)
+    return Ok(request.id, items=items, cursor=page.cursor, progress=progress), [i.value for i in page.items]

@@ -316,8 +316,9 @@ class NodeCore:
             case CallKind.CONFIRM:
                 self.membership.confirm_answered(call, reply, now)
             case CallKind.CAUGHT_UP:
-                if isinstance(reply, Error):
-                    log.info("coordinator did not take the catch-up report: %s", reply.message)
+                if isinstance(reply, Error):  # the report is repeated until taken
+                    self.logs.info("caught_up refused", now, "coordinator did not take the catch-up report: %s",
+                                   reply.message)
             case CallKind.CATCHUP:
                 self.catchup.page_answered(call, reply, values, self.place, self.links.in_sync(), now)
             case _:

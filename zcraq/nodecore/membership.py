@@ -52,7 +52,6 @@ class Membership:
         self._set_place(Place.of(EMPTY, me.id, joined=False))
         self._last_heartbeat = NEVER
         self._join_sent_at = NEVER
-        self._incompatible_logged_at = NEVER
 
     def _set_place(self, place: Place) -> None:
         self.place = self.replication.place = place
@@ -82,7 +81,7 @@ class Membership:
                           reply.message)
             return
         if reply.topology is UNSET:
-            log.warning("bad topology in join reply")
+            self.logs.warning("bad join reply", now, "the coordinator's join reply holds no topology")
             return
         if reply.publish is not UNSET:
             self._out.append(Subscribe(reply.publish))
@@ -179,12 +178,12 @@ class Membership:
     def heartbeat_answered(self, call: Call, reply: Reply, now: float) -> None:
         if isinstance(reply, Error):
             if reply.code == "unknown_node" and self.joined:
-                log.warning("the coordinator does not know this node; rejoining")
+                self.logs.warning("unknown node", now, "the coordinator does not know this node; rejoining")
                 self._reset_incarnation(now)
-            elif reply.code == "incompatible" and now - self._incompatible_logged_at >= 60.0:
-                # Every heartbeat is refused until someone acts: say so loudly, but once a minute.
-                self._incompatible_logged_at = now
-                log.error("the coordinator refuses this node's heartbeats: %s", reply.message)
+            elif reply.code == "incompatible":
+                # Every heartbeat is refused until someone acts: say so loudly, but not every time.
+                self.logs.error("incompatible", now, "the coordinator refuses this node's heartbeats: %s",
+                                reply.message)
             return
         self.newer_epoch_seen(reply, now)
         if reply.status == "member" and reply.lease_ms is not UNSET and reply.epoch == call.epoch:

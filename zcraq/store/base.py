@@ -80,6 +80,12 @@ class ReplicaStore(Protocol):
         """Up to ``limit`` newest-committed items (tombstones included), one per key, for keys
         strictly after the cursor ``after`` in the store's key order (None = from the start)."""
 
+    def committed_share(self, through: str) -> float | None:
+        """Roughly what share of the committed data lies at keys up to and including ``through``,
+        from 0 to 1, or None when the store cannot tell. For progress reports only: it is an
+        estimate (a store may weigh keys by their size on disk), but while the store does not
+        change it never goes down as ``through`` goes up."""
+
     def dirty_items(self) -> Iterator[Item]:
         """Every uncommitted version held."""
 

@@ -366,6 +366,38 @@ def check_committed_page_pages_many_keys(factory: StoreFactory) -> None:
     assert [len(p.items) for p in pages] == [1000, 1000, len(expected) - 2000]
 
 
+def check_committed_share_along_the_pages(factory: StoreFactory) -> None:
+    """The estimate a catch-up page carries: None, or 0..1 and never going back along the pages
+    of an unchanged store. Persistent stores are reopened first, so the data is where a store
+    that weighs it on disk can see it."""
+    s = factory.new()
+    _share_or_none(s.committed_share("k"))  # empty: None, or a share all the same
+    for i in range(3000):
+        s.put(f"k{i:05d}", 1, b"v" * 100, committed=True)
+        if i % 5 == 0:
+            s.put(f"k{i:05d}", 2, b"dirty")
+    s.flush()
+    s = factory.reopen() or s
+    shares: list[float] = []
+    cursor: str | None = None
+    while True:
+        page = s.committed_page(cursor, 250)
+        share = _share_or_none(s.committed_share(page.items[-1].key))
+        if share is not None:
+            shares.append(share)
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+    assert shares == sorted(shares), f"the estimate went back along the pages: {shares}"
+    for key in ("", "a", "k00000", "k99999", "z"):  # any key, held or not
+        _share_or_none(s.committed_share(key))
+
+
+def _share_or_none(share: float | None) -> float | None:
+    assert share is None or (isinstance(share, float) and 0.0 <= share <= 1.0), f"not None nor 0..1: {share!r}"
+    return share
+
+
 def check_committed_page_edges(factory: StoreFactory) -> None:
     s = factory.new()
     assert s.committed_page(None, 10) == Page([], None)
@@ -585,6 +617,7 @@ def check_closed_store_raises(factory: StoreFactory) -> None:
         lambda: s.get("k", 1),
         lambda: s.latest("k"),
         lambda: s.committed_page(None, 10),
+        lambda: s.committed_share("k"),
         lambda: list(s.dirty_items()),
         s.flush,
     ]
@@ -613,6 +646,7 @@ CHECKS: list[Check] = [
     check_delete,
     check_committed_page_pages_many_keys,
     check_committed_page_edges,
+    check_committed_share_along_the_pages,
     check_dirty_items,
     check_drop_uncommitted,
     check_reads_see_unflushed_writes,

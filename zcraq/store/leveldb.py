@@ -202,6 +202,17 @@ class LevelDBStore:
             items.append(item)
         return Page(items, None)
 
+    def committed_share(self, through: str) -> float | None:
+        """LevelDB's estimate of the bytes on disk up to ``through``'s last version, over those of
+        every item. Writes still in the memtable (or not flushed) have no size on disk yet: None
+        while nothing is on disk."""
+        db = self._check_open()
+        end_of_key = key_prefix(through)[:-1] + b"\x01"  # past every version of ``through``
+        total, upto = db.approximate_sizes((DATA, _DATA_END), (DATA, end_of_key))
+        if total <= 0:
+            return None
+        return min(1.0, upto / total)
+
     def dirty_items(self) -> Iterator[Item]:
         db = self._check_open()
         overlay = sorted(

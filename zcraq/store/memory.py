@@ -21,7 +21,9 @@ Versions = dict[int, Item]
 
 
 class MemoryStore:
-    def __init__(self) -> None:
+    def __init__(self, *, estimates: bool = True) -> None:
+        """``estimates``: whether ``committed_share`` answers (False: always None)."""
+        self.estimates = estimates
         self._live: dict[str, Versions] = {}
         self._durable: dict[str, Versions] = {}
         self._unflushed: set[str] = set()  # keys whose live versions differ from durable ones
@@ -129,6 +131,14 @@ class MemoryStore:
             items.append(item)
         return Page(items, None)
 
+    def committed_share(self, through: str) -> float | None:
+        """The share of the keys held (one held only dirty counts too) up to ``through``."""
+        self._check_open()
+        if not self.estimates:
+            return None
+        order = self._sorted_keys()
+        return bisect_right(order, check_key(through)) / len(order) if order else None
+
     def dirty_items(self) -> Iterator[Item]:
         self._check_open()
         dirty: list[Item] = []
@@ -158,7 +168,7 @@ class MemoryStore:
     def crash_copy(self) -> MemoryStore:
         """A new open store holding only what was flushed, as if the process had crashed now.
         Allowed on a closed store too: the durable state outlives the handle."""
-        copy = MemoryStore()
+        copy = MemoryStore(estimates=self.estimates)
         for key, held in self._durable.items():
             copy._live[key] = dict(held)
             copy._durable[key] = dict(held)
