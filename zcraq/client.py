@@ -204,6 +204,7 @@ class ZClient:
             endpoint = head.service if head else self.coordinator
             request = build(next(self._ids))
             try:
+                self._connect_first(endpoint, deadline)
                 reply, _values = self._call(endpoint, request, deadline)
             except Timeout as error:
                 if error.delivered:
@@ -319,6 +320,21 @@ class ZClient:
             connection = _Connection(self._ctx, endpoint, self._curve, self._server_key(endpoint))
             self._sockets[endpoint] = connection
         return connection
+
+    def _connect_first(self, endpoint: str, deadline: float) -> None:
+        """Wait until the connection to ``endpoint`` is up before a write is handed to it. A
+        message queued on a connection still in its handshake goes out whenever the peer wakes
+        up, even after the socket was closed: a write given up as "never sent" could be applied."""
+        connection = self._socket(endpoint)
+        while not connection.connected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not connection.monitor.poll(max(1, int(remaining * 1000))):
+                self._drop_socket(endpoint)
+                raise Timeout(f"no connection to {endpoint}", delivered=False)
+            refusal = connection.handshake_failure()
+            if refusal is not None:
+                self._drop_socket(endpoint)
+                raise AuthenticationError(f"{endpoint} refused the connection: {refusal}")
 
     def _call(self, endpoint: str, request: Request, deadline: float) -> tuple[Reply, list[bytes]]:
         """Send ``request`` and wait for the reply that carries its id."""
