@@ -1,6 +1,7 @@
 """The ``zcraq`` command as a user runs it: a separate process, its exit code and its output.
 
-Exit codes (zcraq/cli.py): 0 success, 1 not found or failed, 2 usage or config error.
+Exit codes (zcraq/cli.py): 0 success, 1 failed, 2 usage or config error; ``zcraq client`` has a
+table of its own (zcraq/exit_codes.py), tested in depth by tests/test_cli_client.py.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ COMMANDS = [
     ("client", "read"),
     ("client", "delete"),
     ("client", "status"),
+    ("client", "health"),
     ("verify",),
 ]
 
@@ -85,7 +87,7 @@ def test_help_on_every_listed_command():
     top = listed_commands()
     assert {"node", "coordinator", "run", "client", "verify"} <= set(top)
     sub = listed_commands("client")
-    assert {"write", "read", "delete", "status"} <= set(sub)
+    assert {"write", "read", "delete", "status", "health"} <= set(sub)
     for command in [(name,) for name in top] + [("client", name) for name in sub]:
         result = zcraq(*command, "--help")
         assert_exit(result, 0)
@@ -96,10 +98,11 @@ def test_help_mentions_options_and_the_console_script_runs():
     assert "--config" in zcraq("node", "--help").stdout
     assert "--config-dir" in zcraq("run", "--help").stdout
     client_help = zcraq("client", "--help").stdout
-    for option in ("--coordinator", "--node", "--timeout"):
+    for option in ("--coordinator", "--node", "--timeout", "--json", "--config"):
         assert option in client_help
-    for command in ("write", "read", "delete", "status"):
+    for command in ("write", "read", "delete", "status", "health"):
         assert command in client_help
+    assert "Exit codes:" in client_help
     assert "--mode" in zcraq("client", "read", "--help").stdout
     # The same program through the other entry point.
     other = [sys.executable, "-m", "zcraq"] if ZCRAQ[0] == str(CONSOLE_SCRIPT) else ZCRAQ
@@ -279,14 +282,14 @@ def test_client_commands_against_a_cluster(make_cluster):
     result = zcraq(*c, "read", "missing")
     assert_exit(result, 1)
     assert result.stdout == ""
-    assert "'missing' does not exist" in result.stderr
+    assert result.stderr == "error: key 'missing' does not exist\n"
 
     result = zcraq(*c, "write", "hello", "again")
     assert_exit(result, 0)
     assert result.stdout == "ok version 2\n"
     result = zcraq(*c, "delete", "hello")
     assert_exit(result, 0)
-    assert result.stdout == "ok version 3\n"
+    assert result.stdout == "ok version 3 (deleted)\n"
     for node in ("node1", "node3"):
         result = zcraq(*c, "-n", node, "read", "hello")
         assert_exit(result, 1)
@@ -297,10 +300,11 @@ def test_client_commands_against_a_cluster(make_cluster):
     result = zcraq(*c, "status")
     assert_exit(result, 0)
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["POS", "NODE", "ROLE", "SERVICE", "WRITE-IN", "ACK-IN", "EPOCH"]
-    rows = [line.split() for line in lines[1:]]
-    assert rows == [
-        [str(index), member.id, role, member.service, member.write_in, member.ack_in, str(topology.epoch)]
+    assert lines[0].split() == ["POS", "NODE", "ROLE", "SERVING", "LEASE", "CAUGHT-UP", "EPOCH", "SENT", "READS",
+                                "WRITES", "COMMITS", "SERVICE"]
+    rows = [line.split() for line in lines[1:4]]
+    assert [[row[0], row[1], row[2], row[3], row[6], row[11]] for row in rows] == [
+        [str(index), member.id, role, "yes", str(topology.epoch), member.service]
         for index, (member, role) in enumerate(zip(topology.members, ("head", "middle", "tail")))
     ]
     assert [row[1] for row in rows] == ["node1", "node2", "node3"]
@@ -312,7 +316,7 @@ def test_client_fails_within_its_timeout_without_a_coordinator(command):
     started = time.monotonic()
     result = zcraq("client", "-c", f"tcp://127.0.0.1:{port}", "-t", "1", *command, timeout=30)
     elapsed = time.monotonic() - started
-    assert_exit(result, 1)
+    assert_exit(result, 3)  # unavailable: nothing was applied
     assert result.stdout == ""
     assert result.stderr.startswith("error: "), result.stderr
     assert elapsed < 1 + 10, f"took {elapsed:.1f}s with --timeout 1"

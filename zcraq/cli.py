@@ -1,6 +1,7 @@
 """The ``zcraq`` command: run a node or the coordinator, use the chain, check a history.
 
-Exit codes: 0 success; 1 not found or failed; 2 usage or config error.
+Exit codes: 0 success; 1 failed; 2 usage or config error. ``zcraq client`` (zcraq/cli_client.py)
+has a table of its own.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ import sys
 
 import click
 
-from zcraq.config import ConfigError, default_coordinator_endpoint, load_coordinator_config, load_node_config
-from zcraq.errors import KeyNotFound, ZcraqError
+from zcraq.cli_client import client
+from zcraq.config import ConfigError, load_coordinator_config, load_node_config
 from zcraq.logs import setup_logging
 
 EXIT_FAILED = 1
@@ -69,9 +70,6 @@ def run(config_dir: str) -> None:
     sys.exit(run_local(config_dir))
 
 
-# ------------------------------------------------------------------------------------- client
-
-
 @main.command()
 @click.argument("names", nargs=-1, required=True)
 @click.option("-d", "--dir", "directory", default=".", show_default=True, type=click.Path(file_okay=False),
@@ -91,106 +89,6 @@ def keygen(names: tuple[str, ...], directory: str) -> None:
         except KeyFileError as error:
             _config_failure(error)
         click.echo(f"{secret.with_suffix('.key')} (public)  {secret} (secret)")
-
-
-@main.group()
-@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
-              help="Client config file: coordinator, timeout and the CURVE keys of a secured cluster.")
-@click.option("-c", "--coordinator", "coordinator_endpoint", default=None, metavar="ENDPOINT",
-              help="Coordinator endpoint (default: the config file's, $ZCRAQ_COORDINATOR or tcp://127.0.0.1:7000).")
-@click.option("-n", "--node", default=None, metavar="NODE",
-              help="Node id or service endpoint to send reads to (default: spread over all nodes).")
-@click.option("-t", "--timeout", default=None, type=click.FloatRange(min=0.1),
-              help="Seconds to wait for an answer, retries included (default: the config file's, else 5).")
-@click.pass_context
-def client(ctx: click.Context, config_path: str | None, coordinator_endpoint: str | None, node: str | None,
-           timeout: float | None) -> None:
-    """Read, write and inspect the chain."""
-    from zcraq.client import ZClient
-
-    from zcraq.endpoints import parse_endpoint
-
-    try:
-        zclient = ZClient(coordinator_endpoint or (None if config_path else default_coordinator_endpoint()),
-                          timeout=timeout, config=config_path)
-        if node and node.startswith("tcp://"):
-            parse_endpoint(node)
-    except (ZcraqError, ValueError, ConfigError) as error:
-        click.echo(f"zcraq: {error}", err=True)
-        sys.exit(EXIT_USAGE)
-    ctx.call_on_close(zclient.close)
-    ctx.obj = {"client": zclient, "node": node}
-
-
-def _fail(error: ZcraqError) -> None:
-    click.echo(f"error: {error}", err=True)
-    sys.exit(EXIT_FAILED)
-
-
-@client.command("write")
-@click.argument("key")
-@click.argument("value")
-@click.pass_obj
-def client_write(obj: dict, key: str, value: str) -> None:
-    """Write VALUE under KEY; prints the committed version."""
-    try:
-        version = obj["client"].write(key, value)
-    except ZcraqError as error:
-        _fail(error)
-    click.echo(f"ok version {version}")
-
-
-@client.command("read")
-@click.argument("key")
-@click.option("--mode", type=click.Choice(["strong", "eventual"]), default="strong", show_default=True,
-              help="strong: linearizable; eventual: the node's newest committed version.")
-@click.pass_obj
-def client_read(obj: dict, key: str, mode: str) -> None:
-    """Print the committed value of KEY."""
-    try:
-        value = obj["client"].read(key, obj["node"], mode=mode)
-    except KeyNotFound:
-        click.echo(f"key {key!r} does not exist", err=True)
-        sys.exit(EXIT_FAILED)
-    except ZcraqError as error:
-        _fail(error)
-    sys.stdout.buffer.write(value + b"\n")
-
-
-@client.command("delete")
-@click.argument("key")
-@click.pass_obj
-def client_delete(obj: dict, key: str) -> None:
-    """Delete KEY."""
-    try:
-        version = obj["client"].delete(key)
-    except ZcraqError as error:
-        _fail(error)
-    click.echo(f"ok version {version}")
-
-
-@client.command("status")
-@click.pass_obj
-def client_status(obj: dict) -> None:
-    """Show the chain: position, node id, endpoints, role, epoch."""
-    try:
-        topology = obj["client"].topology()
-    except ZcraqError as error:
-        _fail(error)
-    rows = [("POS", "NODE", "ROLE", "SERVICE", "WRITE-IN", "ACK-IN", "EPOCH")]
-    last = len(topology.members) - 1
-    for index, member in enumerate(topology.members):
-        role = "head+tail" if last == 0 else "head" if index == 0 else "tail" if index == last else "middle"
-        rows.append((str(index), member.id, role, member.service, member.write_in, member.ack_in,
-                     str(topology.epoch)))
-    if topology.learner is not None:
-        m = topology.learner
-        rows.append(("-", m.id, "learner", m.service, m.write_in, m.ack_in, str(topology.epoch)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    if not topology.members:
-        click.echo(f"(the chain is empty at epoch {topology.epoch})")
 
 
 @main.command()
@@ -274,6 +172,8 @@ def chaos(duration: float, nemesis_kinds: str, clients: int, nodes: int, seed: i
         sys.exit(EXIT_FAILED)
     sys.exit(report.exit_code)
 
+
+main.add_command(client)
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import count
 from types import TracebackType
 from typing import Any
@@ -38,6 +38,7 @@ _WRITE_RETRYABLE = {"not_head", "unavailable", "busy"}
 _READ_RETRYABLE = {"unavailable", "not_tail", "wrong_epoch", "timeout"}
 AVOID_SECONDS = 2.0  # a node that just failed a read is skipped this long (it may be dead)
 DEFAULT_TIMEOUT = 5.0
+REFUSAL_WAIT_MS = 500  # how long a failed send waits for the monitor to report a refused handshake
 
 
 class ZClient:
@@ -148,7 +149,31 @@ class ZClient:
         if endpoint is None:
             raise Unavailable(f"no node {node!r} in the chain")
         reply, _values = self._call(endpoint, StatusRequest(id=next(self._ids)), deadline)
-        return msgspec.json.decode(wire.encode_json(self._ok(reply)))  # plain JSON types, as on the wire
+        return self._report(reply)
+
+    def statuses(self, nodes: Sequence[str]) -> dict[str, dict[str, Any] | ZcraqError]:
+        """Every node's own report, or the error that stands in for it. The nodes (ids or service
+        endpoints) are asked all at once, so the whole call takes at most ``timeout`` however
+        many of them do not answer."""
+        deadline = time.monotonic() + self.timeout
+        results: dict[str, dict[str, Any] | ZcraqError] = {}
+        asked: dict[str, tuple[str, _Connection, StatusRequest]] = {}
+        for node in nodes:
+            try:
+                endpoint = self._node_endpoint(node, deadline)
+                if endpoint is None:
+                    raise Unavailable(f"no node {node!r} in the chain")
+                request = StatusRequest(id=next(self._ids))
+                asked[node] = (endpoint, self._send(endpoint, request), request)
+            except ZcraqError as error:
+                results[node] = error
+        for node, (endpoint, connection, request) in asked.items():
+            try:
+                reply, _values = self._receive(endpoint, connection, request, deadline)
+                results[node] = self._report(reply)
+            except ZcraqError as error:
+                results[node] = error
+        return {node: results[node] for node in nodes}
 
     def close(self) -> None:
         if self._closed:
@@ -179,6 +204,7 @@ class ZClient:
             endpoint = head.service if head else self.coordinator
             request = build(next(self._ids))
             try:
+                self._connect_first(endpoint, deadline)
                 reply, _values = self._call(endpoint, request, deadline)
             except Timeout as error:
                 if error.delivered:
@@ -295,18 +321,51 @@ class ZClient:
             self._sockets[endpoint] = connection
         return connection
 
+    def _connect_first(self, endpoint: str, deadline: float) -> None:
+        """Wait until the connection to ``endpoint`` is up before a write is handed to it. A
+        message queued on a connection still in its handshake goes out whenever the peer wakes
+        up, even after the socket was closed: a write given up as "never sent" could be applied."""
+        connection = self._socket(endpoint)
+        while not connection.connected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not connection.monitor.poll(max(1, int(remaining * 1000))):
+                self._drop_socket(endpoint)
+                raise Timeout(f"no connection to {endpoint}", delivered=False)
+            refusal = connection.handshake_failure()
+            if refusal is not None:
+                self._drop_socket(endpoint)
+                raise AuthenticationError(f"{endpoint} refused the connection: {refusal}")
+
     def _call(self, endpoint: str, request: Request, deadline: float) -> tuple[Reply, list[bytes]]:
         """Send ``request`` and wait for the reply that carries its id."""
+        return self._receive(endpoint, self._send(endpoint, request), request, deadline)
+
+    def _send(self, endpoint: str, request: Request) -> _Connection:
         if self._closed:
             raise ZcraqError("client is closed")
         connection = self._socket(endpoint)
-        sock = connection.sock
-        if not sockets.send_nowait(sock, [b"", *wire.encode_request(request)]):
+        if not sockets.send_nowait(connection.sock, [b"", *wire.encode_request(request)]):
+            # A handshake refused between connecting and sending leaves no pipe to send on.
+            refusal = connection.refusal(REFUSAL_WAIT_MS)
             self._drop_socket(endpoint)
+            if refusal is not None:
+                raise AuthenticationError(f"{endpoint} refused the connection: {refusal}")
             raise Unavailable(f"cannot send to {endpoint}")
+        return connection
+
+    def _receive(self, endpoint: str, connection: _Connection, request: Request,
+                 deadline: float) -> tuple[Reply, list[bytes]]:
+        """Wait for the reply to ``request``. Past the deadline, a reply already there is still
+        taken (statuses() collects answers that came while it waited for another node)."""
+        sock = connection.sock
+        late_looks = 8  # past the deadline: a few non-blocking looks, never an endless stream
         while True:
             remaining = deadline - time.monotonic()
-            ready = connection.wait(max(1, int(remaining * 1000))) if remaining > 0 else None
+            if remaining > 0:
+                ready = connection.wait(max(1, int(remaining * 1000)))
+            else:
+                late_looks -= 1
+                ready = connection.wait(0) if late_looks >= 0 else None
             if ready is None:
                 # Lazy Pirate: a fresh socket next time drops whatever is queued for a dead peer.
                 connection.drain_events()  # a success still waiting on the monitor counts
@@ -332,6 +391,11 @@ class ZClient:
         if connection is not None:
             connection.close()
 
+    @classmethod
+    def _report(cls, reply: Reply) -> dict[str, Any]:
+        """A status reply as plain JSON types, as on the wire."""
+        return msgspec.json.decode(wire.encode_json(cls._ok(reply)))
+
     @staticmethod
     def _ok(reply: Reply) -> Ok:
         if isinstance(reply, Error):
@@ -349,12 +413,18 @@ class _Connection:
                 zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the security handshake failed"}
 
     def __init__(self, ctx: zmq.Context, endpoint: str, curve: Curve | None, server_key: str | None) -> None:
-        self.sock = sockets.connected(ctx, zmq.DEALER, endpoint, curve=curve, server_key=server_key)
+        self.sock = sockets.unconnected(ctx, zmq.DEALER, endpoint, curve=curve, server_key=server_key)
         self.connected = False  # a handshake succeeded: what was sent may have arrived
         events = zmq.EVENT_HANDSHAKE_SUCCEEDED
         for event in self.FAILURES:
             events |= event
+        # Watched before connecting: a handshake refused at once must not go unseen.
         self.monitor = self.sock.get_monitor_socket(events)
+        try:
+            sockets.connect(self.sock, endpoint)
+        except sockets.AddressError:
+            self.monitor.close(0)
+            raise
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
@@ -369,6 +439,14 @@ class _Connection:
     def drain_events(self) -> None:
         while self.monitor.poll(0):
             self.handshake_failure()
+
+    def refusal(self, wait_ms: int) -> str | None:
+        """Why the handshake failed, if the monitor reports a failure within ``wait_ms``."""
+        while self.monitor.poll(wait_ms):
+            failure = self.handshake_failure()
+            if failure is not None:
+                return failure
+        return None
 
     def handshake_failure(self) -> str | None:
         """Take one monitor event: why the handshake failed, or None (it succeeded: noted)."""

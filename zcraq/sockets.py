@@ -72,6 +72,13 @@ def connected(ctx: zmq.Context, kind: int, endpoint: str, max_message: int = MAX
               curve: Curve | None = None, server_key: str | None = None) -> zmq.Socket:
     """A socket connecting to ``endpoint`` (with ``curve``, to the server whose public key is
     ``server_key``); AddressError (and no leaked socket) if it cannot."""
+    return connect(unconnected(ctx, kind, endpoint, max_message, curve, server_key), endpoint)
+
+
+def unconnected(ctx: zmq.Context, kind: int, endpoint: str, max_message: int = MAX_MESSAGE_BYTES,
+                curve: Curve | None = None, server_key: str | None = None) -> zmq.Socket:
+    """What connected() makes, before it connects: a monitor attached now sees every event of
+    the connection, also a handshake refused at once."""
     if curve is not None and server_key is None:
         raise AddressError(f"cannot connect to {endpoint}: its CURVE key is not known")
     sock = _configure(ctx.socket(kind), max_message)
@@ -80,6 +87,11 @@ def connected(ctx: zmq.Context, kind: int, endpoint: str, max_message: int = MAX
     if kind == zmq.PUSH:
         # Queue nothing for a peer that is not connected: the chain protocol resends instead.
         sock.setsockopt(zmq.IMMEDIATE, 1)
+    return sock
+
+
+def connect(sock: zmq.Socket, endpoint: str) -> zmq.Socket:
+    """Connect ``sock`` (from unconnected()); AddressError, with the socket closed, if it cannot."""
     try:
         sock.connect(endpoint)
     except zmq.ZMQError as error:

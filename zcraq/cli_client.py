@@ -1,0 +1,355 @@
+"""``zcraq client``: read, write and inspect the chain, for people and for scripts.
+
+Every option of the group (--config, -c/--coordinator, -n/--node, -t/--timeout, --json) is also
+an option of every subcommand, so it may come before or after the subcommand; the subcommand's
+value wins.
+
+Output. ``read`` prints the value as UTF-8 text and a newline (a value that is not UTF-8 is shown
+with its bad bytes as \\xNN escapes); ``read --raw`` writes exactly the stored bytes. With
+``--json`` every command prints one JSON object on stdout, also when it fails:
+``{"error": CODE, "message": TEXT}``, where CODE is a wire error code (not_found, unavailable,
+timeout, unknown_outcome, too_large, bad_request, forbidden, unauthenticated, internal) or usage
+or interrupted; nothing goes to stderr then.
+
+Exit codes (zcraq/exit_codes.py):
+
+    0  success
+    1  not found: the key has no committed value
+    2  usage or config error: command line, config file, key file or value file
+    3  unavailable or timeout: nothing was applied; or a read, status or health got no
+       answer; or health found a member that does not serve
+    4  outcome unknown: a write or delete may or may not have been applied
+    5  refused: too large, bad request, forbidden
+    6  authentication failed: the server refused this client's CURVE keys
+    7  any other error
+  130  interrupted (Ctrl-C); an interrupted write or delete may or may not have been applied
+
+``status`` exits 0 when the coordinator answered, even if a node did not (its row says
+unreachable); ``health`` exits 0 only when every member serves.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from zcraq import exit_codes
+from zcraq.chain_report import gather
+from zcraq.client import ZClient
+from zcraq.config import MAX_VALUE_BYTES, default_coordinator_endpoint
+from zcraq.endpoints import parse_endpoint
+from zcraq.errors import BadRequest, KeyNotFound, Timeout, Unavailable
+from zcraq.toml_tables import ConfigError
+from zcraq.value_input import ValueInput, ValueInputError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(slots=True)
+class Settings:
+    """The shared options, wherever on the command line they were given."""
+
+    config: str | None = None
+    coordinator: str | None = None
+    node: str | None = None
+    timeout: float | None = None
+    json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a command that succeeded (or, for health, answered) prints, and its exit code."""
+
+    data: dict[str, Any]  # for --json
+    text: bytes  # for a person, newline included
+    exit_code: int = exit_codes.SUCCESS
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """Keep a shared option's value; given again later (after the subcommand), it wins."""
+    settings = ctx.ensure_object(Settings)
+    if value is not None and value is not False:
+        setattr(settings, param.name or "", value)
+
+
+def shared_options(command: F) -> F:
+    """The options the group and every subcommand take (each application makes new Options)."""
+    options = [
+        click.option("--config", default=None, type=click.Path(dir_okay=False), expose_value=False,
+                     callback=_remember, help="Client config file: coordinator, timeout and the CURVE keys "
+                                              "of a secured cluster."),
+        click.option("-c", "--coordinator", default=None, metavar="ENDPOINT", expose_value=False,
+                     callback=_remember, help="Coordinator endpoint, tcp://HOST:PORT (default: the config "
+                                              "file's, else $ZCRAQ_COORDINATOR, else tcp://127.0.0.1:7000)."),
+        click.option("-n", "--node", default=None, metavar="NODE", expose_value=False, callback=_remember,
+                     help="A node id or service endpoint: read asks it (default: spread over all nodes); "
+                          "status and health report only it; write and delete always go to the head."),
+        click.option("-t", "--timeout", default=None, type=click.FloatRange(min=0.1), metavar="SECONDS",
+                     expose_value=False, callback=_remember,
+                     help="Seconds to wait for an answer, retries included (default: the config file's, else 5)."),
+        click.option("--json", "json", is_flag=True, default=False, expose_value=False, callback=_remember,
+                     help="Print one JSON object, also for an error: {\"error\": CODE, \"message\": TEXT}."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+# ------------------------------------------------------------------------------------- group
+
+
+_JSON_ANYWHERE = "zcraq.client.json"
+
+
+def _asks_for_json(args: list[str]) -> bool:
+    options = args[:args.index("--")] if "--" in args else args
+    return "--json" in options
+
+
+class _ClientGroup(click.Group):
+    """A group whose usage errors are JSON objects too when --json is anywhere on the line
+    (click reports them before any command runs, so the option itself may not be parsed yet)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        wants_json = _asks_for_json(args)
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as error:
+            if wants_json:
+                _fail_json(error)
+            raise
+        ctx.meta[_JSON_ANYWHERE] = wants_json
+        return ctx
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            if ctx.meta.get(_JSON_ANYWHERE):
+                _fail_json(error)
+            raise
+
+
+@click.group(cls=_ClientGroup, help=f"""Read, write and inspect the chain.
+
+Options go before or after the subcommand: "zcraq client -n node2 read k" and "zcraq client read
+k -n node2" are the same; given in both places, the subcommand's wins. With --json every command
+prints one JSON object on stdout, errors included ({{"error": CODE, "message": TEXT}}).
+
+{exit_codes.help_table()}
+""")
+@shared_options
+def client() -> None:
+    pass
+
+
+# ------------------------------------------------------------------------------------- running
+
+
+def _emit(settings: Settings, outcome: Outcome) -> NoReturn:
+    out = sys.stdout.buffer
+    out.write(_json_bytes(outcome.data) if settings.json else outcome.text)
+    out.flush()
+    sys.exit(outcome.exit_code)
+
+
+def _json_bytes(data: dict[str, Any]) -> bytes:
+    # A path given on the command line may hold undecodable bytes: escaped, never a crash.
+    return json.dumps(data, ensure_ascii=False).encode("utf-8", "backslashreplace") + b"\n"
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, click.ClickException):
+        return error.format_message()
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    return str(error) or type(error).__name__
+
+
+def _fail_json(error: BaseException) -> NoReturn:
+    sys.stdout.buffer.write(_json_bytes({"error": exit_codes.error_code_for(error), "message": _describe(error)}))
+    sys.stdout.flush()
+    raise click.exceptions.Exit(exit_codes.exit_code_for(error))
+
+
+def _fail(settings: Settings, error: BaseException) -> NoReturn:
+    if settings.json:
+        _fail_json(error)
+    click.echo(f"error: {_describe(error)}", err=True)
+    sys.exit(exit_codes.exit_code_for(error))
+
+
+def _open(settings: Settings) -> ZClient:
+    """The client the options describe; a config or endpoint that cannot be used is a usage error."""
+    try:
+        zclient = ZClient(settings.coordinator or (None if settings.config else default_coordinator_endpoint()),
+                          timeout=settings.timeout, config=settings.config)
+        if settings.node and settings.node.startswith("tcp://"):
+            parse_endpoint(settings.node)
+    except (ConfigError, BadRequest, ValueError) as error:
+        raise click.UsageError(str(error)) from None
+    return zclient
+
+
+def _run(settings: Settings, action: Callable[[ZClient], Outcome]) -> NoReturn:
+    """Open a client, run ``action`` with it, print what it returns or the error it raised."""
+    try:
+        with _open(settings) as zclient:
+            outcome = action(zclient)
+    except click.ClickException:
+        raise  # usage errors: click prints them (the group turns them into JSON with --json)
+    except KeyboardInterrupt as error:
+        _fail(settings, error)
+    except Exception as error:  # noqa: BLE001 - every failure ends in its exit code, never a traceback
+        _fail(settings, error)
+    _emit(settings, outcome)
+
+
+def _key(_ctx: click.Context, _param: click.Parameter, key: str) -> str:
+    """Keys travel in JSON headers: a non-empty UTF-8 string."""
+    if not key:
+        raise click.BadParameter("must not be empty")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise click.BadParameter("must be UTF-8 text") from None
+    return key
+
+
+# ------------------------------------------------------------------------------------- commands
+
+
+@client.command("write")
+@click.argument("key", callback=_key)
+@click.argument("value")
+@click.option("--literal", is_flag=True, help="Store VALUE as given, even if it is - or starts with @.")
+@shared_options
+@click.pass_obj
+def write(settings: Settings, key: str, value: str, literal: bool) -> None:
+    """Write VALUE under KEY and print the committed version.
+
+    VALUE: - reads standard input, @PATH reads the file PATH (both in binary, up to the
+    cluster's max_value_bytes); anything else is stored as given. JSON: {"key": KEY, "version": N}.
+    """
+    try:
+        source = ValueInput(value, literal=literal)
+    except ValueInputError as error:
+        raise click.BadParameter(str(error), param_hint="VALUE") from None
+
+    def action(zclient: ZClient) -> Outcome:
+        try:
+            zclient.topology()  # the cluster's limits, so that an oversized value is refused before sending
+            limits = zclient.limits
+            data = source.read(limits.max_value_bytes if limits else MAX_VALUE_BYTES)
+        except Timeout:
+            raise Unavailable(f"the coordinator {zclient.coordinator} did not answer within {zclient.timeout:g}s; "
+                              "the write was not sent") from None
+        except ValueInputError as error:
+            raise click.BadParameter(str(error), param_hint="VALUE") from None
+        finally:
+            source.close()
+        version = zclient.write(key, data)
+        return Outcome({"key": key, "version": version}, f"ok version {version}\n".encode())
+
+    _run(settings, action)
+
+
+@client.command("read")
+@click.argument("key", callback=_key)
+@click.option("--mode", type=click.Choice(["strong", "eventual"]), default="strong", show_default=True,
+              help="strong: linearizable; eventual: the newest version committed at the node asked.")
+@click.option("--raw", is_flag=True, help="Write exactly the stored bytes: no newline, no escaping.")
+@shared_options
+@click.pass_obj
+def read(settings: Settings, key: str, mode: str, raw: bool) -> None:
+    """Print the committed value of KEY.
+
+    As UTF-8 text and a newline; a value that is not UTF-8 with its bad bytes escaped (\\xNN).
+    JSON: {"key": KEY, "version": N, "value": TEXT or null when not UTF-8, "value_base64": B64}.
+    """
+    if raw and settings.json:
+        raise click.UsageError("--raw and --json exclude each other")
+
+    def action(zclient: ZClient) -> Outcome:
+        try:
+            value, version = zclient.read_versioned(key, settings.node, mode=mode)
+        except KeyNotFound:
+            raise KeyNotFound(f"key {key!r} does not exist") from None
+        try:
+            text: str | None = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        shown = value if raw else (value if text is not None else value.decode("utf-8", "backslashreplace").encode())
+        return Outcome({"key": key, "version": version, "value": text,
+                        "value_base64": base64.b64encode(value).decode("ascii")},
+                       shown if raw else shown + b"\n")
+
+    _run(settings, action)
+
+
+@client.command("delete")
+@click.argument("key", callback=_key)
+@shared_options
+@click.pass_obj
+def delete(settings: Settings, key: str) -> None:
+    """Delete KEY and say whether it existed.
+
+    Prints "ok version N (deleted)" or "ok version N (did not exist)": a deletion is a version
+    either way. JSON: {"key": KEY, "version": N, "existed": true or false}.
+    """
+    def action(zclient: ZClient) -> Outcome:
+        version, existed = zclient.delete_and_report(key)
+        return Outcome({"key": key, "version": version, "existed": existed},
+                       f"ok version {version} ({'deleted' if existed else 'did not exist'})\n".encode())
+
+    _run(settings, action)
+
+
+@client.command("status")
+@shared_options
+@click.pass_obj
+def status(settings: Settings) -> None:
+    """Show every node as it reports itself.
+
+    A row per member and for the learner: position, id, role, serving, lease left, caught up,
+    epoch, writes in flight (SENT), the reads, writes and commits counters, service endpoint; the
+    other counters that are not zero below it. A node that does not answer gets a row saying
+    unreachable, and the command still exits 0: it fails only when the coordinator does not
+    answer. JSON: {"coordinator": {...}, "epoch": N, "nodes": [...]} (README: Command line).
+    """
+    def action(zclient: ZClient) -> Outcome:
+        report = gather(zclient, settings.node)
+        return Outcome(report.status_json(), "".join(f"{line}\n" for line in report.status_lines()).encode())
+
+    _run(settings, action)
+
+
+@client.command("health")
+@shared_options
+@click.pass_obj
+def health(settings: Settings) -> None:
+    """Check that every member serves: exit 0 if so, else 3.
+
+    Prints a line per node that does not serve (unreachable, or why not), or one line saying
+    the chain is healthy. A chain without members is not healthy; the learner is not judged (it serves no reads until
+    it is a member) unless -n names it. The coordinator is asked, then all nodes at once, each
+    wait bounded by --timeout. JSON: {"healthy": BOOL, "epoch": N, "problems": [...],
+    "nodes": [...]}.
+    """
+    def action(zclient: ZClient) -> Outcome:
+        report = gather(zclient, settings.node, with_coordinator=False)
+        healthy = not report.problems()
+        return Outcome(report.health_json(), "".join(f"{line}\n" for line in report.health_lines()).encode(),
+                       exit_codes.SUCCESS if healthy else exit_codes.UNAVAILABLE)
+
+    _run(settings, action)
+
+
+__all__ = ["client", "Settings", "shared_options"]
