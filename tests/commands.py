@@ -17,26 +17,36 @@ ZCRAQ = [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [sys.executable, "
 
 def zcraq(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None,
           cwd: Path | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the command to completion; a hang fails the test at ``timeout`` (the child is killed)."""
+    """Run the command to completion, its output as text; a hang fails the test at ``timeout``."""
+    result = zcraq_binary(*args, timeout=timeout, env=env, cwd=cwd, stdin=stdin)
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(errors="replace"),
+                                       result.stderr.decode(errors="replace"))
+
+
+def zcraq_binary(*args: str | bytes, timeout: float = 30.0, env: dict[str, str] | None = None,
+                 cwd: Path | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run the command to completion, its output as the bytes it wrote; a hang fails the test at
+    ``timeout`` (the child is killed)."""
     environment = {k: v for k, v in os.environ.items() if k != "ZCRAQ_COORDINATOR"}
     environment.update(env or {})
-    with subprocess.Popen([*ZCRAQ, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=environment, cwd=cwd,
-                          stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE) as process:
+    with subprocess.Popen([*ZCRAQ, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment,
+                          cwd=cwd, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE) as process:
         try:
-            stdout, stderr = process.communicate(None if stdin is None else stdin.decode(), timeout=timeout)
+            stdout, stderr = process.communicate(stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             stdout, stderr = process.communicate()
-            raise AssertionError(f"`zcraq {' '.join(args)}` did not finish within {timeout:g}s; "
-                                 f"it printed:\n{stdout}{stderr}") from None
+            raise AssertionError(f"`zcraq {args!r}` did not finish within {timeout:g}s; it printed:\n"
+                                 f"{stdout[:2000]!r}{stderr[:2000]!r}") from None
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-def assert_exit(result: subprocess.CompletedProcess[str], code: int) -> None:
-    assert result.returncode == code, (
-        f"exit {result.returncode}, expected {code}\nstdout: {result.stdout}\nstderr: {result.stderr}")
-    assert "Traceback" not in result.stderr, result.stderr
+def assert_exit(result: subprocess.CompletedProcess[str] | subprocess.CompletedProcess[bytes], code: int) -> None:
+    """The command exited with ``code`` and printed no traceback."""
+    stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode(errors="replace")
+    stdout = result.stdout if isinstance(result.stdout, str) else repr(result.stdout[:2000])
+    assert result.returncode == code, f"exit {result.returncode}, expected {code}\nstdout: {stdout}\nstderr: {stderr}"
+    assert "Traceback" not in stderr, stderr
 
 
 class ForegroundRun:

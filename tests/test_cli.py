@@ -6,7 +6,6 @@ table of its own (zcraq/exit_codes.py), tested in depth by tests/test_cli_client
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -16,36 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from commands import CONSOLE_SCRIPT, ZCRAQ, assert_exit, zcraq
 from zcraq.layout import free_ports
 
 pytestmark = pytest.mark.timeout(120)
-
-CONSOLE_SCRIPT = Path(sys.executable).with_name("zcraq")
-ZCRAQ = [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "zcraq"]
-
-
-def zcraq(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the command to completion; a hang fails the test at ``timeout`` (the child is killed)."""
-    environment = {k: v for k, v in os.environ.items() if k != "ZCRAQ_COORDINATOR"}
-    environment.update(env or {})
-    with subprocess.Popen([*ZCRAQ, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=environment, cwd=cwd, stdin=subprocess.DEVNULL) as process:
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            stdout, stderr = process.communicate()
-            raise AssertionError(f"`zcraq {' '.join(args)}` did not finish within {timeout:g}s; "
-                                 f"it printed:\n{stdout}{stderr}") from None
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
-def assert_exit(result: subprocess.CompletedProcess[str], code: int) -> None:
-    assert result.returncode == code, (
-        f"exit {result.returncode}, expected {code}\nstdout: {result.stdout}\nstderr: {result.stderr}")
-    assert "Traceback" not in result.stderr, result.stderr
-
 
 # ------------------------------------------------------------------------------------------ help
 

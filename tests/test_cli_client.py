@@ -14,7 +14,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ import pytest
 import zmq.auth
 
 from cluster import wait_for
+from commands import CONSOLE_SCRIPT, ZCRAQ, assert_exit
+from commands import zcraq_binary as zcraq
 from zcraq import exit_codes
 from zcraq.chain_report import ChainReport, NodeReport
 from zcraq.cli_client import client as client_group
@@ -35,33 +36,8 @@ from zcraq.topology import Member, Topology
 
 pytestmark = pytest.mark.timeout(120)
 
-CONSOLE_SCRIPT = Path(sys.executable).with_name("zcraq")
-ZCRAQ = [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "zcraq"]
 README = Path(__file__).resolve().parent.parent / "README.md"
 MIB = 1 << 20  # the default max_value_bytes
-
-
-def zcraq(*args: str | bytes, stdin: bytes | None = None, timeout: float = 30.0,
-          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
-    """Run the command to completion, in binary; a hang fails the test at ``timeout``."""
-    environment = {k: v for k, v in os.environ.items() if k != "ZCRAQ_COORDINATOR"}
-    environment.update(env or {})
-    with subprocess.Popen([*ZCRAQ, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment,
-                          stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE) as process:
-        try:
-            stdout, stderr = process.communicate(stdin, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            stdout, stderr = process.communicate()
-            raise AssertionError(f"`zcraq {args!r}` did not finish within {timeout:g}s; it printed:\n"
-                                 f"{stdout[:2000]!r}{stderr[:2000]!r}") from None
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
-def assert_exit(result: subprocess.CompletedProcess[bytes], code: int) -> None:
-    assert result.returncode == code, (
-        f"exit {result.returncode}, expected {code}\nstdout: {result.stdout[:2000]!r}\nstderr: {result.stderr!r}")
-    assert b"Traceback" not in result.stderr, result.stderr.decode(errors="replace")
 
 
 def json_out(result: subprocess.CompletedProcess[bytes], code: int) -> dict[str, Any]:
