@@ -100,6 +100,7 @@ class NodeConfig:
     insecure: bool
     limits: Limits
     security: SecurityConfig | None = None
+    metrics_port: int = 0  # HTTP /metrics, /healthz and /readyz; 0: none
 
     @property
     def service_endpoint(self) -> str:
@@ -153,6 +154,7 @@ class CoordinatorConfig:
     insecure: bool
     limits: Limits
     security: SecurityConfig | None = None
+    metrics_port: int = 0  # HTTP /metrics, /healthz and /readyz; 0: none
 
     @property
     def endpoint(self) -> str:
@@ -234,6 +236,13 @@ def _distinct_ports(table: Table, ports: dict[str, int]) -> None:
         seen[port] = key
 
 
+def _metrics_port(table: Table, ports: dict[str, int]) -> int:
+    """The optional HTTP port (0: off), checked with the other ports, which must all differ."""
+    metrics_port = table.get_int("metrics_port", 0, 65535, 0)
+    _distinct_ports(table, {**ports, "metrics_port": metrics_port} if metrics_port else ports)
+    return metrics_port
+
+
 _SECURITY_KEYS = ("certificate", "coordinator_key", "nodes", "clients", "admins")
 
 
@@ -279,6 +288,7 @@ _NODE_KEYS = (
     "peer_lease_ms",
     "log_level",
     "insecure",
+    "metrics_port",
 )
 
 _COORDINATOR_KEYS = (
@@ -292,6 +302,7 @@ _COORDINATOR_KEYS = (
     "request_timeout_ms",
     "log_level",
     "insecure",
+    "metrics_port",
 )
 
 
@@ -313,7 +324,7 @@ def node_config_from_dict(data: Mapping[str, Any], path: str | os.PathLike[str])
     insecure = t.get_bool("insecure", False)
     bind_host, advertise_host = _hosts(t, insecure, security is not None)
     ports = {k: t.get_int(k, 1, 65535) for k in ("service_port", "write_port", "ack_port")}
-    _distinct_ports(t, ports)
+    metrics_port = _metrics_port(t, ports)
 
     return NodeConfig(
         path=Path(path),
@@ -331,6 +342,7 @@ def node_config_from_dict(data: Mapping[str, Any], path: str | os.PathLike[str])
         insecure=insecure,
         limits=_limits(where, data),
         security=security,
+        metrics_port=metrics_port,
         **ports,
     )
 
@@ -350,7 +362,7 @@ def coordinator_config_from_dict(
         "port": t.get_int("port", 1, 65535, 7000),
         "publish_port": t.get_int("publish_port", 1, 65535, 7001),
     }
-    _distinct_ports(t, ports)
+    metrics_port = _metrics_port(t, ports)
 
     return CoordinatorConfig(
         path=Path(path),
@@ -364,6 +376,7 @@ def coordinator_config_from_dict(
         insecure=insecure,
         limits=_limits(where, data),
         security=security,
+        metrics_port=metrics_port,
         **ports,
     )
 
