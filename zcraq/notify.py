@@ -2,7 +2,9 @@
 lines to the unix socket named by ``$NOTIFY_SOCKET`` (a path, or ``@name`` in the abstract
 namespace). A unit with ``Type=notify`` counts as started at ``READY=1``, shows ``STATUS=`` in
 ``systemctl status``, and with ``WatchdogSec=`` restarts a process that stops sending
-``WATCHDOG=1``.
+``WATCHDOG=1``. Until it is ready, every new status is progress (a node's catch-up counts the keys
+it copied), and comes with ``EXTEND_TIMEOUT_USEC``: a long catch-up is never cut off by the unit's
+start timeout, one that stops making progress is.
 
 Without ``$NOTIFY_SOCKET`` every call does nothing. Sending never blocks and never raises: a socket
 that is full or gone costs that one message (logged once), and the process goes on.
@@ -16,6 +18,8 @@ import socket
 from collections.abc import Mapping
 
 log = logging.getLogger("zcraq.notify")
+
+START_PROGRESS_GRACE_USEC = 300_000_000  # 5 min more to start, from each sign of progress
 
 
 def _address(name: str) -> str | None:
@@ -64,7 +68,8 @@ class Notifier:
         return self._address is not None
 
     def report(self, status: str, ready: bool) -> None:
-        """``STATUS=status`` if it changed, with ``READY=1`` the first time ``ready`` holds."""
+        """``STATUS=status`` if it changed, with ``READY=1`` the first time ``ready`` holds (and
+        before that, with more time to start)."""
         if self._address is None:
             return
         lines = []
@@ -72,6 +77,8 @@ class Notifier:
             lines.append("READY=1")
         if status != self._status:
             lines.append(f"STATUS={status}")
+            if not ready and not self._ready:
+                lines.append(f"EXTEND_TIMEOUT_USEC={START_PROGRESS_GRACE_USEC}")
         if lines and self._send("\n".join(lines)):
             self._ready = self._ready or ready
             self._status = status
