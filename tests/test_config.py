@@ -388,7 +388,8 @@ def test_metrics_port_is_off_unless_set_and_checked_like_the_others() -> None:
         "etc/n1.toml: node.metrics_port: port 7102 is already used by node.write_port")
     with pytest.raises(ConfigError) as info:
         coordinator(metrics_port=7001)
-    assert str(info.value) == "etc/c.toml: coordinator.metrics_port: port 7001 is already used by coordinator.publish_port"
+    assert str(info.value) == (
+        "etc/c.toml: coordinator.metrics_port: port 7001 is already used by coordinator.publish_port")
     for bad in (-1, 65536, "9100", True):
         assert node_error(metrics_port=bad).key == "node.metrics_port"
 

@@ -66,8 +66,8 @@ def coordinator_metrics(view: CoordinatorView) -> Iterator[Metric]:
                             value=view.lease)
     yield GaugeMetricFamily("zcraq_coordinator_published", "1 once a topology has been published",
                             value=view.published)
-    events = CounterMetricFamily("zcraq_coordinator_events", "The coordinator's counters, as `zcraq client "
-                                 "status` shows them", labels=["event"])
+    events = CounterMetricFamily("zcraq_coordinator_events", "The coordinator's counters, as its status reply "
+                                 "has them (PROTOCOL.md 9.2)", labels=["event"])
     for name, count in view.counters.items():
         events.add_metric([name], count)
     yield events

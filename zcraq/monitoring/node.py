@@ -96,8 +96,8 @@ def node_metrics(view: NodeView) -> Iterator[Metric]:
     if view.catchup_fraction is not None:
         yield _gauge("zcraq_node_catchup_fraction", "How far the catch-up copy is, as its source estimates (0 to 1)",
                      view.catchup_fraction)
-    events = CounterMetricFamily("zcraq_node_events", "The node's counters, as `zcraq client status` shows them",
-                                 labels=["event"])
+    events = CounterMetricFamily("zcraq_node_events", "The node's counters, as its status reply has them "
+                                 "(PROTOCOL.md 8.6)", labels=["event"])
     for name, count in view.counters.items():
         events.add_metric([name], count)
     yield events
