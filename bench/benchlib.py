@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: the zcraq cluster they measure (the launcher of
-zcraq/cluster.py with the benchmark's settings, a CPU-quota hook and a profiler hook), process CPU
-accounting from /proc, latency statistics, and signal handling.
+zcraq/cluster.py with the benchmark's settings, a CPU-quota hook and a profiler hook, and a scraper
+of its /metrics), process CPU accounting from /proc, latency statistics, and signal handling.
 
 Nothing here imports the test suite. Every wait is bounded by a deadline, and every process a
 cluster starts is stopped by ``close()``; children also die with the benchmark even if it is
@@ -15,7 +15,9 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,11 +90,12 @@ class ChainCluster(Cluster):
 
     ``node_cpu``: cap each node process (not the coordinator) at this fraction of one CPU, each in
     its own cgroup (see CpuQuota). ``profile_dir``: run each node under the profiler. ``secure``:
-    CURVE keys on every connection (the load generators then use the layout's client config)."""
+    CURVE keys on every connection (the load generators then use the layout's client config).
+    ``metrics``: every process serves /metrics (see Scraper)."""
 
     def __init__(self, nodes: int, durability: str = "async", root: Path | None = None,
                  keep: bool = False, log_level: str = "warning", profile_dir: Path | None = None,
-                 node_cpu: float | None = None, secure: bool = False) -> None:
+                 node_cpu: float | None = None, secure: bool = False, metrics: bool = False) -> None:
         hooks: list[Hook] = []
         if node_cpu is not None:
             # Detected now, so an unusable cgroup setup fails before anything is started.
@@ -105,7 +108,7 @@ class ChainCluster(Cluster):
             self.root, nodes,
             coordinator={"lease_ms": 3000, "republish_interval_ms": 1000, "log_level": log_level},
             node={"durability": durability, "heartbeat_interval_ms": 500, "request_timeout_ms": 2000,
-                  "log_level": log_level}, secure=secure), hooks=hooks)
+                  "log_level": log_level}, secure=secure, metrics=metrics), hooks=hooks)
 
     def roles(self) -> dict[str, str]:
         return {n: str(self.node_status(n).get("role")) for n in self.node_ids}
@@ -119,6 +122,33 @@ class ChainCluster(Cluster):
         finally:
             if self.remove_root:
                 shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Scraper:
+    """GETs every given /metrics URL every ``interval`` seconds from a thread of its own, until
+    closed: the load a Prometheus server puts on the processes (a keen one: it usually waits 15 s)."""
+
+    def __init__(self, urls: Sequence[str], interval: float = 1.0) -> None:
+        self.urls = list(urls)
+        self.interval = interval
+        self.scrapes = self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for url in self.urls:
+                try:
+                    with urllib.request.urlopen(url, timeout=5) as response:
+                        response.read()
+                    self.scrapes += 1
+                except OSError:
+                    self.failures += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,9 @@ DEALER->ROUTER round trips of the same message shapes against a do-nothing echo 
 
     python bench/chain_bench.py --nodes 1,3 --clients 8 --duration 10 --workload all --json out.json
 
+--metrics makes every process serve /metrics (metrics_port) and scrapes each once a second while
+the chain runs, to measure what monitoring costs.
+
 --node-cpu F caps each node (and each echo server, to keep the baseline comparable) at F of one
 CPU, in its own cgroup; the coordinator and the load generators stay uncapped. On a machine with
 fewer CPUs than processes this shows how reads scale with the chain length.
@@ -53,6 +56,7 @@ WORKLOADS = ("read", "write", "mixed")
 
 def describe(result: dict[str, Any]) -> str:
     curve = ", CURVE" if result.get("security") == "curve" else ""
+    curve += ", metrics scraped every 1 s" if result.get("metrics") else ""
     system = (f"zcraq, {result['nodes']}-node chain ({result['durability']} durability{curve})"
               if result["system"] == "zcraq" else f"zmq echo baseline, {result['servers']} server(s)")
     workload = result["workload"]
@@ -224,14 +228,18 @@ def run_chain(nodes: int, workloads: list[str], common: dict[str, Any], args: ar
     results = []
     cluster = benchlib.ChainCluster(nodes, durability=args.durability, keep=args.keep_dir,
                                     profile_dir=args.profile_dir, node_cpu=args.node_cpu,
-                                    secure=security == "curve")
+                                    secure=security == "curve", metrics=args.metrics)
     client_config = cluster.layout.client
+    scraper: benchlib.Scraper | None = None
     try:
         print(f"\nstarting a {nodes}-node chain in {cluster.root} ...", flush=True)
         started = time.monotonic()
         cluster.start_all(timeout=60.0)
         roles = cluster.roles()
         print(f"chain up in {time.monotonic() - started:.1f} s: {roles}", flush=True)
+        if args.metrics:
+            urls = [f"{cluster.metrics_url(name)}/metrics" for name in ("coordinator", *cluster.node_ids)]
+            scraper = benchlib.Scraper(urls)
         took = preload(cluster.coordinator_endpoint, args.keys, args.value_size, args.seed, args.op_timeout,
                        config=client_config)
         print(f"preloaded {args.keys:,} keys of {args.value_size} bytes in {took:.1f} s", flush=True)
@@ -250,7 +258,8 @@ def run_chain(nodes: int, workloads: list[str], common: dict[str, Any], args: ar
             result = loadgen.run_load_retrying(spec, cluster.pids(), on_window, spec.retries)
             cluster.check()
             result.update(system="zcraq", nodes=nodes, servers=None, durability=args.durability,
-                          read_mode=args.read_mode, roles=roles, node_cpu=args.node_cpu, security=security)
+                          read_mode=args.read_mode, roles=roles, node_cpu=args.node_cpu, security=security,
+                          metrics=args.metrics)
             window = result.pop("window_probe", {})
             if window.get("start") and window.get("end"):
                 result["node_counters"] = {n: {k: window["end"][n].get(k, 0) - v for k, v in c.items()}
@@ -265,6 +274,9 @@ def run_chain(nodes: int, workloads: list[str], common: dict[str, Any], args: ar
                     print(f"--- {name} log (tail) ---\n{tail}", file=sys.stderr)
         raise
     finally:
+        if scraper is not None:
+            scraper.close()
+            print(f"scraped /metrics {scraper.scrapes} times ({scraper.failures} failed)", flush=True)
         cluster.close()
     return results
 
@@ -342,6 +354,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "CPU, each in its own cgroup (needs root and a cgroup cpu controller); the "
                         "coordinator and the load generators stay uncapped (none given: uncapped)")
     p.add_argument("--keep-dir", action="store_true", help="keep the cluster's temporary directory (logs)")
+    p.add_argument("--metrics", action="store_true",
+                   help="every process serves /metrics, scraped once a second while the chain runs")
     args = p.parse_args(argv)
     if args.clients < 1 or (args.procs is not None and args.procs < 1):
         p.error("--clients and --procs must be positive")

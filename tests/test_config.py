@@ -121,12 +121,12 @@ def test_shipped_files_set_and_comment_every_key() -> None:
 def test_shipped_nodes_do_not_collide() -> None:
     ports = [p for n in (1, 2, 3) for p in _ports(load_node_config(CONFIG_DIR / f"node{n}.toml"))]
     cfg = load_coordinator_config(CONFIG_DIR / "coordinator.toml")
-    ports += [cfg.port, cfg.publish_port]
-    assert len(ports) == len(set(ports))
+    ports += [cfg.port, cfg.publish_port, cfg.metrics_port]
+    assert len(ports) == len(set(ports)) and 0 not in ports
 
 
 def _ports(cfg: NodeConfig) -> list[int]:
-    return [cfg.service_port, cfg.write_port, cfg.ack_port]
+    return [cfg.service_port, cfg.write_port, cfg.ack_port, cfg.metrics_port]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,6 +378,20 @@ def test_duplicate_coordinator_ports() -> None:
     assert str(info.value) == (
         "etc/c.toml: coordinator.publish_port: port 7000 is already used by coordinator.port"
     )
+
+
+def test_metrics_port_is_off_unless_set_and_checked_like_the_others() -> None:
+    assert node().metrics_port == 0 and coordinator().metrics_port == 0
+    assert node(metrics_port=9101).metrics_port == 9101
+    assert coordinator(metrics_port=9100).metrics_port == 9100
+    assert str(node_error(metrics_port=7102)) == (
+        "etc/n1.toml: node.metrics_port: port 7102 is already used by node.write_port")
+    with pytest.raises(ConfigError) as info:
+        coordinator(metrics_port=7001)
+    assert str(info.value) == (
+        "etc/c.toml: coordinator.metrics_port: port 7001 is already used by coordinator.publish_port")
+    for bad in (-1, 65536, "9100", True):
+        assert node_error(metrics_port=bad).key == "node.metrics_port"
 
 
 @pytest.mark.parametrize("bad_id", ["", "a" * 65, "node 1", "node/1", "nöde"])

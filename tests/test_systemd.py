@@ -116,7 +116,8 @@ def test_units_share_user_model_and_state_layout() -> None:
     for unit in (coordinator, node):
         assert unit["DynamicUser"] == ["yes"]
         assert "User" not in unit and "Group" not in unit
-        assert unit["Type"] == ["simple"]
+        assert unit["Type"] == ["notify"] and unit["NotifyAccess"] == ["main"]  # zcraq/notify.py
+        assert unit["WatchdogSec"] == ["10s"]
         assert unit["Restart"] == ["on-failure"]
         assert unit["KillSignal"] == ["SIGTERM"]
         assert unit["CapabilityBoundingSet"] == [""]

@@ -73,6 +73,17 @@ class Environment(Hook):
                 env[key] = value
 
 
+class ProcessEnvironments(Hook):
+    """Variables of each process by name, the coordinator included (e.g. a NOTIFY_SOCKET of its
+    own); a process not named starts with the launcher's environment."""
+
+    def __init__(self, values: Mapping[str, Mapping[str, str]]) -> None:
+        self.values = {name: dict(variables) for name, variables in values.items()}
+
+    def environment(self, name: str, env: dict[str, str]) -> None:
+        env.update(self.values.get(name, {}))
+
+
 # ---------------------------------------------------------------------------------------------
 # The cluster
 
@@ -155,6 +166,14 @@ class Cluster:
 
     def service(self, node_id: str) -> str:
         return self.node_configs[node_id].service_endpoint
+
+    def metrics_url(self, name: str) -> str | None:
+        """``http://HOST:PORT`` of the process's /metrics and probes; None when it serves none."""
+        config = self.coordinator_config if name == COORDINATOR else self.node_configs[name]
+        if not config.metrics_port:
+            return None
+        host = config.advertise_host
+        return f"http://[{host}]:{config.metrics_port}" if ":" in host else f"http://{host}:{config.metrics_port}"
 
     def data_dir(self, node_id: str) -> Path:
         return self.node_configs[node_id].data_dir

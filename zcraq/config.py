@@ -102,6 +102,7 @@ class NodeConfig:
     insecure: bool
     limits: Limits
     security: SecurityConfig | None = None
+    metrics_port: int = 0  # HTTP /metrics, /healthz and /readyz; 0: none
 
     @property
     def service_endpoint(self) -> str:
@@ -156,6 +157,7 @@ class CoordinatorConfig:
     insecure: bool
     limits: Limits
     security: SecurityConfig | None = None
+    metrics_port: int = 0  # HTTP /metrics, /healthz and /readyz; 0: none
 
     @property
     def endpoint(self) -> str:
@@ -237,6 +239,13 @@ def _distinct_ports(table: Table, ports: dict[str, int]) -> None:
         seen[port] = key
 
 
+def _metrics_port(table: Table, ports: dict[str, int]) -> int:
+    """The optional HTTP port (0: off), checked with the other ports, which must all differ."""
+    metrics_port = table.get_int("metrics_port", 0, 65535, 0)
+    _distinct_ports(table, {**ports, "metrics_port": metrics_port} if metrics_port else ports)
+    return metrics_port
+
+
 _SECURITY_KEYS = ("certificate", "coordinator_key", "nodes", "clients", "admins")
 
 
@@ -283,6 +292,7 @@ _NODE_KEYS = (
     "log_level",
     "log_format",
     "insecure",
+    "metrics_port",
 )
 
 _COORDINATOR_KEYS = (
@@ -297,6 +307,7 @@ _COORDINATOR_KEYS = (
     "log_level",
     "log_format",
     "insecure",
+    "metrics_port",
 )
 
 
@@ -318,7 +329,7 @@ def node_config_from_dict(data: Mapping[str, Any], path: str | os.PathLike[str])
     insecure = t.get_bool("insecure", False)
     bind_host, advertise_host = _hosts(t, insecure, security is not None)
     ports = {k: t.get_int(k, 1, 65535) for k in ("service_port", "write_port", "ack_port")}
-    _distinct_ports(t, ports)
+    metrics_port = _metrics_port(t, ports)
 
     return NodeConfig(
         path=Path(path),
@@ -337,6 +348,7 @@ def node_config_from_dict(data: Mapping[str, Any], path: str | os.PathLike[str])
         insecure=insecure,
         limits=_limits(where, data),
         security=security,
+        metrics_port=metrics_port,
         **ports,
     )
 
@@ -356,7 +368,7 @@ def coordinator_config_from_dict(
         "port": t.get_int("port", 1, 65535, 7000),
         "publish_port": t.get_int("publish_port", 1, 65535, 7001),
     }
-    _distinct_ports(t, ports)
+    metrics_port = _metrics_port(t, ports)
 
     return CoordinatorConfig(
         path=Path(path),
@@ -371,6 +383,7 @@ def coordinator_config_from_dict(
         insecure=insecure,
         limits=_limits(where, data),
         security=security,
+        metrics_port=metrics_port,
         **ports,
     )
 

@@ -23,6 +23,11 @@ from zcraq.callers import TRUSTED, Caller
 from zcraq.config import ConfigError, CoordinatorConfig
 from zcraq.coordcore import CoordinatorCore, CoordinatorTimings
 from zcraq.effects import Effect, PeerRequest, Publish, Relink, Respond, SendDown, SendUp, Subscribe
+from zcraq.monitoring.coordinator import (CoordinatorCollector, CoordinatorView, coordinator_request_stats,
+                                          take_coordinator_view)
+from zcraq.monitoring.http import ProbeServer
+from zcraq.monitoring.views import Publisher, ViewSlot
+from zcraq.notify import Notifier
 from zcraq.security import ProcessSecurity
 from zcraq.signals import run_until_signalled
 from zcraq.topology import Topology
@@ -106,17 +111,28 @@ class CoordinatorProcess:
         self._reload = False
         max_message = sockets.request_cap(limits)
         self.security: ProcessSecurity | None = None
+        views: ViewSlot[CoordinatorView] = ViewSlot()
+        self.probes: ProbeServer | None = None
         try:
             if config.security is not None:
                 self.security = ProcessSecurity(self.ctx, config.security, config.path)
             curve = self.security.curve if self.security else None
+            if config.metrics_port:
+                self.probes = ProbeServer(config, views, CoordinatorCollector(views))
             self.service, self.pub = sockets.bind_all(self.ctx, config, [
                 (zmq.ROUTER, "port", max_message), (zmq.PUB, "publish_port", sockets.MAX_MESSAGE_BYTES)], curve)
         except ConfigError:
+            if self.probes is not None:
+                self.probes.close()
             if self.security is not None:
                 self.security.close()
             self.ctx.term()
             raise
+        # Per-request figures only when something shows them: without them the hot path is as it was.
+        self.requests = coordinator_request_stats() if self.probes is not None else None
+        self.published = False  # a topology has gone out since this process started
+        self.publisher = Publisher(lambda _now: take_coordinator_view(self.core, self.published, self.requests),
+                                   views if self.probes is not None else None, Notifier())
         self.poller = zmq.Poller()
         self.poller.register(self.service, zmq.POLLIN)
         if self.security is not None:
@@ -134,9 +150,11 @@ class CoordinatorProcess:
             self.core.tick(now)
             self._execute(self.core.ready())
             self._flush_logs(now)
+            self.publisher.turn(now)
             if self._reload and self.security is not None:
                 self._reload = False
                 self.security.reload()
+        self.publisher.stopping()
         self.close()
 
     def _flush_logs(self, now: float) -> None:
@@ -173,7 +191,9 @@ class CoordinatorProcess:
             self.core.counters["bad_messages"] += 1
             return
         envelope, body = split
-        self.core.on_request(envelope, wire.read_coordinator_request(body, self.limits), now, caller)
+        request = wire.read_coordinator_request(body, self.limits)
+        client = envelope if self.requests is None else self.requests.arrived(envelope, request, now)
+        self.core.on_request(client, request, now, caller)
 
     def _execute(self, effects: list[Effect]) -> None:
         for effect in effects:
@@ -181,8 +201,12 @@ class CoordinatorProcess:
                 case Publish():
                     sockets.send_nowait(self.pub, [TOPIC, wire.encode_topology(effect.topology)])
                     self.peers.keep_only(m.service for m in effect.topology.members)
+                    self.published = True
                 case Respond():
-                    sockets.send_nowait(self.service, [*effect.client, *wire.encode_reply(effect.reply, effect.values)])
+                    frames = wire.encode_reply(effect.reply, effect.values)
+                    envelope = effect.client if self.requests is None else self.requests.replied(
+                        effect.client, effect.reply, time.monotonic())
+                    sockets.send_nowait(self.service, [*envelope, *frames])
                 case PeerRequest():
                     self.peers.send(effect.endpoint, wire.encode_request(effect.request), effect.key)
                 case SendDown() | SendUp() | Relink() | Subscribe():
@@ -203,6 +227,9 @@ class CoordinatorProcess:
         self.peers.close()
         if self.security is not None:
             self.security.close()
+        if self.probes is not None:
+            self.probes.close()
+        self.publisher.close()
         self.ctx.term()
 
 

@@ -23,6 +23,7 @@ from zcraq.security import create_certificate
 COORDINATOR = "coordinator"
 COORDINATOR_PORTS = (7000, 7001)  # requests, topology
 NODE_PORTS = (7100, 7101, 7102)  # service, writes in, acks in
+METRICS_PORT = 9100  # HTTP /metrics and probes, of every process, when asked for
 
 
 def _bind_all(addresses: Sequence[tuple[str, int]]) -> list[int] | None:
@@ -58,8 +59,8 @@ class LoopbackHosts:
         rng = random.SystemRandom()
         for _ in range(200):
             self.prefix = f"127.{rng.randrange(2, 255)}.{rng.randrange(256)}"
-            if _bindable(f"{self.prefix}.1", COORDINATOR_PORTS) and all(
-                    _bindable(f"{self.prefix}.{10 + i}", NODE_PORTS) for i in range(1, nodes + 1)):
+            if _bindable(f"{self.prefix}.1", (*COORDINATOR_PORTS, METRICS_PORT)) and all(
+                    _bindable(f"{self.prefix}.{10 + i}", (*NODE_PORTS, METRICS_PORT)) for i in range(1, nodes + 1)):
                 break
         else:
             raise RuntimeError("no free 127.A.B.0/24 for the cluster's loopback addresses")
@@ -117,11 +118,13 @@ class Generated(Layout):
     for one node by id. Unset keys take the defaults of zcraq/config.py.
 
     ``secure``: every process gets a CURVE key pair under ``keys/`` and a ``[security]`` table;
-    ``configs/client.toml`` and ``configs/admin.toml`` hold a client's and an administrator's."""
+    ``configs/client.toml`` and ``configs/admin.toml`` hold a client's and an administrator's.
+
+    ``metrics``: every process serves /metrics and its probes on METRICS_PORT of its address."""
 
     def __init__(self, root: Path, nodes: int = 3, *, coordinator: Mapping[str, Any] | None = None,
                  node: Mapping[str, Any] | None = None, per_node: Mapping[str, Mapping[str, Any]] | None = None,
-                 hosts: Callable[[str], str] | None = None, secure: bool = False) -> None:
+                 hosts: Callable[[str], str] | None = None, secure: bool = False, metrics: bool = False) -> None:
         self.root = root.absolute()
         for sub in ("configs", "data", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -131,12 +134,13 @@ class Generated(Layout):
                 (self.keys / role).mkdir(parents=True, exist_ok=True)
         self.hosts = hosts or LoopbackHosts(nodes)
         self.node_settings, self.per_node = dict(node or {}), per_node or {}
+        self.metrics: dict[str, int] = {"metrics_port": METRICS_PORT} if metrics else {}
         host = self.hosts(COORDINATOR)
         port, publish = COORDINATOR_PORTS
         self.coordinator_endpoint = f"tcp://{host}:{port}"
         path = self._write(COORDINATOR, "coordinator", {
             "bind_host": host, "port": port, "publish_port": publish,
-            "state_dir": str(self.root / "data" / COORDINATOR), **(coordinator or {})},
+            "state_dir": str(self.root / "data" / COORDINATOR), **self.metrics, **(coordinator or {})},
             self._security(COORDINATOR, None))
         client = admin = None
         if self.keys is not None:
@@ -151,7 +155,7 @@ class Generated(Layout):
         return self._write(node_id, "node", {
             "id": node_id, "coordinator": self.coordinator_endpoint, "bind_host": host,
             "service_port": service, "write_port": write, "ack_port": ack,
-            "data_dir": str(self.root / "data" / node_id),
+            "data_dir": str(self.root / "data" / node_id), **self.metrics,
             **self.node_settings, **self.per_node.get(node_id, {})},
             self._security(node_id, "nodes"))
 

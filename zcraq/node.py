@@ -21,7 +21,11 @@ from zcraq.callers import TRUSTED, Caller
 from zcraq.config import ConfigError, NodeConfig
 from zcraq.effects import Effect, PeerRequest, Publish, Relink, Respond, SendDown, SendUp, Subscribe
 from zcraq.messages import ChainFrame, Leave, Malformed
+from zcraq.monitoring.http import ProbeServer
+from zcraq.monitoring.node import NodeCollector, NodeView, node_request_stats, take_node_view
+from zcraq.monitoring.views import Publisher, ViewSlot
 from zcraq.nodecore import UNSAFE_FAULTS, NodeCore, NodeTimings
+from zcraq.notify import Notifier
 from zcraq.security import ProcessSecurity
 from zcraq.signals import run_until_signalled
 from zcraq.store import LevelDBStore
@@ -64,15 +68,21 @@ class NodeProcess:
         )
         self.ctx = zmq.Context()
         self.security: ProcessSecurity | None = None
+        self.views: ViewSlot[NodeView] = ViewSlot()
+        self.probes: ProbeServer | None = None
         try:
             if config.security is not None:
                 self.security = ProcessSecurity(self.ctx, config.security, config.path)
             curve = self.security.curve if self.security else None
+            if config.metrics_port:
+                self.probes = ProbeServer(config, self.views, NodeCollector(self.views, config.data_dir))
             self.service, self.write_in, self.ack_in = sockets.bind_all(self.ctx, config, [
                 (zmq.ROUTER, "service_port", self.max_message),
                 (zmq.PULL, "write_port", sockets.MAX_MESSAGE_BYTES),
                 (zmq.PULL, "ack_port", sockets.MAX_MESSAGE_BYTES)], curve)
         except ConfigError:
+            if self.probes is not None:
+                self.probes.close()
             if self.security is not None:
                 self.security.close()
             self.ctx.term()
@@ -81,6 +91,10 @@ class NodeProcess:
         key = curve.own.public_text if curve else None
         self.me = Member(config.id, config.service_endpoint, config.write_endpoint, config.ack_endpoint, key)
         self.core = NodeCore(self.me, self.store, timings, unsafe_faults_from_environment())
+        # Per-request figures only when something shows them: without them the hot path is as it was.
+        self.requests = node_request_stats() if self.probes is not None else None
+        self.publisher = Publisher(lambda now: take_node_view(self.core, now, self.requests),
+                                   self.views if self.probes is not None else None, Notifier())
         self.sub: zmq.Socket | None = None
         self._reload = False
         self.poller = zmq.Poller()
@@ -110,9 +124,11 @@ class NodeProcess:
             self.core.tick(now)
             self._execute(self.core.ready())
             self._flush_logs(now)
+            self.publisher.turn(now)
             if self._reload and self.security is not None:
                 self._reload = False
                 self.security.reload()
+        self.publisher.stopping()
         self._leave()
 
     def _flush_logs(self, now: float) -> None:
@@ -166,7 +182,9 @@ class NodeProcess:
             self.core.counters["bad_messages"] += 1
             return
         envelope, body = split
-        self.core.on_request(envelope, wire.read_node_request(body, self.limits), now, caller)
+        request = wire.read_node_request(body, self.limits)
+        client = envelope if self.requests is None else self.requests.arrived(envelope, request, now)
+        self.core.on_request(client, request, now, caller)
 
     def _on_topology_message(self, frames: list[bytes], now: float) -> None:
         if len(frames) != 2 or frames[0] != TOPIC:
@@ -190,7 +208,10 @@ class NodeProcess:
                 case SendUp():
                     self.up.send(wire.encode_chain(effect.frame))
                 case Respond():
-                    sockets.send_nowait(self.service, [*effect.client, *wire.encode_reply(effect.reply, effect.values)])
+                    frames = wire.encode_reply(effect.reply, effect.values)
+                    envelope = effect.client if self.requests is None else self.requests.replied(
+                        effect.client, effect.reply, time.monotonic())
+                    sockets.send_nowait(self.service, [*envelope, *frames])
                 case PeerRequest():
                     self.peers.send(effect.endpoint, wire.encode_request(effect.request), effect.key)
                 case Relink():
@@ -264,6 +285,9 @@ class NodeProcess:
             link.close()
         if self.security is not None:
             self.security.close()
+        if self.probes is not None:
+            self.probes.close()
+        self.publisher.close()
         self.store.close()
         self.ctx.term()
 

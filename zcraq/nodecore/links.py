@@ -49,6 +49,11 @@ class SentList:
     def __contains__(self, key_version: tuple[str, int]) -> bool:
         return key_version in self._entries
 
+    @property
+    def key_count(self) -> int:
+        """How many keys have a version here waiting for its commit (for monitoring)."""
+        return len(self._versions)
+
     def add(self, record: WriteRecord, now: float) -> None:
         key_version = (record.key, record.version)
         entry = self._entries.get(key_version)
