@@ -20,8 +20,9 @@ DEALER->ROUTER round trips of the same message shapes against a do-nothing echo 
 
     python bench/chain_bench.py --nodes 1,3 --clients 8 --duration 10 --workload all --json out.json
 
---metrics makes every process serve /metrics (metrics_port) and scrapes each once a second while
-the chain runs, to measure what monitoring costs.
+--metrics on makes every process serve /metrics (metrics_port) and scrapes each once a second while
+the chain runs; --metrics both runs each chain size without and then with it, to measure in one run
+what monitoring costs.
 
 --node-cpu F caps each node (and each echo server, to keep the baseline comparable) at F of one
 CPU, in its own cgroup; the coordinator and the load generators stay uncapped. On a machine with
@@ -146,6 +147,8 @@ def summary(results: list[dict[str, Any]]) -> benchlib.Table:
             return sum(c["cpu_s"] or 0.0 for n, c in procs.items() if n.startswith(prefix)) * 100 / wall
         if r["system"] == "zcraq":
             name, servers = f"zcraq {r['nodes']} node(s)", pct("node")
+            name += ", CURVE" if r.get("security") == "curve" else ""
+            name += ", metrics" if r.get("metrics") else ""
         else:
             name, servers = f"echo x{r['servers']}", pct("echo")
         ref = one_server.get(r["workload"])
@@ -224,11 +227,11 @@ def preload(coordinator: str, keys: int, value_size: int, seed: int, timeout: fl
 
 
 def run_chain(nodes: int, workloads: list[str], common: dict[str, Any], args: argparse.Namespace,
-              security: str = "plain") -> list[dict[str, Any]]:
+              security: str = "plain", metrics: bool = False) -> list[dict[str, Any]]:
     results = []
     cluster = benchlib.ChainCluster(nodes, durability=args.durability, keep=args.keep_dir,
                                     profile_dir=args.profile_dir, node_cpu=args.node_cpu,
-                                    secure=security == "curve", metrics=args.metrics)
+                                    secure=security == "curve", metrics=metrics)
     client_config = cluster.layout.client
     scraper: benchlib.Scraper | None = None
     try:
@@ -237,7 +240,7 @@ def run_chain(nodes: int, workloads: list[str], common: dict[str, Any], args: ar
         cluster.start_all(timeout=60.0)
         roles = cluster.roles()
         print(f"chain up in {time.monotonic() - started:.1f} s: {roles}", flush=True)
-        if args.metrics:
+        if metrics:
             urls = [f"{cluster.metrics_url(name)}/metrics" for name in ("coordinator", *cluster.node_ids)]
             scraper = benchlib.Scraper(urls)
         took = preload(cluster.coordinator_endpoint, args.keys, args.value_size, args.seed, args.op_timeout,
@@ -259,7 +262,7 @@ def run_chain(nodes: int, workloads: list[str], common: dict[str, Any], args: ar
             cluster.check()
             result.update(system="zcraq", nodes=nodes, servers=None, durability=args.durability,
                           read_mode=args.read_mode, roles=roles, node_cpu=args.node_cpu, security=security,
-                          metrics=args.metrics)
+                          metrics=metrics)
             window = result.pop("window_probe", {})
             if window.get("start") and window.get("end"):
                 result["node_counters"] = {n: {k: window["end"][n].get(k, 0) - v for k, v in c.items()}
@@ -354,8 +357,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "CPU, each in its own cgroup (needs root and a cgroup cpu controller); the "
                         "coordinator and the load generators stay uncapped (none given: uncapped)")
     p.add_argument("--keep-dir", action="store_true", help="keep the cluster's temporary directory (logs)")
-    p.add_argument("--metrics", action="store_true",
-                   help="every process serves /metrics, scraped once a second while the chain runs")
+    p.add_argument("--metrics", choices=("off", "on", "both"), default="off",
+                   help="on: every process serves /metrics, scraped once a second while the chain runs; "
+                        "both: each chain size without, then with")
     args = p.parse_args(argv)
     if args.clients < 1 or (args.procs is not None and args.procs < 1):
         p.error("--clients and --procs must be positive")
@@ -411,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_chain:
             for nodes in args.nodes:
                 for security in ("plain", "curve") if args.security == "both" else (args.security,):
-                    results += run_chain(nodes, args.workload, common, args, security)
+                    for metrics in (False, True) if args.metrics == "both" else (args.metrics == "on",):
+                        results += run_chain(nodes, args.workload, common, args, security, metrics)
     except (KeyboardInterrupt, benchlib.Interrupted) as exc:
         print(f"\ninterrupted ({type(exc).__name__} {exc}); everything started was stopped", file=sys.stderr)
         status = 130

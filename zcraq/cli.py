@@ -64,7 +64,12 @@ def coordinator(config_path: str) -> None:
 @click.option("--config-dir", default="config", show_default=True, type=click.Path(file_okay=False),
               help="Directory holding coordinator.toml and node*.toml.")
 def run(config_dir: str) -> None:
-    """Run a local coordinator and every node*.toml in the foreground; Ctrl-C stops them all."""
+    """Run a local coordinator and every node*.toml in the foreground; Ctrl-C stops them all.
+
+    A process that dies is named and started again after a back-off (1 s, doubling to 30 s); the
+    others keep running. Exit 0 when stopped by Ctrl-C or SIGTERM, 1 when a process could not be
+    kept running (5 failed starts, or a config it refuses), 2 when the config directory is unusable.
+    """
     from zcraq.local import run_local
 
     sys.exit(run_local(config_dir))
