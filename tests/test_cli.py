@@ -6,11 +6,9 @@ table of its own (zcraq/exit_codes.py), tested in depth by tests/test_cli_client
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -118,17 +116,6 @@ def node_toml(ports: tuple[int, int, int], coordinator_port: int, extra: str = "
 def coordinator_toml(port: int, publish_port: int) -> str:
     return f'[coordinator]\nport = {port}\npublish_port = {publish_port}\nstate_dir = "state"\n'
 
-
-@pytest.fixture
-def listener() -> Iterator[int]:
-    """A TCP port something else is listening on."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 def assert_config_error(result: subprocess.CompletedProcess[str], path: Path, *fragments: str) -> None:

@@ -283,17 +283,6 @@ def test_metrics_port_zero_serves_nothing(make_cluster) -> None:
 # ------------------------------------------------------------------------------------ config errors
 
 
-@pytest.fixture
-def listener() -> Iterator[int]:
-    """A TCP port something else listens on."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
-
 
 def run_zcraq(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "zcraq", *args], capture_output=True, text=True, timeout=30,

@@ -11,18 +11,8 @@ with its bad bytes as \\xNN escapes); ``read --raw`` writes exactly the stored b
 timeout, unknown_outcome, too_large, bad_request, forbidden, unauthenticated, internal) or usage
 or interrupted; nothing goes to stderr then.
 
-Exit codes (zcraq/exit_codes.py):
-
-    0  success
-    1  not found: the key has no committed value
-    2  usage or config error: command line, config file, key file or value file
-    3  unavailable or timeout: nothing was applied; or a read, status or health got no
-       answer; or health found a member that does not serve
-    4  outcome unknown: a write or delete may or may not have been applied
-    5  refused: too large, bad request, forbidden
-    6  authentication failed: the server refused this client's CURVE keys
-    7  any other error
-  130  interrupted (Ctrl-C); an interrupted write or delete may or may not have been applied
+Exit codes: zcraq/exit_codes.py (0 success, 1 not found, 2 usage, 3 unavailable or timeout, 4
+outcome unknown, 5 refused, 6 authentication failed, 7 other, 130 interrupted); ``--help`` lists them.
 
 ``status`` exits 0 when the coordinator answered, even if a node did not (its row says
 unreachable); ``health`` exits 0 only when every member serves.

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import get_args
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from zcraq.coordcore import CoordinatorCore
 from zcraq.messages import CoordinatorRequest
-from zcraq.monitoring.requests import RequestFigures, RequestStats, request_metrics
+from zcraq.monitoring.requests import RequestFigures, RequestStats, event_counters, request_metrics
 from zcraq.monitoring.views import ViewSlot
 
 
@@ -66,11 +66,8 @@ def coordinator_metrics(view: CoordinatorView) -> Iterator[Metric]:
                             value=view.lease)
     yield GaugeMetricFamily("zcraq_coordinator_published", "1 once a topology has been published",
                             value=view.published)
-    events = CounterMetricFamily("zcraq_coordinator_events", "The coordinator's counters, as its status reply "
-                                 "has them (PROTOCOL.md 9.2)", labels=["event"])
-    for name, count in view.counters.items():
-        events.add_metric([name], count)
-    yield events
+    yield event_counters("zcraq_coordinator_events",
+                         "The coordinator's counters, as its status reply has them (PROTOCOL.md 9.2)", view.counters)
     if view.requests is not None:
         yield from request_metrics(view.requests)
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import get_args
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
 
 from zcraq.messages import NodeRequest
 from zcraq.monitoring.disk import DirectorySize
-from zcraq.monitoring.requests import RequestFigures, RequestStats, request_metrics
+from zcraq.monitoring.requests import RequestFigures, RequestStats, event_counters, request_metrics
 from zcraq.monitoring.views import ViewSlot
 from zcraq.nodecore import NodeCore
 from zcraq.nodecore.catchup import Phase
@@ -96,11 +96,8 @@ def node_metrics(view: NodeView) -> Iterator[Metric]:
     if view.catchup_fraction is not None:
         yield _gauge("zcraq_node_catchup_fraction", "How far the catch-up copy is, as its source estimates (0 to 1)",
                      view.catchup_fraction)
-    events = CounterMetricFamily("zcraq_node_events", "The node's counters, as its status reply has them "
-                                 "(PROTOCOL.md 8.6)", labels=["event"])
-    for name, count in view.counters.items():
-        events.add_metric([name], count)
-    yield events
+    yield event_counters("zcraq_node_events", "The node's counters, as its status reply has them (PROTOCOL.md 8.6)",
+                         view.counters)
     if view.requests is not None:
         yield from request_metrics(view.requests)
 

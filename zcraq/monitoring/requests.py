@@ -98,6 +98,14 @@ class RequestStats:
                               MappingProxyType(latency))
 
 
+def event_counters(name: str, documentation: str, counters: Mapping[str, int]) -> CounterMetricFamily:
+    """A process's own counters (its status reply's ``counters``), one series per event."""
+    events = CounterMetricFamily(name, documentation, labels=["event"])
+    for event, count in counters.items():
+        events.add_metric([event], count)
+    return events
+
+
 def request_metrics(figures: RequestFigures) -> Iterator[Metric]:
     requests = CounterMetricFamily("zcraq_requests", "Requests received, by kind", labels=["kind"])
     for kind, count in figures.requests.items():
