@@ -31,6 +31,11 @@ run echo3 --no-chain --baseline-servers 3 --clients 8 --duration 10 --workload r
 #    the chain, not the two shared CPUs, limits reads; 1, 2 and 3 nodes.
 run scaling --nodes 1,2,3 --clients 12 --duration 10 --workload read,mixed --node-cpu 0.2
 
+# 5b. Monitoring: chains without and with /metrics scraped every second; the node path with and without.
+run metrics --nodes 1,3 --clients 8 --duration 10 --workload read,write --metrics both
+echo "== metrics on the node path: core_bench.py --metrics --store memory"
+"$PY" bench/core_bench.py --metrics --store memory 2>&1 | tee "$OUT/core-metrics.log"
+
 # 6. Failover: kill -9 of the head, a middle node and the tail, three times each.
 echo "== failover: failover.py --repeats 3"
 "$PY" bench/failover.py --repeats 3 --json "$OUT/failover.json" 2>&1 | tee "$OUT/failover.log"
