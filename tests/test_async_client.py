@@ -343,8 +343,10 @@ def test_closing_ends_the_calls_in_flight(make_cluster):
 
 def test_concurrent_history_is_linearizable(make_cluster, tmp_path: Path):
     """Tasks write unique values, delete and read a few hot keys over one client while the middle
-    node is frozen for a moment (writes stay dirty, reads ask the tail); the checker judges."""
-    cluster = make_cluster(3, lease_ms=5000).start_all()
+    node is frozen for a while (writes stay dirty at the head, reads there ask the tail); the
+    checker judges. Half the tasks only read, so that many reads meet a dirty version: a head that
+    answered them from its own dirty version (ZCRAQ_UNSAFE_TEST_FAULTS=dirty_read_local) fails."""
+    cluster = make_cluster(3, lease_ms=10_000).start_all()
     keys = ["k0", "k1", "k2"]
     history = HistoryWriter(tmp_path / "history.jsonl")
     stop = asyncio.Event()
@@ -354,7 +356,7 @@ def test_concurrent_history_is_linearizable(make_cluster, tmp_path: Path):
         while not stop.is_set():
             operations += 1
             key = keys[(number + operations) % len(keys)]
-            f = ("read", "read", "write", "read", "write", "delete")[(number * 7 + operations) % 6]
+            f = "read" if number < 6 else ("read", "write", "write", "delete")[(number + operations) % 4]
             value = f"v{number}-{operations}" if f == "write" else None
             history.record(number, "invoke", f, key, value)
             try:
@@ -380,7 +382,7 @@ def test_concurrent_history_is_linearizable(make_cluster, tmp_path: Path):
                 before = (await client.status("node1"))["counters"]["dirty_reads"]
                 cluster.signal("node2", signal.SIGSTOP)
                 try:
-                    await eventually(lambda: more_dirty_reads(client, before), 10, "dirty reads at the head")
+                    await eventually(lambda: more_dirty_reads(client, before + 20), 8, "dirty reads at the head")
                 finally:
                     cluster.signal("node2", signal.SIGCONT)
                 await eventually_count(history, history.counts["ok"] + 300)
