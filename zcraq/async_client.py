@@ -1,23 +1,24 @@
 """AsyncZClient: ZClient for asyncio, with many requests in flight over one connection per node.
 
     async with AsyncZClient("tcp://127.0.0.1:7000") as client:
-        await client.write("user:1", b"alice")
-        values = await asyncio.gather(*(client.read(f"user:{n}") for n in range(100)))
+        await asyncio.gather(*(client.write(f"user:{n}", f"name{n}") for n in range(100)))
+        names = await asyncio.gather(*(client.read(f"user:{n}") for n in range(100)))
 
 Same arguments, methods, retries and exceptions as ZClient: both run the plans of
 zcraq/clientcore.py, this module only performs their steps with asyncio. What differs is how the
 requests travel:
 
 - One DEALER per endpoint (a node's service endpoint, the coordinator), shared by every call. Each
-  request carries its own id; one reader task per connection hands each reply to the call waiting
-  for that id. A reply for a call that has already given up finds nobody and is dropped.
-- One monitor task per connection notes when its handshake succeeds (a write is handed only to a
-  connection whose handshake is done, as in ZClient) or is refused (every call on it then raises
-  AuthenticationError at once).
+  request carries its own id. The event loop watches each socket's file descriptor, and one reader
+  per connection drains the replies and hands each to the call waiting for its id; a reply for a
+  call that has already given up finds nobody and is dropped.
+- A second reader per connection, on its monitor socket, notes when the handshake succeeds (a write
+  is handed only to a connection whose handshake is done, as in ZClient) or is refused (every call
+  on it then raises AuthenticationError at once).
 - At most ``max_in_flight`` calls run at once; later callers wait in line, each within its own
   deadline (past it: Unavailable, nothing was sent). A call has at most one request on the wire at a
-  time, so this also bounds what a connection holds, well below its high-water mark. Concurrent
-  calls that need a fresh topology share one topology request.
+  time, so this also bounds what the connections hold. Concurrent calls that need a fresh topology
+  share one topology request.
 - A call that times out retires its connection, as ZClient drops its socket ("Lazy Pirate"): new
   calls get a fresh one, while calls already waiting on the old one keep waiting for their replies
   (a write there may well be answered). The old socket is closed when its last call is done.
@@ -27,6 +28,10 @@ requests travel:
 
 "Safe to share between tasks": any number of tasks of one event loop may call one client at once.
 It is not thread-safe, and belongs to the event loop that first used it.
+
+The sockets are plain pyzmq sockets read by the loop's own readers, not zmq.asyncio sockets: those
+cost a future and several flag-enum operations per message, and on this stack the client spent
+about twice the CPU per read with them (BENCHMARKS.md, "Pipelined client").
 """
 
 from __future__ import annotations
@@ -40,8 +45,7 @@ from types import TracebackType
 from typing import Any, cast
 
 import zmq
-import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
+from zmq.utils.monitor import recv_monitor_message
 
 from zcraq import clientcore, sockets, wire
 from zcraq.client_config import client_setup
@@ -54,6 +58,11 @@ from zcraq.topology import Topology
 
 DEFAULT_MAX_IN_FLIGHT = 1024
 REFUSAL_WAIT = 0.5  # seconds a failed send waits for the monitor to report a refused handshake
+DRAIN_BATCH = 256  # replies taken per turn of the loop, so one busy connection does not starve the rest
+# Plain ints: pyzmq's flag enums cost more per message than the send itself.
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
 
 
 class AsyncZClient:
@@ -71,7 +80,7 @@ class AsyncZClient:
         self._curve = setup.curve
         self._state = ClientState(self.coordinator, self.timeout,
                                   setup.curve.coordinator_key if setup.curve else None, setup.curve is not None)
-        self._ctx = zmq.asyncio.Context()
+        self._ctx = zmq.Context()
         self._connections: dict[str, _Connection] = {}
         self._retired: set[_Connection] = set()  # replaced, still serving the calls they carry
         self._slots = _Slots(max_in_flight)
@@ -148,14 +157,12 @@ class AsyncZClient:
             return
         self._closed = True
         self._slots.close()
-        # A shared topology request ends with its connection (ClientClosed), like every call.
-        tasks: list[asyncio.Task[Any]] = [self._refresh] if self._refresh is not None else []
         for connection in [*self._connections.values(), *self._retired]:
-            tasks += connection.tasks
             connection.close()
         self._connections.clear()
         self._retired.clear()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._refresh is not None:  # it ends with its connection (ClientClosed), like every call
+            await asyncio.gather(self._refresh, return_exceptions=True)
         self._ctx.term()
 
     async def __aenter__(self) -> AsyncZClient:
@@ -265,7 +272,8 @@ class AsyncZClient:
                 raise ClientClosed("client is closed")
             connection = self._connections.get(endpoint)  # another call may have opened it meanwhile
             if connection is None:
-                connection = self._connections[endpoint] = _Connection(self._ctx, endpoint, self._curve, key)
+                connection = self._connections[endpoint] = _Connection(
+                    self._ctx, asyncio.get_running_loop(), endpoint, self._curve, key)
         return connection
 
     def _retire(self, connection: _Connection) -> None:
@@ -332,16 +340,21 @@ class _Slots:
 
 
 class _Connection:
-    """A DEALER to one server, shared by every call to it: a reader task that hands each reply to
-    the call waiting for its id, and a monitor task that notes the handshake's outcome."""
+    """A DEALER to one server, shared by every call to it. The event loop watches the socket's file
+    descriptor; its reader drains every reply waiting and hands each to the call waiting for its
+    id. A second reader on the monitor socket notes the handshake's outcome.
 
-    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, curve: Curve | None, server_key: str | None) -> None:
+    ZeroMQ's descriptor is edge-triggered: it signals that the socket's state changed, not that a
+    message waits, and a send can take in a reply without signalling. So the reader drains until
+    the socket says nothing is left, and a send has the reader look again in the same loop turn.
+    """
+
+    def __init__(self, ctx: zmq.Context, loop: asyncio.AbstractEventLoop, endpoint: str, curve: Curve | None,
+                 server_key: str | None) -> None:
         self.endpoint = endpoint
-        # Made by the asyncio context, so asyncio sockets: their receives are awaited.
-        self.sock = cast(zmq.asyncio.Socket,
-                         sockets.unconnected(ctx, zmq.DEALER, endpoint, curve=curve, server_key=server_key))
+        self.sock = sockets.unconnected(ctx, zmq.DEALER, endpoint, curve=curve, server_key=server_key)
         # Watched before connecting: a handshake refused at once must not go unseen.
-        self.monitor = cast(zmq.asyncio.Socket, self.sock.get_monitor_socket(sockets.HANDSHAKE_EVENTS))
+        self.monitor = self.sock.get_monitor_socket(sockets.HANDSHAKE_EVENTS)
         try:
             sockets.connect(self.sock, endpoint)
         except sockets.AddressError:
@@ -351,10 +364,15 @@ class _Connection:
         self.refusal: str | None = None  # why the server refused the handshake
         self.closed = False
         self.retired = False  # no new calls; closed once the last one is done
-        self.pending: dict[Any, asyncio.Future[Answer]] = {}  # request id -> its caller's future
+        self.pending: dict[Any, asyncio.Future[Answer | None]] = {}  # request id -> its caller's future
         self.users = 0  # calls using the connection now
         self.changed = asyncio.Event()  # set once connected, refused or closed (none of them ends)
-        self.tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._watch())]
+        self._loop = loop
+        self._fds = (self.sock.FD, self.monitor.FD)
+        self._drain_soon = False
+        loop.add_reader(self._fds[0], self._drain)
+        loop.add_reader(self._fds[1], self._watch)
+        loop.call_soon(self._watch)  # events from before the reader was added
 
     async def handshake(self, deadline: float) -> None:
         """Return once the handshake is done; Timeout (nothing was sent) at the deadline."""
@@ -369,12 +387,12 @@ class _Connection:
             except TimeoutError:
                 raise Timeout(f"no connection to {self.endpoint}", delivered=False) from None
 
-    async def send(self, request: Request) -> asyncio.Future[Answer]:
+    async def send(self, request: Request) -> asyncio.Future[Answer | None]:
         """Hand ``request`` to the socket; the future its reply will resolve."""
         self._check_usable()
-        reply: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        reply: asyncio.Future[Answer | None] = self._loop.create_future()
         self.pending[request.id] = reply
-        if self._send_nowait([b"", *wire.encode_request(request)]):
+        if self._send_nowait(wire.encode_request(request)):
             return reply
         del self.pending[request.id]
         # A handshake refused between connecting and sending leaves no pipe to send on.
@@ -387,16 +405,17 @@ class _Connection:
         self._check_usable()
         raise Unavailable(f"cannot send to {self.endpoint}")
 
-    async def receive(self, request: Request, reply: asyncio.Future[Answer], deadline: float) -> Answer:
+    async def receive(self, request: Request, reply: asyncio.Future[Answer | None], deadline: float) -> Answer:
         """Wait for ``reply`` (from send) until ``deadline``."""
+        timer = self._loop.call_later(max(0.0, deadline - time.monotonic()), _expire, reply)
         try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                return await reply
-        except TimeoutError:
-            raise Timeout(f"{request_type(request)}: no answer from {self.endpoint}",
-                          delivered=self.connected) from None
+            answer = await reply
         finally:
+            timer.cancel()
             self.pending.pop(request.id, None)
+        if answer is None:
+            raise Timeout(f"{request_type(request)}: no answer from {self.endpoint}", delivered=self.connected)
+        return answer
 
     def retire(self) -> None:
         self.retired = True
@@ -417,8 +436,9 @@ class _Connection:
                 reply.set_exception(ClientClosed(f"the client was closed before {self.endpoint} answered"))
         self.pending.clear()
         self.changed.set()
-        for task in self.tasks:
-            task.cancel()
+        if not self._loop.is_closed():
+            for fd in self._fds:
+                self._loop.remove_reader(fd)
         self.sock.disable_monitor()
         self.monitor.close(0)
         self.sock.close(0)
@@ -430,18 +450,33 @@ class _Connection:
             raise AuthenticationError(f"{self.endpoint} refused the connection: {self.refusal}")
 
     def _send_nowait(self, frames: list[bytes]) -> bool:
-        """Send without waiting: a pyzmq asyncio send with NOBLOCK is done when it returns."""
-        sent = cast(asyncio.Future[Any], self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False))
-        if not sent.done():  # not expected: no send of ours ever waits
-            sent.cancel()
+        """Send ``[b"", *frames]`` without blocking; False if the socket cannot take it now."""
+        try:
+            self.sock.send(b"", _MORE_NOBLOCK)
+            for frame in frames[:-1]:
+                self.sock.send(frame, _MORE_NOBLOCK)
+            self.sock.send(frames[-1], _NOBLOCK)
+        except zmq.ZMQError:  # Again: full, or no pipe since a refused handshake
             return False
-        return not sent.cancelled() and sent.exception() is None
+        if not self._drain_soon:  # the send may have taken in replies without a signal
+            self._drain_soon = True
+            self._loop.call_soon(self._drain)
+        return True
 
-    async def _read(self) -> None:
-        while True:
+    def _drain(self) -> None:
+        """The loop's reader: every reply waiting, up to a batch per turn, to its caller."""
+        self._drain_soon = False
+        if self.closed:
+            return
+        sock = self.sock
+        for _ in range(DRAIN_BATCH):
             try:
-                frames = await self.sock.recv_multipart()
-            except zmq.ZMQError:  # closed under us
+                frames = sock.recv_multipart(_NOBLOCK)
+            except zmq.Again:
+                if not cast(int, sock.getsockopt(zmq.EVENTS)) & _POLLIN:
+                    return
+                continue
+            except zmq.ZMQError:
                 return
             try:
                 reply, values = wire.decode_reply(frames[1:] if frames and frames[0] == b"" else frames)
@@ -451,12 +486,15 @@ class _Connection:
             if waiting is not None and not waiting.done():
                 waiting.set_result((reply, values))
             # else: a late reply to a call that gave up
+        self._drain_soon = True  # more may be waiting: the rest after the other callbacks of this turn
+        self._loop.call_soon(self._drain)
 
-    async def _watch(self) -> None:
-        while True:
+    def _watch(self) -> None:
+        """The monitor's reader: a handshake succeeded, or was refused (every call on it fails)."""
+        while not self.closed:
             try:
-                event = parse_monitor_message(await self.monitor.recv_multipart())["event"]
-            except zmq.ZMQError:
+                event = int(recv_monitor_message(self.monitor, _NOBLOCK)["event"])
+            except zmq.ZMQError:  # Again: nothing more
                 return
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.connected = True
@@ -469,6 +507,11 @@ class _Connection:
                                                                 f"{self.refusal}"))
                 self.pending.clear()
                 self.changed.set()
+
+
+def _expire(reply: asyncio.Future[Answer | None]) -> None:
+    if not reply.done():
+        reply.set_result(None)  # no answer in time
 
 
 __all__ = ["AsyncZClient", "DEFAULT_MAX_IN_FLIGHT"]
