@@ -26,8 +26,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """asyncio.run(main()), failing if the event loop reported anything: an exception no one
-    retrieved, a task destroyed while pending."""
+    """asyncio.run(main()), failing if the event loop reported an error while it ran (such as an
+    exception no one retrieved)."""
     reported: list[dict[str, Any]] = []
 
     async def watched() -> None:
