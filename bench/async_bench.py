@@ -20,7 +20,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 import benchlib
 from zcraq.async_client import AsyncZClient
@@ -209,6 +212,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42, help="seed of every random choice")
     p.add_argument("--op-timeout", type=float, default=5.0, help="client timeout per call, seconds")
     p.add_argument("--secure", action="store_true", help="CURVE keys on every connection")
+    p.add_argument("--json", type=Path, default=None, help="write every window's figures to this JSON file")
     p.add_argument("--wait-quiet", type=float, default=30.0,
                    help="before each pair of windows, wait up to this many seconds for processes outside the "
                         "benchmark to use under 10%% of a CPU")
@@ -224,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     value = random.Random(args.seed).randbytes(args.value_size)
     cluster = benchlib.ChainCluster(args.nodes, secure=args.secure)
     table = benchlib.Table(HEADERS, align_left=2)
+    windows: list[Window] = []
     try:
         print(f"starting a {args.nodes}-node chain in {cluster.root} ...", flush=True)
         cluster.start_all(timeout=60.0)
@@ -237,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 for window in (asyncio.run(run_async(args, cluster, meter, workload, concurrency, value)),
                                run_threads(args, cluster, meter, workload, concurrency, value)):
                     table.add(*window.row())
+                    windows.append(window)
                     print("   " + " | ".join(map(benchlib.fmt, window.row())), flush=True)
                     if window.cpu["others_cpu_s"] > 0.05 * window.cpu["wall_s"]:
                         print("   outside the benchmark: " + ", ".join(
@@ -246,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         cluster.close()
     print()
     print(table.render())
+    if args.json is not None:
+        args.json.write_bytes(orjson.dumps([{**dict(zip(HEADERS, w.row())), "cpu": w.cpu} for w in windows],
+                                           option=orjson.OPT_INDENT_2))
     return 0
 
 
