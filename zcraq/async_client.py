@@ -59,7 +59,7 @@ from zcraq.topology import Topology
 DEFAULT_MAX_IN_FLIGHT = 1024
 REFUSAL_WAIT = 0.5  # seconds a failed send waits for the monitor to report a refused handshake
 DRAIN_BATCH = 256  # replies taken per turn of the loop, so one busy connection does not starve the rest
-# Plain ints: pyzmq's flag enums cost more per message than the send itself.
+# Plain ints: an operation on pyzmq's flag enums costs microseconds, paid on every message.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
