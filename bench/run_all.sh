@@ -39,3 +39,7 @@ echo "== metrics on the node path: core_bench.py --metrics --store memory"
 # 6. Failover: kill -9 of the head, a middle node and the tail, three times each.
 echo "== failover: failover.py --repeats 3"
 "$PY" bench/failover.py --repeats 3 --json "$OUT/failover.json" 2>&1 | tee "$OUT/failover.log"
+
+# 7. The pipelined client against the blocking one: N tasks over one AsyncZClient, N threads.
+echo "== async: async_bench.py --concurrency 8,64 --duration 10"
+"$PY" bench/async_bench.py --concurrency 8,64 --duration 10 --json "$OUT/async.json" 2>&1 | tee "$OUT/async.log"

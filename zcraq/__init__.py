@@ -1,7 +1,10 @@
 """zcraq: CRAQ (Chain Replication with Apportioned Queries) on ZeroMQ and LevelDB."""
 
+from zcraq.async_client import AsyncZClient
 from zcraq.client import ZClient
-from zcraq.errors import BadRequest, KeyNotFound, Timeout, Unavailable, WriteOutcomeUnknown, ZcraqError
+from zcraq.errors import (BadRequest, ClientClosed, KeyNotFound, Timeout, Unavailable, WriteOutcomeUnknown,
+                          ZcraqError)
 
 __version__ = "0.1.0"
-__all__ = ["ZClient", "ZcraqError", "KeyNotFound", "Timeout", "WriteOutcomeUnknown", "Unavailable", "BadRequest"]
+__all__ = ["AsyncZClient", "ZClient", "ZcraqError", "KeyNotFound", "Timeout", "WriteOutcomeUnknown", "Unavailable",
+           "BadRequest", "ClientClosed"]

@@ -1,43 +1,35 @@
 """ZClient: the Python client. Reads spread over every node; writes go to the head.
 
-A ZClient is not thread-safe (ZeroMQ sockets are not): use one per thread.
+A ZClient is not thread-safe (ZeroMQ sockets are not): use one per thread, or one AsyncZClient
+(zcraq/async_client.py) shared by many asyncio tasks.
 
-Retries follow what is safe. A read can be retried anywhere. A write is retried only when the node
-refused it before doing anything (not the head, not serving); once a write may have been applied,
-a missing answer raises ``WriteOutcomeUnknown`` instead of writing twice.
+What to send where, when to retry and what a missing answer means is decided in
+zcraq/clientcore.py, shared with AsyncZClient; this module owns the blocking sockets. Retries
+follow what is safe. A read can be retried anywhere. A write is retried only when the node refused
+it before doing anything (not the head, not serving); once a write may have been applied, a missing
+answer raises ``WriteOutcomeUnknown`` instead of writing twice.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import time
-from collections.abc import Callable, Sequence
-from itertools import count
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-import msgspec
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from zcraq import sockets, wire
-from zcraq.config import default_coordinator_endpoint
-from zcraq.endpoints import parse_endpoint
-from zcraq.client_config import ClientConfig, load_client_config
-from zcraq.errors import (AuthenticationError, BadRequest, Forbidden, KeyNotFound, Timeout, TooLarge, Unavailable,
-                          WriteOutcomeUnknown, ZcraqError, error_for)
-from zcraq.messages import (Delete, Error, Limits, Ok, Read, Reply, Request, StatusRequest, TopologyRequest, Write,
-                            request_type)
-from zcraq.security import Curve, KeyFileError, load_certificate, load_public_key
-from zcraq.toml_tables import ConfigError
-from zcraq.topology import Member, Topology
+from zcraq import clientcore, sockets, wire
+from zcraq.client_config import client_setup
+from zcraq.clientcore import Answer, ClientState, Pause, Plan, Step, T
+from zcraq.errors import (AuthenticationError, BadRequest, ClientClosed, Forbidden, KeyNotFound, Timeout,
+                          Unavailable, WriteOutcomeUnknown, ZcraqError)
+from zcraq.messages import Limits, Reply, Request, StatusRequest, request_type
+from zcraq.security import Curve
+from zcraq.topology import Topology
 
-# Errors after which a write surely did not happen, so sending it again is safe.
-_WRITE_RETRYABLE = {"not_head", "unavailable", "busy"}
-_READ_RETRYABLE = {"unavailable", "not_tail", "wrong_epoch", "timeout"}
-AVOID_SECONDS = 2.0  # a node that just failed a read is skipped this long (it may be dead)
-DEFAULT_TIMEOUT = 5.0
 REFUSAL_WAIT_MS = 500  # how long a failed send waits for the monitor to report a refused handshake
 
 
@@ -49,40 +41,28 @@ class ZClient:
         any call may take in all, retries included (default: the config file's, else 5).
         ``config``: a client config file (zcraq/client_config.py), needed for a cluster with CURVE
         keys. Raises ConfigError for a config file or key that cannot be used."""
-        settings = load_client_config(config) if config is not None else None
-        self.coordinator = coordinator or (settings.coordinator if settings else default_coordinator_endpoint())
-        self._check_endpoint(self.coordinator)
-        self.timeout = timeout or (settings.timeout if settings and settings.timeout else DEFAULT_TIMEOUT)
-        self._curve = _client_curve(settings) if settings is not None else None
+        setup = client_setup(coordinator, timeout, config)
+        clientcore.check_endpoint(setup.coordinator)
+        self.coordinator = setup.coordinator
+        self.timeout = setup.timeout
+        self._curve = setup.curve
+        self._state = ClientState(self.coordinator, self.timeout,
+                                  setup.curve.coordinator_key if setup.curve else None, setup.curve is not None)
         self._ctx = zmq.Context()
         self._sockets: dict[str, _Connection] = {}
-        self._ids = count(1)
-        self._topology: Topology | None = None
-        self._topology_at = float("-inf")
-        self._limits: Limits | None = None  # the coordinator's, once a topology reply told them
-        self._next_node = random.randrange(1 << 16)
-        self._avoid: dict[str, float] = {}  # endpoint -> until when reads skip it (it failed us)
         self._closed = False
 
     # ------------------------------------------------------------------ public API
 
     def topology(self) -> Topology:
         """The chain as the coordinator sees it now."""
-        deadline = time.monotonic() + self.timeout
-        reply, _values = self._call(self.coordinator, TopologyRequest(id=next(self._ids)), deadline)
-        ok = self._ok(reply)
-        if ok.topology is msgspec.UNSET:
-            raise ZcraqError(f"{self.coordinator} answered a topology request without a topology")
-        if ok.limits is not msgspec.UNSET:
-            self._limits = ok.limits
-        self._topology = ok.topology
-        self._topology_at = time.monotonic()
-        return self._topology
+        return self._run(clientcore.fetch_topology(self._state, self._state.deadline()))
 
     def write(self, key: str, value: bytes | str) -> int:
         """Store ``value`` under ``key``; returns the committed version."""
-        data = value.encode() if isinstance(value, str) else bytes(value)
-        return self._write(key, lambda request_id: Write(key, data, id=request_id), len(data)).version  # type: ignore[return-value]
+        build, size = clientcore.write_request(key, value)
+        ok = self._run(clientcore.write(self._state, key, build, size, self._state.deadline()))
+        return ok.version  # type: ignore[return-value]
 
     def delete(self, key: str) -> int:
         """Delete ``key``; returns the version of the deletion."""
@@ -91,13 +71,13 @@ class ZClient:
     def delete_and_report(self, key: str) -> tuple[int, bool]:
         """Delete ``key``; returns the version of the deletion and whether the key had a value just
         before it (a deletion of a missing key is a version too)."""
-        ok = self._write(key, lambda request_id: Delete(key, id=request_id), 0)
+        ok = self._run(clientcore.write(self._state, key, clientcore.delete_request(key), 0, self._state.deadline()))
         return ok.version, ok.existed is True  # type: ignore[return-value]
 
     @property
     def limits(self) -> Limits | None:
         """The largest key and value the cluster accepts, once the coordinator has told them."""
-        return self._limits
+        return self._state.limits
 
     def read(self, key: str, node: str | None = None, *, mode: str = "strong") -> bytes:
         """The committed value of ``key``. ``node``: a node id or service endpoint to ask;
@@ -107,70 +87,32 @@ class ZClient:
 
     def read_versioned(self, key: str, node: str | None = None, *, mode: str = "strong") -> tuple[bytes, int]:
         """Like read(), with the version of the value returned."""
-        self._check_key(key)
-        deadline = time.monotonic() + self.timeout
-        last_error: ZcraqError = Unavailable("no node answered")
-        while time.monotonic() < deadline:
-            endpoint = self._node_endpoint(node, deadline) if node else self._pick_reader(deadline)
-            if endpoint is None and node:
-                raise Unavailable(f"no node {node!r} in the chain (or the coordinator did not answer)")
-            if endpoint is None:
-                last_error = Unavailable("no node to read from: the chain is empty or the coordinator "
-                                         "did not answer")
-            else:
-                self._check_size(key, 0)
-                try:
-                    reply, values = self._call(endpoint, Read(key, id=next(self._ids), mode=mode),  # type: ignore[arg-type]
-                                               self._attempt_deadline(deadline))
-                except Timeout:
-                    last_error = Timeout(f"{endpoint} did not answer in time")
-                    self._topology_at = float("-inf")
-                    self._avoid[endpoint] = time.monotonic() + AVOID_SECONDS
-                    if node:
-                        break
-                    continue
-                if isinstance(reply, Ok):
-                    version = 0 if reply.version is msgspec.UNSET else reply.version
-                    return (values[0] if values else b""), version
-                if reply.code not in _READ_RETRYABLE:
-                    raise error_for(reply.code, reply.message or reply.code)
-                last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
-                self._topology_at = float("-inf")
-                self._avoid[endpoint] = time.monotonic() + AVOID_SECONDS
-                if node:
-                    break
-            self._pause(deadline)
-        raise last_error
+        return self._run(clientcore.read(self._state, key, node, mode, self._state.deadline()))
 
     def status(self, node: str | None = None) -> dict[str, Any]:
         """A node's own report (role, epoch, counters), or the coordinator's when ``node`` is None."""
-        deadline = time.monotonic() + self.timeout
-        endpoint = self._node_endpoint(node, deadline) if node else self.coordinator
-        if endpoint is None:
-            raise Unavailable(f"no node {node!r} in the chain")
-        reply, _values = self._call(endpoint, StatusRequest(id=next(self._ids)), deadline)
-        return self._report(reply)
+        return self._run(clientcore.status(self._state, node, self._state.deadline()))
 
     def statuses(self, nodes: Sequence[str]) -> dict[str, dict[str, Any] | ZcraqError]:
         """Every node's own report, or the error that stands in for it. The nodes (ids or service
         endpoints) are asked all at once, so the whole call takes at most ``timeout`` however
         many of them do not answer."""
-        deadline = time.monotonic() + self.timeout
+        deadline = self._state.deadline()
         results: dict[str, dict[str, Any] | ZcraqError] = {}
         asked: dict[str, tuple[str, _Connection, StatusRequest]] = {}
         for node in nodes:
             try:
-                endpoint = self._node_endpoint(node, deadline)
+                endpoint = self._run(clientcore.node_endpoint(self._state, node, deadline))
                 if endpoint is None:
                     raise Unavailable(f"no node {node!r} in the chain")
-                request = StatusRequest(id=next(self._ids))
+                request = StatusRequest(id=self._state.next_id())
                 asked[node] = (endpoint, self._send(endpoint, request), request)
             except ZcraqError as error:
                 results[node] = error
         for node, (endpoint, connection, request) in asked.items():
             try:
                 reply, _values = self._receive(endpoint, connection, request, deadline)
-                results[node] = self._report(reply)
+                results[node] = clientcore.report(reply)
             except ZcraqError as error:
                 results[node] = error
         return {node: results[node] for node in nodes}
@@ -190,134 +132,27 @@ class ZClient:
     def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ writes
-
-    def _write(self, key: str, build: Callable[[int], Write | Delete], value_size: int) -> Ok:
-        self._check_key(key)
-        deadline = time.monotonic() + self.timeout
-        last_error: ZcraqError = Unavailable("no head available")
-        while time.monotonic() < deadline:
-            topology = self._cached_topology(deadline)
-            self._check_size(key, value_size)
-            head = topology.head if topology else None
-            # Straight to the head; through the coordinator when the head is unknown.
-            endpoint = head.service if head else self.coordinator
-            request = build(next(self._ids))
-            try:
-                self._connect_first(endpoint, deadline)
-                reply, _values = self._call(endpoint, request, deadline)
-            except Timeout as error:
-                if error.delivered:
-                    raise WriteOutcomeUnknown(
-                        f"{request_type(request)} of {key!r}: no answer from {endpoint} within {self.timeout:g}s; "
-                        "it may or may not have committed") from None
-                # The connection never came up: the request cannot have arrived, so it is safe to
-                # send again (to whatever head a fresh topology names).
-                last_error = Unavailable(f"{endpoint} could not be reached; the {request_type(request)} was not sent")
-                self._topology_at = float("-inf")
-                self._pause(deadline)
-                continue
-            if isinstance(reply, Ok):
-                if reply.version is msgspec.UNSET:
-                    raise ZcraqError(f"{endpoint} acknowledged a write without its version")
-                return reply
-            if reply.code not in _WRITE_RETRYABLE:
-                raise error_for(reply.code, reply.message or reply.code)
-            last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
-            self._topology_at = float("-inf")
-            self._pause(deadline)
-        raise last_error
-
     # ------------------------------------------------------------------ plumbing
 
-    @staticmethod
-    def _check_key(key: str) -> None:
-        if not isinstance(key, str) or not key:
-            raise BadRequest("key must be a non-empty string")
+    def _run(self, plan: Plan[T]) -> T:
+        return clientcore.run_blocking(plan, self._perform)
 
-    def _check_size(self, key: str, value_size: int) -> None:
-        """Refuse, before sending, what the cluster would refuse: an oversized request is answered
-        at once instead of being cut off by the server's socket and waited for in vain."""
-        limits = self._limits
-        if limits is None:
-            return
-        if len(key.encode()) > limits.max_key_bytes:
-            raise TooLarge(f"key is longer than {limits.max_key_bytes} bytes")
-        if value_size > limits.max_value_bytes:
-            raise TooLarge(f"value is larger than {limits.max_value_bytes} bytes ({value_size:,} bytes)")
-
-    def _attempt_deadline(self, deadline: float) -> float:
-        return min(deadline, time.monotonic() + max(1.0, self.timeout / 3))
-
-    @staticmethod
-    def _pause(deadline: float) -> None:
-        time.sleep(max(0.0, min(0.05, deadline - time.monotonic())))
-
-    def _cached_topology(self, deadline: float) -> Topology | None:
-        if self._topology is None or time.monotonic() - self._topology_at > 1.0:
-            try:
-                reply, _values = self._call(self.coordinator, TopologyRequest(id=next(self._ids)),
-                                            self._attempt_deadline(deadline))
-                if isinstance(reply, Ok) and reply.topology is not msgspec.UNSET:
-                    self._topology = reply.topology
-                    self._topology_at = time.monotonic()
-                    if reply.limits is not msgspec.UNSET:
-                        self._limits = reply.limits
-            except Timeout:
-                pass  # keep the last topology: the chain may well be fine without the coordinator
-        return self._topology
-
-    def _pick_reader(self, deadline: float) -> str | None:
-        topology = self._cached_topology(deadline)
-        if topology is None or not topology.members:
+    def _perform(self, step: Step) -> Answer | Timeout | None:
+        if isinstance(step, Pause):
+            time.sleep(step.seconds())
             return None
-        self._next_node += 1
-        now = time.monotonic()
-        if self._avoid:
-            self._avoid = {e: until for e, until in self._avoid.items() if until > now}  # stays small
-        healthy = [m for m in topology.members if m.service not in self._avoid]
-        candidates = healthy or topology.members  # all failed lately: try them anyway
-        return candidates[self._next_node % len(candidates)].service
-
-    @staticmethod
-    def _check_endpoint(endpoint: str) -> None:
         try:
-            parse_endpoint(endpoint)
-        except ValueError as error:
-            raise BadRequest(str(error)) from None
-
-    def _node_endpoint(self, node: str, deadline: float) -> str | None:
-        if node.startswith("tcp://"):
-            self._check_endpoint(node)
-            return node
-        topology = self._cached_topology(deadline)
-        member = topology.member(node) if topology else None
-        return member.service if member else None
-
-    def _server_key(self, endpoint: str) -> str | None:
-        """The CURVE key of the process at ``endpoint``: the coordinator's from the config, a
-        node's from the topology (None without security)."""
-        if self._curve is None:
-            return None
-        if endpoint == self.coordinator:
-            return self._curve.coordinator_key
-        member = self._member_at(endpoint)
-        if member is None:  # not in the topology we hold: perhaps in a newer one
-            self._topology_at = float("-inf")
-            self._cached_topology(time.monotonic() + self.timeout)
-            member = self._member_at(endpoint)
-        if member is None or member.key is None:
-            raise Unavailable(f"no CURVE key known for {endpoint}: it is not in the chain's topology")
-        return member.key
-
-    def _member_at(self, endpoint: str) -> Member | None:
-        listed = self._topology.listed() if self._topology else ()
-        return next((m for m in listed if m.service == endpoint), None)
+            if step.connect_first:
+                self._connect_first(step.endpoint, step.deadline)
+            return self._call(step.endpoint, step.request, step.deadline)
+        except Timeout as error:
+            return error
 
     def _socket(self, endpoint: str) -> _Connection:
         connection = self._sockets.get(endpoint)
         if connection is None:
-            connection = _Connection(self._ctx, endpoint, self._curve, self._server_key(endpoint))
+            server_key = self._run(clientcore.server_key(self._state, endpoint))
+            connection = _Connection(self._ctx, endpoint, self._curve, server_key)
             self._sockets[endpoint] = connection
         return connection
 
@@ -342,7 +177,7 @@ class ZClient:
 
     def _send(self, endpoint: str, request: Request) -> _Connection:
         if self._closed:
-            raise ZcraqError("client is closed")
+            raise ClientClosed("client is closed")
         connection = self._socket(endpoint)
         if not sockets.send_nowait(connection.sock, [b"", *wire.encode_request(request)]):
             # A handshake refused between connecting and sending leaves no pipe to send on.
@@ -391,35 +226,16 @@ class ZClient:
         if connection is not None:
             connection.close()
 
-    @classmethod
-    def _report(cls, reply: Reply) -> dict[str, Any]:
-        """A status reply as plain JSON types, as on the wire."""
-        return msgspec.json.decode(wire.encode_json(cls._ok(reply)))
-
-    @staticmethod
-    def _ok(reply: Reply) -> Ok:
-        if isinstance(reply, Error):
-            raise error_for(reply.code, reply.message or reply.code)
-        return reply
-
 
 class _Connection:
     """A DEALER to one server, with a monitor that reports a refused CURVE handshake at once (a
     refused handshake is otherwise invisible: the requests would only time out)."""
 
-    FAILURES: dict[int, str] = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "its allow-list does not hold this client's key",
-                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the security handshake failed (CURVE keys on one side only, "
-                                                     "or the wrong server key)",
-                zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the security handshake failed"}
-
     def __init__(self, ctx: zmq.Context, endpoint: str, curve: Curve | None, server_key: str | None) -> None:
         self.sock = sockets.unconnected(ctx, zmq.DEALER, endpoint, curve=curve, server_key=server_key)
         self.connected = False  # a handshake succeeded: what was sent may have arrived
-        events = zmq.EVENT_HANDSHAKE_SUCCEEDED
-        for event in self.FAILURES:
-            events |= event
         # Watched before connecting: a handshake refused at once must not go unseen.
-        self.monitor = self.sock.get_monitor_socket(events)
+        self.monitor = self.sock.get_monitor_socket(sockets.HANDSHAKE_EVENTS)
         try:
             sockets.connect(self.sock, endpoint)
         except sockets.AddressError:
@@ -456,26 +272,12 @@ class _Connection:
             return None
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.connected = True
-        return self.FAILURES.get(event)
+        return sockets.HANDSHAKE_FAILURES.get(event)
 
     def close(self) -> None:
         self.sock.disable_monitor()
         self.monitor.close(0)
         self.sock.close(0)
-
-
-def _client_curve(settings: ClientConfig) -> Curve | None:
-    if settings.certificate is None or settings.coordinator_key is None:
-        return None
-    try:
-        own = load_certificate(settings.certificate)
-    except KeyFileError as error:
-        raise ConfigError(settings.path, "security.certificate", str(error)) from None
-    try:
-        coordinator_key = load_public_key(settings.coordinator_key)
-    except KeyFileError as error:
-        raise ConfigError(settings.path, "security.coordinator_key", str(error)) from None
-    return Curve(own, coordinator_key)
 
 
 __all__ = ["ZClient", "ZcraqError", "KeyNotFound", "Timeout", "WriteOutcomeUnknown", "Unavailable", "BadRequest",

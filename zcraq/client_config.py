@@ -20,9 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zcraq.config import MAX_MS
+from zcraq.config import MAX_MS, default_coordinator_endpoint
 from zcraq.endpoints import parse_endpoint
+from zcraq.security import Curve, KeyFileError, load_certificate, load_public_key
 from zcraq.toml_tables import ConfigError, Table, base_dir, check_top_level, read_toml
+
+DEFAULT_TIMEOUT = 5.0  # seconds a client call may take, retries included
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,4 +58,40 @@ def load_client_config(path: str | os.PathLike[str]) -> ClientConfig:
                         coordinator_key)
 
 
-__all__ = ["ClientConfig", "ConfigError", "load_client_config"]
+@dataclass(frozen=True, slots=True)
+class ClientSetup:
+    """What a client runs with, from its arguments and its config file."""
+
+    coordinator: str
+    timeout: float
+    curve: Curve | None
+
+
+def client_setup(coordinator: str | None, timeout: float | None,
+                 config: str | os.PathLike[str] | None) -> ClientSetup:
+    """The client's arguments completed from the config file (if any), then from the defaults:
+    the coordinator of config/coordinator.toml (or $ZCRAQ_COORDINATOR) and DEFAULT_TIMEOUT.
+    Raises ConfigError for a config file or key that cannot be used."""
+    settings = load_client_config(config) if config is not None else None
+    return ClientSetup(coordinator or (settings.coordinator if settings else default_coordinator_endpoint()),
+                       timeout or (settings.timeout if settings and settings.timeout else DEFAULT_TIMEOUT),
+                       client_curve(settings) if settings is not None else None)
+
+
+def client_curve(settings: ClientConfig) -> Curve | None:
+    """The CURVE keys a client config names (None without a [security] table)."""
+    if settings.certificate is None or settings.coordinator_key is None:
+        return None
+    try:
+        own = load_certificate(settings.certificate)
+    except KeyFileError as error:
+        raise ConfigError(settings.path, "security.certificate", str(error)) from None
+    try:
+        coordinator_key = load_public_key(settings.coordinator_key)
+    except KeyFileError as error:
+        raise ConfigError(settings.path, "security.coordinator_key", str(error)) from None
+    return Curve(own, coordinator_key)
+
+
+__all__ = ["ClientConfig", "ClientSetup", "ConfigError", "DEFAULT_TIMEOUT", "client_curve", "client_setup",
+           "load_client_config"]

@@ -42,6 +42,13 @@ class Unavailable(ZcraqError):
     code = "unavailable"
 
 
+class ClientClosed(ZcraqError):
+    """The client was closed before the call ended (or before it began). Nothing was applied:
+    a write or delete that may have been is reported as ``WriteOutcomeUnknown`` instead."""
+
+    code = "closed"
+
+
 class AuthenticationError(ZcraqError):
     """The server refused this client's CURVE handshake: no key where one is needed, a key not in
     its allow-list, or keys where it has none. Retrying with the same keys fails again."""

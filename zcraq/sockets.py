@@ -37,6 +37,16 @@ def request_cap(limits: Limits) -> int:
     arrives and is answered ``too_large`` instead of being cut off by libzmq without a word."""
     return max(16 << 20, 4 * (limits.max_value_bytes + limits.max_key_bytes)) + 64 * 1024
 
+# What a client's monitor reports when a server refuses its handshake, in words (a refused
+# handshake is otherwise invisible: the requests would only time out).
+HANDSHAKE_FAILURES: dict[int, str] = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "its allow-list does not hold this client's key",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the security handshake failed (CURVE keys on one side only, "
+                                         "or the wrong server key)",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the security handshake failed"}
+HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
 
 class AddressError(Exception):
     """An endpoint could not be bound (in use, not a local address, malformed)."""

@@ -1,0 +1,358 @@
+"""The client's decisions, without sockets: which node a request goes to, when it is retried, what
+an answer or a missing answer means, what is refused before sending. ZClient (zcraq/client.py,
+blocking) and AsyncZClient (zcraq/async_client.py, asyncio) both run these, so they behave alike.
+
+A call is a *plan*: a generator that yields steps (``Call``: send a request and wait for its reply
+until a deadline; ``Pause``: wait a moment before retrying) and gets each step's outcome sent back
+by the client that drives it. A ``Call``'s outcome is the reply, or the ``Timeout`` that stands in
+for a missing one; any other failure (a refused handshake, a closed client) is raised by the driver
+and ends the plan.
+
+Retries follow what is safe. A read can be retried anywhere. A write is retried only when the node
+refused it before doing anything (not the head, not serving) or when it surely never arrived (its
+connection never came up); once a write may have been applied, a missing answer raises
+``WriteOutcomeUnknown`` instead of writing twice.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from itertools import count
+from typing import Any, TypeVar
+
+import msgspec
+
+from zcraq import wire
+from zcraq.endpoints import parse_endpoint
+from zcraq.errors import BadRequest, Timeout, TooLarge, Unavailable, WriteOutcomeUnknown, ZcraqError, error_for
+from zcraq.messages import (Delete, Error, Limits, Ok, Read, Reply, Request, StatusRequest, TopologyRequest, Write,
+                            request_type)
+from zcraq.topology import Member, Topology
+
+# Errors after which a write surely did not happen, so sending it again is safe.
+WRITE_RETRYABLE = {"not_head", "unavailable", "busy"}
+READ_RETRYABLE = {"unavailable", "not_tail", "wrong_epoch", "timeout"}
+AVOID_SECONDS = 2.0  # a node that just failed a read is skipped this long (it may be dead)
+TOPOLOGY_MAX_AGE = 1.0  # seconds a topology is used before it is asked for again
+PAUSE_SECONDS = 0.05  # between two attempts of one call
+
+T = TypeVar("T")
+Answer = tuple[Reply, list[bytes]]  # a reply header and its value frames
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Send ``request`` to ``endpoint`` and wait for its reply until ``deadline`` (monotonic).
+    ``connect_first``: hand the request over only once the connection's handshake is done (a
+    write queued on a connection still in its handshake could arrive after it was given up).
+    ``shared``: a refresh; the answer to the same request already on its way will do."""
+
+    endpoint: str
+    request: Request
+    deadline: float
+    connect_first: bool = False
+    shared: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Wait a little before the next attempt (never past ``deadline``)."""
+
+    deadline: float
+
+    def seconds(self) -> float:
+        return max(0.0, min(PAUSE_SECONDS, self.deadline - time.monotonic()))
+
+
+Step = Call | Pause
+Plan = Generator[Step, Answer | Timeout | None, T]
+
+
+def call(endpoint: str, request: Request, deadline: float, *, connect_first: bool = False,
+         shared: bool = False) -> Plan[Answer | Timeout]:
+    outcome = yield Call(endpoint, request, deadline, connect_first, shared)
+    assert outcome is not None, "a Call is answered with a reply or a Timeout"
+    return outcome
+
+
+def pause(deadline: float) -> Plan[None]:
+    yield Pause(deadline)
+
+
+def run_blocking(plan: Plan[T], perform: Callable[[Step], Answer | Timeout | None]) -> T:
+    """Drive ``plan`` to its end, ``perform`` doing each step (the blocking client's loop)."""
+    try:
+        step = next(plan)
+        while True:
+            step = plan.send(perform(step))
+    except StopIteration as done:
+        return done.value
+    finally:
+        plan.close()
+
+
+class ClientState:
+    """What a client knows of the cluster between calls: the topology and when it was fetched,
+    the limits, which nodes failed lately; and the request ids it hands out."""
+
+    def __init__(self, coordinator: str, timeout: float, coordinator_key: str | None = None,
+                 secured: bool = False) -> None:
+        self.coordinator = coordinator
+        self.timeout = timeout
+        self.secured = secured  # CURVE on: every connection needs its server's key
+        self.coordinator_key = coordinator_key
+        self.ids = count(1)
+        self.topology: Topology | None = None
+        self.topology_at = float("-inf")
+        self.limits: Limits | None = None  # the coordinator's, once a topology reply told them
+        self.next_node = random.randrange(1 << 16)
+        self.avoided: dict[str, float] = {}  # endpoint -> until when reads skip it (it failed us)
+
+    def next_id(self) -> int:
+        return next(self.ids)
+
+    def deadline(self) -> float:
+        return time.monotonic() + self.timeout
+
+    def attempt_deadline(self, deadline: float) -> float:
+        """One attempt of a call that may try several nodes gets a third of the time (at least 1 s)."""
+        return min(deadline, time.monotonic() + max(1.0, self.timeout / 3))
+
+    def forget_topology(self) -> None:
+        """Ask the coordinator again before the next request that needs the topology."""
+        self.topology_at = float("-inf")
+
+    def adopt(self, ok: Ok) -> None:
+        """Take the topology (and limits) of a topology reply."""
+        if ok.topology is msgspec.UNSET:
+            return
+        self.topology = ok.topology
+        self.topology_at = time.monotonic()
+        if ok.limits is not msgspec.UNSET:
+            self.limits = ok.limits
+
+    def avoid(self, endpoint: str) -> None:
+        self.avoided[endpoint] = time.monotonic() + AVOID_SECONDS
+
+    def check_size(self, key: str, value_size: int) -> None:
+        """Refuse, before sending, what the cluster would refuse: an oversized request is answered
+        at once instead of being cut off by the server's socket and waited for in vain."""
+        limits = self.limits
+        if limits is None:
+            return
+        if len(key.encode()) > limits.max_key_bytes:
+            raise TooLarge(f"key is longer than {limits.max_key_bytes} bytes")
+        if value_size > limits.max_value_bytes:
+            raise TooLarge(f"value is larger than {limits.max_value_bytes} bytes ({value_size:,} bytes)")
+
+    def member_at(self, endpoint: str) -> Member | None:
+        listed = self.topology.listed() if self.topology else ()
+        return next((m for m in listed if m.service == endpoint), None)
+
+
+# ---------------------------------------------------------------------------------- checks and answers
+
+
+def check_key(key: str) -> None:
+    if not isinstance(key, str) or not key:
+        raise BadRequest("key must be a non-empty string")
+
+
+def check_endpoint(endpoint: str) -> None:
+    try:
+        parse_endpoint(endpoint)
+    except ValueError as error:
+        raise BadRequest(str(error)) from None
+
+
+def ok(reply: Reply) -> Ok:
+    """The reply, if it is a success; the exception its error code stands for otherwise."""
+    if isinstance(reply, Error):
+        raise error_for(reply.code, reply.message or reply.code)
+    return reply
+
+
+def report(reply: Reply) -> dict[str, Any]:
+    """A status reply as plain JSON types, as on the wire."""
+    return msgspec.json.decode(wire.encode_json(ok(reply)))
+
+
+# ---------------------------------------------------------------------------------- plans
+
+
+def fetch_topology(state: ClientState, deadline: float) -> Plan[Topology]:
+    """The chain as the coordinator sees it now."""
+    outcome = yield from call(state.coordinator, TopologyRequest(id=state.next_id()), deadline)
+    if isinstance(outcome, Timeout):
+        raise outcome
+    answer = ok(outcome[0])
+    if answer.topology is msgspec.UNSET:
+        raise ZcraqError(f"{state.coordinator} answered a topology request without a topology")
+    state.adopt(answer)
+    return answer.topology
+
+
+def cached_topology(state: ClientState, deadline: float) -> Plan[Topology | None]:
+    """The topology held, asked for again once it is older than TOPOLOGY_MAX_AGE; without an
+    answer the last one is kept (the chain may well be fine without the coordinator)."""
+    if state.topology is None or time.monotonic() - state.topology_at > TOPOLOGY_MAX_AGE:
+        outcome = yield from call(state.coordinator, TopologyRequest(id=state.next_id()),
+                                  state.attempt_deadline(deadline), shared=True)
+        if not isinstance(outcome, Timeout) and isinstance(outcome[0], Ok):
+            state.adopt(outcome[0])
+    return state.topology
+
+
+def pick_reader(state: ClientState, deadline: float) -> Plan[str | None]:
+    """The next node to read from, round robin over the members that did not fail lately."""
+    topology = yield from cached_topology(state, deadline)
+    if topology is None or not topology.members:
+        return None
+    state.next_node += 1
+    now = time.monotonic()
+    if state.avoided:
+        state.avoided = {e: until for e, until in state.avoided.items() if until > now}  # stays small
+    healthy = [m for m in topology.members if m.service not in state.avoided]
+    candidates = healthy or topology.members  # all failed lately: try them anyway
+    return candidates[state.next_node % len(candidates)].service
+
+
+def node_endpoint(state: ClientState, node: str, deadline: float) -> Plan[str | None]:
+    """The service endpoint of ``node`` (an id, or an endpoint taken as it is)."""
+    if node.startswith("tcp://"):
+        check_endpoint(node)
+        return node
+    topology = yield from cached_topology(state, deadline)
+    member = topology.member(node) if topology else None
+    return member.service if member else None
+
+
+def server_key(state: ClientState, endpoint: str) -> Plan[str | None]:
+    """The CURVE key of the process at ``endpoint``: the coordinator's from the config, a node's
+    from the topology (None without security)."""
+    if not state.secured:
+        return None
+    if endpoint == state.coordinator:
+        return state.coordinator_key
+    member = state.member_at(endpoint)
+    if member is None:  # not in the topology we hold: perhaps in a newer one
+        state.forget_topology()
+        yield from cached_topology(state, state.deadline())
+        member = state.member_at(endpoint)
+    if member is None or member.key is None:
+        raise Unavailable(f"no CURVE key known for {endpoint}: it is not in the chain's topology")
+    return member.key
+
+
+def read(state: ClientState, key: str, node: str | None, mode: str, deadline: float) -> Plan[tuple[bytes, int]]:
+    """The committed value of ``key`` and its version, from ``node`` or any member."""
+    check_key(key)
+    last_error: ZcraqError = Unavailable("no node answered")
+    while time.monotonic() < deadline:
+        endpoint = (yield from node_endpoint(state, node, deadline)) if node else (yield from pick_reader(state, deadline))
+        if endpoint is None and node:
+            raise Unavailable(f"no node {node!r} in the chain (or the coordinator did not answer)")
+        if endpoint is None:
+            last_error = Unavailable("no node to read from: the chain is empty or the coordinator "
+                                     "did not answer")
+        else:
+            state.check_size(key, 0)
+            outcome = yield from call(endpoint, Read(key, id=state.next_id(), mode=mode),  # type: ignore[arg-type]
+                                      state.attempt_deadline(deadline))
+            if isinstance(outcome, Timeout):
+                last_error = Timeout(f"{endpoint} did not answer in time")
+                state.forget_topology()
+                state.avoid(endpoint)
+                if node:
+                    break
+                continue
+            reply, values = outcome
+            if isinstance(reply, Ok):
+                version = 0 if reply.version is msgspec.UNSET else reply.version
+                return (values[0] if values else b""), version
+            if reply.code not in READ_RETRYABLE:
+                raise error_for(reply.code, reply.message or reply.code)
+            last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
+            state.forget_topology()
+            state.avoid(endpoint)
+            if node:
+                break
+        yield from pause(deadline)
+    raise last_error
+
+
+def write(state: ClientState, key: str, build: Callable[[int], Write | Delete], value_size: int,
+          deadline: float) -> Plan[Ok]:
+    """Have the head apply the write ``build(request id)`` makes; its acknowledgement."""
+    check_key(key)
+    last_error: ZcraqError = Unavailable("no head available")
+    while time.monotonic() < deadline:
+        topology = yield from cached_topology(state, deadline)
+        state.check_size(key, value_size)
+        head = topology.head if topology else None
+        # Straight to the head; through the coordinator when the head is unknown.
+        endpoint = head.service if head else state.coordinator
+        request = build(state.next_id())
+        outcome = yield from call(endpoint, request, deadline, connect_first=True)
+        if isinstance(outcome, Timeout):
+            if outcome.delivered:
+                raise WriteOutcomeUnknown(
+                    f"{request_type(request)} of {key!r}: no answer from {endpoint} within {state.timeout:g}s; "
+                    "it may or may not have committed") from None
+            # The connection never came up: the request cannot have arrived, so it is safe to
+            # send again (to whatever head a fresh topology names).
+            last_error = Unavailable(f"{endpoint} could not be reached; the {request_type(request)} was not sent")
+            state.forget_topology()
+            yield from pause(deadline)
+            continue
+        reply, _values = outcome
+        if isinstance(reply, Ok):
+            if reply.version is msgspec.UNSET:
+                raise ZcraqError(f"{endpoint} acknowledged a write without its version")
+            return reply
+        if reply.code not in WRITE_RETRYABLE:
+            raise error_for(reply.code, reply.message or reply.code)
+        last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
+        state.forget_topology()
+        yield from pause(deadline)
+    raise last_error
+
+
+def write_request(key: str, value: bytes | str) -> tuple[Callable[[int], Write], int]:
+    """How write() builds a write of ``value`` (bytes, or str as UTF-8), and the value's size."""
+    data = value.encode() if isinstance(value, str) else bytes(value)
+    return (lambda request_id: Write(key, data, id=request_id)), len(data)
+
+
+def delete_request(key: str) -> Callable[[int], Delete]:
+    return lambda request_id: Delete(key, id=request_id)
+
+
+def node_status(state: ClientState, node: str, deadline: float) -> Plan[dict[str, Any]]:
+    """A node's own report; ``node`` is an id or a service endpoint."""
+    endpoint = yield from node_endpoint(state, node, deadline)
+    if endpoint is None:
+        raise Unavailable(f"no node {node!r} in the chain")
+    return (yield from ask_status(state, endpoint, deadline))
+
+
+def status(state: ClientState, node: str | None, deadline: float) -> Plan[dict[str, Any]]:
+    """A node's own report, or the coordinator's when ``node`` is None."""
+    if node:
+        return (yield from node_status(state, node, deadline))
+    return (yield from ask_status(state, state.coordinator, deadline))
+
+
+def ask_status(state: ClientState, endpoint: str, deadline: float) -> Plan[dict[str, Any]]:
+    outcome = yield from call(endpoint, StatusRequest(id=state.next_id()), deadline)
+    if isinstance(outcome, Timeout):
+        raise outcome
+    return report(outcome[0])
+
+
+__all__ = ["Answer", "Call", "ClientState", "Pause", "Plan", "Step", "call", "cached_topology", "check_endpoint",
+           "check_key", "delete_request", "fetch_topology", "node_endpoint", "ok", "pause", "pick_reader", "read",
+           "report", "run_blocking", "server_key", "ask_status", "node_status", "status", "write", "write_request"]
