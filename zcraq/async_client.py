@@ -163,7 +163,9 @@ class AsyncZClient:
         self._retired.clear()
         if self._refresh is not None:  # it ends with its connection (ClientClosed), like every call
             await asyncio.gather(self._refresh, return_exceptions=True)
-        self._ctx.term()
+        # destroy, not term: a socket an interrupt (Ctrl-C) cut off half made is not in our
+        # books, and term would wait for it forever.
+        self._ctx.destroy(linger=0)
 
     async def __aenter__(self) -> AsyncZClient:
         return self

@@ -124,7 +124,9 @@ class ZClient:
         for connection in self._sockets.values():
             connection.close()
         self._sockets.clear()
-        self._ctx.term()
+        # destroy, not term: a socket an interrupt (Ctrl-C) cut off half made is not in our
+        # books, and term would wait for it forever.
+        self._ctx.destroy(linger=0)
 
     def __enter__(self) -> ZClient:
         return self

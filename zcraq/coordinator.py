@@ -126,7 +126,7 @@ class CoordinatorProcess:
                 self.probes.close()
             if self.security is not None:
                 self.security.close()
-            self.ctx.term()
+            self.ctx.destroy(linger=0)  # closes any socket an interrupt left behind, where term would wait
             raise
         # Per-request figures only when something shows them: without them the hot path is as it was.
         self.requests = coordinator_request_stats() if self.probes is not None else None
@@ -230,7 +230,7 @@ class CoordinatorProcess:
         if self.probes is not None:
             self.probes.close()
         self.publisher.close()
-        self.ctx.term()
+        self.ctx.destroy(linger=0)  # closes any socket an interrupt left behind, where term would wait
 
 
 def run_coordinator(config: CoordinatorConfig) -> None:

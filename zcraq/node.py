@@ -85,7 +85,7 @@ class NodeProcess:
                 self.probes.close()
             if self.security is not None:
                 self.security.close()
-            self.ctx.term()
+            self.ctx.destroy(linger=0)  # closes any socket an interrupt left behind, where term would wait
             self.store.close()
             raise
         key = curve.own.public_text if curve else None
@@ -289,7 +289,7 @@ class NodeProcess:
             self.probes.close()
         self.publisher.close()
         self.store.close()
-        self.ctx.term()
+        self.ctx.destroy(linger=0)  # closes any socket an interrupt left behind, where term would wait
 
 
 def run_node(config: NodeConfig) -> None:
