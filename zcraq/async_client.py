@@ -354,14 +354,7 @@ class _Connection:
     def __init__(self, ctx: zmq.Context, loop: asyncio.AbstractEventLoop, endpoint: str, curve: Curve | None,
                  server_key: str | None) -> None:
         self.endpoint = endpoint
-        self.sock = sockets.unconnected(ctx, zmq.DEALER, endpoint, curve=curve, server_key=server_key)
-        # Watched before connecting: a handshake refused at once must not go unseen.
-        self.monitor = self.sock.get_monitor_socket(sockets.HANDSHAKE_EVENTS)
-        try:
-            sockets.connect(self.sock, endpoint)
-        except sockets.AddressError:
-            self.monitor.close(0)
-            raise
+        self.sock, self.monitor = sockets.monitored_dealer(ctx, endpoint, curve, server_key)
         self.connected = False  # a handshake succeeded: what was sent may have arrived
         self.refusal: str | None = None  # why the server refused the handshake
         self.closed = False

@@ -234,15 +234,8 @@ class _Connection:
     refused handshake is otherwise invisible: the requests would only time out)."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, curve: Curve | None, server_key: str | None) -> None:
-        self.sock = sockets.unconnected(ctx, zmq.DEALER, endpoint, curve=curve, server_key=server_key)
+        self.sock, self.monitor = sockets.monitored_dealer(ctx, endpoint, curve, server_key)
         self.connected = False  # a handshake succeeded: what was sent may have arrived
-        # Watched before connecting: a handshake refused at once must not go unseen.
-        self.monitor = self.sock.get_monitor_socket(sockets.HANDSHAKE_EVENTS)
-        try:
-            sockets.connect(self.sock, endpoint)
-        except sockets.AddressError:
-            self.monitor.close(0)
-            raise
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)

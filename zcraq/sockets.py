@@ -100,6 +100,21 @@ def unconnected(ctx: zmq.Context, kind: int, endpoint: str, max_message: int = M
     return sock
 
 
+def monitored_dealer(ctx: zmq.Context, endpoint: str, curve: Curve | None = None,
+                     server_key: str | None = None) -> tuple[zmq.Socket, zmq.Socket]:
+    """A client's DEALER connected to ``endpoint`` and its monitor of HANDSHAKE_EVENTS, watched
+    before connecting: a handshake refused at once must not go unseen. AddressError, with both
+    closed, if it cannot connect."""
+    sock = unconnected(ctx, zmq.DEALER, endpoint, curve=curve, server_key=server_key)
+    monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
+    try:
+        connect(sock, endpoint)
+    except AddressError:
+        monitor.close(0)
+        raise
+    return sock, monitor
+
+
 def connect(sock: zmq.Socket, endpoint: str) -> zmq.Socket:
     """Connect ``sock`` (from unconnected()); AddressError, with the socket closed, if it cannot."""
     try:
