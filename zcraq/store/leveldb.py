@@ -114,7 +114,7 @@ class LevelDBStore:
         """``index_max_keys``: how many keys the version index holds at most (0: no index)."""
         if durability not in DURABILITIES:
             raise ValueError(f"durability must be one of {DURABILITIES}, got {durability!r}")
-        if not isinstance(index_max_keys, int) or index_max_keys < 0:
+        if not isinstance(index_max_keys, int) or isinstance(index_max_keys, bool) or index_max_keys < 0:
             raise ValueError(f"index_max_keys must be an integer of at least 0, got {index_max_keys!r}")
         self.path = Path(path)
         self.durability = durability
@@ -128,7 +128,13 @@ class LevelDBStore:
             raise StoreError(f"cannot open LevelDB store at {self.path}: {exc}") from exc
         started = time.perf_counter()
         self._index = VersionIndex(index_max_keys)
-        self._fill_index(self._db)
+        try:
+            self._fill_index(self._db)
+        except BaseException as exc:
+            self._release()  # or the directory would stay locked by this half-open handle
+            if isinstance(exc, (plyvel.Error, UnicodeDecodeError)):  # damaged data
+                raise StoreError(f"cannot read LevelDB store at {self.path}: {exc}") from exc
+            raise
         self.index_fill_seconds = time.perf_counter() - started
 
     @property
