@@ -69,16 +69,17 @@ def test_holding_nothing_is_no_entry_while_complete_and_an_entry_after() -> None
 
 def test_loading_at_open_keeps_the_first_keys_and_every_dirty_one() -> None:
     index = VersionIndex(2)
-    index.load("a", (pack(1, COMMITTED),))
-    index.load("b", (pack(1, COMMITTED), pack(2, 0)))
-    index.load("c", (pack(1, COMMITTED),))
-    index.load("d", (pack(5, TOMBSTONE),))
+    index.fill([
+        ("a", (pack(1, COMMITTED),)),
+        ("b", (pack(1, COMMITTED), pack(2, 0))),
+        ("c", (pack(1, COMMITTED),)),
+        ("d", (pack(5, TOMBSTONE),)),
+    ])
     assert len(index) == 2 and not index.complete
     assert index.get("a") is not None and index.get("c") is None
     assert index.dirty_keys() == ["b", "d"]
     whole = VersionIndex(4)
-    for key in "abcd":
-        whole.load(key, (pack(1, COMMITTED),))
+    whole.fill((key, (pack(1, COMMITTED),)) for key in "abcd")
     assert whole.complete and whole.get("e") == ()
 
 
@@ -98,7 +99,7 @@ def test_a_cap_of_zero_knows_nothing() -> None:
     index = VersionIndex(0)
     assert not index.enabled and not index.complete
     index.set("a", (pack(1, 0),))
-    index.load("b", (pack(1, 0),))
+    index.fill([("b", (pack(1, 0),))])
     assert len(index) == 0 and index.get("a") is None and index.dirty_keys() == []
     with pytest.raises(ValueError, match="at least 0"):
         VersionIndex(-1)

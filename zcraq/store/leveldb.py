@@ -394,21 +394,8 @@ class LevelDBStore:
     def _fill_index(self, db: plyvel.DB) -> None:
         """One pass over every item at open: the index takes keys in store order up to its cap,
         and learns which keys are dirty from all of them."""
-        index = self._index
-        if not index.enabled:
-            return
-        prefix = b""
-        entry: list[int] = []
-        with db.iterator(prefix=DATA) as it:
-            for raw, record in it:
-                if raw[:-8] != prefix:
-                    if entry:
-                        index.load(_decode_prefix(prefix), tuple(entry))
-                    prefix = raw[:-8]
-                    entry = []
-                entry.append(pack(int.from_bytes(raw[-8:], "big"), record[0] & FLAGS))
-        if entry:
-            index.load(_decode_prefix(prefix), tuple(entry))
+        if self._index.enabled:
+            self._index.fill(_stored_entries(db))
 
     def _keys_after(self, after: str | None) -> Iterator[str]:
         """Every key with a stored or buffered entry strictly after ``after``, in store order.
@@ -422,6 +409,22 @@ class LevelDBStore:
                 if prefix != previous:  # one entry per version: report each key once
                     previous = prefix
                     yield _decode_prefix(prefix)
+
+
+def _stored_entries(db: plyvel.DB) -> Iterator[tuple[str, Entry]]:
+    """(key, entry) for every key stored, in store order, from one iteration over every item."""
+    prefix = b""
+    entry: list[int] = []
+    with db.iterator(prefix=DATA) as it:
+        for raw, record in it:
+            if raw[:-8] != prefix:
+                if entry:
+                    yield _decode_prefix(prefix), tuple(entry)
+                prefix = raw[:-8]
+                entry = []
+            entry.append(pack(int.from_bytes(raw[-8:], "big"), record[0] & FLAGS))
+    if entry:
+        yield _decode_prefix(prefix), tuple(entry)
 
 
 def _decode_prefix(prefix: bytes) -> str:

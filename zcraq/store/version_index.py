@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import OrderedDict
+from collections.abc import Iterable
 
 COMMITTED = 0x01
 TOMBSTONE = 0x02
@@ -115,16 +116,23 @@ class VersionIndex:
             self._entries.popitem(last=False)
             self.complete = False
 
-    def load(self, key: str, entry: Entry) -> None:
-        """One key of the pass that fills the index when a store opens, in key order: kept while
-        there is room; past the cap only a dirty key is noted."""
+    def fill(self, stored: Iterable[tuple[str, Entry]]) -> None:
+        """Every key a store holds, in key order, when it opens: kept while there is room; past the
+        cap only a dirty key is noted. (One tight loop: at open it runs once per key.)"""
         if not self.enabled:
             return
-        self._note_dirty(key, entry)
-        if len(self._entries) < self.max_keys:
-            self._entries[key] = entry
-        else:
-            self.complete = False
+        entries, dirty = self._entries, self._dirty
+        room = self.max_keys - len(entries)
+        for key, entry in stored:
+            for packed in entry:
+                if not packed & COMMITTED:
+                    dirty.add(key)
+                    break
+            if room > 0:
+                entries[key] = entry
+                room -= 1
+            else:
+                self.complete = False
 
     def dirty_keys(self) -> list[str]:
         """Every key holding an uncommitted version, in code point order (which is UTF-8 byte
