@@ -73,6 +73,11 @@ def encode_key(key: str, version: int) -> bytes:
     return key_prefix(key) + version.to_bytes(8, "big")
 
 
+def _encode_checked_key(key: str, version: int) -> bytes:
+    """``encode_key`` for a key already checked: once per operation is enough on the hot path."""
+    return DATA + key.encode("utf-8").replace(b"\x00", b"\x00\xff") + _TERMINATOR + version.to_bytes(8, "big")
+
+
 def decode_key(raw: bytes) -> tuple[str, int]:
     body = raw[len(DATA) : -8 - len(_TERMINATOR)]
     return body.replace(b"\x00\xff", b"\x00").decode("utf-8"), int.from_bytes(raw[-8:], "big")
@@ -291,9 +296,9 @@ class LevelDBStore:
             for key, held in self._pending.items():
                 for version, record in held.items():
                     if record is None:
-                        batch.delete(encode_key(key, version))
+                        batch.delete(_encode_checked_key(key, version))
                     else:
-                        batch.put(encode_key(key, version), record)
+                        batch.put(_encode_checked_key(key, version), record)
         self._pending.clear()
 
     def close(self) -> None:
@@ -360,7 +365,7 @@ class LevelDBStore:
         if pending is not None and version in pending:
             record = pending[version]
         else:
-            record = self._check_open().get(encode_key(key, version))
+            record = self._check_open().get(_encode_checked_key(key, version))
         if record is None:
             raise StoreError(f"LevelDB store at {self.path}: version {version} of {key!r} is indexed but not stored")
         return record
