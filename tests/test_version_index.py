@@ -106,7 +106,7 @@ def test_a_cap_of_zero_knows_nothing() -> None:
 
 
 def test_a_key_costs_what_the_module_says() -> None:
-    """The module's figure (about 220 bytes for a key of 10 characters with one version) with a
+    """The module's figure (190 to 230 bytes for a key of 10 characters with one version) with a
     generous margin: a change that doubled it would fail here."""
     keys = 20_000
     tracemalloc.start()

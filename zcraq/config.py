@@ -54,8 +54,8 @@ MAX_VALUE_BYTES = 64 * 1024 * 1024
 MAX_MS = 3_600_000  # an hour: anything longer is a typo, and ZeroMQ timeouts are 32-bit ms
 MIN_LEASE_MS = 100
 MAX_CATCHUP_PAGE_ITEMS = 100_000
-# The store's version index (zcraq/store/version_index.py): about 220 bytes a key, so the largest
-# allowed cap is some 22 GB of memory; anything more is a typo.
+# The store's version index (zcraq/store/version_index.py): about 200 bytes a key, so the largest
+# allowed cap is some 20 GB of memory; anything more is a typo.
 DEFAULT_INDEX_MAX_KEYS = 1_000_000
 MAX_INDEX_MAX_KEYS = 100_000_000
 

@@ -18,11 +18,12 @@ bounded by it), so a store can list its dirty versions without reading all of it
 small: a version is dirty only while its write is on its way down the chain, and a node that
 rejoins the chain drops or commits what a previous run left dirty.
 
-Memory, measured with tracemalloc over 100,000 and 1,000,000 keys of 10 characters: about 220
-bytes per key holding one version (190 while its version is below 64, whose packed int Python
-shares), the key's string (64 bytes of it) included; about 40 more per further version, and about
-40 more while the key is dirty. So the default cap of 1,000,000 keys is about 220 MB at most; a
-longer key costs one byte per further character. tests/test_version_index.py checks a bound.
+Memory, measured with tracemalloc over 100,000 and 1,000,000 keys of 10 characters: 190 to 230
+bytes per key holding one version (the lower figure while its version is below 64, whose packed int
+Python shares), the key's string (64 bytes of it) included; about 40 more per further version, and
+about 40 more while the key is dirty. So the default cap of 1,000,000 keys costs about 200 MB at
+most; a longer key costs one byte more per ASCII character. tests/test_version_index.py checks a
+bound.
 """
 
 from __future__ import annotations
