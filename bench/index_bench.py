@@ -11,6 +11,14 @@ block cache, so its point lookup is most of the figure; bench/core_bench.py meas
 
     python bench/index_bench.py --keys 100000
     python bench/index_bench.py --keys 1000000 --directory /var/tmp   # 1 M keys take ~100 MB on disk
+    python bench/index_bench.py --overwrites
+
+``--overwrites`` measures instead what iterating costs as a key is overwritten: 100 keys, each
+overwritten (put + commit, which deletes the version before) 100, 1,000 and 5,000 times, with
+``latest`` timed after each step, with the index and without (``index_max_keys=0`` iterates over
+the key's entries, as the store did before it had an index; LevelDB keeps a deleted version's
+marker until a compaction reaches it, and an iteration steps over every one). It also runs
+against a zcraq from before the index (``PYTHONPATH=/other/checkout``), which it measures as it is.
 
 The data stays in a temporary directory under ``--directory`` (default: the system's), deleted at
 the end.
@@ -19,6 +27,7 @@ the end.
 from __future__ import annotations
 
 import argparse
+import inspect
 import random
 import tempfile
 import time
@@ -26,6 +35,9 @@ import tracemalloc
 from pathlib import Path
 
 from zcraq.store import LevelDBStore
+
+INDEXED = "index_max_keys" in inspect.signature(LevelDBStore).parameters  # False before the index
+DEFAULT_MAX_KEYS = 1_000_000
 
 VALUE = b"v" * 64
 
@@ -81,12 +93,43 @@ def per_op_us(store: LevelDBStore, keys: int, ops: int, seed: int) -> tuple[floa
     return reads, writes
 
 
+def overwrites(directory: Path | None) -> None:
+    keys = [f"key{k:03d}" for k in range(100)]
+    for cap in (0, DEFAULT_MAX_KEYS) if INDEXED else (None,):
+        options = {} if cap is None else {"index_max_keys": cap}
+        label = "before the index" if cap is None else f"index_max_keys={cap:,}"
+        with tempfile.TemporaryDirectory(dir=directory) as tmp, \
+                LevelDBStore(Path(tmp) / "db", "async", **options) as store:
+            for key in keys:
+                store.put(key, 1, VALUE, committed=True)
+            store.flush()
+            version = 1
+            for target in (1, 101, 1001, 5001):
+                while version < target:
+                    version += 1
+                    for key in keys:
+                        store.put(key, version, VALUE)
+                        store.commit(key, version)
+                    store.flush()
+                started = time.thread_time()
+                for _ in range(20):
+                    for key in keys:
+                        store.latest(key)
+                us = (time.thread_time() - started) / (20 * len(keys)) * 1e6
+                print(f"{label}: latest after {version - 1:,} overwrites of each key: {us:.1f} µs"
+                      " (CPU of the main thread)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--keys", type=int, default=100_000)
     p.add_argument("--ops", type=int, default=20_000, help="operations per per-operation figure")
     p.add_argument("--directory", type=Path, default=None, help="where to put the temporary store")
+    p.add_argument("--overwrites", action="store_true", help="measure latest as keys are overwritten instead")
     args = p.parse_args()
+    if args.overwrites:
+        overwrites(args.directory)
+        return
     with tempfile.TemporaryDirectory(dir=args.directory) as tmp:
         path = Path(tmp) / "db"
         started = time.perf_counter()
