@@ -34,3 +34,12 @@ run scaling --nodes 1,2,3 --clients 12 --duration 10 --workload read,mixed --nod
 # 6. Failover: kill -9 of the head, a middle node and the tail, three times each.
 echo "== failover: failover.py --repeats 3"
 "$PY" bench/failover.py --repeats 3 --json "$OUT/failover.json" 2>&1 | tee "$OUT/failover.log"
+
+# 7. The version index: its fill at start and memory for 100,000 and 1,000,000 keys; latest as keys
+#    are overwritten, with and without it.
+for keys in 100000 1000000; do
+    echo "== index: index_bench.py --keys $keys"
+    "$PY" bench/index_bench.py --keys "$keys" 2>&1 | tee "$OUT/index-$keys.log"
+done
+echo "== index: index_bench.py --overwrites"
+"$PY" bench/index_bench.py --overwrites 2>&1 | tee "$OUT/index-overwrites.log"

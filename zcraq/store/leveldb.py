@@ -22,10 +22,11 @@ A version index (``version_index.py``) knows, in memory, which versions each key
 included) and their flags, so the store decides every put, commit, prune and delete from memory and
 reads a value with one point lookup (or from the overlay) instead of iterating over the key's
 versions. One pass over every item at open fills it, in key order, up to ``index_max_keys`` keys
-(about 0.3 s per 100,000 keys of one 64-byte value); beyond the cap the least recently used keys fall out, and a key the
-index does not know is read by that iteration and goes back in. With ``index_max_keys=0`` every
-operation iterates, as without an index. The index also tracks, for every key and whatever the cap,
-which keys hold a dirty version, so ``dirty_items`` and ``drop_uncommitted`` visit only those.
+(0.2 to 0.3 s per 100,000 keys of one 64-byte value); beyond the cap the least recently used keys
+fall out, and a key the index does not know is read by that iteration and goes back in. With
+``index_max_keys=0`` every operation iterates, as without an index. The index also tracks, for every
+key and whatever the cap, which keys hold a dirty version, so ``dirty_items`` and
+``drop_uncommitted`` visit only those.
 """
 
 from __future__ import annotations
