@@ -119,16 +119,14 @@ class VersionIndex:
 
     def fill(self, stored: Iterable[tuple[str, Entry]]) -> None:
         """Every key a store holds, in key order, when it opens: kept while there is room; past the
-        cap only a dirty key is noted. (One tight loop: at open it runs once per key.)"""
+        cap only a dirty key is noted."""
         if not self.enabled:
             return
         entries, dirty = self._entries, self._dirty
         room = self.max_keys - len(entries)
         for key, entry in stored:
-            for packed in entry:
-                if not packed & COMMITTED:
-                    dirty.add(key)
-                    break
+            if is_dirty(entry):
+                dirty.add(key)
             if room > 0:
                 entries[key] = entry
                 room -= 1
