@@ -43,3 +43,12 @@ echo "== failover: failover.py --repeats 3"
 # 7. The pipelined client against the blocking one: N tasks over one AsyncZClient, N threads.
 echo "== async: async_bench.py --concurrency 8,64 --duration 10"
 "$PY" bench/async_bench.py --concurrency 8,64 --duration 10 --json "$OUT/async.json" 2>&1 | tee "$OUT/async.log"
+
+# 8. The version index: its fill at start and memory for 100,000 and 1,000,000 keys; latest as keys
+#    are overwritten, with and without it.
+for keys in 100000 1000000; do
+    echo "== index: index_bench.py --keys $keys"
+    "$PY" bench/index_bench.py --keys "$keys" 2>&1 | tee "$OUT/index-$keys.log"
+done
+echo "== index: index_bench.py --overwrites"
+"$PY" bench/index_bench.py --overwrites 2>&1 | tee "$OUT/index-overwrites.log"

@@ -21,6 +21,8 @@ from zcraq.config import (
     parse_endpoint,
 )
 
+from zcraq.store.version_index import DEFAULT_MAX_KEYS
+
 pytestmark = pytest.mark.timeout(60)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,6 +95,7 @@ def test_shipped_node_configs(n: int) -> None:
     assert cfg.data_dir == REPO / "var" / f"node{n}"
     assert cfg.durability == "sync"
     assert (cfg.heartbeat_interval_ms, cfg.request_timeout_ms, cfg.catchup_page_items) == (500, 2000, 1000)
+    assert cfg.index_max_keys == 1_000_000
     assert cfg.limits == Limits()
 
 
@@ -140,6 +143,7 @@ def test_node_defaults() -> None:
     assert cfg.heartbeat_interval_ms == 500
     assert cfg.request_timeout_ms == 2000
     assert cfg.catchup_page_items == 1000
+    assert cfg.index_max_keys == DEFAULT_MAX_KEYS == 1_000_000
     assert (cfg.log_level, cfg.log_format) == ("info", "text")
     assert cfg.insecure is False
     assert cfg.limits == Limits(max_key_bytes=1024, max_value_bytes=1048576)
@@ -326,6 +330,8 @@ def test_missing_state_dir() -> None:
         ("insecure", "yes", 'expected true or false, got "yes"'),
         ("insecure", 1, "expected true or false, got 1"),
         ("durability", 1, 'expected one of "sync", "async", got 1'),
+        ("index_max_keys", "1M", 'expected an integer from 0 to 100000000, got "1M"'),
+        ("index_max_keys", 1e6, "expected an integer from 0 to 100000000, got 1000000.0"),
     ],
 )
 def test_wrong_type(key: str, value: Any, message: str) -> None:
@@ -515,6 +521,8 @@ def test_log_format_json() -> None:
         ("request_timeout_ms", -5),
         ("catchup_page_items", 0),
         ("catchup_page_items", 100001),
+        ("index_max_keys", -1),
+        ("index_max_keys", 100_000_001),
     ],
 )
 def test_out_of_range_node_values(key: str, value: int) -> None:
@@ -530,6 +538,10 @@ def test_out_of_range_coordinator_values(key: str, value: int) -> None:
     with pytest.raises(ConfigError) as info:
         coordinator(**{key: value})
     assert info.value.key == f"coordinator.{key}"
+
+
+def test_index_max_keys_takes_its_whole_range() -> None:
+    assert [node(index_max_keys=n).index_max_keys for n in (0, 2, 100_000_000)] == [0, 2, 100_000_000]
 
 
 def test_lease_minimum_accepted() -> None:

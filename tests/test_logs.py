@@ -1,7 +1,7 @@
 """What an operator reads: the log files of real processes (zcraq/cluster.py writes each process's
 output to logs/NAME.log). Every line names its process, in text and in JSON; a learner reports
-the progress of its copy; repeated warnings come out once per 10 s with a count; a bad
-``log_format`` stops the process with an error naming the key."""
+the progress of its copy; a node reports its version index at start; repeated warnings come out
+once per 10 s with a count; a bad ``log_format`` stops the process with an error naming the key."""
 
 from __future__ import annotations
 
@@ -127,6 +127,28 @@ def test_a_learner_logs_the_progress_of_its_copy(make_cluster):
     assert all((b - a).total_seconds() > 1.9 for a, b in zip(times, times[1:])), entries  # every 2 s at most
     assert number(done.group(1)) == 50_000 and float(done.group(2)) > 0 and number(done.group(3)) > 0
     assert cluster.client().read("key0049999", "node2") == b"value 0049999"
+
+
+@pytest.mark.parametrize(("cap", "expected"), [
+    (1000, r"version index: 1,000 keys \(at most 1,000\), filled in \d+\.\d\d s"),
+    (0, r"version index off \(index_max_keys = 0\): every read and write searches LevelDB"),
+])
+def test_a_node_reports_its_version_index_and_serves_keys_beyond_it(make_cluster, cap, expected):
+    # 5,000 keys on disk and room for 1,000 (or none): the others are searched for when used.
+    cluster = make_cluster(1, node={"index_max_keys": cap})
+    fill_committed(cluster.data_dir("node1"), 5_000)
+    cluster.start_all()
+    client = cluster.client()
+    assert client.read("key0004999") == b"value 0004999"
+    client.write("key0004999", b"new")
+    client.write("key0000000", b"new too")
+    assert client.read("key0004999") == b"new" and client.read("key0000000") == b"new too"
+
+    def reported() -> list[str]:
+        return [line.split(": ", 1)[1] for line in log_lines(cluster, "node1") if "version index" in line]
+
+    wait_for(reported, 10, "the version index line in node1's log")
+    assert len(reported()) == 1 and re.fullmatch(expected, reported()[0]), reported()
 
 
 def test_repeated_warnings_come_out_once_with_the_count_of_the_others(make_cluster):

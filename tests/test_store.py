@@ -4,6 +4,7 @@ import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import plyvel
 import pytest
 
 pytest.register_assert_rewrite("zcraq.store.conformance")
@@ -16,8 +17,10 @@ from zcraq.store import (  # noqa: E402
     StoreError,
     open_store,
 )
+from zcraq.store.base import Store  # noqa: E402
 from zcraq.store.conformance import CHECKS, Check, PathFactory, StoreFactory  # noqa: E402
 from zcraq.store.leveldb import decode_key, encode_key  # noqa: E402
+from zcraq.store.version_index import DEFAULT_MAX_KEYS  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,14 +41,32 @@ class MemoryFactory:
         self._opened.append(last.crash_copy())
         return self._opened[-1]
 
+    def crash_reopen(self) -> MemoryStore:
+        last = self._opened[-1]
+        self._opened.append(last.crash_copy())  # before close(), which would flush
+        last.close()
+        return self._opened[-1]
+
     def close_all(self) -> None:
         for store in self._opened:
             store.close()
 
 
+def leveldb_factory(index_max_keys: int) -> Callable[[Path], PathFactory]:
+    def crash(store: Store) -> None:
+        assert isinstance(store, LevelDBStore)
+        store.close_without_flush()
+
+    return lambda tmp: PathFactory(tmp, lambda path: LevelDBStore(path, index_max_keys=index_max_keys), crash)
+
+
+# LevelDB three ways: with the version index, with one so small that keys keep falling out of it
+# (and are found again by iterating), and without one.
 FACTORIES: dict[str, Callable[[Path], MemoryFactory | PathFactory]] = {
     "memory": lambda tmp: MemoryFactory(),
-    "leveldb": lambda tmp: PathFactory(tmp, LevelDBStore),
+    "leveldb": leveldb_factory(DEFAULT_MAX_KEYS),
+    "leveldb-index2": leveldb_factory(2),
+    "leveldb-noindex": leveldb_factory(0),
 }
 
 
@@ -77,6 +98,38 @@ def test_leveldb_async_durability(tmp_path: Path) -> None:
 def test_leveldb_rejects_unknown_durability(tmp_path: Path, durability: str) -> None:
     with pytest.raises(ValueError, match="durability"):
         LevelDBStore(tmp_path / "db", durability=durability)
+
+
+@pytest.mark.parametrize("cap", [-1, 1.5, "10"])
+def test_leveldb_rejects_a_bad_index_cap(tmp_path: Path, cap: object) -> None:
+    with pytest.raises(ValueError, match="index_max_keys"):
+        LevelDBStore(tmp_path / "db", index_max_keys=cap)  # type: ignore[arg-type]
+    assert not (tmp_path / "db").exists()  # refused before anything was created
+
+
+def test_leveldb_fills_its_index_at_open_up_to_the_cap(tmp_path: Path) -> None:
+    with LevelDBStore(tmp_path / "db") as store:
+        for i in range(5):
+            store.put(f"k{i}", 1, b"v", committed=True)
+            store.put(f"k{i}", 2, b"dirty")
+        assert store.indexed_keys == 5
+    for cap, known in ((10, 5), (5, 5), (2, 2), (0, 0)):
+        with LevelDBStore(tmp_path / "db", index_max_keys=cap) as store:
+            assert store.indexed_keys == known and store.index_fill_seconds >= 0
+            assert [it.key for it in store.dirty_items()] == [f"k{i}" for i in range(5)]
+            assert [store.versions(f"k{i}") for i in range(5)] == [[1, 2]] * 5
+            assert store.indexed_keys == known  # the keys searched for went in, others fell out
+
+
+def test_leveldb_with_damaged_data_says_so_and_lets_go(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    LevelDBStore(path).close()
+    raw = plyvel.DB(str(path))
+    raw.put(b"d\xff\xfe" + b"\x00\x00" + (1).to_bytes(8, "big"), b"\x01v")  # a key that is not UTF-8
+    raw.close()
+    with pytest.raises(StoreError, match="cannot read LevelDB store"):
+        LevelDBStore(path)
+    LevelDBStore(path, index_max_keys=0).close()  # the failed open released the directory
 
 
 def test_leveldb_locked_directory(tmp_path: Path) -> None:
@@ -118,8 +171,8 @@ def test_leveldb_flush_survives_crash_without_close(tmp_path: Path) -> None:
     store.put("kept", 1, b"v", committed=True)
     store.flush()
     store.put("lost", 1, b"v")
-    store._pending.clear()  # what a crash would lose
-    store.close()
+    assert store.versions("lost") == [1]
+    store.close_without_flush()
     with LevelDBStore(tmp_path / "db") as again:
         assert again.versions("kept") == [1]
         assert again.versions("lost") == []
@@ -196,6 +249,10 @@ def test_open_store(tmp_path: Path) -> None:
     assert isinstance(mem, MemoryStore)
     db = open_store("leveldb", tmp_path / "db", "async")
     assert isinstance(db, LevelDBStore) and db.durability == "async"
+    assert db.index_max_keys == DEFAULT_MAX_KEYS
+    db.close()
+    db = open_store("leveldb", tmp_path / "db", "async", 0)
+    assert isinstance(db, LevelDBStore) and db.index_max_keys == 0
     db.close()
     with pytest.raises(ValueError):
         open_store("rocksdb", tmp_path / "x", "sync")

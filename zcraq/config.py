@@ -54,6 +54,10 @@ MAX_VALUE_BYTES = 64 * 1024 * 1024
 MAX_MS = 3_600_000  # an hour: anything longer is a typo, and ZeroMQ timeouts are 32-bit ms
 MIN_LEASE_MS = 100
 MAX_CATCHUP_PAGE_ITEMS = 100_000
+# The store's version index (zcraq/store/version_index.py): about 200 bytes a key, so the largest
+# allowed cap is some 20 GB of memory; anything more is a typo.
+DEFAULT_INDEX_MAX_KEYS = 1_000_000
+MAX_INDEX_MAX_KEYS = 100_000_000
 
 _ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -103,6 +107,7 @@ class NodeConfig:
     limits: Limits
     security: SecurityConfig | None = None
     metrics_port: int = 0  # HTTP /metrics, /healthz and /readyz; 0: none
+    index_max_keys: int = DEFAULT_INDEX_MAX_KEYS  # keys the store's version index holds; 0: none
 
     @property
     def service_endpoint(self) -> str:
@@ -293,6 +298,7 @@ _NODE_KEYS = (
     "log_format",
     "insecure",
     "metrics_port",
+    "index_max_keys",
 )
 
 _COORDINATOR_KEYS = (
@@ -349,6 +355,7 @@ def node_config_from_dict(data: Mapping[str, Any], path: str | os.PathLike[str])
         limits=_limits(where, data),
         security=security,
         metrics_port=metrics_port,
+        index_max_keys=t.get_int("index_max_keys", 0, MAX_INDEX_MAX_KEYS, DEFAULT_INDEX_MAX_KEYS),
         **ports,
     )
 

@@ -59,7 +59,7 @@ class NodeProcess:
         self._stopping = False
         self.limits = limits = Limits(config.limits.max_key_bytes, config.limits.max_value_bytes)
         self.max_message = sockets.request_cap(limits)
-        self.store = LevelDBStore(config.data_dir, config.durability)
+        self.store = LevelDBStore(config.data_dir, config.durability, config.index_max_keys)
         timings = NodeTimings(
             heartbeat_interval=config.heartbeat_interval_ms / 1000,
             request_timeout=config.request_timeout_ms / 1000,
@@ -112,6 +112,11 @@ class NodeProcess:
     def run(self) -> None:
         log.info("node %s: service %s, writes %s, acks %s, data %s", self.me.id, self.me.service,
                  self.me.write_in, self.me.ack_in, self.config.data_dir)
+        if self.store.index_max_keys:
+            log.info("version index: %s keys (at most %s), filled in %.2f s", f"{self.store.indexed_keys:,}",
+                     f"{self.store.index_max_keys:,}", self.store.index_fill_seconds)
+        else:
+            log.info("version index off (index_max_keys = 0): every read and write searches LevelDB")
         self.core.start(time.monotonic())
         self._execute(self.core.ready())
         while not self._stopping:

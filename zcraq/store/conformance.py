@@ -15,7 +15,9 @@ so any test runner can drive it. To run it against a new store::
 
 ``StoreFactory.new()`` returns a fresh, empty store. ``StoreFactory.reopen()`` closes the store
 most recently returned and opens the same storage again, or returns None when the store does not
-persist; checks about persistence then return early (they pass vacuously).
+persist; checks about persistence then return early (they pass vacuously). ``crash_reopen()`` is
+``reopen()`` after a crash: the store is dropped without a flush, so what was not flushed is lost
+(None when the factory cannot crash its stores).
 
 Call ``pytest.register_assert_rewrite("zcraq.store.conformance")`` before importing this module to
 get pytest's detailed assertion messages.
@@ -38,6 +40,10 @@ class StoreFactory(Protocol):
         """Close the store last returned by new()/reopen() and open its storage again;
         None when the store kind does not persist."""
 
+    def crash_reopen(self) -> Store | None:
+        """Drop the store last returned without flushing it, as a crash would, and open its
+        storage again; None when the store kind does not persist or cannot be crashed."""
+
 
 class FreshFactory:
     """A factory for stores that do not persist: ``reopen()`` always returns None."""
@@ -54,6 +60,9 @@ class FreshFactory:
     def reopen(self) -> Store | None:
         return None
 
+    def crash_reopen(self) -> Store | None:
+        return None
+
     def close_all(self) -> None:
         for store in self._opened:
             store.close()
@@ -61,11 +70,18 @@ class FreshFactory:
 
 class PathFactory:
     """A factory for stores living in a directory: each ``new()`` gets its own directory under
-    ``root`` and ``reopen()`` opens the last one again."""
+    ``root`` and ``reopen()`` opens the last one again. ``crash`` releases a store the way a crash
+    would (losing what was not flushed); without it ``crash_reopen()`` returns None."""
 
-    def __init__(self, root: Path, open_at: Callable[[Path], Store]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        open_at: Callable[[Path], Store],
+        crash: Callable[[Store], None] | None = None,
+    ) -> None:
         self._root = root
         self._open_at = open_at
+        self._crash = crash
         self._opened: list[Store] = []
         self._last: tuple[Path, Store] | None = None
 
@@ -78,6 +94,15 @@ class PathFactory:
             raise RuntimeError("reopen() before new()")
         path, store = self._last
         store.close()
+        return self._open(path)
+
+    def crash_reopen(self) -> Store | None:
+        if self._last is None:
+            raise RuntimeError("crash_reopen() before new()")
+        if self._crash is None:
+            return None
+        path, store = self._last
+        self._crash(store)
         return self._open(path)
 
     def close_all(self) -> None:
@@ -630,6 +655,148 @@ def check_closed_store_raises(factory: StoreFactory) -> None:
             raise AssertionError("a closed store accepted a call")
 
 
+# -- many keys, restarts and crashes (a store that remembers per key what it holds must keep it
+# -- right when it forgets some keys, and rebuild it after a restart) ------------------------------
+
+_MANY_KEYS = [f"k{i}" for i in range(12)] + ["", "\x00", "k\x00", "k\x00\x00", "k\x00\xff", "ü\x00"]
+
+
+def check_many_keys_in_turns(factory: StoreFactory) -> None:
+    """Every key written, then changed again in another order: a store that keeps only a few keys'
+    versions at hand must find the others again, before and after a flush."""
+    s = factory.new()
+    for i, key in enumerate(_MANY_KEYS):
+        assert s.put(key, 1, f"{i}.1".encode(), committed=True)
+        assert s.put(key, 2, f"{i}.2".encode())
+        assert s.put(key, 3, f"{i}.3".encode(), tombstone=True)
+    for turn, order in enumerate((_MANY_KEYS[::-1], _MANY_KEYS[::2] + _MANY_KEYS[1::2])):
+        for key in order:
+            assert s.versions(key) == [1, 2, 3], (turn, key)
+        if turn == 0:
+            s.flush()
+    for i, key in enumerate(_MANY_KEYS):
+        match i % 4:
+            case 0:
+                assert s.commit(key, 2) and s.versions(key) == [2, 3]
+            case 1:
+                assert s.put(key, 4, b"late", committed=True) and s.versions(key) == [4]
+            case 2:
+                assert s.prune(key, 3) == 2 and s.versions(key) == [3]
+            case 3:
+                s.delete(key)
+    for i, key in reversed(list(enumerate(_MANY_KEYS))):
+        value = f"{i}.2".encode()
+        match i % 4:
+            case 0:
+                assert s.latest_committed(key) == Item(key, 2, value, committed=True)
+                assert s.latest(key) == Item(key, 3, f"{i}.3".encode(), tombstone=True)
+                assert s.put(key, 1, b"stale") is False and s.commit(key, 2) is False
+            case 1:
+                assert s.latest(key) == s.latest_committed(key) == Item(key, 4, b"late", committed=True)
+                assert s.put(key, 3, b"stale") is False
+            case 2:
+                assert s.latest_committed(key) is None
+                assert s.latest(key) == Item(key, 3, f"{i}.3".encode(), tombstone=True)
+                assert s.put(key, 1, b"again") is True  # nothing committed holds it back
+            case 3:
+                assert s.latest(key) is None and s.versions(key) == []
+                assert s.put(key, 2, b"fresh") is True
+    expected_dirty = [
+        (k, v) for k in _utf8_order(_MANY_KEYS) for v in {0: [3], 1: [], 2: [1, 3], 3: [2]}[_MANY_KEYS.index(k) % 4]
+    ]
+    assert [(it.key, it.version) for it in s.dirty_items()] == expected_dirty
+    assert [it.key for it in _all_committed(s, limit=5)] == _utf8_order(
+        [k for i, k in enumerate(_MANY_KEYS) if i % 4 in (0, 1)]
+    )
+    assert s.drop_uncommitted() == len(expected_dirty)
+    assert list(s.dirty_items()) == []
+    for i, key in enumerate(_MANY_KEYS):
+        assert s.versions(key) == {0: [2], 1: [4], 2: [], 3: []}[i % 4], key
+
+
+def check_reopen_rebuilds_what_each_key_holds(factory: StoreFactory) -> None:
+    """After a restart every key's versions, flags and dirty state are what was flushed, and the
+    versioning rules go on from there."""
+    s = factory.new()
+    for i, key in enumerate(_MANY_KEYS):
+        if i % 3 != 2:
+            s.put(key, 10, f"{i}".encode(), committed=True, tombstone=i % 5 == 0)
+        if i % 3 != 0:
+            s.put(key, 11 + i, f"dirty {i}".encode())
+            s.put(key, 12 + i, f"dirtier {i}".encode(), tombstone=True)
+    s.flush()
+    expected = _snapshot(s, _MANY_KEYS)
+    reopened = factory.reopen()
+    if reopened is None:
+        return
+    assert _snapshot(reopened, _MANY_KEYS) == expected
+    for i, key in enumerate(_MANY_KEYS):
+        if i % 3 != 2:
+            assert reopened.put(key, 10, b"again") is False
+        if i % 3 != 0:
+            assert reopened.commit(key, 11 + i) is True
+            assert reopened.versions(key) == [11 + i, 12 + i]
+            assert reopened.commit(key, 11 + i) is False
+    assert [(it.key, it.version) for it in reopened.dirty_items()] == [
+        (k, 12 + _MANY_KEYS.index(k)) for k in _utf8_order(_MANY_KEYS) if _MANY_KEYS.index(k) % 3 != 0
+    ]
+
+
+def check_dirty_versions_survive_a_restart(factory: StoreFactory) -> None:
+    """Versions left dirty by the previous run are listed (and dropped) after a restart, among more
+    keys than a store might keep at hand."""
+    s = factory.new()
+    for i in range(40):
+        s.put(f"key{i:02d}", 1, b"clean", committed=True)
+        if i % 7 == 3:
+            s.put(f"key{i:02d}", 2, b"left dirty")
+    s.flush()
+    reopened = factory.reopen()
+    if reopened is None:
+        return
+    dirty = [f"key{i:02d}" for i in range(40) if i % 7 == 3]
+    assert [(it.key, it.version, it.value) for it in reopened.dirty_items()] == [
+        (k, 2, b"left dirty") for k in dirty
+    ]
+    for i in range(40):  # every key used once more, in an order unlike the one on disk
+        assert reopened.latest_committed(f"key{39 - i:02d}") == Item(f"key{39 - i:02d}", 1, b"clean", committed=True)
+    assert reopened.drop_uncommitted() == len(dirty)
+    reopened.flush()
+    again = factory.reopen()
+    assert again is not None
+    assert list(again.dirty_items()) == [] and again.drop_uncommitted() == 0
+    assert all(again.versions(f"key{i:02d}") == [1] for i in range(40))
+
+
+def check_crash_loses_unflushed_mutations(factory: StoreFactory) -> None:
+    """A crash keeps what was flushed and nothing else; what a store knows of each key after it is
+    what was flushed."""
+    s = factory.new()
+    keys = ["kept", "dirty", "gone", "a\x00b", "new"]
+    s.put("kept", 1, b"k1", committed=True)
+    s.put("kept", 2, b"k2")
+    s.put("dirty", 5, b"d5")
+    s.put("gone", 1, b"g1", committed=True)
+    s.put("a\x00b", 3, b"nul", committed=True)
+    s.flush()
+    expected = _snapshot(s, keys)
+    s.commit("kept", 2)
+    s.put("kept", 3, b"k3")
+    s.delete("gone")
+    s.drop_uncommitted()
+    s.put("new", 1, b"n1", committed=True)
+    s.prune("a\x00b", 10)
+    crashed = factory.crash_reopen()
+    if crashed is None:
+        return
+    assert _snapshot(crashed, keys) == expected
+    assert crashed.put("kept", 1, b"stale") is False
+    assert crashed.put("new", 1, b"n1 again") is True
+    assert crashed.commit("kept", 2) is True and crashed.versions("kept") == [2]
+    assert crashed.latest_committed("gone") == Item("gone", 1, b"g1", committed=True)
+    assert [it.key for it in crashed.dirty_items()] == ["dirty", "new"]
+
+
 CHECKS: list[Check] = [
     check_put_and_get,
     check_latest_and_latest_committed,
@@ -653,6 +820,10 @@ CHECKS: list[Check] = [
     check_reopen_keeps_flushed_data,
     check_close_flushes,
     check_overwrites_before_flush,
+    check_many_keys_in_turns,
+    check_reopen_rebuilds_what_each_key_holds,
+    check_dirty_versions_survive_a_restart,
+    check_crash_loses_unflushed_mutations,
     check_binary_values,
     check_unicode_keys,
     check_rejects_invalid_versions,

@@ -9,18 +9,30 @@ Key layout (LevelDB orders keys bytewise, so the layout is chosen to make that o
 key. That makes the encoding unambiguous ("a" and "a\\x00b" never share a prefix) while keeping
 LevelDB's byte order equal to (UTF-8 key bytes, numeric version) order: the terminator sorts below
 both any escaped 0x00 (0x00 0xFF) and any other byte, so a key sorts before every longer key it is
-a prefix of. One key's versions are therefore contiguous and ascending, so ``latest`` is one short
-reverse iteration over the key's prefix.
+a prefix of. One key's versions are therefore contiguous and ascending: reading them all is one short
+iteration over the key's prefix.
 
-Value record: one flags byte (bit 0: committed, bit 1: tombstone) followed by the raw value bytes.
+Value record: one flags byte (bit 0: committed, bit 1: tombstone; the version index's ``FLAGS``)
+followed by the raw value bytes.
 
 Mutations go to an in-memory overlay (per key: version -> record, or None for a deletion) and
-reach LevelDB as one atomic write batch on ``flush()``. Every read merges the overlay over LevelDB.
+reach LevelDB as one atomic write batch on ``flush()``. Reads see the overlay over LevelDB.
+
+A version index (``version_index.py``) knows, in memory, which versions each key holds (overlay
+included) and their flags, so the store decides every put, commit, prune and delete from memory and
+reads a value with one point lookup (or from the overlay) instead of iterating over the key's
+versions. One pass over every item at open fills it, in key order, up to ``index_max_keys`` keys
+(0.2 to 0.3 s per 100,000 keys of one 64-byte value); beyond the cap the least recently used keys
+fall out, and a key the index does not know is read by that iteration and goes back in. With
+``index_max_keys=0`` every operation iterates, as without an index. The index also tracks, for every
+key and whatever the cap, which keys hold a dirty version, so ``dirty_items`` and
+``drop_uncommitted`` visit only those.
 """
 
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -29,13 +41,24 @@ import plyvel
 
 from .base import Item, Page
 from .errors import StoreClosedError, StoreError, check_key, check_value, check_version
+from .version_index import (
+    COMMITTED,
+    DEFAULT_MAX_KEYS,
+    FLAGS,
+    TOMBSTONE,
+    Entry,
+    VersionIndex,
+    below,
+    find,
+    newest_committed,
+    pack,
+    version_of,
+)
 
 DATA = b"d"
 META = b"m"  # reserved namespace; nothing lives here yet
 _DATA_END = b"e"  # first byte past the item namespace
 _TERMINATOR = b"\x00\x00"
-_COMMITTED = 0x01
-_TOMBSTONE = 0x02
 DURABILITIES = ("sync", "async")
 
 K = TypeVar("K", int, bytes)
@@ -51,19 +74,24 @@ def encode_key(key: str, version: int) -> bytes:
     return key_prefix(key) + version.to_bytes(8, "big")
 
 
+def _encode_checked_key(key: str, version: int) -> bytes:
+    """``encode_key`` for a key already checked: once per operation is enough on the hot path."""
+    return DATA + key.encode("utf-8").replace(b"\x00", b"\x00\xff") + _TERMINATOR + version.to_bytes(8, "big")
+
+
 def decode_key(raw: bytes) -> tuple[str, int]:
     body = raw[len(DATA) : -8 - len(_TERMINATOR)]
     return body.replace(b"\x00\xff", b"\x00").decode("utf-8"), int.from_bytes(raw[-8:], "big")
 
 
 def encode_record(value: bytes, committed: bool, tombstone: bool) -> bytes:
-    flags = (_COMMITTED if committed else 0) | (_TOMBSTONE if tombstone else 0)
+    flags = (COMMITTED if committed else 0) | (TOMBSTONE if tombstone else 0)
     return bytes([flags]) + value
 
 
 def decode_record(key: str, version: int, record: bytes) -> Item:
     flags = record[0]
-    return Item(key, version, record[1:], bool(flags & _COMMITTED), bool(flags & _TOMBSTONE))
+    return Item(key, version, record[1:], bool(flags & COMMITTED), bool(flags & TOMBSTONE))
 
 
 def _merge(
@@ -86,11 +114,17 @@ def _merge(
 
 
 class LevelDBStore:
-    def __init__(self, path: str | Path, durability: str = "sync") -> None:
+    def __init__(
+        self, path: str | Path, durability: str = "sync", index_max_keys: int = DEFAULT_MAX_KEYS
+    ) -> None:
+        """``index_max_keys``: how many keys the version index holds at most (0: no index)."""
         if durability not in DURABILITIES:
             raise ValueError(f"durability must be one of {DURABILITIES}, got {durability!r}")
+        if not isinstance(index_max_keys, int) or isinstance(index_max_keys, bool) or index_max_keys < 0:
+            raise ValueError(f"index_max_keys must be an integer of at least 0, got {index_max_keys!r}")
         self.path = Path(path)
         self.durability = durability
+        self.index_max_keys = index_max_keys
         self._pending: dict[str, dict[int, Record]] = {}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +132,21 @@ class LevelDBStore:
         except (plyvel.Error, OSError) as exc:
             # Typically the LOCK file is held by another process (or another handle here).
             raise StoreError(f"cannot open LevelDB store at {self.path}: {exc}") from exc
+        started = time.perf_counter()
+        self._index = VersionIndex(index_max_keys)
+        try:
+            self._fill_index(self._db)
+        except BaseException as exc:
+            self._release()  # or the directory would stay locked by this half-open handle
+            if isinstance(exc, (plyvel.Error, UnicodeDecodeError)):  # damaged data
+                raise StoreError(f"cannot read LevelDB store at {self.path}: {exc}") from exc
+            raise
+        self.index_fill_seconds = time.perf_counter() - started
+
+    @property
+    def indexed_keys(self) -> int:
+        """How many keys the version index knows now."""
+        return len(self._index)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -111,70 +160,84 @@ class LevelDBStore:
         tombstone: bool = False,
     ) -> bool:
         self._check_open()
+        check_key(key)
         check_version(version)
         value = check_value(value)
-        held = self._held(key)
-        if version in held:
+        entry = self._entry(key)
+        if find(entry, version) >= 0:
             return False
-        newest = _newest_committed(held)
-        if newest is not None and version <= newest:
+        newest = newest_committed(entry)
+        if newest >= 0 and version <= version_of(entry[newest]):
             return False
-        self._stage(key, version, encode_record(value, committed, tombstone))
+        record = encode_record(value, committed, tombstone)
+        self._stage(key, version, record)
+        older = below(entry, version)
         if committed:
-            for v in held:
-                if v < version:
-                    self._stage(key, v, None)
+            self._stage_deletions(key, entry[:older])
+            entry = (pack(version, record[0]), *entry[older:])
+        else:
+            entry = (*entry[:older], pack(version, record[0]), *entry[older:])
+        self._index.set(key, entry)
         return True
 
     def commit(self, key: str, version: int) -> bool:
         self._check_open()
+        check_key(key)
         check_version(version)
-        held = self._held(key)
-        item = held.get(version)
-        if item is None:
+        entry = self._entry(key)
+        at = find(entry, version)
+        if at < 0:
             return False
-        newest = _newest_committed(held)
-        if newest is not None and newest >= version:
+        newest = newest_committed(entry)
+        if newest >= at:
             return False
-        self._stage(key, version, encode_record(item.value, True, item.tombstone))
-        for v in held:
-            if v < version:
-                self._stage(key, v, None)
+        record = self._record(key, version)
+        self._stage(key, version, encode_record(record[1:], True, bool(record[0] & TOMBSTONE)))
+        self._stage_deletions(key, entry[:at])
+        self._index.set(key, (entry[at] | COMMITTED, *entry[at + 1 :]))
         return True
 
-    def prune(self, key: str, below: int) -> int:
+    def prune(self, key: str, below_version: int) -> int:
         self._check_open()
-        doomed = [v for v in self._held(key) if v < below]
-        for v in doomed:
-            self._stage(key, v, None)
-        return len(doomed)
+        check_key(key)
+        entry = self._entry(key)
+        older = below(entry, below_version)
+        if older:
+            self._stage_deletions(key, entry[:older])
+            self._index.set(key, entry[older:])
+        return older
 
     def drop_uncommitted(self) -> int:
         self._check_open()
-        dirty = list(self.dirty_items())
-        for item in dirty:
-            self._stage(item.key, item.version, None)
-        return len(dirty)
+        dropped = 0
+        for key in self._dirty_keys():
+            entry = self._entry(key)
+            dirty = tuple(p for p in entry if not p & COMMITTED)
+            self._stage_deletions(key, dirty)
+            self._index.set(key, tuple(p for p in entry if p & COMMITTED))
+            dropped += len(dirty)
+        return dropped
 
     def delete(self, key: str) -> None:
         self._check_open()
-        for v in self._held(key):
-            self._stage(key, v, None)
+        check_key(key)
+        entry = self._entry(key)
+        if entry:
+            self._stage_deletions(key, entry)
+            self._index.set(key, ())
 
     # -- reads -------------------------------------------------------------------------------
 
     def latest(self, key: str) -> Item | None:
         self._check_open()
-        for version, record in self._key_versions(key, reverse=True):
-            return decode_record(key, version, record)
-        return None
+        check_key(key)
+        entry = self._entry(key)
+        return self._item(key, entry[-1]) if entry else None
 
     def latest_committed(self, key: str) -> Item | None:
         self._check_open()
-        for version, record in self._key_versions(key, reverse=True):
-            if record[0] & _COMMITTED:
-                return decode_record(key, version, record)
-        return None
+        check_key(key)
+        return self._latest_committed(key, self._entry(key))
 
     def get(self, key: str, version: int) -> Item | None:
         db = self._check_open()
@@ -185,7 +248,8 @@ class LevelDBStore:
 
     def versions(self, key: str) -> list[int]:
         self._check_open()
-        return [v for v, _ in self._key_versions(key)]
+        check_key(key)
+        return [version_of(p) for p in self._entry(key)]
 
     def committed_page(self, after: str | None, limit: int) -> Page:
         self._check_open()
@@ -193,7 +257,8 @@ class LevelDBStore:
             raise ValueError(f"limit must be at least 1, got {limit}")
         items: list[Item] = []
         for key in self._keys_after(after):
-            item = self.latest_committed(key)
+            # Walking every key must not push the busy ones out of the index.
+            item = self._latest_committed(key, self._entry(key, remember=False))
             if item is None:
                 continue
             if len(items) == limit:
@@ -214,17 +279,10 @@ class LevelDBStore:
         return min(1.0, upto / total)
 
     def dirty_items(self) -> Iterator[Item]:
-        db = self._check_open()
-        overlay = sorted(
-            (encode_key(key, v), rec)
-            for key, held in self._pending.items()
-            for v, rec in held.items()
-        )
+        self._check_open()
         dirty: list[Item] = []
-        with db.iterator(prefix=DATA) as it:
-            for raw, record in _merge(it, overlay, reverse=False):
-                if not record[0] & _COMMITTED:
-                    dirty.append(decode_record(*decode_key(raw), record))
+        for key in self._dirty_keys():
+            dirty.extend(self._item(key, p) for p in self._entry(key) if not p & COMMITTED)
         # Built eagerly so callers may mutate the store while iterating.
         return iter(dirty)
 
@@ -239,9 +297,9 @@ class LevelDBStore:
             for key, held in self._pending.items():
                 for version, record in held.items():
                     if record is None:
-                        batch.delete(encode_key(key, version))
+                        batch.delete(_encode_checked_key(key, version))
                     else:
-                        batch.put(encode_key(key, version), record)
+                        batch.put(_encode_checked_key(key, version), record)
         self._pending.clear()
 
     def close(self) -> None:
@@ -250,8 +308,13 @@ class LevelDBStore:
         try:
             self.flush()
         finally:
-            self._db.close()
-            self._db = None
+            self._release()
+
+    def close_without_flush(self) -> None:
+        """Release the store and lose every buffered mutation, as a crash would."""
+        if self._db is not None:
+            self._pending.clear()
+            self._release()
 
     def __enter__(self) -> LevelDBStore:
         return self
@@ -266,20 +329,79 @@ class LevelDBStore:
             raise StoreClosedError(f"LevelDB store at {self.path} is closed")
         return self._db
 
+    def _release(self) -> None:
+        assert self._db is not None
+        self._db.close()
+        self._db = None
+        self._index = VersionIndex(0)  # frees its memory; nothing may use it any more
+
     def _stage(self, key: str, version: int, record: Record) -> None:
         self._pending.setdefault(key, {})[version] = record
 
-    def _key_versions(self, key: str, reverse: bool = False) -> Iterator[tuple[int, bytes]]:
-        """(version, record) for every version of ``key``, overlay merged over LevelDB."""
-        db = self._check_open()
-        prefix = key_prefix(key)
-        overlay = sorted(self._pending.get(key, {}).items(), reverse=reverse)
-        with db.iterator(prefix=prefix, reverse=reverse) as it:
-            base = ((int.from_bytes(raw[-8:], "big"), rec) for raw, rec in it)
-            yield from _merge(base, overlay, reverse)
+    def _stage_deletions(self, key: str, entry: Entry) -> None:
+        for packed in entry:
+            self._stage(key, version_of(packed), None)
 
-    def _held(self, key: str) -> dict[int, Item]:
-        return {v: decode_record(key, v, rec) for v, rec in self._key_versions(key)}
+    def _entry(self, key: str, remember: bool = True) -> Entry:
+        """The key's versions and flags: from the index, or read from LevelDB and the overlay
+        (and, if ``remember``, handed to the index)."""
+        entry = self._index.get(key, touch=remember)
+        if entry is None:
+            entry = self._scan(key)
+            if remember:
+                self._index.set(key, entry)
+        return entry
+
+    def _scan(self, key: str) -> Entry:
+        """The key's versions and flags read from LevelDB, the overlay merged over them."""
+        db = self._check_open()
+        overlay = sorted(self._pending.get(key, {}).items())
+        with db.iterator(prefix=key_prefix(key)) as it:
+            base = ((int.from_bytes(raw[-8:], "big"), rec) for raw, rec in it)
+            return tuple(pack(v, rec[0] & FLAGS) for v, rec in _merge(base, overlay, reverse=False))
+
+    def _record(self, key: str, version: int) -> bytes:
+        """The stored record of a version the key's entry holds: one point read at most."""
+        pending = self._pending.get(key)
+        if pending is not None and version in pending:
+            record = pending[version]
+        else:
+            record = self._check_open().get(_encode_checked_key(key, version))
+        if record is None:
+            raise StoreError(f"LevelDB store at {self.path}: version {version} of {key!r} is indexed but not stored")
+        return record
+
+    def _item(self, key: str, packed: int) -> Item:
+        version = version_of(packed)
+        return decode_record(key, version, self._record(key, version))
+
+    def _latest_committed(self, key: str, entry: Entry) -> Item | None:
+        newest = newest_committed(entry)
+        return None if newest < 0 else self._item(key, entry[newest])
+
+    def _dirty_keys(self) -> list[str]:
+        """Every key holding an uncommitted version, in store order: from the index when it is on,
+        else from one pass over LevelDB and the overlay."""
+        if self._index.enabled:
+            return self._index.dirty_keys()
+        db = self._check_open()
+        overlay = sorted(
+            (encode_key(key, v), rec) for key, held in self._pending.items() for v, rec in held.items()
+        )
+        keys: list[str] = []
+        with db.iterator(prefix=DATA) as it:
+            for raw, record in _merge(it, overlay, reverse=False):
+                if not record[0] & COMMITTED:
+                    key = _decode_prefix(raw[:-8])
+                    if not keys or keys[-1] != key:
+                        keys.append(key)
+        return keys
+
+    def _fill_index(self, db: plyvel.DB) -> None:
+        """One pass over every item at open: the index takes keys in store order up to its cap,
+        and learns which keys are dirty from all of them."""
+        if self._index.enabled:
+            self._index.fill(_stored_entries(db))
 
     def _keys_after(self, after: str | None) -> Iterator[str]:
         """Every key with a stored or buffered entry strictly after ``after``, in store order.
@@ -292,8 +414,25 @@ class LevelDBStore:
             for prefix in heapq.merge((raw[:-8] for raw in it), buffered):
                 if prefix != previous:  # one entry per version: report each key once
                     previous = prefix
-                    yield decode_key(prefix + bytes(8))[0]
+                    yield _decode_prefix(prefix)
 
 
-def _newest_committed(held: dict[int, Item]) -> int | None:
-    return max((v for v, it in held.items() if it.committed), default=None)
+def _stored_entries(db: plyvel.DB) -> Iterator[tuple[str, Entry]]:
+    """(key, entry) for every key stored, in store order, from one iteration over every item."""
+    prefix = b""
+    entry: list[int] = []
+    with db.iterator(prefix=DATA) as it:
+        for raw, record in it:
+            if raw[:-8] != prefix:
+                if entry:
+                    yield _decode_prefix(prefix), tuple(entry)
+                prefix = raw[:-8]
+                entry = []
+            entry.append(pack(int.from_bytes(raw[-8:], "big"), record[0] & FLAGS))
+    if entry:
+        yield _decode_prefix(prefix), tuple(entry)
+
+
+def _decode_prefix(prefix: bytes) -> str:
+    """The key whose ``key_prefix`` this is."""
+    return prefix[len(DATA) : -len(_TERMINATOR)].replace(b"\x00\xff", b"\x00").decode("utf-8")
