@@ -210,6 +210,41 @@ def node_bad_requests(epoch: int) -> list[tuple[str, list[bytes], str, Any]]:
         ("catchup after is a number", [j({"type": "catchup", "id": 48, "limit": 5, "epoch": epoch, "after": 3})],
          "bad_request", 48),
         ("catchup epoch negative", [j({"type": "catchup", "id": 49, "limit": 5, "epoch": -3})], "bad_request", 49),
+    ] + batch_bad_requests()
+
+
+def batch_bad_requests() -> list[tuple[str, list[bytes], str, Any]]:
+    """read_many, write_many and delete_many (PROTOCOL.md §8.8)."""
+    def many(kind: str, request_id: int, **fields: Any) -> bytes:
+        return j({"type": kind, "id": request_id, **fields})
+
+    return [
+        ("read_many without keys", [many("read_many", 60)], "bad_request", 60),
+        ("read_many keys empty", [many("read_many", 61, keys=[])], "bad_request", 61),
+        ("read_many keys a string", [many("read_many", 62, keys="keep-1")], "bad_request", 62),
+        ("read_many 1001 keys", [many("read_many", 63, keys=["k"] * 1001)], "bad_request", 63),
+        ("read_many an empty key", [many("read_many", 64, keys=["keep-1", ""])], "bad_request", 64),
+        ("read_many a number key", [many("read_many", 65, keys=["keep-1", 5])], "bad_request", 65),
+        ("read_many a key too long", [many("read_many", 66, keys=["keep-1", "k" * (MAX_KEY + 1)])], "too_large", 66),
+        ("read_many bad mode", [many("read_many", 67, keys=["keep-1"], mode="fast")], "bad_request", 67),
+        ("read_many with a value frame", [many("read_many", 68, keys=["keep-1"]), b"v"], "bad_request", 68),
+        ("write_many without sizes", [many("write_many", 69, keys=["keep-1"]), b"v"], "bad_request", 69),
+        ("write_many without value frame", [many("write_many", 70, keys=["keep-1"], sizes=[0])], "bad_request", 70),
+        ("write_many sizes and keys differ", [many("write_many", 71, keys=["keep-1", "x"], sizes=[1]), b"v"],
+         "bad_request", 71),
+        ("write_many sizes and frame differ", [many("write_many", 72, keys=["keep-1"], sizes=[2]), b"v"],
+         "bad_request", 72),
+        ("write_many negative size", [many("write_many", 73, keys=["keep-1", "x"], sizes=[2, -1]), b"v"],
+         "bad_request", 73),
+        ("write_many size is a bool", [many("write_many", 74, keys=["keep-1"], sizes=[True]), b"v"],
+         "bad_request", 74),
+        ("write_many a value too large", [many("write_many", 75, keys=["keep-1"], sizes=[MAX_VALUE + 1]),
+                                          b"v" * (MAX_VALUE + 1)], "too_large", 75),
+        ("write_many values too large together",
+         [many("write_many", 76, keys=[f"big{i}" for i in range(17)], sizes=[MAX_VALUE] * 16 + [1]),
+          b"v" * (16 * MAX_VALUE + 1)], "too_large", 76),
+        ("delete_many with a value frame", [many("delete_many", 77, keys=["keep-1"]), b"v"], "bad_request", 77),
+        ("delete_many keys null", [many("delete_many", 78, keys=None)], "bad_request", 78),
     ]
 
 
@@ -225,6 +260,9 @@ def coordinator_bad_requests(node1: dict[str, str]) -> list[tuple[str, list[byte
         ("read at the coordinator", [j({"type": "read", "id": 50, "key": "keep-1"})], "bad_request", 50),
         ("version at the coordinator", [j({"type": "version", "id": 51, "key": "k", "epoch": 1})], "bad_request", 51),
         ("catchup at the coordinator", [j({"type": "catchup", "id": 52, "limit": 1, "epoch": 1})], "bad_request", 52),
+        ("read_many at the coordinator", [j({"type": "read_many", "id": 79, "keys": ["keep-1"]})], "bad_request", 79),
+        ("write_many at the coordinator", [j({"type": "write_many", "id": 80, "keys": ["k"], "sizes": [1]}), b"v"],
+         "bad_request", 80),
         ("join without node", [j({"type": "join", "id": 53})], "bad_request", 53),
         ("join node is a string", join(54, "node9"), "bad_request", 54),
         ("join node is a list", join(55, ["node9"]), "bad_request", 55),

@@ -11,8 +11,9 @@ import pytest
 
 from zcraq.callers import Caller, Role
 from zcraq.effects import PeerRequest, Relink, Respond, SendDown, SendUp, Subscribe
-from zcraq.messages import (PROTOCOL_VERSION, TOMBSTONE, CatchupRequest, CommitFrame, Confirm, Delete, Error, Malformed,
-                            Ok, Read, ResyncFrame, VersionQuery, Write, WriteFrame, WriteRecord)
+from zcraq.messages import (PROTOCOL_VERSION, TOMBSTONE, CatchupRequest, CommitFrame, Confirm, Delete, DeleteMany, Error,
+                            Malformed, Ok, Read, ReadMany, ResyncFrame, VersionQuery, Write, WriteFrame, WriteMany,
+                            WriteRecord)
 from zcraq.nodecore import NodeCore, NodeTimings
 from zcraq.store import MemoryStore
 from zcraq.topology import Member, Topology
@@ -532,6 +533,66 @@ def test_pending_write_times_out_as_unknown_outcome():
     head.tick(1.0 + TIMINGS.write_timeout)
     reply = only_reply(head.ready())
     assert (reply.id, reply.code) == ("slow", "unknown_outcome")
+
+
+# ---------------------------------------------------------------------------------- batched requests
+
+
+def test_read_many_answers_clean_keys_at_once_and_dirty_ones_after_the_tail():
+    node = middle_with([rec("clean", 1, b"c"), rec("dirty", 1, b"old"), rec("dirty", 2, b"new"),
+                        rec("gone", 1, b"", tombstone=True)], [("clean", 1), ("dirty", 1), ("gone", 1)])
+    node.on_request("batcher", ReadMany(["clean", "dirty", "never", "gone"], id="b"), 0.2)
+    effects = node.ready()
+    assert replies(effects) == []  # one key waits for the tail: the batch waits with it
+    [(endpoint, header)] = peer_requests(effects)
+    assert (endpoint, header["type"], header["key"]) == ("c/service", "version", "dirty")
+    node.on_peer_reply(Ok(header["id"], version=1), [], 0.3)
+    [(client, reply)] = replies(node.ready())
+    assert client == "batcher" and reply.id == "b"
+    assert reply.header["results"] == [1, 1, "not_found", "not_found"]
+    assert reply.values == [b"c", b"old", b"", b""]
+    assert node.counters["reads"] == 4 and node.counters["dirty_reads"] == 1
+
+
+def test_read_many_fails_per_key_when_the_tail_does_not_answer():
+    node = middle_with([rec("clean", 1, b"c"), rec("dirty", 1, b"new")], [("clean", 1)])
+    node.on_request("batcher", ReadMany(["clean", "dirty"], id="b"), 0.2)
+    node.ready()
+    node.tick(0.2 + TIMINGS.request_timeout + 0.01)
+    reply = only_reply(node.ready())
+    assert reply.header["results"] == [1, "unavailable"] and reply.values == [b"c", b""]
+
+
+def test_write_many_commits_each_key_and_answers_when_all_are_committed():
+    head = join(A, topo(1, A, B))
+    write(head, "k", b"before", 0.1, request_id="single")
+    head.on_request("batcher", WriteMany(["k", "j", "k"], (b"1", b"2", b"3"), id="b"), 0.1)
+    effects = head.ready()
+    [frame] = downs(effects)  # the batch's records travel in one frame
+    assert [(r.key, r.version, r.value) for r in frame.records] == [("k", 2, b"1"), ("j", 1, b"2"), ("k", 3, b"3")]
+    head.on_ack_frame(cframe("b", 1, 0, ("j", 1)), 0.2)
+    assert replies(head.ready()) == []
+    head.on_ack_frame(cframe("b", 1, 1, ("k", 3)), 0.3)
+    answered = {reply.id: reply.header for _, reply in replies(head.ready())}
+    assert answered["single"]["version"] == 1
+    assert answered["b"]["results"] == [2, 1, 3] and "existed" not in answered["b"]
+
+
+def test_write_many_is_refused_whole_or_unknown_per_key():
+    middle = join(B, topo(1, A, B))
+    middle.on_request("batcher", WriteMany(["k"], (b"1",), id="b"), 0.1)
+    reply = only_reply(middle.ready())
+    assert (reply.code, reply.header["head"]) == ("not_head", "a/service")
+    assert middle.store.latest("k") is None
+
+    head = join(A, topo(1, A, B))
+    head.on_request("batcher", DeleteMany(["k", "j"], id="d"), 1.0)
+    head.ready()
+    head.on_ack_frame(cframe("b", 1, 0, ("k", 1)), 1.1)
+    assert replies(head.ready()) == []
+    head.tick(1.0 + TIMINGS.write_timeout)
+    reply = only_reply(head.ready())
+    assert reply.header["results"] == [1, "unknown_outcome"] and reply.header["existed"] == [False, None]
 
 
 # ---------------------------------------------------------------------------------- version queries

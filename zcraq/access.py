@@ -4,7 +4,7 @@ role and key (PROTOCOL.md §4a). Pure functions: no sockets, no state of their o
 A caller is who a message's connection authenticated as (zcraq/callers.py); ``TRUSTED`` (no
 security configured) may do everything. The rules:
 
-- reads, writes and deletes: clients and administrators; at a node, also the coordinator, which
+- reads, writes and deletes (one key or many): clients and administrators; at a node, also the coordinator, which
   forwards writes to the head;
 - topology and status: anyone with a role;
 - node-to-node requests (version queries, catch-up pages, confirmations) and chain frames: only
@@ -19,8 +19,9 @@ A refusal is a sentence saying why, for the ``forbidden`` error; None lets the m
 from __future__ import annotations
 
 from zcraq.callers import TRUSTED, Caller, Role
-from zcraq.messages import (CatchupRequest, CaughtUp, ChainFrame, Confirm, CoordinatorRequest, Delete, Heartbeat,
-                            Join, Leave, NodeRequest, Read, StatusRequest, TopologyRequest, VersionQuery, Write)
+from zcraq.messages import (CatchupRequest, CaughtUp, ChainFrame, Confirm, CoordinatorRequest, Delete, DeleteMany,
+                            Heartbeat, Join, Leave, NodeRequest, Read, ReadMany, StatusRequest, TopologyRequest,
+                            VersionQuery, Write, WriteMany)
 from zcraq.topology import Topology
 
 _DATA = (Role.CLIENT, Role.ADMIN)
@@ -30,7 +31,7 @@ def node_request_refusal(request: NodeRequest, caller: Caller, topology: Topolog
     if caller is TRUSTED:
         return None
     match request:
-        case Read() | Write() | Delete():
+        case Read() | Write() | Delete() | ReadMany() | WriteMany() | DeleteMany():
             return None if caller.is_(*_DATA, Role.COORDINATOR) else _needs("a client key", caller)
         case StatusRequest():
             return None if caller.roles else _needs("a key with a role", caller)

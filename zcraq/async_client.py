@@ -40,14 +40,14 @@ import asyncio
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from zcraq import clientcore, sockets, wire
+from zcraq import clientbatches, clientcore, sockets, wire
 from zcraq.client_config import client_setup
 from zcraq.clientcore import Answer, Call, ClientState, Pause, Plan, Step, T
 from zcraq.errors import (AuthenticationError, ClientClosed, Timeout, Unavailable, WriteOutcomeUnknown,
@@ -130,6 +130,34 @@ class AsyncZClient:
         """Like read(), with the version of the value returned."""
         deadline = self._state.deadline()
         return await self._run(clientcore.read(self._state, key, node, mode, deadline), deadline)
+
+    async def read_many(self, keys: Sequence[str], node: str | None = None, *,
+                        mode: str = "strong") -> list[bytes | None]:
+        """The committed values of ``keys``, in order; None for a key that does not exist. As
+        ZClient.read_many()."""
+        return [found[0] if found else None for found in await self.read_many_versioned(keys, node, mode=mode)]
+
+    async def read_many_versioned(self, keys: Sequence[str], node: str | None = None, *,
+                                  mode: str = "strong") -> list[tuple[bytes, int] | None]:
+        """Like read_many(), with each value's version."""
+        deadline = self._state.deadline()
+        return await self._run(clientbatches.read_many(self._state, keys, node, mode, deadline), deadline)
+
+    async def write_many(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]]) -> list[int]:
+        """Write every (key, value) pair; each one's committed version, in order. As
+        ZClient.write_many(), failures included."""
+        keys, values = clientbatches.values_of(items)
+        deadline = self._state.deadline()
+        outcomes = await self._run(clientbatches.write_many(self._state, keys, values, deadline), deadline)
+        return [ok.version for ok in clientbatches.settle(outcomes, "write_many")]  # type: ignore[misc]
+
+    async def delete_many(self, keys: Sequence[str]) -> list[tuple[int, bool]]:
+        """Delete every key; each deletion's version and whether the key had a value. As
+        ZClient.delete_many()."""
+        deadline = self._state.deadline()
+        outcomes = await self._run(clientbatches.write_many(self._state, list(keys), None, deadline), deadline)
+        return [(ok.version, ok.existed is True)  # type: ignore[misc]
+                for ok in clientbatches.settle(outcomes, "delete_many")]
 
     async def status(self, node: str | None = None) -> dict[str, Any]:
         """A node's own report (role, epoch, counters), or the coordinator's when ``node`` is None."""

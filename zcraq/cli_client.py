@@ -188,7 +188,7 @@ def _open(settings: Settings) -> ZClient:
     return zclient
 
 
-def _run(settings: Settings, action: Callable[[ZClient], Outcome]) -> NoReturn:
+def run_action(settings: Settings, action: Callable[[ZClient], Outcome]) -> NoReturn:
     """Open a client, run ``action`` with it, print what it returns or the error it raised."""
     try:
         with _open(settings) as zclient:
@@ -202,7 +202,20 @@ def _run(settings: Settings, action: Callable[[ZClient], Outcome]) -> NoReturn:
     _emit(settings, outcome)
 
 
-def _key(_ctx: click.Context, _param: click.Parameter, key: str) -> str:
+def shown_value(value: bytes) -> tuple[str | None, bytes]:
+    """A value as text when it is UTF-8 (else None), and as shown to a person: its bad bytes
+    escaped (\\xNN)."""
+    try:
+        return value.decode("utf-8"), value
+    except UnicodeDecodeError:
+        return None, value.decode("utf-8", "backslashreplace").encode()
+
+
+def value_json(value: bytes, text: str | None) -> dict[str, Any]:
+    return {"value": text, "value_base64": base64.b64encode(value).decode("ascii")}
+
+
+def key_argument(_ctx: click.Context, _param: click.Parameter, key: str) -> str:
     """Keys travel in JSON headers: a non-empty UTF-8 string."""
     if not key:
         raise click.BadParameter("must not be empty")
@@ -217,7 +230,7 @@ def _key(_ctx: click.Context, _param: click.Parameter, key: str) -> str:
 
 
 @client.command("write")
-@click.argument("key", callback=_key)
+@click.argument("key", callback=key_argument)
 @click.argument("value")
 @click.option("--literal", is_flag=True, help="Store VALUE as given, even if it is - or starts with @.")
 @shared_options
@@ -248,11 +261,11 @@ def write(settings: Settings, key: str, value: str, literal: bool) -> None:
         version = zclient.write(key, data)
         return Outcome({"key": key, "version": version}, f"ok version {version}\n".encode())
 
-    _run(settings, action)
+    run_action(settings, action)
 
 
 @client.command("read")
-@click.argument("key", callback=_key)
+@click.argument("key", callback=key_argument)
 @click.option("--mode", type=click.Choice(["strong", "eventual"]), default="strong", show_default=True,
               help="strong: linearizable; eventual: the newest version committed at the node asked.")
 @click.option("--raw", is_flag=True, help="Write exactly the stored bytes: no newline, no escaping.")
@@ -272,20 +285,15 @@ def read(settings: Settings, key: str, mode: str, raw: bool) -> None:
             value, version = zclient.read_versioned(key, settings.node, mode=mode)
         except KeyNotFound:
             raise KeyNotFound(f"key {key!r} does not exist") from None
-        try:
-            text: str | None = value.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        shown = value if raw else (value if text is not None else value.decode("utf-8", "backslashreplace").encode())
-        return Outcome({"key": key, "version": version, "value": text,
-                        "value_base64": base64.b64encode(value).decode("ascii")},
-                       shown if raw else shown + b"\n")
+        text, shown = shown_value(value)
+        return Outcome({"key": key, "version": version, **value_json(value, text)},
+                       value if raw else shown + b"\n")
 
-    _run(settings, action)
+    run_action(settings, action)
 
 
 @client.command("delete")
-@click.argument("key", callback=_key)
+@click.argument("key", callback=key_argument)
 @shared_options
 @click.pass_obj
 def delete(settings: Settings, key: str) -> None:
@@ -299,7 +307,7 @@ def delete(settings: Settings, key: str) -> None:
         return Outcome({"key": key, "version": version, "existed": existed},
                        f"ok version {version} ({'deleted' if existed else 'did not exist'})\n".encode())
 
-    _run(settings, action)
+    run_action(settings, action)
 
 
 @client.command("status")
@@ -318,7 +326,7 @@ def status(settings: Settings) -> None:
         report = gather(zclient, settings.node)
         return Outcome(report.status_json(), "".join(f"{line}\n" for line in report.status_lines()).encode())
 
-    _run(settings, action)
+    run_action(settings, action)
 
 
 @client.command("health")
@@ -339,7 +347,8 @@ def health(settings: Settings) -> None:
         return Outcome(report.health_json(), "".join(f"{line}\n" for line in report.health_lines()).encode(),
                        exit_codes.SUCCESS if healthy else exit_codes.UNAVAILABLE)
 
-    _run(settings, action)
+    run_action(settings, action)
 
 
-__all__ = ["client", "Settings", "shared_options"]
+__all__ = ["client", "Settings", "Outcome", "shared_options", "run_action", "key_argument", "shown_value",
+           "value_json"]

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from zcraq import clientcore, sockets, wire
+from zcraq import clientbatches, clientcore, sockets, wire
 from zcraq.client_config import client_setup
 from zcraq.clientcore import Answer, ClientState, Pause, Plan, Step, T
-from zcraq.errors import (AuthenticationError, BadRequest, ClientClosed, Forbidden, KeyNotFound, Timeout,
-                          Unavailable, WriteOutcomeUnknown, ZcraqError)
+from zcraq.errors import (AuthenticationError, BadRequest, BatchFailed, ClientClosed, Forbidden, KeyNotFound,
+                          Timeout, Unavailable, WriteOutcomeUnknown, ZcraqError)
 from zcraq.messages import Limits, Reply, Request, StatusRequest, request_type
 from zcraq.security import Curve
 from zcraq.topology import Topology
@@ -88,6 +88,33 @@ class ZClient:
     def read_versioned(self, key: str, node: str | None = None, *, mode: str = "strong") -> tuple[bytes, int]:
         """Like read(), with the version of the value returned."""
         return self._run(clientcore.read(self._state, key, node, mode, self._state.deadline()))
+
+    def read_many(self, keys: Sequence[str], node: str | None = None, *, mode: str = "strong") -> list[bytes | None]:
+        """The committed values of ``keys``, in order: None for a key that does not exist (where
+        read() raises KeyNotFound). Carried by as few requests as the limits allow (up to 1,000
+        keys each). Raises as read() does when some key cannot be read within the timeout."""
+        return [found[0] if found else None for found in self.read_many_versioned(keys, node, mode=mode)]
+
+    def read_many_versioned(self, keys: Sequence[str], node: str | None = None, *,
+                            mode: str = "strong") -> list[tuple[bytes, int] | None]:
+        """Like read_many(), with each value's version."""
+        return self._run(clientbatches.read_many(self._state, keys, node, mode, self._state.deadline()))
+
+    def write_many(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]]) -> list[int]:
+        """Write every (key, value) pair; returns each one's committed version, in order. Each key
+        is written as by write(); the batch is not atomic. When some keys failed and others did
+        not, raises BatchFailed with every key's outcome; when the batch failed as a whole, the
+        error write() would raise."""
+        keys, values = clientbatches.values_of(items)
+        outcomes = self._run(clientbatches.write_many(self._state, keys, values, self._state.deadline()))
+        return [ok.version for ok in clientbatches.settle(outcomes, "write_many")]  # type: ignore[misc]
+
+    def delete_many(self, keys: Sequence[str]) -> list[tuple[int, bool]]:
+        """Delete every key; returns, in order, each deletion's version and whether the key had a
+        value just before it. Failures as for write_many()."""
+        outcomes = self._run(clientbatches.write_many(self._state, list(keys), None, self._state.deadline()))
+        return [(ok.version, ok.existed is True)  # type: ignore[misc]
+                for ok in clientbatches.settle(outcomes, "delete_many")]
 
     def status(self, node: str | None = None) -> dict[str, Any]:
         """A node's own report (role, epoch, counters), or the coordinator's when ``node`` is None."""
@@ -276,4 +303,4 @@ class _Connection:
 
 
 __all__ = ["ZClient", "ZcraqError", "KeyNotFound", "Timeout", "WriteOutcomeUnknown", "Unavailable", "BadRequest",
-           "AuthenticationError", "Forbidden"]
+           "AuthenticationError", "Forbidden", "BatchFailed"]

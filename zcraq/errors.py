@@ -74,6 +74,27 @@ class TooLarge(BadRequest):
     code = "too_large"
 
 
+class BatchFailed(ZcraqError):
+    """Some keys of a write_many or delete_many failed while others did not. ``results`` holds, per
+    key in the order given, its version, or the error the single write or delete would have raised:
+    ``WriteOutcomeUnknown`` (it may or may not have committed) or ``Unavailable`` (it was not sent).
+    ``existed``, per key: for a deletion that succeeded, whether the key had a value; else None.
+    ``code`` is ``unknown_outcome`` when any key's outcome is unknown, else the first failure's."""
+
+    def __init__(self, message: str, results: list[int | ZcraqError], existed: list[bool | None]) -> None:
+        super().__init__(message)
+        self.results = results
+        self.existed = existed
+        failures = [r for r in results if isinstance(r, ZcraqError)]
+        unknown = any(isinstance(r, WriteOutcomeUnknown) for r in failures)
+        self.code = "unknown_outcome" if unknown or not failures else failures[0].code
+
+    @property
+    def failed(self) -> dict[int, ZcraqError]:
+        """The failed keys' positions and errors."""
+        return {i: r for i, r in enumerate(self.results) if isinstance(r, ZcraqError)}
+
+
 # Wire error codes (PROTOCOL.md) -> the exception a client raises for them.
 ERROR_CODES: dict[str, type[ZcraqError]] = {
     "not_found": KeyNotFound,

@@ -36,6 +36,8 @@ Version = Annotated[int, msgspec.Meta(ge=1)]
 PageLimit = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
 ReadMode = Literal["strong", "eventual"]
 Share = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+MAX_BATCH_KEYS = 1000  # keys per read_many, write_many or delete_many
+Keys = Annotated[list[Key], msgspec.Meta(min_length=1, max_length=MAX_BATCH_KEYS)]
 
 # Version of the node <-> coordinator <-> node protocol. A node sends it in every join and
 # heartbeat and the coordinator refuses a different one: processes of different versions must
@@ -55,6 +57,11 @@ class Limits:
 
     max_key_bytes: int = 1024
     max_value_bytes: int = 1 << 20
+
+    @property
+    def max_batch_value_bytes(self) -> int:
+        """The values of one write_many together: 16 MiB, or one value when values are larger."""
+        return max(16 << 20, self.max_value_bytes)
 
 
 class _Request(msgspec.Struct, frozen=True, tag_field="type"):
@@ -81,6 +88,28 @@ class Write(_Request, frozen=True, tag="write"):
 
 class Delete(_Request, frozen=True, tag="delete"):
     key: Key
+    id: RequestId = None
+
+
+class ReadMany(_Request, frozen=True, tag="read_many"):
+    """Many reads in one request: each key is read as by ``Read``, and answered on its own."""
+
+    keys: Keys
+    id: RequestId = None
+    mode: ReadMode = "strong"
+
+
+class WriteMany(_Request, frozen=True, tag="write_many"):
+    """Many writes in one request: ``values[i]`` is written under ``keys[i]``, each as by ``Write``.
+    The values travel in frames of their own, one per key, after the header."""
+
+    keys: Keys
+    values: tuple[bytes, ...]
+    id: RequestId = None
+
+
+class DeleteMany(_Request, frozen=True, tag="delete_many"):
+    keys: Keys
     id: RequestId = None
 
 
@@ -153,7 +182,8 @@ def request_type(request: Request) -> str:
     return type(request).__struct_config__.tag  # type: ignore[return-value]
 
 
-NodeRequest = Read | Write | Delete | VersionQuery | CatchupRequest | StatusRequest | Confirm
+NodeRequest = (Read | Write | Delete | ReadMany | WriteMany | DeleteMany | VersionQuery | CatchupRequest | StatusRequest
+               | Confirm)
 CoordinatorRequest = TopologyRequest | StatusRequest | Write | Delete | Join | Heartbeat | CaughtUp | Leave
 Request = NodeRequest | CoordinatorRequest
 
@@ -168,7 +198,9 @@ class Ok(msgspec.Struct, frozen=True, tag_field="type", tag="ok"):
 
     id: RequestId = None
     version: U64 | UnsetType = UNSET  # read, write, delete, version
-    existed: bool | UnsetType = UNSET  # delete: the key had a value just before this deletion
+    existed: bool | list[bool | None] | UnsetType = UNSET  # delete: the key had a value just before this
+    # deletion; delete_many: that for each key (null for a key whose deletion failed)
+    results: list[U64 | str] | UnsetType = UNSET  # read_many, write_many, delete_many: per key, a version or an error code
     items: list[tuple[Key, Version, Flags]] | UnsetType = UNSET  # catchup: [key, version, flags]
     cursor: str | None | UnsetType = UNSET  # catchup: null on the last page
     progress: Share | UnsetType = UNSET  # catchup: the source's estimate of how far the page reaches
@@ -256,7 +288,8 @@ class Malformed:
 
 __all__ = [
     "PROTOCOL_VERSION", "COMMITTED", "TOMBSTONE", "U64_MAX", "MAX_ID_CHARS", "MAX_NODE_ID_CHARS",
-    "Read", "Write", "Delete", "VersionQuery", "CatchupRequest", "StatusRequest", "Confirm",
+    "MAX_BATCH_KEYS", "Read", "Write", "Delete", "ReadMany", "WriteMany", "DeleteMany", "VersionQuery",
+    "CatchupRequest", "StatusRequest", "Confirm",
     "TopologyRequest", "Join", "Heartbeat", "CaughtUp", "Leave",
     "NodeRequest", "CoordinatorRequest", "Request", "request_type", "Ok", "Error", "Reply",
     "WriteRecord", "WriteFrame", "CommitFrame", "ResyncFrame", "ChainFrame", "AckFrame", "Malformed",

@@ -24,17 +24,18 @@ order. Nothing here touches sockets or stores.
 from __future__ import annotations
 
 import struct
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import msgspec
 import orjson
 
 from zcraq.messages import Limits
-from zcraq.messages import (COMMITTED, MAX_ID_CHARS, MAX_NODE_ID_CHARS, TOMBSTONE, CatchupRequest, CaughtUp,
-                            CoordinatorRequest, NodeRequest,
-                            ChainFrame, CommitFrame, Confirm, Delete, Flags, Heartbeat, Join, Key, Leave,
-                            Malformed, NodeId, Read, Reply, Request, RequestId, request_type, ResyncFrame, StatusRequest,
-                            TopologyRequest, U64_MAX, Version, VersionQuery, Write, WriteFrame, WriteRecord)
+from zcraq.messages import (COMMITTED, MAX_BATCH_KEYS, MAX_ID_CHARS, MAX_NODE_ID_CHARS, TOMBSTONE, CatchupRequest,
+                            CaughtUp, CoordinatorRequest, NodeRequest,
+                            ChainFrame, CommitFrame, Confirm, Delete, DeleteMany, Flags, Heartbeat, Join, Key, Keys,
+                            Leave, Malformed, NodeId, Read, ReadMany, Reply, Request, RequestId, request_type,
+                            ResyncFrame, StatusRequest, TopologyRequest, U64_MAX, Version, VersionQuery, Write,
+                            WriteFrame, WriteMany, WriteRecord)
 from zcraq.topology import Epoch, Topology
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -68,15 +69,29 @@ class _WriteHeader(msgspec.Struct, frozen=True, tag_field="type", tag="write"):
     id: RequestId = None
 
 
+class _WriteManyHeader(msgspec.Struct, frozen=True, tag_field="type", tag="write_many"):
+    """A write_many's JSON header. The values follow in one frame, one after the other; ``sizes``
+    says how long each is. (One frame, not one per value: a request stays 1 or 2 frames, and the
+    request socket's frame cap bounds the whole batch.)"""
+
+    keys: Keys
+    sizes: list[Annotated[int, msgspec.Meta(ge=0)]]
+    id: RequestId = None
+
+
 _HEADER_TYPES: dict[str, type[Any]] = {
-    "read": Read, "write": _WriteHeader, "delete": Delete, "version": VersionQuery, "catchup": CatchupRequest,
+    "read": Read, "write": _WriteHeader, "delete": Delete, "read_many": ReadMany, "write_many": _WriteManyHeader,
+    "delete_many": DeleteMany, "version": VersionQuery, "catchup": CatchupRequest,
     "status": StatusRequest, "confirm": Confirm, "topology": TopologyRequest, "join": Join,
     "heartbeat": Heartbeat, "caught_up": CaughtUp, "leave": Leave,
 }
-NODE_REQUESTS = frozenset({"read", "write", "delete", "version", "catchup", "status", "confirm"})
+NODE_REQUESTS = frozenset({"read", "write", "delete", "read_many", "write_many", "delete_many", "version", "catchup",
+                           "status", "confirm"})
 COORDINATOR_REQUESTS = frozenset({"topology", "status", "write", "delete", "join", "heartbeat", "caught_up",
                                   "leave"})
 _KEYED = frozenset({"read", "write", "delete", "version"})
+_BATCHES = frozenset({"read_many", "write_many", "delete_many"})
+_BATCH_HEADERS = (ReadMany, _WriteManyHeader, DeleteMany)
 
 
 def _request_decoder(accepted: frozenset[str]) -> msgspec.json.Decoder[Any]:
@@ -118,9 +133,51 @@ def decode_request(frames: list[bytes], limits: Limits, accepted: frozenset[str]
         if len(frames[1]) > limits.max_value_bytes:
             raise WireError(f"value is larger than {limits.max_value_bytes} bytes", "too_large", header.id)
         return Write(header.key, bytes(frames[1]), header.id)
+    if type(header) in _BATCH_HEADERS:
+        return _batch(header, frames, limits)
     if len(frames) != 1:
         raise WireError(f"{request_type(header)} takes a single header frame", request_id=header.id)
     return header
+
+
+def _batch(header: Any, frames: list[bytes], limits: Limits) -> Request:
+    """A validated read_many, write_many or delete_many (its header already decoded)."""
+    max_key = limits.max_key_bytes
+    for key in header.keys:
+        if len(key) > max_key // 4 and len(key.encode()) > max_key:
+            raise WireError(f"a key is longer than {max_key} bytes", "too_large", header.id)
+    if type(header) is not _WriteManyHeader:
+        if len(frames) != 1:
+            raise WireError(f"{request_type(header)} takes a single header frame", request_id=header.id)
+        return cast(Request, header)
+    if len(frames) != 2:
+        raise WireError("write_many needs a value frame after the header", request_id=header.id)
+    _check_sizes(header.keys, header.sizes, len(frames[1]), limits, header.id)
+    return WriteMany(header.keys, _split(frames[1], header.sizes), header.id)
+
+
+def _check_sizes(keys: list[Any], sizes: list[int], total: int, limits: Limits, request_id: Any) -> None:
+    """A write_many's ``sizes`` against its keys and its value frame (``total`` bytes)."""
+    if len(sizes) != len(keys):
+        raise WireError(f"write_many needs one size per key: {len(keys)} keys, {len(sizes)} sizes",
+                        request_id=request_id)
+    if sum(sizes) != total:
+        raise WireError(f"the sizes add up to {sum(sizes)} bytes, the value frame has {total}", request_id=request_id)
+    if any(size > limits.max_value_bytes for size in sizes):
+        raise WireError(f"a value is larger than {limits.max_value_bytes} bytes", "too_large", request_id)
+    if total > limits.max_batch_value_bytes:
+        raise WireError(f"the values are larger than {limits.max_batch_value_bytes} bytes together", "too_large",
+                        request_id)
+
+
+def _split(frame: bytes, sizes: list[int]) -> tuple[bytes, ...]:
+    data = memoryview(frame)
+    values = []
+    offset = 0
+    for size in sizes:
+        values.append(bytes(data[offset:offset + size]))
+        offset += size
+    return tuple(values)
 
 
 def _out_of_range(header: Any) -> bool:
@@ -128,7 +185,7 @@ def _out_of_range(header: Any) -> bool:
     request_id = header.id
     if type(request_id) is int and request_id > U64_MAX:
         return True
-    if type(header) in (Read, _WriteHeader, Delete, StatusRequest, TopologyRequest, Leave):
+    if type(header) in (Read, _WriteHeader, Delete, StatusRequest, TopologyRequest, Leave, *_BATCH_HEADERS):
         return False
     return getattr(header, "epoch", 0) > U64_MAX or getattr(header, "protocol", 0) > U64_MAX
 
@@ -157,6 +214,9 @@ _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "read": {"mode": (_STR, False)},
     "write": {},
     "delete": {},
+    "read_many": {"mode": (_STR, False)},
+    "write_many": {"sizes": ((list,), True)},
+    "delete_many": {},
     "version": {"epoch": (_INT, True)},
     "catchup": {"after": (_STR + (type(None),), False), "limit": (_INT, True), "epoch": (_INT, True)},
     "status": {},
@@ -204,7 +264,9 @@ def _explain_request(frames: list[bytes], limits: Limits, accepted: frozenset[st
             raise WireError("key must be a non-empty string", request_id=request_id)
         if len(key.encode()) > limits.max_key_bytes:
             raise WireError(f"key is longer than {limits.max_key_bytes} bytes", "too_large", request_id)
-    if kind == "write":
+    if kind in _BATCHES:
+        _explain_keys(header.get("keys"), limits, request_id)
+    if kind in ("write", "write_many"):
         if len(frames) != 2:
             raise WireError(f"{kind} needs a value frame after the header", request_id=request_id)
         if len(frames[1]) > limits.max_value_bytes:
@@ -229,12 +291,29 @@ def _explain_request(frames: list[bytes], limits: Limits, accepted: frozenset[st
         raise WireError("epoch must be non-negative", request_id=request_id)
     if kind == "catchup" and not 0 < fields["limit"] <= 100_000:
         raise WireError("limit must be from 1 to 100000", request_id=request_id)
+    if kind == "write_many":
+        sizes = fields["sizes"]
+        if not all(_is_wire_int(size) and size >= 0 for size in sizes):
+            raise WireError("sizes must be non-negative integers", request_id=request_id)
+        _check_sizes(header["keys"], sizes, len(frames[1]), limits, request_id)
     return header
+
+
+def _explain_keys(keys: Any, limits: Limits, request_id: Any) -> None:
+    if not isinstance(keys, list) or not 0 < len(keys) <= MAX_BATCH_KEYS:
+        raise WireError(f"keys must be an array of 1 to {MAX_BATCH_KEYS} keys", request_id=request_id)
+    if not all(isinstance(key, str) and key for key in keys):
+        raise WireError("every key must be a non-empty string", request_id=request_id)
+    if any(len(key.encode()) > limits.max_key_bytes for key in keys):
+        raise WireError(f"a key is longer than {limits.max_key_bytes} bytes", "too_large", request_id)
 
 
 def encode_request(request: Request) -> list[bytes]:
     if type(request) is Write:
         return [encode_json(_WriteHeader(request.key, request.id)), request.value]
+    if type(request) is WriteMany:
+        sizes = [len(value) for value in request.values]
+        return [encode_json(_WriteManyHeader(request.keys, sizes, request.id)), b"".join(request.values)]
     return [encode_json(request)]
 
 

@@ -12,6 +12,7 @@ answers the requests that need several of them. The units:
     place        role and neighbours, computed once per topology
     replication  the commit rules: every store mutation the chain makes
     reads        clean reads locally, dirty reads through the tail's version query
+    batches      many keys in one request, each run as a single read, write or delete
     links        sequence numbers, the sent list, sync, resync and resend (no store access)
     leases       the coordinator's lease, peer confirmations, the fence
     catchup      the learner's phases, and serving pages to one
@@ -50,9 +51,10 @@ from zcraq.access import chain_frame_refusal, node_request_refusal
 from zcraq.callers import TRUSTED, Caller
 from zcraq.effects import Effect, Respond
 from zcraq.loglimit import LogLimiter
-from zcraq.messages import (CatchupRequest, ChainFrame, CommitFrame, Confirm, Delete, Error, Malformed, NodeRequest,
-                            Ok, Read, Reply, ResyncFrame, StatusRequest, VersionQuery, Write, WriteFrame,
-                            request_type)
+from zcraq.messages import (CatchupRequest, ChainFrame, CommitFrame, Confirm, Delete, DeleteMany, Error, Malformed,
+                            NodeRequest, Ok, Read, ReadMany, Reply, ResyncFrame, StatusRequest, VersionQuery, Write,
+                            WriteFrame, WriteMany, request_type)
+from zcraq.nodecore.batches import Batches
 from zcraq.nodecore.calls import CallKind, Calls
 from zcraq.nodecore.catchup import CatchUp, serve_page
 from zcraq.nodecore.leases import Leases
@@ -95,6 +97,7 @@ class NodeCore:
         self.catchup = CatchUp(me.id, store, self.calls, self.counters, timings.catchup_page_items,
                                timings.heartbeat_interval)
         self.reads = Reads(store, self.calls, self._out, self.counters, unsafe)
+        self.batches = Batches()
         self.replication = Replication(store, self.links, self._out, self.counters, timings.write_timeout,
                                        self.logs)
         self.membership = Membership(me, timings, store, self._out, self.leases, self.links, self.calls,
@@ -141,6 +144,8 @@ class NodeCore:
         self.store.flush()
         effects = self._out[:]
         self._out.clear()
+        if self.batches.open:
+            effects = self.batches.gather(effects)
         return effects
 
     def next_deadline(self, now: float) -> float:
@@ -227,6 +232,12 @@ class NodeCore:
                 self._write(client, request.id, request.key, request.value, False, now)
             case Delete():
                 self._write(client, request.id, request.key, b"", True, now)
+            case ReadMany():
+                self._read_many(client, request, now)
+            case WriteMany():
+                self._write_many(client, request.id, request.keys, request.values, now)
+            case DeleteMany():
+                self._write_many(client, request.id, request.keys, None, now)
             case VersionQuery():
                 self.reads.version_query(client, request, self.place, self.serving(now))
             case CatchupRequest():
@@ -247,6 +258,26 @@ class NodeCore:
         else:
             self._error(client, request.id, "unavailable", self._not_serving_reason(now))
 
+    def _read_many(self, client: Any, request: ReadMany, now: float) -> None:
+        if not self.serving(now):
+            self._error(client, request.id, "unavailable", self._not_serving_reason(now))
+            return
+        read, place, mode = self.reads.read, self.place, request.mode
+        for slot, key in zip(self.batches.start(client, request.id, len(request.keys), reads=True), request.keys):
+            read(slot, Read(key, mode=mode), place, now)
+
+    def _write_many(self, client: Any, request_id: Any, keys: list[str], values: tuple[bytes, ...] | None,
+                    now: float) -> None:
+        """write_many (``values``) or delete_many (None): refused as a whole like a single write,
+        or each key written as one."""
+        if self._write_refused(client, request_id, now):
+            return
+        deletes = values is None
+        slots = self.batches.start(client, request_id, len(keys), deletes=deletes)
+        write = self.replication.client_write
+        for index, key in enumerate(keys):
+            write(slots[index], None, key, b"" if values is None else values[index], deletes, now)
+
     def _not_serving_reason(self, now: float) -> str:
         if not self.joined:
             return "node is registering with the coordinator"
@@ -259,16 +290,21 @@ class NodeCore:
         return "node is waiting for its predecessor to sync"
 
     def _write(self, client: Any, request_id: Any, key: str, value: bytes, tombstone: bool, now: float) -> None:
+        if not self._write_refused(client, request_id, now):
+            self.replication.client_write(client, request_id, key, value, tombstone, now)
+
+    def _write_refused(self, client: Any, request_id: Any, now: float) -> bool:
+        """Refuse a write that this node cannot take now (answered), before anything is stored."""
         if not self.place.is_head:
             head = self.place.head
             self._out.append(Respond(client, Error(request_id, "not_head", "writes go to the head of the chain",
                                                    head=head.service if head else None)))
-            return
+            return True
         if not self.serving(now) or not self.links.open:
             reason = self._not_serving_reason(now) if not self.serving(now) else "the chain is reconfiguring"
             self._error(client, request_id, "unavailable", reason)
-            return
-        self.replication.client_write(client, request_id, key, value, tombstone, now)
+            return True
+        return False
 
     def _serve_page(self, client: Any, request: CatchupRequest) -> None:
         if not self.place.in_chain or request.epoch != self.topology.epoch:

@@ -1,0 +1,230 @@
+"""The client's batched calls, without sockets: read_many, write_many and delete_many as plans
+(zcraq/clientcore.py explains plans), shared by ZClient and AsyncZClient.
+
+Each key of a batch fares as it would in a single call, and the rules of those calls hold per key:
+
+- read_many: a key a node could not serve (``unavailable``) is asked again, of another node, with
+  the other keys still unread, until the call's deadline; a key that does not exist reads as None.
+- write_many / delete_many: the batch is refused as a whole, and safely resent, when the head
+  refused it before storing anything (``not_head``, ``unavailable``); once it was handed over,
+  each key's answer is its own: its version, or ``unknown_outcome`` when that key's write did not
+  commit in time. A batch whose reply never came leaves every key of it unknown.
+
+A call carries at most MAX_BATCH_KEYS keys, a header of at most 64 KiB and values within the
+cluster's batch limit; a longer call is sent as several requests, one after the other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import msgspec
+import orjson
+
+from zcraq import wire
+from zcraq.clientcore import READ_RETRYABLE, WRITE_RETRYABLE, ClientState, Plan, cached_topology, call, check_key
+from zcraq.clientcore import node_endpoint, pause, pick_reader
+from zcraq.errors import BatchFailed, Timeout, Unavailable, WriteOutcomeUnknown, ZcraqError, error_for
+from zcraq.messages import MAX_BATCH_KEYS, DeleteMany, Ok, ReadMany, WriteMany
+
+HEADER_ROOM = 1024  # header bytes kept free of keys for the other fields
+Versioned = tuple[bytes, int]
+
+
+def chunks(keys: Sequence[str], sizes: Sequence[int], max_values: int) -> Iterator[range]:
+    """Consecutive index ranges of ``keys`` that each fit one request: at most MAX_BATCH_KEYS keys,
+    the keys' JSON within the header limit, the values (``sizes``) within ``max_values`` bytes."""
+    start, header, values = 0, 0, 0
+    for index, key in enumerate(keys):
+        key_json = len(orjson.dumps(key)) + 1
+        if index > start and (index - start == MAX_BATCH_KEYS or values + sizes[index] > max_values
+                              or header + key_json > wire.MAX_HEADER_BYTES - HEADER_ROOM):
+            yield range(start, index)
+            start, header, values = index, 0, 0
+        header += key_json
+        values += sizes[index]
+    if start < len(keys):
+        yield range(start, len(keys))
+
+
+def _check(state: ClientState, keys: Sequence[str], sizes: Sequence[int]) -> None:
+    for key, size in zip(keys, sizes):
+        check_key(key)
+        state.check_size(key, size)
+
+
+def _max_values(state: ClientState) -> int:
+    limits = state.limits
+    return limits.max_batch_value_bytes if limits is not None else 16 << 20
+
+
+# ---------------------------------------------------------------------------------- reads
+
+
+def read_many(state: ClientState, keys: Sequence[str], node: str | None, mode: str,
+              deadline: float) -> Plan[list[Versioned | None]]:
+    """Each key's committed value and version, or None where the key does not exist."""
+    _check(state, keys, [0] * len(keys))
+    results: list[Versioned | None] = [None] * len(keys)
+    unread = list(range(len(keys)))
+    last_error: ZcraqError = Unavailable("no node answered")
+    while unread and time.monotonic() < deadline:
+        failed: list[int] = []
+        for part in chunks([keys[i] for i in unread], [0] * len(unread), _max_values(state)):
+            asked = [unread[i] for i in part]
+            # Each request to the next node: a long batch is spread over the chain, as reads are.
+            endpoint = (yield from node_endpoint(state, node, deadline)) if node \
+                else (yield from pick_reader(state, deadline))
+            if endpoint is None:
+                if node:
+                    raise Unavailable(f"no node {node!r} in the chain (or the coordinator did not answer)")
+                last_error = Unavailable("no node to read from: the chain is empty or the coordinator did not answer")
+                failed.extend(asked)
+                continue
+            request = ReadMany([keys[i] for i in asked], id=state.next_id(), mode=mode)  # type: ignore[arg-type]
+            outcome = yield from call(endpoint, request, state.attempt_deadline(deadline))
+            if isinstance(outcome, Timeout):
+                last_error = Timeout(f"{endpoint} did not answer in time")
+                failed.extend(asked)
+                state.avoid(endpoint)
+                continue
+            reply, values = outcome
+            if not isinstance(reply, Ok):
+                if reply.code not in READ_RETRYABLE:
+                    raise error_for(reply.code, reply.message or reply.code)
+                last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
+                failed.extend(asked)
+                state.avoid(endpoint)
+                continue
+            per_key = _results(reply, len(asked), values, endpoint)
+            for index, result, value in zip(asked, per_key, values):
+                if type(result) is int:
+                    results[index] = (value, result)
+                elif result == "not_found":
+                    results[index] = None
+                elif result in READ_RETRYABLE:
+                    last_error = error_for(str(result), f"{endpoint} could not read {keys[index]!r}")
+                    failed.append(index)
+                    state.avoid(endpoint)
+                else:
+                    raise error_for(str(result), f"{endpoint} could not read {keys[index]!r}: {result}")
+        unread = sorted(failed)
+        if unread:
+            state.forget_topology()
+            if node:
+                break
+            yield from pause(deadline)
+    if unread:
+        raise type(last_error)(f"{len(unread)} of {len(keys)} keys could not be read: {last_error}")
+    return results
+
+
+def _results(reply: Ok, keys: int, values: list[bytes], endpoint: str) -> list[int | str]:
+    results = reply.results
+    if results is msgspec.UNSET or len(results) != keys or len(values) != keys:
+        raise ZcraqError(f"{endpoint} answered a batch of {keys} keys with another number of results")
+    return results
+
+
+# ---------------------------------------------------------------------------------- writes
+
+
+def write_many(state: ClientState, keys: Sequence[str], values: Sequence[bytes] | None,
+               deadline: float) -> Plan[list[Ok | ZcraqError]]:
+    """Have the head write ``values[i]`` under ``keys[i]`` (delete every key when ``values`` is None);
+    per key, its acknowledgement (version, and for a deletion ``existed``) or the error it met."""
+    sizes = [len(value) for value in values] if values is not None else [0] * len(keys)
+    _check(state, keys, sizes)
+    outcomes: list[Ok | ZcraqError] = []
+    for part in chunks(keys, sizes, _max_values(state)):
+        if outcomes and any(isinstance(o, ZcraqError) for o in outcomes):
+            # An earlier part failed: the rest is not sent, so what the caller sees stays simple.
+            outcomes.extend(Unavailable("not sent: an earlier part of the batch failed") for _ in part)
+            continue
+        part_keys = [keys[i] for i in part]
+        part_values = None if values is None else tuple(values[i] for i in part)
+        outcomes.extend((yield from _write_part(state, part_keys, part_values, deadline)))
+    return outcomes
+
+
+def _write_part(state: ClientState, keys: list[str], values: tuple[bytes, ...] | None,
+                deadline: float) -> Plan[list[Ok | ZcraqError]]:
+    kind = "delete_many" if values is None else "write_many"
+    last_error: ZcraqError = Unavailable("no head available")
+    while time.monotonic() < deadline:
+        topology = yield from cached_topology(state, deadline)
+        head = topology.head if topology else None
+        if head is None:
+            last_error = Unavailable("no head known: the chain is empty or the coordinator did not answer")
+            state.forget_topology()
+            yield from pause(deadline)
+            continue
+        endpoint = head.service
+        request_id = state.next_id()
+        request = (DeleteMany(keys, id=request_id) if values is None
+                   else WriteMany(keys, values, id=request_id))
+        outcome = yield from call(endpoint, request, deadline, connect_first=True)
+        if isinstance(outcome, Timeout):
+            if outcome.delivered:
+                unknown = WriteOutcomeUnknown(f"{kind}: no answer from {endpoint} within {state.timeout:g}s; "
+                                              "it may or may not have committed")
+                return [unknown] * len(keys)
+            last_error = Unavailable(f"{endpoint} could not be reached; the {kind} was not sent")
+            state.forget_topology()
+            yield from pause(deadline)
+            continue
+        reply, _values = outcome
+        if isinstance(reply, Ok):
+            return _acknowledgements(reply, keys, endpoint)
+        if reply.code not in WRITE_RETRYABLE:
+            return [error_for(reply.code, reply.message or reply.code)] * len(keys)  # nothing was stored
+        last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
+        state.forget_topology()
+        yield from pause(deadline)
+    return [last_error] * len(keys)
+
+
+def _acknowledgements(reply: Ok, keys: list[str], endpoint: str) -> list[Ok | ZcraqError]:
+    results = reply.results
+    if results is msgspec.UNSET or len(results) != len(keys):
+        raise ZcraqError(f"{endpoint} answered a batch of {len(keys)} keys with another number of results")
+    existed = reply.existed if isinstance(reply.existed, list) else [None] * len(keys)
+    outcomes: list[Ok | ZcraqError] = []
+    for key, result, had in zip(keys, results, existed):
+        if type(result) is int:
+            outcomes.append(Ok(version=result, existed=msgspec.UNSET if had is None else had))
+        else:
+            message = f"{key!r}: the write did not commit in time; it may still commit" \
+                if result == "unknown_outcome" else f"{key!r}: {result}"
+            outcomes.append(error_for(str(result), message))
+    return outcomes
+
+
+def settle(outcomes: list[Ok | ZcraqError], what: str) -> list[Ok]:
+    """Every key's acknowledgement. When keys failed: the error itself if the batch met one error
+    as a whole (refused, or no reply: what the single call raises), else BatchFailed with each
+    key's outcome."""
+    failures = [o for o in outcomes if isinstance(o, ZcraqError)]
+    if not failures:
+        return outcomes  # type: ignore[return-value]
+    if len(failures) == len(outcomes) and all(o is failures[0] for o in failures):
+        raise failures[0]
+    raise BatchFailed(f"{what}: {len(failures)} of {len(outcomes)} keys failed ({failures[0]})",
+                      [o.version if isinstance(o, Ok) else o for o in outcomes],  # type: ignore[misc]
+                      [o.existed if isinstance(o, Ok) and isinstance(o.existed, bool) else None for o in outcomes])
+
+
+def values_of(items: Any) -> tuple[list[str], list[bytes]]:
+    """write_many's items (a mapping, or pairs) as keys and values; str values are UTF-8."""
+    pairs = items.items() if hasattr(items, "items") else items
+    keys: list[str] = []
+    values: list[bytes] = []
+    for key, value in pairs:
+        keys.append(key)
+        values.append(value.encode() if isinstance(value, str) else bytes(value))
+    return keys, values
+
+
+__all__ = ["chunks", "read_many", "write_many", "settle", "values_of"]
