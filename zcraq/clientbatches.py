@@ -98,8 +98,8 @@ def read_many(state: ClientState, keys: Sequence[str], node: str | None, mode: s
                 failed.extend(asked)
                 state.avoid(endpoint)
                 continue
-            per_key = _results(reply, len(asked), values, endpoint)
-            for index, result, value in zip(asked, per_key, values):
+            per_key, found = _read_results(reply, len(asked), values, endpoint)
+            for index, result, value in zip(asked, per_key, found):
                 if type(result) is int:
                     results[index] = (value, result)
                 elif result == "not_found":
@@ -121,11 +121,13 @@ def read_many(state: ClientState, keys: Sequence[str], node: str | None, mode: s
     return results
 
 
-def _results(reply: Ok, keys: int, values: list[bytes], endpoint: str) -> list[int | str]:
-    results = reply.results
-    if results is msgspec.UNSET or len(results) != keys or len(values) != keys:
-        raise ZcraqError(f"{endpoint} answered a batch of {keys} keys with another number of results")
-    return results
+def _read_results(reply: Ok, keys: int, frames: list[bytes], endpoint: str) -> tuple[list[int | str], list[bytes]]:
+    """A read_many reply's results and each key's value (cut from the one value frame by ``sizes``)."""
+    results, sizes = reply.results, reply.sizes
+    if results is msgspec.UNSET or sizes is msgspec.UNSET or len(results) != keys or len(sizes) != keys \
+            or len(frames) != 1 or sum(sizes) != len(frames[0]):
+        raise ZcraqError(f"{endpoint} answered a read_many of {keys} keys with a malformed reply")
+    return results, list(wire.split_values(frames[0], sizes))
 
 
 # ---------------------------------------------------------------------------------- writes

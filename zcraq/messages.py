@@ -201,6 +201,7 @@ class Ok(msgspec.Struct, frozen=True, tag_field="type", tag="ok"):
     existed: bool | list[bool | None] | UnsetType = UNSET  # delete: the key had a value just before this
     # deletion; delete_many: that for each key (null for a key whose deletion failed)
     results: list[U64 | str] | UnsetType = UNSET  # read_many, write_many, delete_many: per key, a version or an error code
+    sizes: list[U64] | UnsetType = UNSET  # read_many: each key's value length in the one value frame
     items: list[tuple[Key, Version, Flags]] | UnsetType = UNSET  # catchup: [key, version, flags]
     cursor: str | None | UnsetType = UNSET  # catchup: null on the last page
     progress: Share | UnsetType = UNSET  # catchup: the source's estimate of how far the page reaches

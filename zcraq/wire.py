@@ -153,7 +153,7 @@ def _batch(header: Any, frames: list[bytes], limits: Limits) -> Request:
     if len(frames) != 2:
         raise WireError("write_many needs a value frame after the header", request_id=header.id)
     _check_sizes(header.keys, header.sizes, len(frames[1]), limits, header.id)
-    return WriteMany(header.keys, _split(frames[1], header.sizes), header.id)
+    return WriteMany(header.keys, split_values(frames[1], header.sizes), header.id)
 
 
 def _check_sizes(keys: list[Any], sizes: list[int], total: int, limits: Limits, request_id: Any) -> None:
@@ -170,7 +170,8 @@ def _check_sizes(keys: list[Any], sizes: list[int], total: int, limits: Limits, 
                         request_id)
 
 
-def _split(frame: bytes, sizes: list[int]) -> tuple[bytes, ...]:
+def split_values(frame: bytes, sizes: list[int]) -> tuple[bytes, ...]:
+    """The values that a batch's one value frame carries one after the other, ``sizes`` long."""
     data = memoryview(frame)
     values = []
     offset = 0

@@ -1,12 +1,14 @@
 """Batched requests (read_many, write_many, delete_many): each key runs through the same path as a
 single read, write or delete, and the per-key answers are gathered into one reply.
 
-Each key's request goes to reads.py or replication.py with a ``Slot`` as its client: the answer
-those units would send to a client becomes a ``Respond`` to the slot, and ``gather`` (run over a
-loop turn's effects in ``NodeCore.ready``) files it into its batch instead of sending it. The
-batch's reply leaves once every key is answered, so a key gets exactly what the single request
-would have got: a dirty read waits for the tail, a write for its commit or its time-out
-(``unknown_outcome``), and nothing about the single paths changes.
+A key that must wait (a dirty read for the tail, a write for its commit) goes to reads.py or
+replication.py with a ``Slot`` as its client: the answer those units would send to a client becomes
+a ``Respond`` to the slot, and ``gather`` (run over a loop turn's effects in ``NodeCore.ready``)
+files it into its batch instead of sending it. A read answered from the local store is filed at
+once (``Batch.found``), as the single read would have answered it. The batch's reply leaves once
+every key is answered, so a key gets exactly what the single request would have got: a dirty read
+waits for the tail, a write for its commit or its time-out (``unknown_outcome``), and nothing about
+the single paths changes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from msgspec import UNSET
 
 from zcraq.effects import Effect, Respond
 from zcraq.messages import Error, Ok
+from zcraq.store.base import Item
 
 
 UNANSWERED = ""  # a result not filed yet (every error code is non-empty)
@@ -26,7 +29,7 @@ UNANSWERED = ""  # a result not filed yet (every error code is non-empty)
 class Batch:
     """One batched request in progress: a result per key, filled as the keys are answered."""
 
-    __slots__ = ("client", "request_id", "results", "values", "existed", "left")
+    __slots__ = ("client", "request_id", "results", "values", "existed", "left", "waiting")
 
     def __init__(self, client: Any, request_id: Any, keys: int, reads: bool, deletes: bool) -> None:
         self.client = client
@@ -35,10 +38,27 @@ class Batch:
         self.values: list[bytes] | None = [b""] * keys if reads else None  # a read_many's, one per key
         self.existed: list[bool | None] | None = [None] * keys if deletes else None
         self.left = keys
+        self.waiting = False  # some key answers through a slot
+
+    def found(self, index: int, item: Item | None) -> None:
+        """Key ``index`` read locally: ``item`` is what a single read would answer."""
+        if item is None or item.tombstone:
+            self.results[index] = "not_found"
+        else:
+            self.results[index] = item.version
+            if self.values is not None:
+                self.values[index] = item.value
+        self.left -= 1
 
     def reply(self) -> Respond:
-        existed = UNSET if self.existed is None else self.existed
-        return Respond(self.client, Ok(self.request_id, results=self.results, existed=existed), self.values or ())
+        """The answer to the whole batch. A read_many's values travel in one frame, one after the
+        other, with their lengths in ``sizes`` (one frame, not one per key: each frame costs the
+        sender and the receiver more than copying a small value)."""
+        if self.values is None:
+            existed = UNSET if self.existed is None else self.existed
+            return Respond(self.client, Ok(self.request_id, results=self.results, existed=existed))
+        sizes = [len(value) for value in self.values]
+        return Respond(self.client, Ok(self.request_id, results=self.results, sizes=sizes), (b"".join(self.values),))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -54,11 +74,15 @@ class Batches:
         self.open = 0  # batches not yet answered: while none is, gather has nothing to do
 
     def start(self, client: Any, request_id: Any, keys: int, *, reads: bool = False,
-              deletes: bool = False) -> list[Slot]:
-        """A new batch of ``keys`` keys; the slots to pass as each key's client, in key order."""
-        batch = Batch(client, request_id, keys, reads, deletes)
-        self.open += 1
-        return [Slot(batch, index) for index in range(keys)]
+              deletes: bool = False) -> Batch:
+        return Batch(client, request_id, keys, reads, deletes)
+
+    def slot(self, batch: Batch, index: int) -> Slot:
+        """What to pass as key ``index``'s client when its answer comes later."""
+        if not batch.waiting:
+            batch.waiting = True
+            self.open += 1
+        return Slot(batch, index)
 
     def gather(self, effects: list[Effect]) -> list[Effect]:
         """``effects`` with every answer to a slot filed into its batch, and each batch that is

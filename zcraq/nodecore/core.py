@@ -61,7 +61,7 @@ from zcraq.nodecore.leases import Leases
 from zcraq.nodecore.links import InLink, Links
 from zcraq.nodecore.membership import Membership
 from zcraq.nodecore.place import Place
-from zcraq.nodecore.reads import Reads
+from zcraq.nodecore.reads import NeedsTail, Reads
 from zcraq.nodecore.replication import Replication
 from zcraq.nodecore.timings import NodeTimings
 from zcraq.store.base import ReplicaStore
@@ -262,9 +262,18 @@ class NodeCore:
         if not self.serving(now):
             self._error(client, request.id, "unavailable", self._not_serving_reason(now))
             return
-        read, place, mode = self.reads.read, self.place, request.mode
-        for slot, key in zip(self.batches.start(client, request.id, len(request.keys), reads=True), request.keys):
-            read(slot, Read(key, mode=mode), place, now)
+        reads, place, mode, keys = self.reads, self.place, request.mode, request.keys
+        batch = self.batches.start(client, request.id, len(keys), reads=True)
+        self.counters["reads"] += len(keys)
+        local, found = reads.local, batch.found
+        for index, key in enumerate(keys):
+            item = local(key, mode, place)
+            if isinstance(item, NeedsTail):
+                reads.ask_tail(self.batches.slot(batch, index), None, key, place, now)
+            else:
+                found(index, item)
+        if batch.left == 0:
+            self._out.append(batch.reply())
 
     def _write_many(self, client: Any, request_id: Any, keys: list[str], values: tuple[bytes, ...] | None,
                     now: float) -> None:
@@ -273,10 +282,11 @@ class NodeCore:
         if self._write_refused(client, request_id, now):
             return
         deletes = values is None
-        slots = self.batches.start(client, request_id, len(keys), deletes=deletes)
+        batches = self.batches
+        batch = batches.start(client, request_id, len(keys), deletes=deletes)
         write = self.replication.client_write
         for index, key in enumerate(keys):
-            write(slots[index], None, key, b"" if values is None else values[index], deletes, now)
+            write(batches.slot(batch, index), None, key, b"" if values is None else values[index], deletes, now)
 
     def _not_serving_reason(self, now: float) -> str:
         if not self.joined:

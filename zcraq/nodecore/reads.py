@@ -22,6 +22,13 @@ from zcraq.nodecore.place import Place
 from zcraq.store.base import Item, ReplicaStore
 
 
+class NeedsTail:
+    """The answer to a read is not known locally: the tail must be asked."""
+
+
+NEEDS_TAIL = NeedsTail()
+
+
 class Reads:
     def __init__(self, store: ReplicaStore, calls: Calls, out: list[Effect], counters: dict[str, int],
                  unsafe: frozenset[str]) -> None:
@@ -32,28 +39,39 @@ class Reads:
         # "dirty_read_local": answer dirty reads without asking the tail (a test-only bug).
         self._dirty_read_local = "dirty_read_local" in unsafe
 
+    def local(self, key: str, mode: str, place: Place) -> Item | None | NeedsTail:
+        """What a read of ``key`` answers from this node's store alone (None: no value), or
+        NEEDS_TAIL when its newest version is dirty and only the tail can say which is committed."""
+        store = self.store
+        if mode == "eventual":
+            return store.latest_committed(key)
+        latest = store.latest(key)
+        if latest is None or latest.committed:
+            return latest
+        if place.is_tail:  # it decides what is committed: its newest committed version is the answer
+            return store.latest_committed(key)
+        return NEEDS_TAIL
+
     def read(self, client: Any, request: Read, place: Place, now: float) -> None:
         """A read at a serving member."""
         self._counters["reads"] += 1
-        key, store = request.key, self.store
-        if request.mode == "eventual":
-            self._answer(client, request.id, key, store.latest_committed(key))
+        key = request.key
+        found = self.local(key, request.mode, place)
+        if not isinstance(found, NeedsTail):
+            self._answer(client, request.id, key, found)
             return
-        latest = store.latest(key)
-        if latest is None or latest.committed:
-            self._answer(client, request.id, key, latest)
-            return
-        if place.is_tail:  # it decides what is committed: its newest committed version is the answer
-            self._answer(client, request.id, key, store.latest_committed(key))
-            return
+        self.ask_tail(client, request.id, key, place, now)
+
+    def ask_tail(self, client: Any, request_id: Any, key: str, place: Place, now: float) -> None:
+        """A strong read of a key whose newest version here is dirty (counted in ``reads`` already)."""
         self._counters["dirty_reads"] += 1
         if self._dirty_read_local:
-            self._answer(client, request.id, key, latest)
+            self._answer(client, request_id, key, self.store.latest(key))
             return
         tail, epoch = place.tail, place.epoch
         assert tail is not None
         self.calls.ask(tail, CallKind.VERSION, now, epoch, lambda i: VersionQuery(key, epoch, id=i),
-                       client=client, request_id=request.id, key=key)
+                       client=client, request_id=request_id, key=key)
 
     def tail_answered(self, call: Call, reply: Reply, epoch: int, now: float) -> None:
         """The tail's answer to a dirty read's version query (``epoch``: ours now)."""
