@@ -25,10 +25,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
 
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One version of one key."""
+
+class Item(msgspec.Struct, frozen=True, gc=False):
+    """One version of one key. (A msgspec Struct: made for every read, it is built ten times
+    faster than a frozen dataclass.)"""
 
     key: str
     version: int

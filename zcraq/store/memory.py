@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterator
-from dataclasses import replace
+
+import msgspec
 
 from .base import Item, Page
 from .errors import StoreClosedError, check_key, check_value, check_version
@@ -67,7 +68,7 @@ class MemoryStore:
         newest = _newest_committed(held)
         if newest is not None and newest >= version:
             return False
-        self._set(key, replace(item, committed=True))
+        self._set(key, msgspec.structs.replace(item, committed=True))
         self._remove(key, [v for v in held if v < version])
         return True
 
