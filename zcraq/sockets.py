@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any, cast
 
 import zmq
 
@@ -35,6 +36,8 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a catch-up page or a batch of chain rec
 # values are worth it. Flags as plain ints: pyzmq's flag enums cost a microsecond per operation.
 ZERO_COPY_BYTES = 64 * 1024
 _NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
@@ -292,11 +295,7 @@ def recv_batch_with_keys(sock: zmq.Socket, limit: int) -> list[tuple[list[bytes]
     """Like recv_batch, each message with the CURVE key its connection authenticated (the
     "User-Id" the ZAP handler gave it), or None on a connection without one."""
     messages = []
-    for _ in range(limit):
-        try:
-            frames = sock.recv_multipart(_NOBLOCK, copy=False)
-        except zmq.Again:
-            break
+    for frames in _waiting(sock, limit, copy=False):
         try:
             found = frames[0].get("User-Id")
         except zmq.ZMQError:
@@ -308,10 +307,22 @@ def recv_batch_with_keys(sock: zmq.Socket, limit: int) -> list[tuple[list[bytes]
 
 def recv_batch(sock: zmq.Socket, limit: int) -> list[list[bytes]]:
     """Up to ``limit`` messages already waiting on ``sock``, without blocking."""
-    messages = []
-    for _ in range(limit):
-        try:
-            messages.append(sock.recv_multipart(_NOBLOCK))
-        except zmq.Again:
-            break
-    return messages
+    return list(_waiting(sock, limit, copy=True))
+
+
+def _waiting(sock: zmq.Socket, limit: int, copy: bool) -> Iterator[Any]:
+    """The messages waiting on ``sock`` (up to ``limit``), read without blocking.
+
+    A receive that finds nothing raises zmq.Again, which costs as much as receiving a message; a
+    look at ZMQ_EVENTS costs a fifth of that. So: one receive (the poll said the socket is
+    readable), one look, and only if more is waiting, receives until one finds nothing. One
+    message per turn, the common case under light load, then never pays for an exception."""
+    recv = sock.recv_multipart
+    try:
+        yield recv(_NOBLOCK, copy=copy)
+        if limit < 2 or not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+            return
+        for _ in range(limit - 1):
+            yield recv(_NOBLOCK, copy=copy)
+    except zmq.Again:
+        return
