@@ -360,6 +360,24 @@ def test_strong_read_of_a_dirty_key_asks_the_tail_and_answers_its_version():
     assert node.counters["dirty_reads"] == 1
 
 
+def test_dirty_reads_of_a_key_in_one_turn_share_one_version_query():
+    node = middle_with([rec("k", 1, b"old"), rec("k", 2, b"new"), rec("j", 1, b"j1")], [("k", 1)])
+    for request_id in ("q1", "q2"):
+        node.on_request("reader", Read("k", id=request_id), 0.2)
+    node.on_request("reader", Read("j", id="q3"), 0.2)
+    queries = peer_requests(node.ready())
+    assert sorted(header["key"] for _, header in queries) == ["j", "k"]  # one query per key
+    k_query = next(header["id"] for _, header in queries if header["key"] == "k")
+    node.on_peer_reply(Ok(k_query, version=1), [], 0.3)
+    answered = {reply.id: (reply.header["version"], reply.values) for _, reply in replies(node.ready())}
+    assert answered == {"q1": (1, [b"old"]), "q2": (1, [b"old"])}
+    # A read that arrives while a query for its key is out asks again: the answer on its way may
+    # predate a write acknowledged before this read began.
+    node.on_request("reader", Read("j", id="q4"), 0.4)
+    assert [header["key"] for _, header in peer_requests(node.ready())] == ["j"]
+    assert node.counters["dirty_reads"] == 4
+
+
 def test_strong_read_answers_the_older_version_the_tail_reports():
     node = middle_with([rec("k", 1, b"old"), rec("k", 2, b"new")], [("k", 1)])
     header = peer_requests(read(node, "k", 0.2))[0][1]

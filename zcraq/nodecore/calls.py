@@ -7,7 +7,7 @@ reply means is the asker's business; this table only remembers who asked what, w
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, auto
 from itertools import count
 from typing import Any
@@ -22,7 +22,7 @@ class CallKind(Enum):
     HEARTBEAT = auto()
     TOPOLOGY = auto()
     CAUGHT_UP = auto()
-    VERSION = auto()  # a dirty read asking the tail; ``client`` waits for the answer
+    VERSION = auto()  # dirty reads asking the tail; ``waiters`` wait for the answer
     CONFIRM = auto()  # ``peer`` is the node asked
     CATCHUP = auto()
 
@@ -33,9 +33,8 @@ class Call:
     sent_at: float
     deadline: float
     epoch: int  # ours when we asked: a reply counts only if we are still in it
-    client: Any = None  # a dirty read's requester
-    request_id: Any = None  # ... and its request id
-    key: str | None = None  # a dirty read's key
+    waiters: list[tuple[Any, Any]] = field(default_factory=list)  # dirty reads: (client, request id) each
+    key: str | None = None  # the dirty reads' key
     peer: str | None = None  # who was asked to confirm
 
 

@@ -138,8 +138,10 @@ class NodeCore:
         return True
 
     def ready(self) -> list[Effect]:
-        """End of a loop turn: buffered chain records become frames, every store change of the turn
-        becomes durable in one batch, and only then are the effects handed over to be sent."""
+        """End of a loop turn: the turn's dirty reads ask the tail (one query per key), buffered
+        chain records become frames, every store change of the turn becomes durable in one batch,
+        and only then are the effects handed over to be sent."""
+        self.reads.send_queries()
         self.links.flush()
         self.store.flush()
         effects = self._out[:]

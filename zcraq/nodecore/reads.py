@@ -2,7 +2,11 @@
 version of a key is committed, and asks the tail which version is committed when it is dirty.
 Also the tail's side of that exchange: answering version queries.
 
-Owns no state of its own: a dirty read waits as a call (calls.py) until the tail answers.
+A dirty read waits as a call (calls.py) until the tail answers. The dirty reads of one key that
+arrive in one loop turn share one version query, sent at the turn's end (``send_queries``): it
+leaves after every one of them arrived, so the committed version it learns is one the tail held
+after each read began, which is all linearizability asks. (A read must never join a query sent
+before it arrived: that answer could predate a write acknowledged before the read began.)
 
 Mind the race a dirty read runs: while we wait for the tail, a newer version may commit here and
 prune the one the tail named. Our own newest committed version is then a correct answer (it
@@ -11,6 +15,7 @@ committed during the read), never "not found".
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from msgspec import UNSET
@@ -20,6 +25,16 @@ from zcraq.messages import Error, Ok, Read, Reply, VersionQuery
 from zcraq.nodecore.calls import Call, CallKind, Calls
 from zcraq.nodecore.place import Place
 from zcraq.store.base import Item, ReplicaStore
+from zcraq.topology import Member
+
+
+@dataclass(slots=True)
+class _Query:
+    """The version query a key's dirty reads of this turn will share."""
+
+    tail: Member
+    asked_at: float
+    waiters: list[tuple[Any, Any]]  # (client, request id) of each read
 
 
 class NeedsTail:
@@ -38,6 +53,7 @@ class Reads:
         self._counters = counters
         # "dirty_read_local": answer dirty reads without asking the tail (a test-only bug).
         self._dirty_read_local = "dirty_read_local" in unsafe
+        self._queries: dict[tuple[str, str, int], _Query] = {}  # (key, tail id, epoch): this turn's
 
     def local(self, key: str, mode: str, place: Place) -> Item | None | NeedsTail:
         """What a read of ``key`` answers from this node's store alone (None: no value), or
@@ -70,11 +86,21 @@ class Reads:
             return
         tail, epoch = place.tail, place.epoch
         assert tail is not None
-        self.calls.ask(tail, CallKind.VERSION, now, epoch, lambda i: VersionQuery(key, epoch, id=i),
-                       client=client, request_id=request_id, key=key)
+        query = self._queries.get((key, tail.id, epoch))
+        if query is None:
+            query = self._queries[(key, tail.id, epoch)] = _Query(tail, now, [])
+        query.waiters.append((client, request_id))
+
+    def send_queries(self) -> None:
+        """End of a loop turn: one version query per key for the turn's dirty reads of it."""
+        for (key, _, epoch), query in self._queries.items():
+            self.calls.ask(query.tail, CallKind.VERSION, query.asked_at, epoch,
+                           lambda i, key=key, epoch=epoch: VersionQuery(key, epoch, id=i),  # type: ignore[misc]
+                           waiters=query.waiters, key=key)
+        self._queries.clear()
 
     def tail_answered(self, call: Call, reply: Reply, epoch: int, now: float) -> None:
-        """The tail's answer to a dirty read's version query (``epoch``: ours now)."""
+        """The tail's answer to a version query for dirty reads (``epoch``: ours now)."""
         key = call.key
         assert key is not None
         if isinstance(reply, Error):
@@ -88,15 +114,16 @@ class Reads:
             return
         local = self.store.latest_committed(key)
         if local is not None and local.version >= committed:
-            self._answer(call.client, call.request_id, key, local)
+            item: Item | None = local
         elif committed == 0:
-            self._answer(call.client, call.request_id, key, None)
+            item = None
         else:
             item = self.store.get(key, committed)
             if item is None:
                 self._unavailable(call, "the committed version is not held here; retry")
-            else:
-                self._answer(call.client, call.request_id, key, item)
+                return
+        for client, request_id in call.waiters:
+            self._answer(client, request_id, key, item)
 
     def tail_timed_out(self, call: Call) -> None:
         self._unavailable(call, "the tail did not answer in time")
@@ -119,4 +146,5 @@ class Reads:
             self._out.append(Respond(client, Ok(request_id, version=item.version), (item.value,)))
 
     def _unavailable(self, call: Call, message: str) -> None:
-        self._out.append(Respond(call.client, Error(call.request_id, "unavailable", message)))
+        for client, request_id in call.waiters:
+            self._out.append(Respond(client, Error(request_id, "unavailable", message)))
