@@ -46,6 +46,7 @@ from typing import Any
 import benchlib
 import cpuquota
 import pipeload
+import spy_top
 from chain_bench import machine_info, preload
 from zmq_baseline import EchoServers
 
@@ -93,6 +94,7 @@ class Runner:
         self.args = args
         self.results: list[dict[str, Any]] = []
         self.unknown_read_many: str | None = None
+        self.profiles: dict[str, str] = {}
 
     def spec(self, workload: str, target: pipeload.Target, inflight: int | None = None) -> pipeload.PipeSpec:
         a = self.args
@@ -128,6 +130,27 @@ class Runner:
         return result
 
 
+    def profile(self, name: str, workload: str, target: pipeload.Target, pids: dict[str, int], node: str) -> None:
+        """One more window (not in the figures) with ``node`` under py-spy: where its time goes."""
+        if not self.args.py_spy:
+            return
+        directory = self.args.profile_dir or Path(tempfile.mkdtemp(prefix="zcraq-spy-"))
+        directory.mkdir(parents=True, exist_ok=True)
+        output = directory / f"{name.replace(' ', '-')}-{node}.txt"
+        spy = spy_top.record(self.args.py_spy, pids[node], self.args.warmup + self.args.duration + 1, output)
+        try:
+            result = pipeload.run(self.spec(workload, target), pids)
+        finally:
+            _, err = spy.communicate(timeout=self.args.duration + 60)
+        if spy.returncode != 0 or not output.exists():
+            print(f"   py-spy on {node} failed: {err.decode(errors='replace').strip()[-500:]}", flush=True)
+            return
+        text = (f"{name}, {node} under py-spy ({result['ops_per_s']:,.0f} ops/s while profiled; "
+                f"raw profile {output}):\n" + spy_top.top(spy_top.parse(output.read_text()), 12))
+        self.profiles[name] = text
+        print("   " + text.replace("\n", "\n   "), flush=True)
+
+
 pipeload_quiet_pct = 10.0  # wait (--wait-quiet s at most) for other processes to use under this % of a CPU
 
 
@@ -139,13 +162,13 @@ def node_cpu_pct(result: dict[str, Any]) -> float:
 
 
 def client_cpu_pct(result: dict[str, Any]) -> float:
-    cpu = result["cpu"]
-    return 100 * sum(c["cpu_s"] or 0.0 for n, c in cpu["processes"].items() if n.startswith("loadgen")) / cpu["wall_s"]
+    """Every generator process (by its own clock), % of one CPU."""
+    return sum(v for v in result["generator_cpu_pct"] if v is not None)
 
 
 def gen_loop_pct(result: dict[str, Any]) -> float:
     """The busiest generator's Python loop (main thread), % of one CPU: near 100 it is the limit."""
-    return max((t["main"] for t in result["generator_threads_pct"].values()), default=0.0)
+    return max((v for v in result["generator_loop_pct"] if v is not None), default=0.0)
 
 
 def line(r: dict[str, Any]) -> str:
@@ -201,6 +224,7 @@ def phase_main(runner: Runner, args: argparse.Namespace, root: Path) -> None:
             runner.window({"phase": "main", "system": "echo x3", "servers": 3, "round": r},
                           "read", echo_target(echo.endpoints), echo.pids())
             echo.check_alive()
+        runner.profile("3-node strong reads", "read", chain, cluster.pids(), "node2")
     finally:
         if cluster is not None:
             cluster.close()
@@ -223,6 +247,7 @@ def phase_sync(runner: Runner, args: argparse.Namespace, root: Path) -> None:
             runner.window({"phase": "sync", "system": "echo x1", "servers": 1, "round": r},
                           "write", echo_target(echo.endpoints), echo.pids())
             echo.check_alive()
+        runner.profile("3-node sync writes", "write", chain, cluster.pids(), "node1")
     finally:
         if cluster is not None:
             cluster.close()
@@ -409,6 +434,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--wait-quiet", type=float, default=10.0,
                    help="before each window, wait up to this many seconds for other processes to use under "
                         f"{pipeload_quiet_pct:g}%% of a CPU (0: do not wait)")
+    p.add_argument("--py-spy", default=None, metavar="PATH",
+                   help="py-spy program: after the rounds, one more read window with node2 and one more "
+                        "sync write window with the head (node1) under it, each summarized (not in the figures)")
+    p.add_argument("--profile-dir", type=Path, default=None, help="where py-spy's raw profiles go (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="write every window and the summary to this file")
     args = p.parse_args(argv)
     if min(args.rounds, args.inflight, args.scaling_inflight, args.procs, args.keys, args.hot_keys) < 1 or args.batch < 2:
@@ -472,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)), "argv": sys.argv,
             "machine": info, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "medians": rows, "figures": figures, "read_many_failure": runner.unknown_read_many,
+            "medians": rows, "figures": figures, "profiles": runner.profiles, "read_many_failure": runner.unknown_read_many,
             "results": runner.results}, indent=2) + "\n")
         print(f"\nresults written to {args.json}")
     return status

@@ -110,6 +110,11 @@ class _Tally:
     keys_ok: int = 0  # read_many: keys read (a version in "results")
     keys_failed: Counter[str] = field(default_factory=Counter)  # read_many: error code per failed key
     late: int = 0  # replies to ops already given up (timed out)
+    # This process's own CPU over the window (process_time: all threads, libzmq's I/O thread
+    # included; thread_time: the Python loop alone) and the window's length as it saw it.
+    process_cpu_s: float = 0.0
+    loop_cpu_s: float = 0.0
+    clock_wall_s: float = 0.0
 
 
 def _run_slots(cfg: dict[str, Any], start_ns: int, tally: _Tally) -> None:
@@ -159,7 +164,7 @@ def _run_slots(cfg: dict[str, Any], start_ns: int, tally: _Tally) -> None:
             else:
                 kind, sock, frames = "write", writer, enc.write(next_id, pick(nkeys))
             pending[next_id] = (perf(), kind, slot)
-            sock.send_multipart(frames, send_flags, copy=False)
+            sock.send_multipart(frames, send_flags)  # copying is cheaper than Frame objects for small frames
 
         now = perf()
         if start_ns > now:
@@ -170,9 +175,16 @@ def _run_slots(cfg: dict[str, Any], start_ns: int, tally: _Tally) -> None:
         lat = tally.latencies
         errors = tally.errors
         loads = orjson.loads
+        clocks_start: tuple[float, float] | None = None
         while True:
             now = perf()
+            if clocks_start is None and now >= measure_start:
+                clocks_start = (time.process_time(), time.thread_time())
             if now >= measure_end:
+                if clocks_start is not None:
+                    tally.process_cpu_s = time.process_time() - clocks_start[0]
+                    tally.loop_cpu_s = time.thread_time() - clocks_start[1]
+                    tally.clock_wall_s = (now - measure_start) / 1e9
                 break
             if now >= next_sweep:  # give up on ops past their timeout, so their slots go on
                 next_sweep = now + 500_000_000
@@ -243,7 +255,9 @@ def generator_main(index: int, cfg: dict[str, Any], results: Any, start_ns_value
     results.put(("result", index, {
         "latencies": {k: tally.latencies[k].tobytes() for k in OP_KINDS},
         "errors": {k: dict(tally.errors[k]) for k in OP_KINDS},
-        "keys_ok": tally.keys_ok, "keys_failed": dict(tally.keys_failed), "late": tally.late, "fatal": fatal}))
+        "keys_ok": tally.keys_ok, "keys_failed": dict(tally.keys_failed), "late": tally.late,
+        "process_cpu_s": tally.process_cpu_s, "loop_cpu_s": tally.loop_cpu_s, "clock_wall_s": tally.clock_wall_s,
+        "fatal": fatal}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,20 +298,18 @@ def run(spec: PipeSpec, server_pids: dict[str, int],
         pids.update({f"loadgen-{p}": w.pid for p, w in enumerate(workers) if w.pid is not None})
         _sleep_until(measure_start)
         before = benchlib.cpu_snapshot(pids)
-        # cpu_snapshot leaves out the generators' threads (loadgen.py's end inside the window);
-        # these live through it: their split shows whether a generator's Python loop was saturated.
-        threads_before = {p: benchlib.thread_cpu_seconds(w.pid) for p, w in enumerate(workers) if w.pid}
         if on_window:
             probe["start"] = on_window("start")
         _sleep_until(measure_end)
         after = benchlib.cpu_snapshot(pids)
-        threads_after = {p: benchlib.thread_cpu_seconds(w.pid) for p, w in enumerate(workers) if w.pid}
         if on_window:
             probe["end"] = on_window("end")
         _collect(results, "result", len(workers), spec.op_timeout + 30, payloads)
     finally:
         go.set()  # never leave a worker waiting
         for worker in workers:
+            if worker.pid is None:  # never started
+                continue
             worker.join(5.0)
             if worker.is_alive():
                 worker.kill()
@@ -309,11 +321,6 @@ def run(spec: PipeSpec, server_pids: dict[str, int],
         raise Fatal(fatal[0])
     result = _merge(spec, payloads, benchlib.cpu_delta(before, after))
     result["window_probe"] = probe
-    wall = result["cpu"]["wall_s"]
-    # % of one CPU per generator process: its main thread (the Python loop) and ZeroMQ's I/O thread
-    result["generator_threads_pct"] = {
-        p: {k: 100 * (threads_after[p][k] - threads_before[p][k]) / wall for k in ("main", "zmq")}
-        for p in threads_before if p in threads_after}
     return result
 
 
@@ -376,7 +383,13 @@ def _merge(spec: PipeSpec, payloads: dict[int, dict[str, Any]], cpu: dict[str, A
         "latency_by_op": {k: benchlib.summarize(merged[k]) for k in OP_KINDS if merged[k]},
         "node_cpu_us_per_op": cpu_s(("node", "echo")) * 1e6 / per_op,
         "coordinator_cpu_us_per_op": cpu_s(("coordinator",)) * 1e6 / per_op,
-        "client_cpu_us_per_op": cpu_s(("loadgen",)) * 1e6 / per_op,
+        # The generators' CPU by their own clocks (the figure); by /proc from outside in "cpu".
+        "client_cpu_us_per_op": sum(p["process_cpu_s"] for p in payloads.values()) * 1e6 / per_op,
+        # % of one CPU of each generator's Python loop: near 100 %, the generator is the limit.
+        "generator_loop_pct": [100 * p["loop_cpu_s"] / p["clock_wall_s"] if p["clock_wall_s"] else None
+                               for p in payloads.values()],
+        "generator_cpu_pct": [100 * p["process_cpu_s"] / p["clock_wall_s"] if p["clock_wall_s"] else None
+                              for p in payloads.values()],
         "others_cpu_pct": 100.0 * cpu["others_cpu_s"] / cpu["wall_s"],
         "cpu": cpu,
     }
