@@ -355,6 +355,10 @@ def goals(rows: list[dict[str, Any]], unknown_read_many: str | None) -> tuple[be
         "mixed_read_ratio": ratio(get("zcraq 3 nodes mixed", "reads_per_s"), read),
         "zcraq_vs_echo_read": ratio(read, get("echo x3 read", "ops_per_s")),
         "zcraq_vs_echo_write": ratio(get("zcraq 3 nodes sync write", "ops_per_s"), get("echo x1 write", "ops_per_s")),
+        # Server CPU per op, zcraq's nodes against the echo servers: what the Python server loop costs
+        # beyond ZeroMQ's floor, free of how busy the machine was.
+        "zcraq_vs_echo_read_cpu": ratio(get("zcraq 3 nodes read", "node_us"), get("echo x3 read", "node_us")),
+        "zcraq_vs_echo_write_cpu": ratio(get("zcraq 3 nodes sync write", "node_us"), get("echo x1 write", "node_us")),
     }
     one = get("zcraq 1 capped read", "ops_per_s")
     figures["scaling_3"] = ratio(get("zcraq 3 capped read", "ops_per_s"), one)
@@ -424,14 +428,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--hot-keys", type=int, default=16, help="key space of the mixed workload")
     p.add_argument("--batch", type=int, default=16, help="keys per read_many")
     p.add_argument("--value-size", type=int, default=64, help="value bytes")
-    p.add_argument("--node-cpu", type=float, default=0.2, help="scaling: each node's CPU cap, a fraction of one CPU")
+    p.add_argument("--node-cpu", type=float, default=0.15, help="scaling: each node's CPU cap, a fraction of one CPU")
     p.add_argument("--scaling-inflight", type=int, default=64,
                    help="scaling: requests in flight per node and generator process (so every chain size "
                         "sees the same queue at each node)")
     p.add_argument("--scaling-nodes", type=_positive_ints, default="1,3,5", help="scaling: chain sizes")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--op-timeout", type=float, default=5.0, help="seconds before an op counts as timed out")
-    p.add_argument("--wait-quiet", type=float, default=10.0,
+    p.add_argument("--wait-quiet", type=float, default=5.0,
                    help="before each window, wait up to this many seconds for other processes to use under "
                         f"{pipeload_quiet_pct:g}%% of a CPU (0: do not wait)")
     p.add_argument("--py-spy", default=None, metavar="PATH",
