@@ -95,6 +95,7 @@ class Runner:
         self.results: list[dict[str, Any]] = []
         self.unknown_read_many: str | None = None
         self.profiles: dict[str, str] = {}
+        self.idle: dict[int, float] = {}  # scaling: % of a CPU an idle node uses, by chain size
 
     def spec(self, workload: str, target: pipeload.Target, inflight: int | None = None) -> pipeload.PipeSpec:
         a = self.args
@@ -266,6 +267,21 @@ def cgroup_stats(quota: cpuquota.CpuQuota, names: list[str]) -> dict[str, dict[s
     return out
 
 
+def idle_cpu(runner: Runner, clusters: dict[int, benchlib.ChainCluster], args: argparse.Namespace) -> None:
+    """CPU each capped node uses with no load (heartbeats, peer confirmations: the more peers, the
+    more of them), over one window with every chain idle: what is left of the cap for reads."""
+    pids = {f"{n}/{name}": pid for n, c in clusters.items() for name, pid in c.pids().items() if name != "coordinator"}
+    before = benchlib.cpu_snapshot(pids)
+    time.sleep(args.duration)
+    cpu = benchlib.cpu_delta(before, benchlib.cpu_snapshot(pids))
+    for n in clusters:
+        used = [c["cpu_s"] or 0.0 for name, c in cpu["processes"].items() if name.startswith(f"{n}/")]
+        pct = 100 * sum(used) / len(used) / cpu["wall_s"]
+        runner.idle[n] = pct
+        print(f"   idle: a node of the {n}-node chain uses {pct:.2f}% of a CPU ({pct / args.node_cpu:.1f}% of its cap)",
+              flush=True)
+
+
 def phase_scaling(runner: Runner, args: argparse.Namespace) -> None:
     sizes = args.scaling_nodes
     print(f"\n== scaling: chains of {', '.join(map(str, sizes))} nodes, each node capped at {args.node_cpu:g} CPU "
@@ -277,6 +293,7 @@ def phase_scaling(runner: Runner, args: argparse.Namespace) -> None:
             # One parent group per chain: the chains run side by side and their node names repeat.
             quota.parent = quota.base / f"zcraq-bench-{os.getpid()}-n{n}"
             clusters[n] = (start_chain(n, "async", args, quota), quota)
+        idle_cpu(runner, {n: c for n, (c, _q) in clusters.items()}, args)
         for r in range(1, args.rounds + 1):
             for n in sizes:
                 cluster, quota = clusters[n]
@@ -505,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)), "argv": sys.argv,
             "machine": info, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "medians": rows, "figures": figures, "profiles": runner.profiles, "read_many_failure": runner.unknown_read_many,
+            "medians": rows, "figures": figures, "profiles": runner.profiles, "idle_node_cpu_pct": runner.idle, "read_many_failure": runner.unknown_read_many,
             "results": runner.results}, indent=2) + "\n")
         print(f"\nresults written to {args.json}")
     return status
