@@ -204,6 +204,10 @@ def _run_slots(cfg: dict[str, Any], start_ns: int, tally: _Tally) -> None:
                     header = loads(frames[1])
                     entry = pending.pop(header.get("id"), None)
                     if entry is None:
+                        if header.get("type") == "error" and header.get("id") is None:
+                            # Refused before its id was read (PROTOCOL.md §3.2): every such request would be.
+                            raise Fatal(f"the server refused a request as malformed: {header.get('code')}: "
+                                        f"{header.get('message')}")
                         tally.late += 1
                         continue
                     sent, kind, slot = entry
