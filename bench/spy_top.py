@@ -1,6 +1,7 @@
 """Where a process's time went, from a py-spy profile: the top functions by own time (samples
 whose innermost frame is the function) and by total time (samples with the function anywhere on
-the stack), each in % of the samples py-spy took while the process was not idle.
+the stack), each in % of the samples py-spy took while the process was not idle. A function's
+lines are added up.
 
 Reads py-spy's raw output (``py-spy record --format raw``: one line per distinct stack, frames
 from outermost to innermost separated by ";", then a space and the sample count).
@@ -19,12 +20,23 @@ from pathlib import Path
 
 
 def parse(text: str) -> list[tuple[list[str], int]]:
+    """(frames, sample count) per stack; a frame is "function (file)", its line number dropped so
+    that the lines of one function add up."""
     stacks = []
     for row in text.splitlines():
         frames, _, count = row.rpartition(" ")
         if frames and count.isdigit():
-            stacks.append((frames.split(";"), int(count)))
+            stacks.append(([_function(f) for f in frames.split(";")], int(count)))
     return stacks
+
+
+def _function(frame: str) -> str:
+    # "send (zmq/sugar/socket.py:713)" -> "send (zmq/sugar/socket.py)"
+    name, sep, place = frame.rpartition(" (")
+    if not sep or not place.endswith(")"):
+        return frame
+    where, colon, line = place[:-1].rpartition(":")
+    return f"{name} ({where})" if colon and line.isdigit() else frame
 
 
 def top(stacks: list[tuple[list[str], int]], n: int = 15) -> str:
@@ -38,7 +50,7 @@ def top(stacks: list[tuple[list[str], int]], n: int = 15) -> str:
         own[frames[-1]] += count
         for frame in set(frames):
             anywhere[frame] += count
-    rows = [f"{'own %':>6} {'total %':>7}  function (file:line)"]
+    rows = [f"{'own %':>6} {'total %':>7}  function (file)"]
     for frame, count in own.most_common(n):
         rows.append(f"{100 * count / total:6.1f} {100 * anywhere[frame] / total:7.1f}  {frame}")
     return "\n".join(rows) + f"\n({total:,} samples)"
