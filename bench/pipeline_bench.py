@@ -1,7 +1,7 @@
 """zcraq under pipelined load: what the chain does when the load generator is not the limit.
 
-chain_bench.py drives closed-loop ZClients, which cost far more client CPU per op than a node
-spends on it, so a few clients cannot keep a chain busy. This benchmark drives the chain with
+chain_bench.py drives closed-loop ZClients, which spend about as much CPU per op as a node
+does, so a few clients cannot keep a chain busy. This benchmark drives the chain with
 pipeload.py instead (raw DEALER sockets, many requests in flight per generator process, each
 request a pre-encoded header) and reports, for every figure, ops/s, p50/p99 latency, the nodes'
 CPU per op (all node processes, from /proc) and the generators' CPU per op.
@@ -27,6 +27,12 @@ Echo servers answer the same request frames with replies of the same shape witho
 work, so zcraq/echo is the share of its own ceiling (ZeroMQ + one Python loop per server + the
 same generator) that the chain reaches.
 
+--py-spy PATH adds one more read window with node2, and one more sync write window with the
+head, under py-spy, each summarized by spy_top.py (those windows are not in the figures).
+
+A read_many that the nodes refuse as bad_request fails that workload with "the chain does not
+know read_many"; the rest still runs, and the exit status is then 3.
+
     python bench/pipeline_bench.py --rounds 3 --duration 5 --json bench/results/pipeline.json
 """
 
@@ -51,6 +57,7 @@ from chain_bench import machine_info, preload
 from zmq_baseline import EchoServers
 
 PHASES = ("main", "sync", "scaling")
+QUIET_PCT = 10.0  # wait (--wait-quiet s at most) for other processes to use under this % of a CPU
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,7 +118,7 @@ class Runner:
         if workload == "read_many" and self.unknown_read_many:
             return None
         if self.args.wait_quiet > 0:
-            benchlib.wait_quiet(self.args.wait_quiet, pipeload_quiet_pct)
+            benchlib.wait_quiet(self.args.wait_quiet, QUIET_PCT)
         try:
             result = pipeload.run(self.spec(workload, target, inflight), pids, on_window)
         except pipeload.Fatal as exc:
@@ -129,7 +136,6 @@ class Runner:
         self.results.append(result)
         print(line(result), flush=True)
         return result
-
 
     def profile(self, name: str, workload: str, target: pipeload.Target, pids: dict[str, int], node: str) -> None:
         """One more window (not in the figures) with ``node`` under py-spy: where its time goes."""
@@ -151,8 +157,6 @@ class Runner:
         self.profiles[name] = text
         print("   " + text.replace("\n", "\n   "), flush=True)
 
-
-pipeload_quiet_pct = 10.0  # wait (--wait-quiet s at most) for other processes to use under this % of a CPU
 
 
 def node_cpu_pct(result: dict[str, Any]) -> float:
@@ -454,7 +458,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--op-timeout", type=float, default=5.0, help="seconds before an op counts as timed out")
     p.add_argument("--wait-quiet", type=float, default=5.0,
                    help="before each window, wait up to this many seconds for other processes to use under "
-                        f"{pipeload_quiet_pct:g}%% of a CPU (0: do not wait)")
+                        f"{QUIET_PCT:g}%% of a CPU (0: do not wait)")
     p.add_argument("--py-spy", default=None, metavar="PATH",
                    help="py-spy program: after the rounds, one more read window with node2 and one more "
                         "sync write window with the head (node1) under it, each summarized (not in the figures)")
