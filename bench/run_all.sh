@@ -52,3 +52,15 @@ for keys in 100000 1000000; do
 done
 echo "== index: index_bench.py --overwrites"
 "$PY" bench/index_bench.py --overwrites 2>&1 | tee "$OUT/index-overwrites.log"
+
+# 9. Pipelined load (raw DEALER sockets, 128 requests in flight): 3-node strong reads, 90/10 on 16
+#    hot keys, 16-key read_many, echo baseline, sync writes, and read scaling of 1, 3 and 5 nodes
+#    each capped at 0.15 CPU; 3 interleaved rounds, medians. Exits 3 while the nodes do not know
+#    read_many (the other figures are still printed and written), so it runs last.
+#    With py-spy beside the Python, one more window each profiles a node.
+SPY=$(dirname "$(command -v "$PY")")/py-spy
+PROFILE=()
+[ -x "$SPY" ] && PROFILE=(--py-spy "$SPY" --profile-dir "$OUT/pipeline-spy")
+echo "== pipeline: pipeline_bench.py --rounds 3 --duration 5 ${PROFILE[*]}"
+"$PY" bench/pipeline_bench.py --rounds 3 --duration 5 "${PROFILE[@]}" --json "$OUT/pipeline.json" 2>&1 \
+    | tee "$OUT/pipeline.log"
