@@ -15,7 +15,8 @@ Op kinds:
     read       {"type":"read","id":N,"key":K,"mode":"strong"}            (§8.1)
     write      {"type":"write","id":N,"key":K} + one value frame          (§8.2)
     read_many  {"type":"read_many","id":N,"keys":[k1..kB],"mode":"strong"} -> header with
-               "results" (a version, or an error code, per key) + one value frame per key
+               "results" (a version, or an error code, per key) and "sizes", + one value frame
+               holding the values one after the other (§8.8)
 
 Timeline and accounting are those of loadgen.py: an op counts when it *completes* inside the
 measured window, its latency is the time from its send to its reply, and the parent reads every
@@ -216,11 +217,12 @@ def _run_slots(cfg: dict[str, Any], start_ns: int, tally: _Tally) -> None:
                         if counted:
                             lat[kind].append(done - sent)
                             if kind == "read_many" and not echo:
-                                results = header.get("results")
-                                if not isinstance(results, list) or len(frames) != 2 + len(results):
-                                    raise Fatal(f"read_many reply does not have one value frame per key: "
-                                                f"{len(results) if isinstance(results, list) else results!r} "
-                                                f"results, {len(frames) - 2} value frames")
+                                results, sizes = header.get("results"), header.get("sizes")
+                                if not isinstance(results, list) or not isinstance(sizes, list) \
+                                        or len(sizes) != len(results) or len(frames) != 3 \
+                                        or sum(sizes) != len(frames[2]):
+                                    raise Fatal(f"malformed read_many reply: results {results!r}, sizes "
+                                                f"{sizes!r}, {len(frames) - 2} value frames")
                                 for r in results:
                                     if isinstance(r, int):
                                         tally.keys_ok += 1

@@ -1,7 +1,7 @@
 """The pipelined load generator of the benchmarks (bench/pipeload.py) against real servers: the
 echo servers of bench/zmq_baseline.py and a real 3-node chain. Replies must be matched to their
-requests by id with many in flight, reads must reach every member, and read_many must either
-read keys or fail with the one clear message. Also bench/spy_top.py's summary of a profile."""
+requests by id with many in flight, reads must reach every member, and read_many must
+read keys. Also bench/spy_top.py's summary of a profile."""
 
 from __future__ import annotations
 
@@ -63,16 +63,12 @@ def test_reads_reach_every_member_and_writes_commit(make_cluster):
         assert cluster.node_status(node)["counters"].get("reads", 0) > before[node], f"{node} served no read"
 
 
-def test_read_many_reads_keys_or_says_the_chain_does_not_know_it(make_cluster):
+def test_read_many_reads_keys(make_cluster):
     cluster = make_cluster(1).start_all()
     with cluster.client() as client:
         for k in range(8):
             client.write(f"key{k:06d}", b"v")
-    try:
-        result = pipeload.run(spec(chain_target(cluster), read_fraction=1.0, batch=4, procs=1), cluster.pids())
-    except pipeload.Fatal as exc:
-        assert str(exc).startswith(pipeload.UNKNOWN_READ_MANY), exc
-        return
+    result = pipeload.run(spec(chain_target(cluster), read_fraction=1.0, batch=4, procs=1), cluster.pids())
     assert result["keys_per_s"] > 0 and not result["keys_failed"] and result["errors"] == 0
 
 
