@@ -85,13 +85,13 @@ class Replication:
     def client_write(self, client: Any, request_id: Any, key: str, value: bytes, tombstone: bool,
                      now: float) -> None:
         """At a serving head: the next version of ``key``, answered once committed."""
-        latest = self.store.latest(key)
-        version = (latest.version if latest else 0) + 1
+        latest = self.store.latest_version(key)  # (version, tombstone): no need to read the value
+        version = (latest[0] if latest else 0) + 1
         self._counters["writes"] += 1
         self.store.put(key, version, value, tombstone=tombstone)
         # The newest version held, committed or not, is what the key holds just before this one
         # in version order: every older pending write commits (or is overtaken) first.
-        existed = (latest is not None and not latest.tombstone) if tombstone else None
+        existed = (latest is not None and not latest[1]) if tombstone else None
         self._pending.setdefault(key, []).append(
             _PendingWrite(version, client, request_id, now + self.write_timeout, existed))
         record = WriteRecord(key, version, value, False, tombstone)

@@ -72,6 +72,10 @@ class ReplicaStore(Protocol):
     def latest(self, key: str) -> Item | None:
         """The newest version held, dirty or committed, or None."""
 
+    def latest_version(self, key: str) -> tuple[int, bool] | None:
+        """The newest version held, dirty or committed, and whether it is a tombstone; None when
+        none is held. What ``latest`` says without reading the value (a head's next version)."""
+
     def latest_committed(self, key: str) -> Item | None:
         """The newest committed version held (possibly a tombstone), or None."""
 

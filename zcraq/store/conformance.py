@@ -172,6 +172,19 @@ def check_latest_and_latest_committed(factory: StoreFactory) -> None:
     assert s.versions("k") == [1, 2]
 
 
+def check_latest_version(factory: StoreFactory) -> None:
+    s = factory.new()
+    assert s.latest_version("k") is None
+    s.put("k", 1, b"one", committed=True)
+    s.put("k", 2, b"two")
+    assert s.latest_version("k") == (2, False)
+    s.put("k", 3, b"", tombstone=True)
+    assert s.latest_version("k") == (3, True)
+    s.flush()
+    s.commit("k", 3)
+    assert s.latest_version("k") == (3, True) and s.latest_version("other") is None
+
+
 def check_versions_order_numerically(factory: StoreFactory) -> None:
     s = factory.new()
     for v in (2, 10, 9):
@@ -800,6 +813,7 @@ def check_crash_loses_unflushed_mutations(factory: StoreFactory) -> None:
 CHECKS: list[Check] = [
     check_put_and_get,
     check_latest_and_latest_committed,
+    check_latest_version,
     check_versions_order_numerically,
     check_keys_never_mix,
     check_put_rejects_held_versions,

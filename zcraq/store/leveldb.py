@@ -27,6 +27,11 @@ fall out, and a key the index does not know is read by that iteration and goes b
 ``index_max_keys=0`` every operation iterates, as without an index. The index also tracks, for every
 key and whatever the cap, which keys hold a dirty version, so ``dirty_items`` and
 ``drop_uncommitted`` visit only those.
+
+The records of dirty versions also stay in memory after the flush, until they commit or are
+deleted (up to 64 MiB, ``DIRTY_RECORDS_BYTES``): a commit rewrites the record with its flag set and
+takes it from there rather than reading it back from LevelDB. Dirty versions are the writes in
+flight, which the chain's sent lists hold in memory too.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from .version_index import (
 DATA = b"d"
 META = b"m"  # reserved namespace; nothing lives here yet
 _DATA_END = b"e"  # first byte past the item namespace
+DIRTY_RECORDS_BYTES = 64 << 20  # dirty versions' records kept in memory until they commit
 _TERMINATOR = b"\x00\x00"
 DURABILITIES = ("sync", "async")
 
@@ -126,6 +132,12 @@ class LevelDBStore:
         self.durability = durability
         self.index_max_keys = index_max_keys
         self._pending: dict[str, dict[int, Record]] = {}
+        # The records of dirty versions, kept after the flush until they commit or go: a commit
+        # rewrites the record with its committed flag, and would otherwise read it back from
+        # LevelDB (a point read per commit at every node but the tail). At most
+        # DIRTY_RECORDS_BYTES; past that, commits read LevelDB.
+        self._dirty_records: dict[tuple[str, int], bytes] = {}
+        self._dirty_bytes = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db: plyvel.DB | None = plyvel.DB(str(self.path), create_if_missing=True)
@@ -171,6 +183,9 @@ class LevelDBStore:
             return False
         record = encode_record(value, committed, tombstone)
         self._stage(key, version, record)
+        if not committed and self._dirty_bytes + len(record) <= DIRTY_RECORDS_BYTES:
+            self._dirty_records[(key, version)] = record
+            self._dirty_bytes += len(record)
         older = below(entry, version)
         if committed:
             self._stage_deletions(key, entry[:older])
@@ -233,6 +248,12 @@ class LevelDBStore:
         check_key(key)
         entry = self._entry(key)
         return self._item(key, entry[-1]) if entry else None
+
+    def latest_version(self, key: str) -> tuple[int, bool] | None:
+        self._check_open()
+        check_key(key)
+        entry = self._entry(key)
+        return (version_of(entry[-1]), bool(entry[-1] & TOMBSTONE)) if entry else None
 
     def latest_committed(self, key: str) -> Item | None:
         self._check_open()
@@ -314,7 +335,7 @@ class LevelDBStore:
         """Release the store and lose every buffered mutation, as a crash would."""
         if self._db is not None:
             self._pending.clear()
-            self._release()
+            self._release()  # the dirty records kept go too: a crash loses memory
 
     def __enter__(self) -> LevelDBStore:
         return self
@@ -334,9 +355,16 @@ class LevelDBStore:
         self._db.close()
         self._db = None
         self._index = VersionIndex(0)  # frees its memory; nothing may use it any more
+        self._dirty_records.clear()
+        self._dirty_bytes = 0
 
     def _stage(self, key: str, version: int, record: Record) -> None:
+        """Buffer a version's new record (None: its deletion) until the flush."""
         self._pending.setdefault(key, {})[version] = record
+        if self._dirty_records:
+            dropped = self._dirty_records.pop((key, version), None)  # committed or deleted now
+            if dropped is not None:
+                self._dirty_bytes -= len(dropped)
 
     def _stage_deletions(self, key: str, entry: Entry) -> None:
         for packed in entry:
@@ -366,7 +394,8 @@ class LevelDBStore:
         if pending is not None and version in pending:
             record = pending[version]
         else:
-            record = self._check_open().get(_encode_checked_key(key, version))
+            record = self._dirty_records.get((key, version)) or self._check_open().get(
+                _encode_checked_key(key, version))
         if record is None:
             raise StoreError(f"LevelDB store at {self.path}: version {version} of {key!r} is indexed but not stored")
         return record

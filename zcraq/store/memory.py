@@ -98,6 +98,10 @@ class MemoryStore:
         held = self._live.get(key)
         return held[max(held)] if held else None
 
+    def latest_version(self, key: str) -> tuple[int, bool] | None:
+        latest = self.latest(key)
+        return None if latest is None else (latest.version, latest.tombstone)
+
     def latest_committed(self, key: str) -> Item | None:
         self._check_open()
         check_key(key)
