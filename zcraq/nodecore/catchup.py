@@ -151,20 +151,22 @@ class CatchUp:
 
 def apply_page(store: ReplicaStore, page: Ok, values: list[bytes]) -> str | None | UnsetType:
     """Store a page's items as committed and return its cursor (None after the last page); UNSET,
-    with nothing stored, if the page is malformed."""
+    with nothing stored, if the page is malformed. The items go to the store in one call; like a
+    put each, none replaces an equal or newer committed version (one the live stream brought)."""
     items = page.items
     if items is UNSET or len(items) != len(values):
         return UNSET
-    for (key, version, flags), value in zip(items, values):
-        store.put(key, version, value, committed=True, tombstone=bool(flags & TOMBSTONE))
+    store.put_committed([(key, version, value, bool(flags & TOMBSTONE))
+                         for (key, version, flags), value in zip(items, values)])
     return None if page.cursor is UNSET else page.cursor
 
 
 def serve_page(store: ReplicaStore, request: CatchupRequest) -> tuple[Ok, list[bytes]]:
     """A page of newest-committed items after ``request.after``, and their values; with the
     store's estimate of how far through its data the page reaches, when it has one."""
-    page = store.committed_page(request.after, request.limit)
-    items = [(i.key, i.version, TOMBSTONE if i.tombstone else 0) for i in page.items]
-    share = store.committed_share(page.items[-1].key) if page.items else None
+    page = store.committed_rows(request.after, request.limit)
+    rows = page.rows
+    items = [(key, version, TOMBSTONE if tombstone else 0) for key, version, _value, tombstone in rows]
+    share = store.committed_share(rows[-1][0]) if rows else None
     progress = UNSET if share is None else round(share, 4)
-    return Ok(request.id, items=items, cursor=page.cursor, progress=progress), [i.value for i in page.items]
+    return Ok(request.id, items=items, cursor=page.cursor, progress=progress), [row[2] for row in rows]
