@@ -6,8 +6,8 @@ a client's minutes. Then the coordinator and that node start, and nodes join one
 the chain has ``--chain`` members; each join is a catch-up from the tail, and the last one, a
 node joining the ``--chain``-node chain, is the headline figure. Each join is timed from the
 joining node's start until it is a serving member (its status, polled every 20 ms, through the
-coordinator's topology and the node's ``status`` request), and the node's own log line gives the
-copy alone ("catch-up from ...: N keys copied in S s"). CPU seconds are the learner's whole life
+coordinator's topology and the node's ``status`` request); the copy alone is timed from the
+node's log lines, from "epoch N: learner" to "catch-up from ...: N keys copied". CPU seconds are the learner's whole life
 (start, the index fill of an empty store, the copy) and the source's over the join, from
 /proc/PID/stat.
 
@@ -36,13 +36,16 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from benchlib import ChainCluster, Table, install_signal_handlers, others_cpu_pct, proc_cpu_seconds
 from zcraq.store import LevelDBStore
 
-DONE = re.compile(r"catch-up from (\S+): ([\d,]+) keys copied in ([\d.]+) s")
+STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) "
+LEARNER = re.compile(STAMP + r".*: epoch \d+: learner", re.M)
+DONE = re.compile(STAMP + r".*: catch-up from \S+: [\d,]+ keys copied in", re.M)
 
 
 def fill(path: Path, keys: int, value_size: int) -> None:
@@ -78,27 +81,42 @@ class Sampler:
             self.process.wait()
 
 
-def hottest(raw: Path, top: int = 12) -> list[tuple[str, float]]:
-    """From py-spy's collapsed stacks: the functions with the largest share of samples, counting
-    a function once per sample wherever it is on the stack (inclusive)."""
-    counts: collections.Counter[str] = collections.Counter()
+ENTRY = ("<module>", "_run_code", "_run_module_as_main", "click/", "zcraq/cli.py", "run_until_signalled",
+         "run_node", "NodeProcess.run ")
+
+
+def hottest(raw: Path, top: int = 12) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """From py-spy's collapsed stacks: the functions with the largest share of samples counted
+    wherever they are on the stack (inclusive; the frames every sample goes through left out),
+    and those counted only where a sample fell (self)."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    self_: collections.Counter[str] = collections.Counter()
     total = 0
-    if not raw.exists():
-        return []
-    for line in raw.read_text().splitlines():
+    lines = raw.read_text().splitlines() if raw.exists() else []
+    for line in lines:
         stack, _, n = line.rpartition(" ")
         if not n.isdigit():
             continue
         total += int(n)
-        for frame in set(stack.split(";")):
-            counts[frame] += int(n)
-    return [(frame, share / total) for frame, share in counts.most_common(top)] if total else []
+        frames = stack.split(";")
+        self_[frames[-1]] += int(n)
+        for frame in set(frames):
+            if not any(entry in frame for entry in ENTRY):
+                inclusive[frame] += int(n)
+    if not total:
+        return [], []
+    return ([(frame, n / total) for frame, n in inclusive.most_common(top)],
+            [(frame, n / total) for frame, n in self_.most_common(top)])
 
 
-def copy_seconds(log: str, node: str) -> float | None:
-    """The copy's own duration from the joining node's log, or None (log level above info)."""
-    found = DONE.findall(log)
-    return float(found[-1][2]) if found else None
+def copy_seconds(log: str) -> float | None:
+    """The copy alone, from the joining node's log: from the line saying it is the learner to the
+    one saying the copy is done (both with millisecond timestamps); None if either is missing."""
+    start, done = LEARNER.findall(log), DONE.findall(log)
+    if not start or not done:
+        return None
+    stamp = "%Y-%m-%d %H:%M:%S,%f"
+    return (datetime.strptime(done[-1], stamp) - datetime.strptime(start[-1], stamp)).total_seconds()
 
 
 def join(cluster: ChainCluster, node: str, source: str, keys: int, profile: Path | None) -> dict[str, Any]:
@@ -121,7 +139,7 @@ def join(cluster: ChainCluster, node: str, source: str, keys: int, profile: Path
     finally:
         for sampler in samplers:
             sampler.stop()
-    copy = copy_seconds(cluster.log(node), node)
+    copy = copy_seconds(cluster.log(node))
     return {"node": node, "source": source, "seconds": seconds, "keys_per_s": keys / seconds,
             "copy_s": copy, "copy_keys_per_s": keys / copy if copy else None,
             "learner_cpu_s": learner_cpu, "source_cpu_s": source_cpu,
@@ -155,9 +173,11 @@ def run(args: argparse.Namespace, number: int) -> list[dict[str, Any]]:
                   f"{result['keys_per_s']:,.0f} keys/s{copy}; CPU learner {result['learner_cpu_s']:.2f} s, "
                   f"source {result['source_cpu_s']:.2f} s", flush=True)
             for path in result["profiles"]:
-                print(f"   py-spy {path.name} (inclusive share of samples):")
-                for frame, share in hottest(path):
-                    print(f"     {share:6.1%}  {frame}")
+                inclusive, self_ = hottest(path)
+                for kind, shares in (("inclusive", inclusive), ("self", self_)):
+                    print(f"   py-spy {path.name}, share of samples ({kind}):")
+                    for frame, share in shares:
+                        print(f"     {share:6.1%}  {frame}")
         return results
 
 

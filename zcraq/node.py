@@ -121,7 +121,9 @@ class NodeProcess:
         self._execute(self.core.ready())
         while not self._stopping:
             now = time.monotonic()
-            timeout_ms = max(0, int((self.core.next_deadline(now) - now) * 1000))
+            # A catch-up page waiting to be stored is stored at the next turn's tick: no sleep first.
+            wait = 0 if self.core.catchup.page_waiting else self.core.next_deadline(now) - now
+            timeout_ms = max(0, int(wait * 1000))
             ready = dict(self.poller.poll(timeout_ms))
             now = time.monotonic()
             for sock in ready:
