@@ -313,7 +313,20 @@ def recv_batch(sock: zmq.Socket, limit: int) -> list[list[bytes]]:
     messages = []
     for _ in range(limit):
         try:
-            messages.append(sock.recv_multipart(zmq.NOBLOCK))
+            messages.append(_recv_message(sock))
         except zmq.Again:
             break
     return messages
+
+
+def _recv_message(sock: zmq.Socket) -> list[bytes]:
+    """What ``recv_multipart(NOBLOCK)`` returns, about twice as fast for a message of many small
+    frames (a catch-up page has one per key): each frame says itself whether more follow, where
+    ``recv_multipart`` asks the socket's RCVMORE option, a slow call in pyzmq. Raises zmq.Again
+    when no message waits; the rest of a message is always there once its first frame is."""
+    frame = sock.recv(_NOBLOCK, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = sock.recv(_NOBLOCK, copy=False)
+        frames.append(frame.bytes)
+    return frames

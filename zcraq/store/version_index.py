@@ -121,7 +121,7 @@ class VersionIndex:
         """``set`` of each (key, entry) in order: one call for a whole catch-up page."""
         if not self.enabled:
             return
-        entries, dirty, complete = self._entries, self._dirty, self.complete
+        entries, dirty, complete, cap = self._entries, self._dirty, self.complete, self.max_keys
         for key, entry in changed:
             if is_dirty(entry):
                 dirty.add(key)
@@ -130,9 +130,10 @@ class VersionIndex:
             if not entry and complete:
                 entries.pop(key, None)
                 continue
-            entries[key] = entry
-            entries.move_to_end(key)
-            if len(entries) > self.max_keys:
+            if key in entries:
+                entries.move_to_end(key)
+            entries[key] = entry  # a new key goes to the end by itself
+            if len(entries) > cap:
                 entries.popitem(last=False)
                 self.complete = complete = False
 
