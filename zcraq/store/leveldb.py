@@ -40,7 +40,7 @@ from typing import TypeVar
 import plyvel
 
 from .base import Item, Page, Row, Rows
-from .errors import StoreClosedError, StoreError, check_key, check_value, check_version
+from .errors import MAX_VERSION, StoreClosedError, StoreError, check_key, check_value, check_version
 from .version_index import (
     COMMITTED,
     DEFAULT_MAX_KEYS,
@@ -189,8 +189,10 @@ class LevelDBStore:
         stored = 0
         for key, version, value, tombstone in rows:
             check_key(key)
-            check_version(version)
-            value = check_value(value)
+            if type(version) is not int or not 0 < version <= MAX_VERSION:  # check_version's test, inlined
+                check_version(version)
+            if type(value) is not bytes:
+                value = check_value(value)
             entry = changed.get(key)
             if entry is None:
                 entry = index.get(key, touch=False)
@@ -354,12 +356,14 @@ class LevelDBStore:
             return
         # transaction=True: an exception while filling the batch writes nothing.
         with db.write_batch(transaction=True, sync=self.durability == "sync") as batch:
+            put, delete = batch.put, batch.delete
             for key, held in self._pending.items():
+                prefix = DATA + key.encode("utf-8").replace(b"\x00", b"\x00\xff") + _TERMINATOR  # key_prefix, inlined
                 for version, record in held.items():
                     if record is None:
-                        batch.delete(_encode_checked_key(key, version))
+                        delete(prefix + version.to_bytes(8, "big"))
                     else:
-                        batch.put(_encode_checked_key(key, version), record)
+                        put(prefix + version.to_bytes(8, "big"), record)
         self._pending.clear()
 
     def close(self) -> None:
