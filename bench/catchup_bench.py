@@ -15,6 +15,7 @@ node's log lines, from "epoch N: learner" to "catch-up from ...: N keys copied".
     python bench/catchup_bench.py --keys 20000 --chain 1 --runs 1
     python bench/catchup_bench.py --page-items 1000       # the page size (catchup_page_items)
     python bench/catchup_bench.py --py-spy DIR            # also sample learner and source (last join)
+    python bench/catchup_bench.py --per-key               # CPU per key of serving and storing a page
 
 ``--py-spy DIR`` runs ``py-spy record --format raw`` (py-spy from the same virtualenv, or on
 PATH) against the learner and the source of the last join of each run; the collapsed stacks go to
@@ -35,12 +36,14 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from benchlib import ChainCluster, Table, install_signal_handlers, others_cpu_pct, proc_cpu_seconds
+from zcraq.messages import Malformed, Ok
 from zcraq.store import LevelDBStore
 
 STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) "
@@ -55,6 +58,37 @@ def fill(path: Path, keys: int, value_size: int) -> None:
             store.put(f"key{i:07d}", 1, value, committed=True)
             if i % 10_000 == 9_999:
                 store.flush()
+
+
+def per_key(keys: int, value_size: int, page_items: int, directory: Path) -> None:
+    """The two halves of a page in one process, no sockets: CPU µs per key of serving it (read
+    from LevelDB, encode) and of storing it (decode, store, flush), on the main thread's clock.
+    They are how long each page pauses the source's loop and the learner's."""
+    from zcraq import wire
+    from zcraq.messages import CatchupRequest
+    from zcraq.nodecore.catchup import apply_page, serve_page
+
+    source_path, learner_path = directory / "source", directory / "learner"
+    fill(source_path, keys, value_size)
+    with LevelDBStore(source_path, "async") as source, LevelDBStore(learner_path, "async") as learner:
+        serving = storing = 0.0
+        after: str | None = None
+        while True:
+            started = time.thread_time()
+            page, values = serve_page(source, CatchupRequest(page_items, 1, after, id=1))
+            frames = wire.encode_reply(page, values)
+            serving += time.thread_time() - started
+            started = time.thread_time()
+            reply, got = wire.read_reply(frames)
+            assert not isinstance(reply, Malformed) and isinstance(reply, Ok)
+            cursor = apply_page(learner, reply, got)
+            learner.flush()
+            storing += time.thread_time() - started
+            if cursor is None:
+                break
+            after = cursor
+    print(f"{keys:,} keys in pages of {page_items:,}: serving {serving / keys * 1e6:.2f} µs a key, "
+          f"storing {storing / keys * 1e6:.2f} µs a key (CPU of the main thread)")
 
 
 def py_spy() -> str | None:
@@ -192,8 +226,15 @@ def main() -> int:
     p.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
                    help="sample the learner and the source of the last join with py-spy; stacks go to DIR")
     p.add_argument("--keep", action="store_true", help="keep each run's directory (configs, data, logs)")
+    p.add_argument("--per-key", action="store_true",
+                   help="instead: CPU per key of serving and of storing a page, in this process (no cluster)")
     args = p.parse_args()
     install_signal_handlers()
+    if args.per_key:
+        with tempfile.TemporaryDirectory(prefix="zcraq-catchup-") as tmp:
+            for page_items in sorted({args.page_items or 1000, 1000, 5000}):
+                per_key(args.keys, args.value_size, page_items, Path(tmp) / str(page_items))
+        return 0
     if args.py_spy is not None:
         if py_spy() is None:
             p.error("--py-spy: py-spy is not installed beside this python nor on PATH")

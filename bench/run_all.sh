@@ -52,3 +52,10 @@ for keys in 100000 1000000; do
 done
 echo "== index: index_bench.py --overwrites"
 "$PY" bench/index_bench.py --overwrites 2>&1 | tee "$OUT/index-overwrites.log"
+
+# 9. Catch-up: a node joining 1-, 2- and 3-node chains holding 100,000 keys, three runs; then the
+#    CPU per key of serving and storing a page, in one process.
+echo "== catch-up: catchup_bench.py --runs 3"
+"$PY" bench/catchup_bench.py --runs 3 2>&1 | tee "$OUT/catchup.log"
+echo "== catch-up: catchup_bench.py --per-key"
+"$PY" bench/catchup_bench.py --per-key 2>&1 | tee "$OUT/catchup-per-key.log"
