@@ -478,6 +478,18 @@ def check_put_committed_is_a_committed_put_per_row(factory: StoreFactory) -> Non
     s.flush()
     s = factory.reopen() or s
     assert s.versions("older") == [2, 4] and s.versions("new") == [7]
+    # A bad row raises; the rows before it are stored as their puts would have been.
+    try:
+        s.put_committed([("before", 1, b"b", False), ("bad", 0, b"x", False), ("after", 1, b"a", False)])
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("put_committed accepted version 0")
+    assert s.latest_committed("before") == Item("before", 1, b"b", committed=True)
+    assert s.versions("bad") == [] and s.versions("after") == []
+    s.flush()
+    s = factory.reopen() or s
+    assert s.latest_committed("before") == Item("before", 1, b"b", committed=True)
 
 
 def check_dirty_items(factory: StoreFactory) -> None:
@@ -677,6 +689,8 @@ def check_closed_store_raises(factory: StoreFactory) -> None:
         lambda: s.get("k", 1),
         lambda: s.latest("k"),
         lambda: s.committed_page(None, 10),
+        lambda: s.committed_rows(None, 10),
+        lambda: s.put_committed([("k", 3, b"3", False)]),
         lambda: s.committed_share("k"),
         lambda: list(s.dirty_items()),
         s.flush,

@@ -184,8 +184,14 @@ class LevelDBStore:
         """``put(..., committed=True)`` of each row, with the lookups bound and the index told once
         for the whole page rather than once per row."""
         self._check_open()
-        index, pending = self._index, self._pending
         changed: dict[str, Entry] = {}  # what the index is told at the end; a later row sees it first
+        try:
+            return self._stage_committed(rows, changed)
+        finally:  # a bad row raises, and what the rows before it staged must be indexed all the same
+            self._index.set_many(changed.items())
+
+    def _stage_committed(self, rows: Iterable[Row], changed: dict[str, Entry]) -> int:
+        index, pending = self._index, self._pending
         stored = 0
         for key, version, value, tombstone in rows:
             check_key(key)
@@ -216,7 +222,6 @@ class LevelDBStore:
                 held[version] = bytes((flags,)) + value
             changed[key] = (pack(version, flags), *newer)
             stored += 1
-        index.set_many(changed.items())
         return stored
 
     def commit(self, key: str, version: int) -> bool:
