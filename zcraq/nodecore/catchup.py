@@ -17,6 +17,12 @@ while the learner stores this one. At most one page waits and one is asked for; 
 arrives while another waits stores the waiting one first, so pages are stored in key order. A
 waiting page is dropped when the learner's epoch changes, and asked for again from the last key
 stored if the source stays the same.
+
+Why not more pages in flight, over several ranges of the key space: both ends are one loop on one
+thread, so more requests would add no CPU to either, only the overlap of the two, which asking
+before storing already gives; and the key ranges would have to be guessed from keys the learner
+has not seen. Larger pages gain little (the cost is per key, not per page) and pause the source's
+loop, and the learner's acknowledgements of live writes, for longer.
 """
 
 from __future__ import annotations
