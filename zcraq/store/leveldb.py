@@ -31,7 +31,6 @@ key and whatever the cap, which keys hold a dirty version, so ``dirty_items`` an
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -471,19 +470,6 @@ class LevelDBStore:
         and learns which keys are dirty from all of them."""
         if self._index.enabled:
             self._index.fill(_stored_entries(db))
-
-    def _keys_after(self, after: str | None) -> Iterator[str]:
-        """Every key with a stored or buffered entry strictly after ``after``, in store order.
-        Keys whose entries are all buffered deletions may appear; callers check their versions."""
-        db = self._check_open()
-        start = DATA if after is None else key_prefix(after)[:-1] + b"\x01"
-        buffered = sorted(p for p in map(key_prefix, self._pending) if p >= start)
-        with db.iterator(start=start, stop=_DATA_END, include_value=False) as it:
-            previous = None
-            for prefix in heapq.merge((raw[:-8] for raw in it), buffered):
-                if prefix != previous:  # one entry per version: report each key once
-                    previous = prefix
-                    yield _decode_prefix(prefix)
 
 
 def _stored_entries(db: plyvel.DB) -> Iterator[tuple[str, Entry]]:
