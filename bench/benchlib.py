@@ -91,11 +91,13 @@ class ChainCluster(Cluster):
     ``node_cpu``: cap each node process (not the coordinator) at this fraction of one CPU, each in
     its own cgroup (see CpuQuota). ``profile_dir``: run each node under the profiler. ``secure``:
     CURVE keys on every connection (the load generators then use the layout's client config).
-    ``metrics``: every process serves /metrics (see Scraper)."""
+    ``metrics``: every process serves /metrics (see Scraper). ``node_settings``: more keys of every
+    node's ``[node]`` table (e.g. catchup_page_items)."""
 
     def __init__(self, nodes: int, durability: str = "async", root: Path | None = None,
                  keep: bool = False, log_level: str = "warning", profile_dir: Path | None = None,
-                 node_cpu: float | None = None, secure: bool = False, metrics: bool = False) -> None:
+                 node_cpu: float | None = None, secure: bool = False, metrics: bool = False,
+                 node_settings: dict[str, Any] | None = None) -> None:
         hooks: list[Hook] = []
         if node_cpu is not None:
             # Detected now, so an unusable cgroup setup fails before anything is started.
@@ -108,7 +110,7 @@ class ChainCluster(Cluster):
             self.root, nodes,
             coordinator={"lease_ms": 3000, "republish_interval_ms": 1000, "log_level": log_level},
             node={"durability": durability, "heartbeat_interval_ms": 500, "request_timeout_ms": 2000,
-                  "log_level": log_level}, secure=secure, metrics=metrics), hooks=hooks)
+                  "log_level": log_level, **(node_settings or {})}, secure=secure, metrics=metrics), hooks=hooks)
 
     def roles(self) -> dict[str, str]:
         return {n: str(self.node_status(n).get("role")) for n in self.node_ids}

@@ -53,10 +53,17 @@ done
 echo "== index: index_bench.py --overwrites"
 "$PY" bench/index_bench.py --overwrites 2>&1 | tee "$OUT/index-overwrites.log"
 
-# 9. Pipelined load (raw DEALER sockets, 128 requests in flight): 3-node strong reads, 90/10 on 16
+# 9. Catch-up: a node joining 1-, 2- and 3-node chains holding 100,000 keys, three runs; then the
+#    CPU per key of serving and storing a page, in one process.
+echo "== catch-up: catchup_bench.py --runs 3"
+"$PY" bench/catchup_bench.py --runs 3 2>&1 | tee "$OUT/catchup.log"
+echo "== catch-up: catchup_bench.py --per-key"
+"$PY" bench/catchup_bench.py --per-key 2>&1 | tee "$OUT/catchup-per-key.log"
+
+# 10. Pipelined load (raw DEALER sockets, 128 requests in flight): 3-node strong reads, 90/10 on 16
 #    hot keys, 16-key read_many, echo baseline, sync writes, and read scaling of 1, 3 and 5 nodes
-#    each capped at 0.15 CPU; 3 interleaved rounds, medians. Exits 3 while the nodes do not know
-#    read_many (the other figures are still printed and written), so it runs last.
+#    each capped at 0.15 CPU; 3 interleaved rounds, medians. Then sync writes again with 1,024 in
+#    flight (group commit: how many writes one batch and one frame per hop carry grows with them).
 #    With py-spy beside the Python, one more window each profiles a node.
 SPY=$(dirname "$(command -v "$PY")")/py-spy
 PROFILE=()
@@ -64,3 +71,6 @@ PROFILE=()
 echo "== pipeline: pipeline_bench.py --rounds 3 --duration 5 ${PROFILE[*]}"
 "$PY" bench/pipeline_bench.py --rounds 3 --duration 5 "${PROFILE[@]}" --json "$OUT/pipeline.json" 2>&1 \
     | tee "$OUT/pipeline.log"
+echo "== pipeline: pipeline_bench.py --phases sync --inflight 1024 --rounds 3 --duration 5"
+"$PY" bench/pipeline_bench.py --phases sync --inflight 1024 --rounds 3 --duration 5 \
+    --json "$OUT/pipeline-sync-1024.json" 2>&1 | tee "$OUT/pipeline-sync-1024.log"

@@ -787,12 +787,22 @@ def test_learner_copies_pages_follows_the_cursor_then_reports_caught_up():
     assert endpoint == "a/service"
     assert (first["type"], first["after"], first["epoch"], first["limit"]) == ("catchup", None, 2, 2)
     learner.on_peer_reply(Ok(first["id"], items=[["j", 4, 0], ["k", 2, 0]], cursor="k"), [b"jv", b"kv"], 0.1)
-    [(endpoint, second)] = peer_requests(learner.ready())
+    # The next page is asked for at once; this one is stored at a tick of a later turn, while the
+    # source reads the next.
+    assert learner.catchup.page_waiting
+    learner.tick(0.1)  # the same turn: not yet
+    [(endpoint, second)] = [r for r in peer_requests(learner.ready()) if r[1]["type"] == "catchup"]
     assert (endpoint, second["type"], second["after"], second["epoch"]) == ("a/service", "catchup", "k", 2)
-    assert store_view(learner, "j") == [(4, True)] and store_view(learner, "k") == [(2, True)]
-    assert not learner.caught_up
-    learner.on_peer_reply(Ok(second["id"], items=[["z", 3, TOMBSTONE]], cursor=None), [b""], 0.2)
+    assert learner.store.versions("j") == [] and learner.catchup.page_waiting
+    learner.tick(0.11)
     learner.ready()
+    assert store_view(learner, "j") == [(4, True)] and store_view(learner, "k") == [(2, True)]
+    assert not learner.catchup.page_waiting and not learner.caught_up
+    learner.on_peer_reply(Ok(second["id"], items=[["z", 3, TOMBSTONE]], cursor=None), [b""], 0.2)
+    assert "catchup" not in [h["type"] for _, h in peer_requests(learner.ready())]  # the last page
+    learner.tick(0.21)
+    learner.ready()
+    assert learner.store.get("z", 3) is not None
     assert not learner.caught_up  # pages done, but the live stream from the tail is not in sync yet
     learner.tick(FENCE_OVER)  # its start-up fence ends: it asks the tail for a sync frame
     learner.ready()
@@ -983,6 +993,7 @@ def copy_pages(learner: NodeCore, pages: list[tuple[int, float | None]], step: f
         extra = {} if progress is None else {"progress": progress}
         learner.on_peer_reply(Ok(page, items=items, cursor=None if last else items[-1][0], **extra),
                               [b"v"] * count, now)
+        learner.tick(now + 1e-6)  # the next turn stores the page
 
 
 def new_learner() -> NodeCore:

@@ -125,12 +125,14 @@ class NodeProcess:
         next_tick = float("-inf")
         while not self._stopping:
             now = time.monotonic()
-            timeout_ms = max(0, int((self.core.next_deadline(now) - now) * 1000))
+            # A catch-up page waiting to be stored is stored at the next turn's tick: no sleep first.
+            wait = 0 if self.core.catchup.page_waiting else self.core.next_deadline(now) - now
+            timeout_ms = max(0, int(wait * 1000))
             ready = dict(self.poller.poll(timeout_ms))
             now = time.monotonic()
             for sock in ready:
                 self._dispatch(sock, now)
-            if now >= next_tick:
+            if now >= next_tick or self.core.catchup.page_waiting:  # the tick stores a waiting page
                 self.core.tick(now)
                 next_tick = now + TICK_INTERVAL
             self._execute(self.core.ready())

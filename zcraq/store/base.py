@@ -21,7 +21,7 @@ them):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,6 +44,18 @@ class Page:
     """A page of committed items for catch-up; ``cursor`` is None on the last page."""
 
     items: list[Item]
+    cursor: str | None
+
+
+Row = tuple[str, int, bytes, bool]
+"""A committed version as catch-up moves it: (key, version, value, tombstone)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """``committed_page`` as plain rows, with no Item built per key (catch-up pages are large)."""
+
+    rows: list[Row]
     cursor: str | None
 
 
@@ -85,6 +97,13 @@ class ReplicaStore(Protocol):
     def committed_page(self, after: str | None, limit: int) -> Page:
         """Up to ``limit`` newest-committed items (tombstones included), one per key, for keys
         strictly after the cursor ``after`` in the store's key order (None = from the start)."""
+
+    def committed_rows(self, after: str | None, limit: int) -> Rows:
+        """Exactly ``committed_page(after, limit)``, as rows."""
+
+    def put_committed(self, rows: Iterable[Row]) -> int:
+        """``put(key, version, value, committed=True, tombstone=tombstone)`` for each row, in
+        order (a catch-up page applied in one call); returns how many rows were stored."""
 
     def committed_share(self, through: str) -> float | None:
         """Roughly what share of the committed data lies at keys up to and including ``through``,

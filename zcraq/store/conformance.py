@@ -458,6 +458,53 @@ def check_committed_page_edges(factory: StoreFactory) -> None:
     assert [it.key for it in s.committed_page("c", 10).items] == ["c\x00", "cc", "e"]
 
 
+def check_committed_rows_are_the_committed_page(factory: StoreFactory) -> None:
+    s = factory.new()
+    for i in range(30):
+        s.put(f"k{i:02d}", 1, b"old", committed=True)
+        if i % 3:
+            s.put(f"k{i:02d}", 2, f"v{i}".encode(), tombstone=i % 5 == 0)
+            s.commit(f"k{i:02d}", 2)
+        if i % 4 == 0:
+            s.put(f"k{i:02d}", 3, b"dirty")
+        if i == 15:
+            s.flush()  # some on disk, some buffered
+    s.put("dirty only", 1, b"x")
+    for after, limit in ((None, 7), ("k06", 7), ("k20", 100), ("k29", 3), (None, 1)):
+        page, rows = s.committed_page(after, limit), s.committed_rows(after, limit)
+        assert rows.cursor == page.cursor
+        assert rows.rows == [(i.key, i.version, i.value, i.tombstone) for i in page.items]
+
+
+def check_put_committed_is_a_committed_put_per_row(factory: StoreFactory) -> None:
+    s = factory.new()
+    s.put("live", 5, b"live", committed=True)
+    s.put("older", 1, b"1", committed=True)
+    s.put("older", 4, b"dirty")
+    rows = [("live", 3, b"page", False), ("older", 2, b"page", False), ("new", 7, b"", True),
+            ("new", 7, b"again", False), ("older", 4, b"held", False)]
+    assert s.put_committed(rows) == 2
+    assert s.put_committed([]) == 0
+    assert s.latest_committed("live") == Item("live", 5, b"live", committed=True)
+    assert s.versions("older") == [2, 4] and s.latest("older") == Item("older", 4, b"dirty")
+    assert s.latest_committed("new") == Item("new", 7, b"", committed=True, tombstone=True)
+    s.flush()
+    s = factory.reopen() or s
+    assert s.versions("older") == [2, 4] and s.versions("new") == [7]
+    # A bad row raises; the rows before it are stored as their puts would have been.
+    try:
+        s.put_committed([("before", 1, b"b", False), ("bad", 0, b"x", False), ("after", 1, b"a", False)])
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("put_committed accepted version 0")
+    assert s.latest_committed("before") == Item("before", 1, b"b", committed=True)
+    assert s.versions("bad") == [] and s.versions("after") == []
+    s.flush()
+    s = factory.reopen() or s
+    assert s.latest_committed("before") == Item("before", 1, b"b", committed=True)
+
+
 def check_dirty_items(factory: StoreFactory) -> None:
     s = factory.new()
     s.put("b", 10, b"b10")
@@ -655,6 +702,8 @@ def check_closed_store_raises(factory: StoreFactory) -> None:
         lambda: s.get("k", 1),
         lambda: s.latest("k"),
         lambda: s.committed_page(None, 10),
+        lambda: s.committed_rows(None, 10),
+        lambda: s.put_committed([("k", 3, b"3", False)]),
         lambda: s.committed_share("k"),
         lambda: list(s.dirty_items()),
         s.flush,
@@ -828,6 +877,8 @@ CHECKS: list[Check] = [
     check_committed_page_pages_many_keys,
     check_committed_page_edges,
     check_committed_share_along_the_pages,
+    check_committed_rows_are_the_committed_page,
+    check_put_committed_is_a_committed_put_per_row,
     check_dirty_items,
     check_drop_uncommitted,
     check_reads_see_unflushed_writes,

@@ -36,7 +36,6 @@ flight, which the chain's sent lists hold in memory too.
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -44,8 +43,8 @@ from typing import TypeVar
 
 import plyvel
 
-from .base import Item, Page
-from .errors import StoreClosedError, StoreError, check_key, check_value, check_version
+from .base import Item, Page, Row, Rows
+from .errors import MAX_VERSION, StoreClosedError, StoreError, check_key, check_value, check_version
 from .version_index import (
     COMMITTED,
     DEFAULT_MAX_KEYS,
@@ -195,6 +194,50 @@ class LevelDBStore:
         self._index.set(key, entry)
         return True
 
+    def put_committed(self, rows: Iterable[Row]) -> int:
+        """``put(..., committed=True)`` of each row, with the lookups bound and the index told once
+        for the whole page rather than once per row."""
+        self._check_open()
+        changed: dict[str, Entry] = {}  # what the index is told at the end; a later row sees it first
+        try:
+            return self._stage_committed(rows, changed)
+        finally:  # a bad row raises, and what the rows before it staged must be indexed all the same
+            self._index.set_many(changed.items())
+
+    def _stage_committed(self, rows: Iterable[Row], changed: dict[str, Entry]) -> int:
+        index, pending = self._index, self._pending
+        stored = 0
+        for key, version, value, tombstone in rows:
+            check_key(key)
+            if type(version) is not int or not 0 < version <= MAX_VERSION:  # check_version's test, inlined
+                check_version(version)
+            if type(value) is not bytes:
+                value = check_value(value)
+            entry = changed.get(key)
+            if entry is None:
+                entry = index.get(key, touch=False)
+                if entry is None:
+                    entry = self._scan(key)
+            newer: Entry = ()
+            if entry:
+                if find(entry, version) >= 0:
+                    continue
+                newest = newest_committed(entry)
+                if newest >= 0 and version <= version_of(entry[newest]):
+                    continue
+                older = below(entry, version)
+                self._stage_deletions(key, entry[:older])
+                newer = entry[older:]
+            flags = (COMMITTED | TOMBSTONE) if tombstone else COMMITTED
+            held = pending.get(key)
+            if held is None:
+                pending[key] = {version: bytes((flags,)) + value}
+            else:
+                held[version] = bytes((flags,)) + value
+            changed[key] = (pack(version, flags), *newer)
+            stored += 1
+        return stored
+
     def commit(self, key: str, version: int) -> bool:
         self._check_open()
         check_key(key)
@@ -273,20 +316,43 @@ class LevelDBStore:
         return [version_of(p) for p in self._entry(key)]
 
     def committed_page(self, after: str | None, limit: int) -> Page:
-        self._check_open()
+        page = self.committed_rows(after, limit)
+        return Page([Item(key, version, value, True, tombstone) for key, version, value, tombstone in page.rows],
+                    page.cursor)
+
+    def committed_rows(self, after: str | None, limit: int) -> Rows:
+        """One pass of one LevelDB iterator (merged with the overlay) over the keys after the cursor,
+        values included: a key's versions are contiguous and ascending, so its newest committed one
+        is the last committed record before the next key starts. No lookup per key, and the index
+        is left alone (a walk through every key must not push the busy ones out of it)."""
+        db = self._check_open()
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        items: list[Item] = []
-        for key in self._keys_after(after):
-            # Walking every key must not push the busy ones out of the index.
-            item = self._latest_committed(key, self._entry(key, remember=False))
-            if item is None:
-                continue
-            if len(items) == limit:
-                # Another committed key exists, so the caller must ask again.
-                return Page(items, items[-1].key)
-            items.append(item)
-        return Page(items, None)
+        start = DATA if after is None else key_prefix(after)[:-1] + b"\x01"
+        overlay = sorted(
+            (raw, rec) for key, held in self._pending.items() for v, rec in held.items()
+            if (raw := _encode_checked_key(key, v)) >= start
+        )
+        rows: list[Row] = []
+        prefix = b""
+        newest: tuple[bytes, bytes] | None = None  # (stored key, record) of this key's newest committed
+        with db.iterator(start=start, stop=_DATA_END) as it:
+            for raw, record in _merge(it, overlay, reverse=False) if overlay else it:
+                if raw[:-8] != prefix:
+                    if newest is not None:
+                        if len(rows) == limit:
+                            # Another committed key exists, so the caller must ask again.
+                            return Rows(rows, rows[-1][0])
+                        rows.append(_committed_row(*newest))
+                        newest = None
+                    prefix = raw[:-8]
+                if record[0] & COMMITTED:
+                    newest = raw, record
+        if newest is not None:
+            if len(rows) == limit:
+                return Rows(rows, rows[-1][0])
+            rows.append(_committed_row(*newest))
+        return Rows(rows, None)
 
     def committed_share(self, through: str) -> float | None:
         """LevelDB's estimate of the bytes on disk up to ``through``'s last version, over those of
@@ -315,12 +381,14 @@ class LevelDBStore:
             return
         # transaction=True: an exception while filling the batch writes nothing.
         with db.write_batch(transaction=True, sync=self.durability == "sync") as batch:
+            put, delete = batch.put, batch.delete
             for key, held in self._pending.items():
+                prefix = DATA + key.encode("utf-8").replace(b"\x00", b"\x00\xff") + _TERMINATOR  # key_prefix, inlined
                 for version, record in held.items():
                     if record is None:
-                        batch.delete(_encode_checked_key(key, version))
+                        delete(prefix + version.to_bytes(8, "big"))
                     else:
-                        batch.put(_encode_checked_key(key, version), record)
+                        put(prefix + version.to_bytes(8, "big"), record)
         self._pending.clear()
 
     def close(self) -> None:
@@ -432,19 +500,6 @@ class LevelDBStore:
         if self._index.enabled:
             self._index.fill(_stored_entries(db))
 
-    def _keys_after(self, after: str | None) -> Iterator[str]:
-        """Every key with a stored or buffered entry strictly after ``after``, in store order.
-        Keys whose entries are all buffered deletions may appear; callers check their versions."""
-        db = self._check_open()
-        start = DATA if after is None else key_prefix(after)[:-1] + b"\x01"
-        buffered = sorted(p for p in map(key_prefix, self._pending) if p >= start)
-        with db.iterator(start=start, stop=_DATA_END, include_value=False) as it:
-            previous = None
-            for prefix in heapq.merge((raw[:-8] for raw in it), buffered):
-                if prefix != previous:  # one entry per version: report each key once
-                    previous = prefix
-                    yield _decode_prefix(prefix)
-
 
 def _stored_entries(db: plyvel.DB) -> Iterator[tuple[str, Entry]]:
     """(key, entry) for every key stored, in store order, from one iteration over every item."""
@@ -460,6 +515,10 @@ def _stored_entries(db: plyvel.DB) -> Iterator[tuple[str, Entry]]:
             entry.append(pack(int.from_bytes(raw[-8:], "big"), record[0] & FLAGS))
     if entry:
         yield _decode_prefix(prefix), tuple(entry)
+
+
+def _committed_row(raw: bytes, record: bytes) -> Row:
+    return _decode_prefix(raw[:-8]), int.from_bytes(raw[-8:], "big"), record[1:], bool(record[0] & TOMBSTONE)
 
 
 def _decode_prefix(prefix: bytes) -> str:

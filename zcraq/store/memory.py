@@ -11,11 +11,11 @@ store holding only the durable state, which is what a node would find after a cr
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import msgspec
 
-from .base import Item, Page
+from .base import Item, Page, Row, Rows
 from .errors import StoreClosedError, check_key, check_value, check_version
 
 Versions = dict[int, Item]
@@ -56,6 +56,10 @@ class MemoryStore:
         if committed:
             self._remove(key, [v for v in held if v < version])
         return True
+
+    def put_committed(self, rows: Iterable[Row]) -> int:
+        return sum(self.put(key, version, value, committed=True, tombstone=tombstone)
+                   for key, version, value, tombstone in rows)
 
     def commit(self, key: str, version: int) -> bool:
         self._check_open()
@@ -135,6 +139,10 @@ class MemoryStore:
                 return Page(items, items[-1].key)
             items.append(item)
         return Page(items, None)
+
+    def committed_rows(self, after: str | None, limit: int) -> Rows:
+        page = self.committed_page(after, limit)
+        return Rows([(i.key, i.version, i.value, i.tombstone) for i in page.items], page.cursor)
 
     def committed_share(self, through: str) -> float | None:
         """The share of the keys held (one held only dirty counts too) up to ``through``."""

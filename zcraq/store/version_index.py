@@ -117,6 +117,26 @@ class VersionIndex:
             self._entries.popitem(last=False)
             self.complete = False
 
+    def set_many(self, changed: Iterable[tuple[str, Entry]]) -> None:
+        """``set`` of each (key, entry) in order: one call for a whole catch-up page."""
+        if not self.enabled:
+            return
+        entries, dirty, complete, cap = self._entries, self._dirty, self.complete, self.max_keys
+        for key, entry in changed:
+            if is_dirty(entry):
+                dirty.add(key)
+            else:
+                dirty.discard(key)
+            if not entry and complete:
+                entries.pop(key, None)
+                continue
+            if key in entries:
+                entries.move_to_end(key)
+            entries[key] = entry  # a new key goes to the end by itself
+            if len(entries) > cap:
+                entries.popitem(last=False)
+                self.complete = complete = False
+
     def fill(self, stored: Iterable[tuple[str, Entry]]) -> None:
         """Every key a store holds, in key order, when it opens: kept while there is room; past the
         cap only a dirty key is noted."""
