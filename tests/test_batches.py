@@ -106,6 +106,20 @@ def test_a_long_batch_is_split_and_spread_over_the_chain(make_cluster):
         assert client.delete_many(keys) == [(2, True)] * len(keys)
 
 
+def test_a_read_many_is_asked_again_of_other_nodes_when_one_is_frozen(make_cluster):
+    cluster = make_cluster(3).start_all()
+    keys = [f"key-{i}" for i in range(3 * MAX_BATCH_KEYS)]  # three requests: one meets the frozen node
+    with cluster.client(timeout=8) as client:
+        client.write_many({k: k.encode() for k in keys})
+        cluster.signal("node2", signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            assert client.read_many(keys) == [k.encode() for k in keys]
+            assert time.monotonic() - started < 8
+        finally:
+            cluster.signal("node2", signal.SIGCONT)
+
+
 def test_the_wire_format_of_protocol_md(make_cluster):
     """A DEALER speaking PROTOCOL.md §8.8 directly: results per key, the values in one frame."""
     cluster = make_cluster(3).start_all()
