@@ -1,8 +1,9 @@
 """Raw pyzmq baseline: the same closed-loop clients as chain_bench.py, against trivial echo servers.
 
 The server is one ROUTER socket in one process running the same loop shape as a zcraq node
-(poll, take up to 256 waiting messages, answer each with a non-blocking send) but doing no work
-at all: it never parses the header. Replies have zcraq's shapes, so the bytes moved match:
+(poll, take up to 256 waiting messages, answer each with a non-blocking send), with the node's own
+receive and send functions (zcraq/sockets.py: recv_batch, send_nowait), but doing no work at all:
+it never parses the header. Replies have zcraq's shapes, so the bytes moved match:
 
     read:  [b"", header]         -> [b"", header, value]   (value: --value-size bytes)
     write: [b"", header, value]  -> [b"", header]
@@ -38,6 +39,8 @@ def serve(port: int, value_size: int) -> None:
 
     import zmq
 
+    from zcraq.sockets import recv_batch, send_nowait
+
     stopping = False
 
     def stop(*_args: object) -> None:
@@ -59,17 +62,9 @@ def serve(port: int, value_size: int) -> None:
     while not stopping:
         if not poller.poll(50):
             continue
-        for _ in range(BATCH):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        for frames in recv_batch(sock, BATCH):
             # frames: [identity, b"", header] or [identity, b"", header, value]
-            reply = [*frames[:3], value] if len(frames) == 3 else frames[:3]
-            try:
-                sock.send_multipart(reply, zmq.NOBLOCK, copy=False)
-            except zmq.ZMQError:
-                pass
+            send_nowait(sock, [*frames[:3], value] if len(frames) == 3 else frames[:3])
     sock.close(0)
     ctx.term()
 
