@@ -107,6 +107,29 @@ def test_a_write_that_never_left_is_retried_until_the_deadline_then_unavailable(
     assert sum(isinstance(c.request, Write) for c in script.calls()) >= 2
 
 
+def test_a_refused_write_is_not_resent_too_late_to_hear_the_refusal():
+    """The head refuses (``unavailable``) after 20 ms each time. A resend sent with less than that
+    left would meet the deadline unanswered; the write must end in the refusal, not in an unknown
+    outcome."""
+    for _ in range(5):
+        state = fresh_state(timeout=0.3)
+
+        def answer(call: Call) -> Answer | Timeout:
+            if isinstance(call.request, TopologyRequest):
+                return topology_reply(call)
+            if time.monotonic() + 0.02 > call.deadline:
+                return Timeout("no answer", delivered=True)
+            time.sleep(0.02)
+            return Error(call.request.id, "unavailable", "the chain is reconfiguring"), []
+
+        script = Script(answer)
+        with pytest.raises(Unavailable) as raised:
+            clientcore.run_blocking(clientcore.write(state, "k", *clientcore.write_request("k", "v"),
+                                                     state.deadline()), _sleeping(script))
+        assert not isinstance(raised.value, WriteOutcomeUnknown)
+        assert sum(isinstance(c.request, Write) for c in script.calls()) >= 2
+
+
 def test_sizes_are_refused_before_anything_but_the_topology_is_sent():
     state = fresh_state()
     script = Script(topology_reply)

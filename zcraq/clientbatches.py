@@ -25,7 +25,7 @@ import orjson
 
 from zcraq import wire
 from zcraq.clientcore import READ_RETRYABLE, WRITE_RETRYABLE, ClientState, Plan, cached_topology, call, check_key
-from zcraq.clientcore import node_endpoint, pause, pick_reader
+from zcraq.clientcore import node_endpoint, pause, pick_reader, time_to_resend
 from zcraq.errors import BatchFailed, Timeout, Unavailable, WriteOutcomeUnknown, ZcraqError, error_for
 from zcraq.messages import MAX_BATCH_KEYS, DeleteMany, Ok, ReadMany, WriteMany
 
@@ -167,6 +167,7 @@ def _write_part(state: ClientState, keys: list[str], values: tuple[bytes, ...] |
         request_id = state.next_id()
         request = (DeleteMany(keys, id=request_id) if values is None
                    else WriteMany(keys, values, id=request_id))
+        sent = time.monotonic()
         outcome = yield from call(endpoint, request, deadline, connect_first=True)
         if isinstance(outcome, Timeout):
             if outcome.delivered:
@@ -184,6 +185,8 @@ def _write_part(state: ClientState, keys: list[str], values: tuple[bytes, ...] |
             return [error_for(reply.code, reply.message or reply.code)] * len(keys)  # nothing was stored
         last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
         state.forget_topology()
+        if not time_to_resend(deadline, time.monotonic() - sent):
+            break
         yield from pause(deadline)
     return [last_error] * len(keys)
 

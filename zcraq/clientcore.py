@@ -38,6 +38,7 @@ READ_RETRYABLE = {"unavailable", "not_tail", "wrong_epoch", "timeout"}
 AVOID_SECONDS = 2.0  # a node that just failed a read is skipped this long (it may be dead)
 TOPOLOGY_MAX_AGE = 1.0  # seconds a topology is used before it is asked for again
 PAUSE_SECONDS = 0.05  # between two attempts of one call
+RESEND_MARGIN = 0.1  # seconds a refused write's resend must have left before its deadline, at least
 
 T = TypeVar("T")
 Answer = tuple[Reply, list[bytes]]  # a reply header and its value frames
@@ -80,6 +81,13 @@ def call(endpoint: str, request: Request, deadline: float, *, connect_first: boo
 
 def pause(deadline: float) -> Plan[None]:
     yield Pause(deadline)
+
+
+def time_to_resend(deadline: float, round_trip: float) -> bool:
+    """After a refusal that took ``round_trip`` seconds to come back, whether the deadline leaves
+    time to send the write again and hear back. A resend sent too late would meet the deadline
+    unanswered and turn a clear refusal (nothing applied) into an unknown outcome."""
+    return deadline - time.monotonic() > PAUSE_SECONDS + max(RESEND_MARGIN, 4 * round_trip)
 
 
 def run_blocking(plan: Plan[T], perform: Callable[[Step], Answer | Timeout | None]) -> T:
@@ -296,6 +304,7 @@ def write(state: ClientState, key: str, build: Callable[[int], Write | Delete], 
         # Straight to the head; through the coordinator when the head is unknown.
         endpoint = head.service if head else state.coordinator
         request = build(state.next_id())
+        sent = time.monotonic()
         outcome = yield from call(endpoint, request, deadline, connect_first=True)
         if isinstance(outcome, Timeout):
             if outcome.delivered:
@@ -317,6 +326,8 @@ def write(state: ClientState, key: str, build: Callable[[int], Write | Delete], 
             raise error_for(reply.code, reply.message or reply.code)
         last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
         state.forget_topology()
+        if not time_to_resend(deadline, time.monotonic() - sent):
+            break
         yield from pause(deadline)
     raise last_error
 
@@ -355,4 +366,4 @@ def ask_status(state: ClientState, endpoint: str, deadline: float) -> Plan[dict[
 
 __all__ = ["Answer", "Call", "ClientState", "Pause", "Plan", "Step", "call", "cached_topology", "check_endpoint",
            "check_key", "delete_request", "fetch_topology", "node_endpoint", "ok", "pause", "pick_reader", "read",
-           "report", "run_blocking", "server_key", "ask_status", "node_status", "status", "write", "write_request"]
+           "report", "run_blocking", "server_key", "ask_status", "node_status", "status", "time_to_resend", "write", "write_request"]
