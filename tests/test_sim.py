@@ -36,6 +36,8 @@ def test_a_run_does_real_work() -> None:
         completions = [e for e in result.history if e["type"] == "ok"]
         assert sum(e["f"] == "write" for e in completions) > at_least
         assert sum(e["f"] == "read" and e["value"] is not None for e in completions) > at_least
+        assert sum(e["f"] == "cas" for e in completions) > at_least // 10
+        assert sum(e["f"] == "cas" and e["type"] == "fail" for e in result.history) > 0
 
 
 def test_dirty_reads_answered_locally_are_caught() -> None:
@@ -44,6 +46,15 @@ def test_dirty_reads_answered_locally_are_caught() -> None:
     unsafe = frozenset({"dirty_read_local"})
     caught = next((seed for seed in range(300) if not simulate(SimConfig(seed=seed, unsafe=unsafe)).ok), None)
     assert caught is not None, "the simulator missed answering dirty reads without asking the tail"
+
+
+def test_conditions_decided_on_committed_versions_alone_are_caught() -> None:
+    """A deliberate bug (a conditional write compared with the committed version and applied while
+    newer versions are dirty, so two writes conditioned on one version can both succeed) must be
+    found within the CI seed budget."""
+    unsafe = frozenset({"condition_on_committed"})
+    caught = next((seed for seed in range(300) if not simulate(SimConfig(seed=seed, unsafe=unsafe)).ok), None)
+    assert caught is not None, "the simulator missed conditional writes decided on stale versions"
 
 
 def test_command_line_replays_a_seed(tmp_path, capsys) -> None:

@@ -95,23 +95,25 @@ class AsyncZClient:
         deadline = self._state.deadline()
         return await self._run(clientcore.fetch_topology(self._state, deadline), deadline)
 
-    async def write(self, key: str, value: bytes | str) -> int:
-        """Store ``value`` under ``key``; returns the committed version."""
-        build, size = clientcore.write_request(key, value)
+    async def write(self, key: str, value: bytes | str, *, if_version: int | None = None) -> int:
+        """Store ``value`` under ``key``; returns the committed version. ``if_version``: only if the
+        key's current version is that (0: only if the key has no value); otherwise raises
+        ConditionFailed, with the current version, and nothing is written."""
+        build, size = clientcore.write_request(key, value, if_version)
         deadline = self._state.deadline()
         ok = await self._run(clientcore.write(self._state, key, build, size, deadline), deadline)
         return ok.version  # type: ignore[return-value]
 
-    async def delete(self, key: str) -> int:
-        """Delete ``key``; returns the version of the deletion."""
-        return (await self.delete_and_report(key))[0]
+    async def delete(self, key: str, *, if_version: int | None = None) -> int:
+        """Delete ``key``; returns the version of the deletion. ``if_version`` as for write()."""
+        return (await self.delete_and_report(key, if_version=if_version))[0]
 
-    async def delete_and_report(self, key: str) -> tuple[int, bool]:
+    async def delete_and_report(self, key: str, *, if_version: int | None = None) -> tuple[int, bool]:
         """Delete ``key``; returns the version of the deletion and whether the key had a value just
-        before it (a deletion of a missing key is a version too)."""
+        before it (a deletion of a missing key is a version too). ``if_version`` as for write()."""
+        build = clientcore.delete_request(key, if_version)
         deadline = self._state.deadline()
-        ok = await self._run(clientcore.write(self._state, key, clientcore.delete_request(key), 0, deadline),
-                             deadline)
+        ok = await self._run(clientcore.write(self._state, key, build, 0, deadline), deadline)
         return ok.version, ok.existed is True  # type: ignore[return-value]
 
     @property

@@ -34,7 +34,7 @@ from zcraq.chain_report import gather
 from zcraq.client import ZClient
 from zcraq.config import MAX_VALUE_BYTES, default_coordinator_endpoint
 from zcraq.endpoints import parse_endpoint
-from zcraq.errors import BadRequest, KeyNotFound, Timeout, Unavailable
+from zcraq.errors import BadRequest, ConditionFailed, KeyNotFound, Timeout, Unavailable
 from zcraq.toml_tables import ConfigError
 from zcraq.value_input import ValueInput, ValueInputError
 
@@ -164,7 +164,10 @@ def _describe(error: BaseException) -> str:
 
 
 def _fail_json(error: BaseException) -> NoReturn:
-    sys.stdout.buffer.write(_json_bytes({"error": exit_codes.error_code_for(error), "message": _describe(error)}))
+    report: dict[str, Any] = {"error": exit_codes.error_code_for(error), "message": _describe(error)}
+    if isinstance(error, ConditionFailed) and error.version is not None:
+        report["version"] = error.version  # the key's current version
+    sys.stdout.buffer.write(_json_bytes(report))
     sys.stdout.flush()
     raise click.exceptions.Exit(exit_codes.exit_code_for(error))
 
@@ -228,14 +231,20 @@ def key_argument(_ctx: click.Context, _param: click.Parameter, key: str) -> str:
 
 # ------------------------------------------------------------------------------------- commands
 
+IF_VERSION = click.option(
+    "--if-version", type=click.IntRange(0, 2**64 - 1), default=None, metavar="N",
+    help="Only if KEY's current version is N (0: only if KEY has no value); otherwise nothing is "
+         "written and the exit code is 8 (JSON: \"error\": \"condition_failed\" with the current \"version\").")
+
 
 @client.command("write")
 @click.argument("key", callback=key_argument)
 @click.argument("value")
 @click.option("--literal", is_flag=True, help="Store VALUE as given, even if it is - or starts with @.")
+@IF_VERSION
 @shared_options
 @click.pass_obj
-def write(settings: Settings, key: str, value: str, literal: bool) -> None:
+def write(settings: Settings, key: str, value: str, literal: bool, if_version: int | None) -> None:
     """Write VALUE under KEY and print the committed version.
 
     VALUE: - reads standard input, @PATH reads the file PATH (both in binary, up to the
@@ -258,7 +267,7 @@ def write(settings: Settings, key: str, value: str, literal: bool) -> None:
             raise click.BadParameter(str(error), param_hint="VALUE") from None
         finally:
             source.close()
-        version = zclient.write(key, data)
+        version = zclient.write(key, data, if_version=if_version)
         return Outcome({"key": key, "version": version}, f"ok version {version}\n".encode())
 
     run_action(settings, action)
@@ -294,16 +303,17 @@ def read(settings: Settings, key: str, mode: str, raw: bool) -> None:
 
 @client.command("delete")
 @click.argument("key", callback=key_argument)
+@IF_VERSION
 @shared_options
 @click.pass_obj
-def delete(settings: Settings, key: str) -> None:
+def delete(settings: Settings, key: str, if_version: int | None) -> None:
     """Delete KEY and say whether it existed.
 
     Prints "ok version N (deleted)" or "ok version N (did not exist)": a deletion is a version
     either way. JSON: {"key": KEY, "version": N, "existed": true or false}.
     """
     def action(zclient: ZClient) -> Outcome:
-        version, existed = zclient.delete_and_report(key)
+        version, existed = zclient.delete_and_report(key, if_version=if_version)
         return Outcome({"key": key, "version": version, "existed": existed},
                        f"ok version {version} ({'deleted' if existed else 'did not exist'})\n".encode())
 

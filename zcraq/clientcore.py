@@ -24,12 +24,14 @@ from itertools import count
 from typing import Any, TypeVar
 
 import msgspec
+from msgspec import UnsetType
 
 from zcraq import wire
 from zcraq.endpoints import parse_endpoint
-from zcraq.errors import BadRequest, Timeout, TooLarge, Unavailable, WriteOutcomeUnknown, ZcraqError, error_for
-from zcraq.messages import (Delete, Error, Limits, Ok, Read, Reply, Request, StatusRequest, TopologyRequest, Write,
-                            request_type)
+from zcraq.errors import (BadRequest, ConditionFailed, Timeout, TooLarge, Unavailable, WriteOutcomeUnknown, ZcraqError,
+                          error_for)
+from zcraq.messages import (U64_MAX, Delete, Error, Limits, Ok, Read, Reply, Request, StatusRequest, TopologyRequest,
+                            Write, request_type)
 from zcraq.topology import Member, Topology
 
 # Errors after which a write surely did not happen, so sending it again is safe.
@@ -322,6 +324,9 @@ def write(state: ClientState, key: str, build: Callable[[int], Write | Delete], 
             if reply.version is msgspec.UNSET:
                 raise ZcraqError(f"{endpoint} acknowledged a write without its version")
             return reply
+        if reply.code == "condition_failed":
+            current = reply.version if isinstance(reply.version, int) else None
+            raise ConditionFailed(f"{request_type(request)} of {key!r} not applied: {reply.message}", current)
         if reply.code not in WRITE_RETRYABLE:
             raise error_for(reply.code, reply.message or reply.code)
         last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
@@ -332,14 +337,27 @@ def write(state: ClientState, key: str, build: Callable[[int], Write | Delete], 
     raise last_error
 
 
-def write_request(key: str, value: bytes | str) -> tuple[Callable[[int], Write], int]:
-    """How write() builds a write of ``value`` (bytes, or str as UTF-8), and the value's size."""
+def write_request(key: str, value: bytes | str,
+                  if_version: int | None = None) -> tuple[Callable[[int], Write], int]:
+    """How write() builds a write of ``value`` (bytes, or str as UTF-8), and the value's size.
+    ``if_version``: only if the key's current version is that (0: only if it has no value)."""
     data = value.encode() if isinstance(value, str) else bytes(value)
-    return (lambda request_id: Write(key, data, id=request_id)), len(data)
+    condition = check_condition(if_version)
+    return (lambda request_id: Write(key, data, id=request_id, if_version=condition)), len(data)
 
 
-def delete_request(key: str) -> Callable[[int], Delete]:
-    return lambda request_id: Delete(key, id=request_id)
+def delete_request(key: str, if_version: int | None = None) -> Callable[[int], Delete]:
+    condition = check_condition(if_version)
+    return lambda request_id: Delete(key, id=request_id, if_version=condition)
+
+
+def check_condition(if_version: int | None) -> int | UnsetType:
+    """A write's ``if_version`` as the wire carries it (UNSET: unconditional)."""
+    if if_version is None:
+        return msgspec.UNSET
+    if type(if_version) is not int or not 0 <= if_version <= U64_MAX:
+        raise ValueError(f"if_version must be an integer from 0 to 2**64-1, not {if_version!r}")
+    return if_version
 
 
 def node_status(state: ClientState, node: str, deadline: float) -> Plan[dict[str, Any]]:

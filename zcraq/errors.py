@@ -42,6 +42,18 @@ class Unavailable(ZcraqError):
     code = "unavailable"
 
 
+class ConditionFailed(ZcraqError):
+    """A conditional write or delete (``if_version``) was not applied: the key's current version
+    was not the one named. ``version`` is the current version the head saw (0: the key has no
+    value), when the server said it."""
+
+    code = "condition_failed"
+
+    def __init__(self, message: str, version: int | None = None) -> None:
+        super().__init__(message)
+        self.version = version
+
+
 class ClientClosed(ZcraqError):
     """The client was closed before the call ended (or before it began). Nothing was applied:
     a write or delete that may have been is reported as ``WriteOutcomeUnknown`` instead."""
@@ -102,6 +114,7 @@ ERROR_CODES: dict[str, type[ZcraqError]] = {
     "too_large": TooLarge,
     "timeout": Timeout,
     "unknown_outcome": WriteOutcomeUnknown,
+    "condition_failed": ConditionFailed,
     "unavailable": Unavailable,
     "not_head": Unavailable,
     "not_tail": Unavailable,

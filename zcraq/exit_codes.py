@@ -9,6 +9,8 @@
     5  refused: too large, bad request, forbidden
     6  authentication failed: the server refused this client's CURVE keys
     7  any other error
+    8  condition failed: a write or delete with --if-version was not applied (the key's current
+       version is another)
   130  interrupted (Ctrl-C); an interrupted write or delete may or may not have been applied
 
 An exception maps to its code by class (zcraq/errors.py): ``WriteOutcomeUnknown`` is a
@@ -21,8 +23,8 @@ import textwrap
 
 import click
 
-from zcraq.errors import (AuthenticationError, BadRequest, Forbidden, KeyNotFound, Timeout, Unavailable,
-                          WriteOutcomeUnknown, ZcraqError)
+from zcraq.errors import (AuthenticationError, BadRequest, ConditionFailed, Forbidden, KeyNotFound, Timeout,
+                          Unavailable, WriteOutcomeUnknown, ZcraqError)
 from zcraq.toml_tables import ConfigError
 
 SUCCESS = 0
@@ -33,6 +35,7 @@ OUTCOME_UNKNOWN = 4
 REFUSED = 5
 AUTHENTICATION = 6
 OTHER = 7
+CONDITION_FAILED = 8
 INTERRUPTED = 130
 
 # (code, meaning): the table that help texts and the README show.
@@ -46,6 +49,8 @@ TABLE: tuple[tuple[int, str], ...] = (
     (REFUSED, "refused: too large, bad request, forbidden"),
     (AUTHENTICATION, "authentication failed: the server refused this client's CURVE keys"),
     (OTHER, "any other error"),
+    (CONDITION_FAILED, "condition failed: a write or delete with --if-version was not applied (the key's current "
+                       "version is another)"),
     (INTERRUPTED, "interrupted (Ctrl-C); an interrupted write or delete may or may not have been applied"),
 )
 
@@ -70,6 +75,8 @@ def exit_code_for(error: BaseException) -> int:
             return REFUSED
         case AuthenticationError():
             return AUTHENTICATION
+        case ConditionFailed():
+            return CONDITION_FAILED
         case KeyboardInterrupt():
             return INTERRUPTED
         case _:
@@ -100,4 +107,5 @@ def help_table(width: int = 76) -> str:
 
 
 __all__ = ["SUCCESS", "NOT_FOUND", "USAGE", "UNAVAILABLE", "OUTCOME_UNKNOWN", "REFUSED", "AUTHENTICATION", "OTHER",
+           "CONDITION_FAILED",
            "INTERRUPTED", "TABLE", "exit_code_for", "error_code_for", "help_table"]

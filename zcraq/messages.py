@@ -79,16 +79,19 @@ class Read(_Request, frozen=True, tag="read"):
 
 
 class Write(_Request, frozen=True, tag="write"):
-    """The value travels in its own frame; it is never part of the JSON header."""
+    """The value travels in its own frame; it is never part of the JSON header. ``if_version``:
+    write only if the key's current version is that (0: only if the key has no value)."""
 
     key: Key
     value: bytes
     id: RequestId = None
+    if_version: U64 | UnsetType = UNSET
 
 
 class Delete(_Request, frozen=True, tag="delete"):
     key: Key
     id: RequestId = None
+    if_version: U64 | UnsetType = UNSET
 
 
 class ReadMany(_Request, frozen=True, tag="read_many"):
@@ -228,6 +231,7 @@ class Error(msgspec.Struct, frozen=True, tag_field="type", tag="error"):
     message: str
     epoch: Epoch | UnsetType = UNSET  # not_tail, wrong_epoch: the responder's epoch
     head: str | None | UnsetType = UNSET  # not_head: the head's service endpoint, if known
+    version: U64 | UnsetType = UNSET  # condition_failed: the key's current version (0: no value)
 
 
 Reply = Ok | Error

@@ -28,13 +28,14 @@ from typing import Annotated, Any, cast
 
 import msgspec
 import orjson
+from msgspec import UNSET, UnsetType
 
 from zcraq.messages import Limits
 from zcraq.messages import (COMMITTED, MAX_BATCH_KEYS, MAX_ID_CHARS, MAX_NODE_ID_CHARS, TOMBSTONE, CatchupRequest,
                             CaughtUp, CoordinatorRequest, NodeRequest,
                             ChainFrame, CommitFrame, Confirm, Delete, DeleteMany, Flags, Heartbeat, Join, Key, Keys,
                             Leave, Malformed, NodeId, Read, ReadMany, Reply, Request, RequestId, request_type,
-                            ResyncFrame, StatusRequest, TopologyRequest, U64_MAX, Version, VersionQuery, Write,
+                            ResyncFrame, StatusRequest, TopologyRequest, U64, U64_MAX, Version, VersionQuery, Write,
                             WriteFrame, WriteMany, WriteRecord)
 from zcraq.topology import Epoch, Topology
 
@@ -67,6 +68,7 @@ class _WriteHeader(msgspec.Struct, frozen=True, tag_field="type", tag="write"):
 
     key: Key
     id: RequestId = None
+    if_version: U64 | UnsetType = UNSET
 
 
 class _WriteManyHeader(msgspec.Struct, frozen=True, tag_field="type", tag="write_many"):
@@ -132,7 +134,7 @@ def decode_request(frames: list[bytes], limits: Limits, accepted: frozenset[str]
             raise WireError("write needs a value frame after the header", request_id=header.id)
         if len(frames[1]) > limits.max_value_bytes:
             raise WireError(f"value is larger than {limits.max_value_bytes} bytes", "too_large", header.id)
-        return Write(header.key, bytes(frames[1]), header.id)
+        return Write(header.key, bytes(frames[1]), header.id, header.if_version)
     if type(header) in _BATCH_HEADERS:
         return _batch(header, frames, limits)
     if len(frames) != 1:
@@ -186,7 +188,9 @@ def _out_of_range(header: Any) -> bool:
     request_id = header.id
     if type(request_id) is int and request_id > U64_MAX:
         return True
-    if type(header) in (Read, _WriteHeader, Delete, StatusRequest, TopologyRequest, Leave, *_BATCH_HEADERS):
+    if type(header) in (_WriteHeader, Delete):
+        return type(header.if_version) is int and header.if_version > U64_MAX
+    if type(header) in (Read, StatusRequest, TopologyRequest, Leave, *_BATCH_HEADERS):
         return False
     return getattr(header, "epoch", 0) > U64_MAX or getattr(header, "protocol", 0) > U64_MAX
 
@@ -213,8 +217,8 @@ _INT = (int,)
 _STR = (str,)
 _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "read": {"mode": (_STR, False)},
-    "write": {},
-    "delete": {},
+    "write": {"if_version": (_INT, False)},
+    "delete": {"if_version": (_INT, False)},
     "read_many": {"mode": (_STR, False)},
     "write_many": {"sizes": ((list,), True)},
     "delete_many": {},
@@ -290,6 +294,8 @@ def _explain_request(frames: list[bytes], limits: Limits, accepted: frozenset[st
         raise WireError(f"node_id must be 1 to {MAX_NODE_ID_CHARS} characters", request_id=request_id)
     if "epoch" in fields and fields["epoch"] < 0:
         raise WireError("epoch must be non-negative", request_id=request_id)
+    if "if_version" in fields and fields["if_version"] < 0:
+        raise WireError("if_version must be non-negative", request_id=request_id)
     if kind == "catchup" and not 0 < fields["limit"] <= 100_000:
         raise WireError("limit must be from 1 to 100000", request_id=request_id)
     if kind == "write_many":
@@ -311,7 +317,7 @@ def _explain_keys(keys: Any, limits: Limits, request_id: Any) -> None:
 
 def encode_request(request: Request) -> list[bytes]:
     if type(request) is Write:
-        return [encode_json(_WriteHeader(request.key, request.id)), request.value]
+        return [encode_json(_WriteHeader(request.key, request.id, request.if_version)), request.value]
     if type(request) is WriteMany:
         sizes = [len(value) for value in request.values]
         return [encode_json(_WriteManyHeader(request.keys, sizes, request.id)), b"".join(request.values)]

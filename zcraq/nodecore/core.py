@@ -47,6 +47,8 @@ from __future__ import annotations
 import logging
 from typing import Any, assert_never
 
+from msgspec import UNSET, UnsetType
+
 from zcraq.access import chain_frame_refusal, node_request_refusal
 from zcraq.callers import TRUSTED, Caller
 from zcraq.effects import Effect, Respond
@@ -70,13 +72,15 @@ from zcraq.topology import Member, Topology
 log = logging.getLogger("zcraq.node")
 
 # Test-only protocol bugs that can be switched on to check that the checkers catch them.
-UNSAFE_FAULTS = frozenset({"dirty_read_local"})  # answer dirty reads without asking the tail
+# Deliberate bugs the simulator must find: dirty reads answered without asking the tail;
+# conditional writes decided on the committed version alone while newer versions are dirty.
+UNSAFE_FAULTS = frozenset({"dirty_read_local", "condition_on_committed"})
 
 
 def _new_counters() -> dict[str, int]:
     return {"reads": 0, "dirty_reads": 0, "writes": 0, "commits": 0, "bad_messages": 0, "stale_chain_frames": 0,
             "resyncs": 0, "resends": 0, "internal_errors": 0, "fenced_frames": 0, "unleased_frames": 0,
-            "forbidden": 0, "conflicting_records": 0, "foreign_commits": 0}
+            "forbidden": 0, "conflicting_records": 0, "foreign_commits": 0, "conditions_failed": 0}
 
 
 class NodeCore:
@@ -99,7 +103,7 @@ class NodeCore:
         self.reads = Reads(store, self.calls, self._out, self.counters, unsafe)
         self.batches = Batches()
         self.replication = Replication(store, self.links, self._out, self.counters, timings.write_timeout,
-                                       self.logs)
+                                       self.logs, unsafe)
         self.membership = Membership(me, timings, store, self._out, self.leases, self.links, self.calls,
                                      self.catchup, self.replication, self.logs)
 
@@ -231,9 +235,9 @@ class NodeCore:
             case Read():
                 self._read(client, request, now)
             case Write():
-                self._write(client, request.id, request.key, request.value, False, now)
+                self._write(client, request.id, request.key, request.value, False, request.if_version, now)
             case Delete():
-                self._write(client, request.id, request.key, b"", True, now)
+                self._write(client, request.id, request.key, b"", True, request.if_version, now)
             case ReadMany():
                 self._read_many(client, request, now)
             case WriteMany():
@@ -301,9 +305,14 @@ class NodeCore:
             return "node has no valid lease (neither from the coordinator nor from every peer)"
         return "node is waiting for its predecessor to sync"
 
-    def _write(self, client: Any, request_id: Any, key: str, value: bytes, tombstone: bool, now: float) -> None:
-        if not self._write_refused(client, request_id, now):
+    def _write(self, client: Any, request_id: Any, key: str, value: bytes, tombstone: bool,
+               if_version: int | UnsetType, now: float) -> None:
+        if self._write_refused(client, request_id, now):
+            return
+        if if_version is UNSET:
             self.replication.client_write(client, request_id, key, value, tombstone, now)
+        else:
+            self.replication.conditional_write(client, request_id, key, value, tombstone, if_version, now)
 
     def _write_refused(self, client: Any, request_id: Any, now: float) -> bool:
         """Refuse a write that this node cannot take now (answered), before anything is stored."""
@@ -383,6 +392,7 @@ class NodeCore:
             if call.kind is CallKind.VERSION:
                 self.reads.tail_timed_out(call)
         self.replication.expire_writes(now)
+        self.replication.decide_held(now, self.place.is_head and self.serving(now) and self.links.open)
         self.links.resend_stale(now)
         if self.place.is_learner:
             self.catchup.drive(self.place, self.links.in_sync(), now)

@@ -13,6 +13,14 @@ may serve (``Owed``). The links carry what it decides to send; the place says wh
 - The learner stores records committed and acknowledges them to the tail.
 - COMMIT(k, v) commits v, prunes older versions, and acknowledges every pending write of k up to v:
   an older write overtaken by a newer commit took effect and was overwritten at once.
+- A conditional write (``if_version``) is decided at the head, where versions are assigned. The
+  condition compares the key's *current version*: its newest version if that is a value, 0 when
+  the key has none or its newest is a deletion. When the newest version held matches, dirty or
+  not, the write takes the next version at once: it can only commit after that version, so that
+  version is what it replaced. When it does not match and the key is clean, the condition failed
+  (answered from committed state, as a strong read is). When it does not match and the key is
+  dirty, the answer depends on versions not yet committed: the write is held until the key is
+  clean and decided then (or refused, not applied, at its deadline).
 
 Defense in depth (should a node's key ever be stolen): a record for a (key, version) held here
 with another value is refused, counted (``conflicting_records``) and logged as an error, so two
@@ -54,6 +62,20 @@ class Owed(Flag):
     LEFTOVERS = auto()  # a restarted sole member: what its previous run left uncommitted
 
 
+# Conditional writes held at the head until their key is clean, at most (beyond: refused, retry).
+MAX_HELD_CONDITIONS = 10_000
+
+
+@dataclass(slots=True)
+class _HeldCondition:
+    client: Any
+    request_id: Any
+    value: bytes
+    tombstone: bool
+    if_version: int
+    deadline: float
+
+
 @dataclass(slots=True)
 class _PendingWrite:
     version: int
@@ -65,7 +87,7 @@ class _PendingWrite:
 
 class Replication:
     def __init__(self, store: ReplicaStore, links: Links, out: list[Effect], counters: dict[str, int],
-                 write_timeout: float, logs: LogLimiter) -> None:
+                 write_timeout: float, logs: LogLimiter, unsafe: frozenset[str] = frozenset()) -> None:
         self.store = store
         self.logs = logs
         self.links = links
@@ -75,6 +97,11 @@ class Replication:
         self.place = Place.of(EMPTY, "", joined=False)  # kept current by the core
         self.owed = Owed.NOTHING
         self._pending: dict[str, list[_PendingWrite]] = {}
+        self._held: dict[str, list[_HeldCondition]] = {}
+        self._held_count = 0
+        # A deliberate bug for the simulator to find: conditions compared with the committed
+        # version alone, applied at once even while newer versions are dirty.
+        self._condition_on_committed = "condition_on_committed" in unsafe
 
     def committed_version(self, key: str) -> int:
         item = self.store.latest_committed(key)
@@ -99,6 +126,74 @@ class Replication:
             self._tail_commit(record, now)
         else:
             self.links.forward(record, now)
+
+    def conditional_write(self, client: Any, request_id: Any, key: str, value: bytes, tombstone: bool,
+                          if_version: int, now: float) -> None:
+        """At a serving head: write only if the key's current version is ``if_version``."""
+        if key in self._held:  # decided in arrival order after those already waiting
+            self._hold(key, _HeldCondition(client, request_id, value, tombstone, if_version, now + self.write_timeout))
+            return
+        decided = self._decide(key, if_version)
+        if decided is True:
+            self.client_write(client, request_id, key, value, tombstone, now)
+        elif decided is None:
+            self._hold(key, _HeldCondition(client, request_id, value, tombstone, if_version, now + self.write_timeout))
+        else:
+            self._condition_failed(client, request_id, key, decided)
+
+    def _decide(self, key: str, if_version: int) -> bool | int | None:
+        """True: the condition holds; an int: it failed, the key's current version is that;
+        None: it cannot be told until the key's dirty versions commit."""
+        if self._condition_on_committed:
+            item = self.store.latest_committed(key)
+            current = 0 if item is None or item.tombstone else item.version
+            return True if current == if_version else current
+        latest = self.store.latest_version(key)
+        newest = 0 if latest is None or latest[1] else latest[0]
+        if newest == if_version:
+            return True
+        if latest is None:
+            return 0
+        committed = self.store.latest_committed(key)
+        if committed is None or committed.version != latest[0]:
+            return None
+        return newest
+
+    def _condition_failed(self, client: Any, request_id: Any, key: str, current: int) -> None:
+        self._counters["conditions_failed"] += 1
+        self._out.append(Respond(client, Error(request_id, "condition_failed",
+                                               f"the key's current version is {current}", version=current)))
+
+    def _hold(self, key: str, held: _HeldCondition) -> None:
+        if self._held_count >= MAX_HELD_CONDITIONS:
+            self._out.append(Respond(held.client, Error(held.request_id, "unavailable", "too many conditional writes "
+                                                        "wait for their keys to commit; not applied, retry")))
+            return
+        self._held.setdefault(key, []).append(held)
+        self._held_count += 1
+
+    def decide_held(self, now: float, serving_head: bool) -> None:
+        """Decide the held conditional writes whose keys are clean now (only a serving head
+        decides); refuse, unapplied, those past their deadline."""
+        for key in list(self._held):
+            waiting = self._held[key]
+            while waiting:
+                held = waiting[0]
+                decided = self._decide(key, held.if_version) if serving_head else None
+                if decided is None:
+                    if held.deadline > now:
+                        break
+                    self._out.append(Respond(held.client, Error(
+                        held.request_id, "unavailable",
+                        "the key's pending writes did not commit in time; the conditional write was not applied")))
+                elif decided is True:
+                    self.client_write(held.client, held.request_id, key, held.value, held.tombstone, now)
+                else:
+                    self._condition_failed(held.client, held.request_id, key, decided)
+                waiting.pop(0)
+                self._held_count -= 1
+            if not waiting:
+                del self._held[key]
 
     def _acknowledge(self, key: str, version: int) -> None:
         pending = self._pending.get(key)
@@ -133,6 +228,14 @@ class Replication:
             for write in pending:
                 self._unknown_outcome(write, reason)
         self._pending.clear()
+        for waiting in self._held.values():
+            for held in waiting:
+                self._out.append(Respond(held.client, Error(
+                    held.request_id, "unavailable",
+                    "this node left the chain before the key's pending writes committed; the conditional "
+                    "write was not applied")))
+        self._held.clear()
+        self._held_count = 0
 
     def _unknown_outcome(self, write: _PendingWrite, message: str) -> None:
         self._out.append(Respond(write.client, Error(write.request_id, "unknown_outcome", message)))

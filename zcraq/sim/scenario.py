@@ -68,6 +68,7 @@ class SimClient:
         self.op: dict[str, Any] | None = None
         self.writes = 0
         self.final = False
+        self.seen: dict[str, tuple[str | None, int]] = {}  # key -> (value, version) last read
 
     # A reply or a timeout for an attempt that is no longer current is ignored.
     def _send(self, endpoint: str, request: Request) -> None:
@@ -89,18 +90,28 @@ class SimClient:
         rng = world.rng
         roll = rng.random()
         key = rng.choice(KEYS)
-        if roll < 0.5:
+        if roll < 0.45:
             f, value = "read", None
-        elif roll < 0.9:
+        elif roll < 0.75:
             self.writes += 1
             f, value = "write", f"v{self.process}-{self.writes}"
+        elif roll < 0.9 and key in self.seen:
+            # Compare-and-set on what this process last read of the key (values are unique, so
+            # the value names the version: 0 and None for no value).
+            self.writes += 1
+            expected, if_version = self.seen[key]
+            self.begin("cas", key, [expected, f"v{self.process}-{self.writes}"], if_version=if_version)
+            return
+        elif roll < 0.9:
+            f, value = "read", None
         else:
             f, value = "delete", None
         self.begin(f, key, value)
 
-    def begin(self, f: str, key: str, value: str | None, node: str | None = None) -> None:
+    def begin(self, f: str, key: str, value: Any, node: str | None = None, if_version: int = 0) -> None:
         now = self.sim.world.now
-        self.op = {"f": f, "key": key, "value": value, "deadline": now + 3.0, "maybe": False, "node": node}
+        self.op = {"f": f, "key": key, "value": value, "deadline": now + 3.0, "maybe": False, "node": node,
+                   "if_version": if_version}
         self.sim.record(self.process, "invoke", f, key, value)
         self._try()
 
@@ -128,6 +139,9 @@ class SimClient:
             target = members[0].service if members else service_of(COORDINATOR)
             if op["f"] == "write":
                 self._send(target, Write(op["key"], op["value"].encode(), id=self._next_attempt()))
+            elif op["f"] == "cas":
+                self._send(target, Write(op["key"], op["value"][1].encode(), id=self._next_attempt(),
+                                         if_version=op["if_version"]))
             else:
                 self._send(target, Delete(op["key"], id=self._next_attempt()))
 
@@ -159,12 +173,17 @@ class SimClient:
         f = self.op["f"]
         if type(reply) is Ok:
             value = values[0].decode() if f == "read" and values else self.op["value"]
+            if f == "read" and isinstance(reply.version, int):
+                self.seen[self.op["key"]] = (value, reply.version)
             self._finish("ok", value if f != "delete" else None)
             return
         if type(reply) is not Error:
             return  # malformed: as good as lost
         if f == "read" and reply.code == "not_found":
+            self.seen[self.op["key"]] = (None, 0)
             self._finish("ok", None)
+        elif f == "cas" and reply.code == "condition_failed":
+            self._finish("fail", None)
         elif f == "read" and self.op["node"] is None or reply.code in RETRYABLE_WRITE:
             self._refresh_later()
         elif reply.code == "unknown_outcome":
