@@ -18,7 +18,7 @@ from zcraq.chaos.history import HistoryWriter
 from zcraq.chaos.workload import outcome_of
 from zcraq.checker import check_history, load_history
 from zcraq.cluster import Cluster
-from zcraq.errors import (AuthenticationError, ClientClosed, KeyNotFound, Timeout, TooLarge, Unavailable,
+from zcraq.errors import (AuthenticationError, ClientClosed, ConditionFailed, KeyNotFound, Timeout, TooLarge, Unavailable,
                           WriteOutcomeUnknown, ZcraqError)
 from zcraq.layout import free_ports
 
@@ -83,6 +83,15 @@ def test_every_method(make_cluster):
                 await client.read("k")
             with pytest.raises(KeyNotFound):
                 await client.read("never-written", "node2", mode="eventual")
+            assert await client.write("c", "first", if_version=0) == 1
+            with pytest.raises(ConditionFailed) as failed:
+                await client.write("c", "second", if_version=0)
+            assert failed.value.version == 1
+            with pytest.raises(ConditionFailed):
+                await client.delete("c", if_version=2)
+            assert await client.delete_and_report("c", if_version=1) == (2, True)
+            with pytest.raises(ValueError, match="if_version"):
+                await client.write("c", "x", if_version=-1)
             coordinator = await client.status()
             assert [m["id"] for m in coordinator["topology"]["members"]] == cluster.node_ids
             node = await client.status("node2")

@@ -140,6 +140,36 @@ def test_plain_req_client_reads_and_writes(make_cluster, ctx):
     assert reply["version"] == 4 and values == [b"back"]
 
 
+def test_plain_req_conditional_writes(make_cluster, ctx):
+    """PROTOCOL.md §7 and §8.2: if_version against the key's current version (0: no value)."""
+    cluster = make_cluster(3).start_all()
+    coordinator = cluster.coordinator_endpoint
+    head = get_topology(ctx, coordinator)["members"][0]["service"]
+    reply, _ = req(ctx, head, {"type": "write", "id": 1, "key": "c", "if_version": 0}, b"one")
+    assert reply == {"type": "ok", "id": 1, "version": 1}
+    reply, values = req(ctx, head, {"type": "write", "id": 2, "key": "c", "if_version": 0}, b"two")
+    assert_error(reply, "condition_failed", 2)
+    assert reply["version"] == 1 and values == []
+    # Through the coordinator, which forwards if_version with the request.
+    reply, _ = req(ctx, coordinator, {"type": "write", "id": 3, "key": "c", "if_version": 1}, b"two")
+    assert reply == {"type": "ok", "id": 3, "version": 2}
+    reply, _ = req(ctx, coordinator, {"type": "write", "id": 4, "key": "c", "if_version": 1}, b"three")
+    assert_error(reply, "condition_failed", 4)
+    assert reply["version"] == 2
+    reply, _ = req(ctx, head, {"type": "delete", "id": 5, "key": "c", "if_version": 2})
+    assert reply == {"type": "ok", "id": 5, "version": 3, "existed": True}
+    reply, _ = req(ctx, head, {"type": "delete", "id": 6, "key": "c", "if_version": 3})
+    assert_error(reply, "condition_failed", 6)
+    assert reply["version"] == 0  # deleted: no value, whatever the tombstone's version
+    reply, _ = req(ctx, head, {"type": "write", "id": 7, "key": "c", "if_version": -1}, b"x")
+    assert_error(reply, "bad_request", 7)
+    reply, _ = req(ctx, head, {"type": "write", "id": 8, "key": "c", "if_version": None}, b"x")
+    assert_error(reply, "bad_request", 8)
+    for member in get_topology(ctx, coordinator)["members"]:
+        reply, _ = req(ctx, member["service"], {"type": "read", "id": 9, "key": "c"})
+        assert_error(reply, "not_found", 9)
+
+
 def test_plain_req_status_at_every_request_endpoint(make_cluster, ctx):
     cluster = make_cluster(3).start_all()
     coordinator = cluster.coordinator_endpoint

@@ -147,10 +147,13 @@ class SimClient:
 
     def _refresh_later(self) -> None:
         self.topology = None
-        self.sim.world.after(0.05, self._try_if_open)
+        attempt = self.attempt
+        self.sim.world.after(0.05, lambda: self._try_if_open(attempt))
 
-    def _try_if_open(self) -> None:
-        if self.op is not None:
+    def _try_if_open(self, attempt: int) -> None:
+        # Only if nothing was sent since this retry was planned: a retry planned for an earlier
+        # attempt (or an earlier operation) would send the operation twice.
+        if self.op is not None and self.attempt == attempt:
             self._try()
 
     def _timeout(self, attempt: int) -> None:
