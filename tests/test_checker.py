@@ -140,6 +140,28 @@ def test_stale_read_is_rejected() -> None:
     assert result.reason is not None and "'a'" in result.reason
 
 
+@pytest.mark.parametrize("staleness, linearizable", [(15, True), (5, False)])
+def test_a_bounded_read_may_be_as_stale_as_its_limit(staleness: int, linearizable: bool) -> None:
+    """"a" was current until at most 30 (when "b" completed); a read invoked at 40 may return it
+    only with a limit reaching back past 30."""
+    events = _events(W(1, "a", 0, 10), W(2, "b", 20, 30), R(3, "a", 40, 50))
+    invoke = next(e for e in events if e["process"] == 3 and e["type"] == "invoke")
+    invoke["staleness"] = staleness
+    assert check_history(operations_from_events(events)).ok is linearizable
+
+
+@pytest.mark.parametrize("staleness", [-1, 1.5, "5", True])
+def test_a_bad_staleness_is_refused(staleness: Any) -> None:
+    events = _events(R(3, None, 40, 50))
+    events[0]["staleness"] = staleness
+    with pytest.raises(HistoryError, match="staleness"):
+        operations_from_events(events)
+    events = _events(W(1, "a", 0, 10))
+    events[0]["staleness"] = 5  # on a write: meaningless
+    with pytest.raises(HistoryError, match="staleness"):
+        operations_from_events(events)
+
+
 def test_lost_write_is_rejected() -> None:
     result = assert_invalid(history(
         W(1, "a", 0, 10),

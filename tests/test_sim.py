@@ -38,6 +38,7 @@ def test_a_run_does_real_work() -> None:
         assert sum(e["f"] == "read" and e["value"] is not None for e in completions) > at_least
         assert sum(e["f"] == "cas" for e in completions) > at_least // 10
         assert sum(e["f"] == "cas" and e["type"] == "fail" for e in result.history) > 0
+        assert sum("staleness" in e for e in result.history) > at_least // 3
 
 
 def test_dirty_reads_answered_locally_are_caught() -> None:
@@ -55,6 +56,14 @@ def test_conditions_decided_on_committed_versions_alone_are_caught() -> None:
     unsafe = frozenset({"condition_on_committed"})
     caught = next((seed for seed in range(300) if not simulate(SimConfig(seed=seed, unsafe=unsafe)).ok), None)
     assert caught is not None, "the simulator missed conditional writes decided on stale versions"
+
+
+def test_bounded_reads_of_any_age_are_caught() -> None:
+    """A deliberate bug (bounded reads answering dirty keys locally however long they have been
+    dirty) must be found within the CI seed budget: the checker holds a bounded read to its limit."""
+    unsafe = frozenset({"bounded_any_age"})
+    caught = next((seed for seed in range(300) if not simulate(SimConfig(seed=seed, unsafe=unsafe)).ok), None)
+    assert caught is not None, "the simulator missed bounded reads older than their limit"
 
 
 def test_command_line_replays_a_seed(tmp_path, capsys) -> None:

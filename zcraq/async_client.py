@@ -121,29 +121,32 @@ class AsyncZClient:
         """The largest key and value the cluster accepts, once the coordinator has told them."""
         return self._state.limits
 
-    async def read(self, key: str, node: str | None = None, *, mode: str = "strong") -> bytes:
-        """The committed value of ``key``. ``node``: a node id or service endpoint to ask;
-        default: spread over every node. ``mode``: "strong" (linearizable) or "eventual" (the
-        newest version committed at that node, never asking the tail)."""
-        return (await self.read_versioned(key, node, mode=mode))[0]
+    async def read(self, key: str, node: str | None = None, *, mode: str = "strong",
+                   max_staleness: float | None = None) -> bytes:
+        """The committed value of ``key``. ``node``, ``mode`` and ``max_staleness`` as for
+        ZClient.read()."""
+        return (await self.read_versioned(key, node, mode=mode, max_staleness=max_staleness))[0]
 
-    async def read_versioned(self, key: str, node: str | None = None, *,
-                             mode: str = "strong") -> tuple[bytes, int]:
+    async def read_versioned(self, key: str, node: str | None = None, *, mode: str = "strong",
+                             max_staleness: float | None = None) -> tuple[bytes, int]:
         """Like read(), with the version of the value returned."""
+        how = clientcore.ReadMode.of(mode, max_staleness)
         deadline = self._state.deadline()
-        return await self._run(clientcore.read(self._state, key, node, mode, deadline), deadline)
+        return await self._run(clientcore.read(self._state, key, node, how, deadline), deadline)
 
-    async def read_many(self, keys: Sequence[str], node: str | None = None, *,
-                        mode: str = "strong") -> list[bytes | None]:
+    async def read_many(self, keys: Sequence[str], node: str | None = None, *, mode: str = "strong",
+                        max_staleness: float | None = None) -> list[bytes | None]:
         """The committed values of ``keys``, in order; None for a key that does not exist. As
         ZClient.read_many()."""
-        return [found[0] if found else None for found in await self.read_many_versioned(keys, node, mode=mode)]
+        found = await self.read_many_versioned(keys, node, mode=mode, max_staleness=max_staleness)
+        return [item[0] if item else None for item in found]
 
-    async def read_many_versioned(self, keys: Sequence[str], node: str | None = None, *,
-                                  mode: str = "strong") -> list[tuple[bytes, int] | None]:
+    async def read_many_versioned(self, keys: Sequence[str], node: str | None = None, *, mode: str = "strong",
+                                  max_staleness: float | None = None) -> list[tuple[bytes, int] | None]:
         """Like read_many(), with each value's version."""
+        how = clientcore.ReadMode.of(mode, max_staleness)
         deadline = self._state.deadline()
-        return await self._run(clientbatches.read_many(self._state, keys, node, mode, deadline), deadline)
+        return await self._run(clientbatches.read_many(self._state, keys, node, how, deadline), deadline)
 
     async def write_many(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]]) -> list[int]:
         """Write every (key, value) pair; each one's committed version, in order. As

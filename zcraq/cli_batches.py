@@ -14,8 +14,8 @@ from typing import Any
 import click
 
 from zcraq import exit_codes
-from zcraq.cli_client import (Outcome, Settings, key_argument, run_action, shared_options, shown_value,
-                              value_json)
+from zcraq.cli_client import (Outcome, Settings, key_argument, read_mode, read_mode_options, run_action,
+                              shared_options, shown_value, value_json)
 from zcraq.client import ZClient
 from zcraq.config import MAX_VALUE_BYTES
 from zcraq.errors import BatchFailed, Timeout, Unavailable, ZcraqError
@@ -34,19 +34,20 @@ def _pairs(ctx: click.Context, param: click.Parameter, pairs: tuple[str, ...]) -
 
 @click.command("read-many")
 @click.argument("keys", nargs=-1, required=True, callback=_keys)
-@click.option("--mode", type=click.Choice(["strong", "eventual"]), default="strong", show_default=True,
-              help="strong: linearizable; eventual: the newest version committed at the node asked.")
+@read_mode_options
 @shared_options
 @click.pass_obj
-def read_many(settings: Settings, keys: list[str], mode: str) -> None:
+def read_many(settings: Settings, keys: list[str], mode: str, max_staleness: float | None) -> None:
     """Print the committed values of KEYS, a line per key: "KEY: VALUE", or "KEY (not found)".
 
     Values are shown as by read (bad UTF-8 escaped); exit 1 when some key does not exist. JSON:
     {"keys": [{"key": KEY, "version": N, "value": TEXT or null, "value_base64": B64}, or
     {"key": KEY, "error": "not_found"}, ...]}.
     """
+    how = read_mode(mode, max_staleness)
+
     def action(zclient: ZClient) -> Outcome:
-        found = zclient.read_many_versioned(keys, settings.node, mode=mode)
+        found = zclient.read_many_versioned(keys, settings.node, mode=how.mode, max_staleness=how.seconds)
         rows: list[dict[str, Any]] = []
         lines: list[bytes] = []
         for key, result in zip(keys, found):

@@ -32,6 +32,7 @@ import click
 from zcraq import exit_codes
 from zcraq.chain_report import gather
 from zcraq.client import ZClient
+from zcraq.clientcore import ReadMode
 from zcraq.config import MAX_VALUE_BYTES, default_coordinator_endpoint
 from zcraq.endpoints import parse_endpoint
 from zcraq.errors import BadRequest, ConditionFailed, KeyNotFound, Timeout, Unavailable
@@ -231,6 +232,23 @@ def key_argument(_ctx: click.Context, _param: click.Parameter, key: str) -> str:
 
 # ------------------------------------------------------------------------------------- commands
 
+def read_mode_options(command: F) -> F:
+    """--mode and --max-staleness, for the commands that read values."""
+    command = click.option(
+        "--max-staleness", type=click.FloatRange(0, 3600), default=None, metavar="SECONDS",
+        help="With --mode bounded: how old the value may be, at most (default 1).")(command)
+    return click.option(
+        "--mode", type=click.Choice(["strong", "eventual", "bounded"]), default="strong", show_default=True,
+        help="strong: linearizable; eventual: the newest version committed at the node asked; bounded: a "
+             "value still the committed one at most --max-staleness seconds before the node answered.")(command)
+
+
+def read_mode(mode: str, max_staleness: float | None) -> ReadMode:
+    if max_staleness is not None and mode != "bounded":
+        raise click.UsageError("--max-staleness needs --mode bounded")
+    return ReadMode.of(mode, max_staleness)
+
+
 IF_VERSION = click.option(
     "--if-version", type=click.IntRange(0, 2**64 - 1), default=None, metavar="N",
     help="Only if KEY's current version is N (0: only if KEY has no value); otherwise nothing is "
@@ -275,12 +293,11 @@ def write(settings: Settings, key: str, value: str, literal: bool, if_version: i
 
 @client.command("read")
 @click.argument("key", callback=key_argument)
-@click.option("--mode", type=click.Choice(["strong", "eventual"]), default="strong", show_default=True,
-              help="strong: linearizable; eventual: the newest version committed at the node asked.")
+@read_mode_options
 @click.option("--raw", is_flag=True, help="Write exactly the stored bytes: no newline, no escaping.")
 @shared_options
 @click.pass_obj
-def read(settings: Settings, key: str, mode: str, raw: bool) -> None:
+def read(settings: Settings, key: str, mode: str, max_staleness: float | None, raw: bool) -> None:
     """Print the committed value of KEY.
 
     As UTF-8 text and a newline; a value that is not UTF-8 with its bad bytes escaped (\\xNN).
@@ -288,10 +305,11 @@ def read(settings: Settings, key: str, mode: str, raw: bool) -> None:
     """
     if raw and settings.json:
         raise click.UsageError("--raw and --json exclude each other")
+    how = read_mode(mode, max_staleness)
 
     def action(zclient: ZClient) -> Outcome:
         try:
-            value, version = zclient.read_versioned(key, settings.node, mode=mode)
+            value, version = zclient.read_versioned(key, settings.node, mode=how.mode, max_staleness=how.seconds)
         except KeyNotFound:
             raise KeyNotFound(f"key {key!r} does not exist") from None
         text, shown = shown_value(value)

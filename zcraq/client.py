@@ -82,26 +82,34 @@ class ZClient:
         """The largest key and value the cluster accepts, once the coordinator has told them."""
         return self._state.limits
 
-    def read(self, key: str, node: str | None = None, *, mode: str = "strong") -> bytes:
+    def read(self, key: str, node: str | None = None, *, mode: str = "strong",
+             max_staleness: float | None = None) -> bytes:
         """The committed value of ``key``. ``node``: a node id or service endpoint to ask;
-        default: spread over every node. ``mode``: "strong" (linearizable) or "eventual" (the
-        newest version committed at that node, never asking the tail)."""
-        return self.read_versioned(key, node, mode=mode)[0]
+        default: spread over every node. ``mode``: "strong" (linearizable), "eventual" (the
+        newest version committed at that node, never asking the tail) or "bounded" (a value that
+        was the committed one at most ``max_staleness`` seconds before the node answered, default
+        1 s; the tail is asked only when the node cannot tell that)."""
+        return self.read_versioned(key, node, mode=mode, max_staleness=max_staleness)[0]
 
-    def read_versioned(self, key: str, node: str | None = None, *, mode: str = "strong") -> tuple[bytes, int]:
+    def read_versioned(self, key: str, node: str | None = None, *, mode: str = "strong",
+                       max_staleness: float | None = None) -> tuple[bytes, int]:
         """Like read(), with the version of the value returned."""
-        return self._run(clientcore.read(self._state, key, node, mode, self._state.deadline()))
+        how = clientcore.ReadMode.of(mode, max_staleness)
+        return self._run(clientcore.read(self._state, key, node, how, self._state.deadline()))
 
-    def read_many(self, keys: Sequence[str], node: str | None = None, *, mode: str = "strong") -> list[bytes | None]:
+    def read_many(self, keys: Sequence[str], node: str | None = None, *, mode: str = "strong",
+                  max_staleness: float | None = None) -> list[bytes | None]:
         """The committed values of ``keys``, in order: None for a key that does not exist (where
         read() raises KeyNotFound). Carried by as few requests as the limits allow (up to 1,000
         keys each). Raises as read() does when some key cannot be read within the timeout."""
-        return [found[0] if found else None for found in self.read_many_versioned(keys, node, mode=mode)]
+        found = self.read_many_versioned(keys, node, mode=mode, max_staleness=max_staleness)
+        return [item[0] if item else None for item in found]
 
-    def read_many_versioned(self, keys: Sequence[str], node: str | None = None, *,
-                            mode: str = "strong") -> list[tuple[bytes, int] | None]:
+    def read_many_versioned(self, keys: Sequence[str], node: str | None = None, *, mode: str = "strong",
+                            max_staleness: float | None = None) -> list[tuple[bytes, int] | None]:
         """Like read_many(), with each value's version."""
-        return self._run(clientbatches.read_many(self._state, keys, node, mode, self._state.deadline()))
+        how = clientcore.ReadMode.of(mode, max_staleness)
+        return self._run(clientbatches.read_many(self._state, keys, node, how, self._state.deadline()))
 
     def write_many(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]]) -> list[int]:
         """Write every (key, value) pair; returns each one's committed version, in order. Each key

@@ -24,7 +24,8 @@ import msgspec
 import orjson
 
 from zcraq import wire
-from zcraq.clientcore import READ_RETRYABLE, WRITE_RETRYABLE, ClientState, Plan, cached_topology, call, check_key
+from zcraq.clientcore import (READ_RETRYABLE, WRITE_RETRYABLE, ClientState, Plan, ReadMode, cached_topology, call,
+                              check_key)
 from zcraq.clientcore import node_endpoint, pause, pick_reader, time_to_resend
 from zcraq.errors import BatchFailed, Timeout, Unavailable, WriteOutcomeUnknown, ZcraqError, error_for
 from zcraq.messages import MAX_BATCH_KEYS, DeleteMany, Ok, ReadMany, WriteMany
@@ -63,9 +64,10 @@ def _max_values(state: ClientState) -> int:
 # ---------------------------------------------------------------------------------- reads
 
 
-def read_many(state: ClientState, keys: Sequence[str], node: str | None, mode: str,
+def read_many(state: ClientState, keys: Sequence[str], node: str | None, mode: str | ReadMode,
               deadline: float) -> Plan[list[Versioned | None]]:
     """Each key's committed value and version, or None where the key does not exist."""
+    how = ReadMode.of(mode)
     _check(state, keys, [0] * len(keys))
     results: list[Versioned | None] = [None] * len(keys)
     unread = list(range(len(keys)))
@@ -83,7 +85,8 @@ def read_many(state: ClientState, keys: Sequence[str], node: str | None, mode: s
                 last_error = Unavailable("no node to read from: the chain is empty or the coordinator did not answer")
                 failed.extend(asked)
                 continue
-            request = ReadMany([keys[i] for i in asked], id=state.next_id(), mode=mode)  # type: ignore[arg-type]
+            request = ReadMany([keys[i] for i in asked], id=state.next_id(), mode=how.mode,  # type: ignore[arg-type]
+                               max_staleness_ms=how.max_staleness_ms)
             outcome = yield from call(endpoint, request, state.attempt_deadline(deadline))
             if isinstance(outcome, Timeout):
                 last_error = Timeout(f"{endpoint} did not answer in time")

@@ -30,8 +30,8 @@ from zcraq import wire
 from zcraq.endpoints import parse_endpoint
 from zcraq.errors import (BadRequest, ConditionFailed, Timeout, TooLarge, Unavailable, WriteOutcomeUnknown, ZcraqError,
                           error_for)
-from zcraq.messages import (U64_MAX, Delete, Error, Limits, Ok, Read, Reply, Request, StatusRequest, TopologyRequest,
-                            Write, request_type)
+from zcraq.messages import (MAX_STALENESS_MS, U64_MAX, Delete, Error, Limits, Ok, Read, Reply, Request, StatusRequest,
+                            TopologyRequest, Write, request_type)
 from zcraq.topology import Member, Topology
 
 # Errors after which a write surely did not happen, so sending it again is safe.
@@ -257,9 +257,40 @@ def server_key(state: ClientState, endpoint: str) -> Plan[str | None]:
     return member.key
 
 
-def read(state: ClientState, key: str, node: str | None, mode: str, deadline: float) -> Plan[tuple[bytes, int]]:
+@dataclass(frozen=True, slots=True)
+class ReadMode:
+    """How a read is served: ``mode`` "strong", "eventual" or "bounded", and a bounded read's
+    limit in milliseconds (UNSET: the node's default, 1 s)."""
+
+    mode: str = "strong"
+    max_staleness_ms: int | UnsetType = msgspec.UNSET
+
+    @classmethod
+    def of(cls, mode: str | ReadMode, max_staleness: float | None = None) -> ReadMode:
+        """From a client call's ``mode`` and ``max_staleness`` (seconds, bounded reads only)."""
+        if isinstance(mode, ReadMode):
+            return mode
+        if mode not in ("strong", "eventual", "bounded"):
+            raise ValueError(f"mode must be strong, eventual or bounded, not {mode!r}")
+        if max_staleness is None:
+            return cls(mode)
+        if mode != "bounded":
+            raise ValueError("max_staleness is the limit of a bounded read: give mode=\"bounded\"")
+        if not 0 <= max_staleness <= MAX_STALENESS_MS / 1000:
+            raise ValueError(f"max_staleness must be from 0 to {MAX_STALENESS_MS // 1000} seconds")
+        return cls(mode, round(max_staleness * 1000))
+
+    @property
+    def seconds(self) -> float | None:
+        """The limit as ``of`` takes it (None: the default)."""
+        return None if self.max_staleness_ms is msgspec.UNSET else self.max_staleness_ms / 1000
+
+
+def read(state: ClientState, key: str, node: str | None, mode: str | ReadMode,
+         deadline: float) -> Plan[tuple[bytes, int]]:
     """The committed value of ``key`` and its version, from ``node`` or any member."""
     check_key(key)
+    how = ReadMode.of(mode)
     last_error: ZcraqError = Unavailable("no node answered")
     while time.monotonic() < deadline:
         endpoint = (yield from node_endpoint(state, node, deadline)) if node else (yield from pick_reader(state, deadline))
@@ -270,8 +301,9 @@ def read(state: ClientState, key: str, node: str | None, mode: str, deadline: fl
                                      "did not answer")
         else:
             state.check_size(key, 0)
-            outcome = yield from call(endpoint, Read(key, id=state.next_id(), mode=mode),  # type: ignore[arg-type]
-                                      state.attempt_deadline(deadline))
+            request = Read(key, id=state.next_id(), mode=how.mode,  # type: ignore[arg-type]
+                           max_staleness_ms=how.max_staleness_ms)
+            outcome = yield from call(endpoint, request, state.attempt_deadline(deadline))
             if isinstance(outcome, Timeout):
                 last_error = Timeout(f"{endpoint} did not answer in time")
                 state.forget_topology()

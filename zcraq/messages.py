@@ -34,7 +34,10 @@ NodeId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NODE_ID_CHARS)
 Key = Annotated[str, msgspec.Meta(min_length=1)]
 Version = Annotated[int, msgspec.Meta(ge=1)]
 PageLimit = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
-ReadMode = Literal["strong", "eventual"]
+ReadMode = Literal["strong", "eventual", "bounded"]
+MAX_STALENESS_MS = 3_600_000  # a bounded read's limit, at most (an hour)
+DEFAULT_STALENESS_MS = 1000
+StalenessMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_STALENESS_MS)]
 Share = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 MAX_BATCH_KEYS = 1000  # keys per read_many, write_many or delete_many
 Keys = Annotated[list[Key], msgspec.Meta(min_length=1, max_length=MAX_BATCH_KEYS)]
@@ -73,9 +76,12 @@ class _Request(msgspec.Struct, frozen=True, tag_field="type"):
 
 
 class Read(_Request, frozen=True, tag="read"):
+    """``max_staleness_ms``: the limit of a ``bounded`` read (ignored by the other modes)."""
+
     key: Key
     id: RequestId = None
     mode: ReadMode = "strong"
+    max_staleness_ms: StalenessMs | UnsetType = UNSET  # bounded: DEFAULT_STALENESS_MS when unset
 
 
 class Write(_Request, frozen=True, tag="write"):
@@ -100,6 +106,7 @@ class ReadMany(_Request, frozen=True, tag="read_many"):
     keys: Keys
     id: RequestId = None
     mode: ReadMode = "strong"
+    max_staleness_ms: StalenessMs | UnsetType = UNSET  # bounded: DEFAULT_STALENESS_MS when unset
 
 
 class WriteMany(_Request, frozen=True, tag="write_many"):

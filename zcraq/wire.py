@@ -31,8 +31,8 @@ import orjson
 from msgspec import UNSET, UnsetType
 
 from zcraq.messages import Limits
-from zcraq.messages import (COMMITTED, MAX_BATCH_KEYS, MAX_ID_CHARS, MAX_NODE_ID_CHARS, TOMBSTONE, CatchupRequest,
-                            CaughtUp, CoordinatorRequest, NodeRequest,
+from zcraq.messages import (COMMITTED, MAX_BATCH_KEYS, MAX_ID_CHARS, MAX_NODE_ID_CHARS, MAX_STALENESS_MS, TOMBSTONE,
+                            CatchupRequest, CaughtUp, CoordinatorRequest, NodeRequest,
                             ChainFrame, CommitFrame, Confirm, Delete, DeleteMany, Flags, Heartbeat, Join, Key, Keys,
                             Leave, Malformed, NodeId, Read, ReadMany, Reply, Request, RequestId, request_type,
                             ResyncFrame, StatusRequest, TopologyRequest, U64, U64_MAX, Version, VersionQuery, Write,
@@ -40,7 +40,7 @@ from zcraq.messages import (COMMITTED, MAX_BATCH_KEYS, MAX_ID_CHARS, MAX_NODE_ID
 from zcraq.topology import Epoch, Topology
 
 MAX_HEADER_BYTES = 64 * 1024
-READ_MODES = ("strong", "eventual")
+READ_MODES = ("strong", "eventual", "bounded")
 
 _U32 = struct.Struct(">I")
 _encoder = msgspec.json.Encoder()
@@ -216,10 +216,10 @@ def read_coordinator_request(frames: list[bytes], limits: Limits) -> Coordinator
 _INT = (int,)
 _STR = (str,)
 _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
-    "read": {"mode": (_STR, False)},
+    "read": {"mode": (_STR, False), "max_staleness_ms": (_INT, False)},
     "write": {"if_version": (_INT, False)},
     "delete": {"if_version": (_INT, False)},
-    "read_many": {"mode": (_STR, False)},
+    "read_many": {"mode": (_STR, False), "max_staleness_ms": (_INT, False)},
     "write_many": {"sizes": ((list,), True)},
     "delete_many": {},
     "version": {"epoch": (_INT, True)},
@@ -294,6 +294,8 @@ def _explain_request(frames: list[bytes], limits: Limits, accepted: frozenset[st
         raise WireError(f"node_id must be 1 to {MAX_NODE_ID_CHARS} characters", request_id=request_id)
     if "epoch" in fields and fields["epoch"] < 0:
         raise WireError("epoch must be non-negative", request_id=request_id)
+    if "max_staleness_ms" in fields and not 0 <= fields["max_staleness_ms"] <= MAX_STALENESS_MS:
+        raise WireError(f"max_staleness_ms must be from 0 to {MAX_STALENESS_MS}", request_id=request_id)
     if "if_version" in fields and fields["if_version"] < 0:
         raise WireError("if_version must be non-negative", request_id=request_id)
     if kind == "catchup" and not 0 < fields["limit"] <= 100_000:

@@ -6,6 +6,10 @@ that process must complete it with ``ok`` (it happened, with the recorded result
 its invoke, or never). Operations still open at the end of the history are treated like
 ``info``. The result is a list of :class:`Operation` objects, one per invoke, in invoke order.
 
+A read's invoke may carry ``staleness`` (non-negative integer nanoseconds): a bounded-staleness
+read, which may return any value that was current at some point from ``staleness`` before its
+invoke until its completion. It is checked as a read invoked that much earlier.
+
 Validation is strict on purpose: a checker fed a subtly malformed history (a completion
 without its invoke, a changed key or value) would otherwise report a verdict about a history
 that was never recorded. Every problem raises :class:`HistoryError` naming the line.
@@ -131,15 +135,16 @@ def _is_int(value: Any) -> bool:
 class _Open:
     """An invoke waiting for its completion."""
 
-    __slots__ = ("process", "f", "key", "value", "time", "line")
+    __slots__ = ("process", "f", "key", "value", "time", "line", "staleness")
 
-    def __init__(self, process: Any, f: str, key: Any, value: Any, time: int, line: int) -> None:
+    def __init__(self, process: Any, f: str, key: Any, value: Any, time: int, line: int, staleness: int = 0) -> None:
         self.process = process
         self.f = f
         self.key = key
         self.value = value
         self.time = time
         self.line = line
+        self.staleness = staleness
 
     def finish(self, status: str, value: Any, time: int | None, line: int | None) -> Operation:
         return Operation(
@@ -147,7 +152,7 @@ class _Open:
             f=self.f,
             key=self.key,
             value=value,
-            invoke_time=self.time,
+            invoke_time=self.time - self.staleness,
             complete_time=time,
             status=status,
             invoke_line=self.line,
@@ -237,7 +242,10 @@ def _build(numbered: Iterable[tuple[int, Any]]) -> list[Operation]:
             if key is None:
                 raise HistoryError("invoke without a key", line)
             value = _invoke_value(f, event, line)
-            open_ops[process] = _Open(process, f, _freeze(key), value, time, line)
+            staleness = event.get("staleness", 0)
+            if not _is_int(staleness) or staleness < 0 or (staleness and f != "read"):
+                raise HistoryError(f"staleness must be a non-negative integer (ns) on a read, got {staleness!r}", line)
+            open_ops[process] = _Open(process, f, _freeze(key), value, time, line, staleness)
             continue
 
         opened = open_ops.pop(process, None)

@@ -63,7 +63,7 @@ from zcraq.nodecore.leases import Leases
 from zcraq.nodecore.links import InLink, Links
 from zcraq.nodecore.membership import Membership
 from zcraq.nodecore.place import Place
-from zcraq.nodecore.reads import NeedsTail, Reads
+from zcraq.nodecore.reads import NeedsTail, Reads, fresh_since
 from zcraq.nodecore.replication import Replication
 from zcraq.nodecore.timings import NodeTimings
 from zcraq.store.base import ReplicaStore
@@ -73,14 +73,16 @@ log = logging.getLogger("zcraq.node")
 
 # Test-only protocol bugs that can be switched on to check that the checkers catch them.
 # Deliberate bugs the simulator must find: dirty reads answered without asking the tail;
-# conditional writes decided on the committed version alone while newer versions are dirty.
-UNSAFE_FAULTS = frozenset({"dirty_read_local", "condition_on_committed"})
+# conditional writes decided on the committed version alone while newer versions are dirty;
+# bounded reads of dirty keys answered locally however long they have been dirty.
+UNSAFE_FAULTS = frozenset({"dirty_read_local", "condition_on_committed", "bounded_any_age"})
 
 
 def _new_counters() -> dict[str, int]:
     return {"reads": 0, "dirty_reads": 0, "writes": 0, "commits": 0, "bad_messages": 0, "stale_chain_frames": 0,
             "resyncs": 0, "resends": 0, "internal_errors": 0, "fenced_frames": 0, "unleased_frames": 0,
-            "forbidden": 0, "conflicting_records": 0, "foreign_commits": 0, "conditions_failed": 0}
+            "forbidden": 0, "conflicting_records": 0, "foreign_commits": 0, "conditions_failed": 0,
+            "bounded_local_reads": 0}
 
 
 class NodeCore:
@@ -100,10 +102,12 @@ class NodeCore:
         self.calls = Calls(timings.request_timeout, self._out)
         self.catchup = CatchUp(me.id, store, self.calls, self.counters, timings.catchup_page_items,
                                timings.heartbeat_interval)
-        self.reads = Reads(store, self.calls, self._out, self.counters, unsafe)
+        # Key -> when its oldest version not yet committed here arrived (see Replication).
+        dirty_since: dict[str, float] = {}
+        self.reads = Reads(store, self.calls, self._out, self.counters, dirty_since, unsafe)
         self.batches = Batches()
         self.replication = Replication(store, self.links, self._out, self.counters, timings.write_timeout,
-                                       self.logs, unsafe)
+                                       self.logs, dirty_since, unsafe)
         self.membership = Membership(me, timings, store, self._out, self.leases, self.links, self.calls,
                                      self.catchup, self.replication, self.logs)
 
@@ -272,8 +276,9 @@ class NodeCore:
         batch = self.batches.start(client, request.id, len(keys), reads=True)
         self.counters["reads"] += len(keys)
         local, found = reads.local, batch.found
+        oldest = fresh_since(request, now) if mode == "bounded" else now
         for index, key in enumerate(keys):
-            item = local(key, mode, place)
+            item = local(key, mode, place, oldest)
             if isinstance(item, NeedsTail):
                 reads.ask_tail(self.batches.slot(batch, index), None, key, place, now)
             else:

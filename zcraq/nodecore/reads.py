@@ -8,6 +8,13 @@ leaves after every one of them arrived, so the committed version it learns is on
 after each read began, which is all linearizability asks. (A read must never join a query sent
 before it arrived: that answer could predate a write acknowledged before the read began.)
 
+Bounded reads (mode ``bounded``, a limit of ``max_staleness_ms``) answer a dirty key from this
+node's own committed version when that version was still the committed one no longer than the
+limit ago. It was, at least until the oldest version that is dirty here arrived: a version
+commits at the tail only after every node before it stored it. ``dirty_since`` (kept by the
+commit rules) holds that arrival time; a dirty key without one (from before this node's last join)
+counts as old: the tail is asked.
+
 Mind the race a dirty read runs: while we wait for the tail, a newer version may commit here and
 prune the one the tail named. Our own newest committed version is then a correct answer (it
 committed during the read), never "not found".
@@ -21,7 +28,7 @@ from typing import Any
 from msgspec import UNSET
 
 from zcraq.effects import Effect, Respond
-from zcraq.messages import Error, Ok, Read, Reply, VersionQuery
+from zcraq.messages import DEFAULT_STALENESS_MS, Error, Ok, Read, ReadMany, Reply, VersionQuery
 from zcraq.nodecore.calls import Call, CallKind, Calls
 from zcraq.nodecore.place import Place
 from zcraq.store.base import Item, ReplicaStore
@@ -44,20 +51,30 @@ class NeedsTail:
 NEEDS_TAIL = NeedsTail()
 
 
+def fresh_since(request: Read | ReadMany, now: float) -> float:
+    """The oldest moment at which a bounded read's answer may have been current."""
+    limit = request.max_staleness_ms
+    return now - (DEFAULT_STALENESS_MS if limit is UNSET else limit) / 1000
+
+
 class Reads:
     def __init__(self, store: ReplicaStore, calls: Calls, out: list[Effect], counters: dict[str, int],
-                 unsafe: frozenset[str]) -> None:
+                 dirty_since: dict[str, float], unsafe: frozenset[str]) -> None:
         self.store = store
+        self._dirty_since = dirty_since
         self.calls = calls
         self._out = out
         self._counters = counters
         # "dirty_read_local": answer dirty reads without asking the tail (a test-only bug).
         self._dirty_read_local = "dirty_read_local" in unsafe
+        # "bounded_any_age": bounded reads answer dirty keys locally however old (a test-only bug).
+        self._bounded_any_age = "bounded_any_age" in unsafe
         self._queries: dict[tuple[str, str, int], _Query] = {}  # (key, tail id, epoch): this turn's
 
-    def local(self, key: str, mode: str, place: Place) -> Item | None | NeedsTail:
+    def local(self, key: str, mode: str, place: Place, fresh_since: float) -> Item | None | NeedsTail:
         """What a read of ``key`` answers from this node's store alone (None: no value), or
-        NEEDS_TAIL when its newest version is dirty and only the tail can say which is committed."""
+        NEEDS_TAIL when its newest version is dirty and only the tail can say which is committed.
+        ``fresh_since``: for a bounded read, the oldest moment its answer may have been current."""
         store = self.store
         if mode == "eventual":
             return store.latest_committed(key)
@@ -66,13 +83,18 @@ class Reads:
             return latest
         if place.is_tail:  # it decides what is committed: its newest committed version is the answer
             return store.latest_committed(key)
+        if mode == "bounded" and (self._dirty_since.get(key, fresh_since - 1.0) >= fresh_since
+                                  or self._bounded_any_age):
+            self._counters["bounded_local_reads"] += 1
+            return store.latest_committed(key)
         return NEEDS_TAIL
 
     def read(self, client: Any, request: Read, place: Place, now: float) -> None:
         """A read at a serving member."""
         self._counters["reads"] += 1
         key = request.key
-        found = self.local(key, request.mode, place)
+        mode = request.mode
+        found = self.local(key, mode, place, fresh_since(request, now) if mode == "bounded" else now)
         if not isinstance(found, NeedsTail):
             self._answer(client, request.id, key, found)
             return

@@ -26,6 +26,7 @@ from zcraq.topology import Topology
 NEMESIS_KINDS = ("crash", "pause", "partition", "coordinator", "flaky")
 KEYS = ("k0", "k1", "k2")
 RETRYABLE_WRITE = {"not_head", "unavailable", "busy"}
+BOUNDED_READ_LIMIT_MS = 300
 
 
 @dataclass(slots=True)
@@ -90,6 +91,10 @@ class SimClient:
         rng = world.rng
         roll = rng.random()
         key = rng.choice(KEYS)
+        if roll < 0.15:
+            # Bounded-staleness: recorded with its limit, which the checker takes off its invoke.
+            self.begin("read", key, None, staleness=BOUNDED_READ_LIMIT_MS)
+            return
         if roll < 0.45:
             f, value = "read", None
         elif roll < 0.75:
@@ -108,11 +113,13 @@ class SimClient:
             f, value = "delete", None
         self.begin(f, key, value)
 
-    def begin(self, f: str, key: str, value: Any, node: str | None = None, if_version: int = 0) -> None:
+    def begin(self, f: str, key: str, value: Any, node: str | None = None, if_version: int = 0,
+              staleness: int | None = None) -> None:
         now = self.sim.world.now
         self.op = {"f": f, "key": key, "value": value, "deadline": now + 3.0, "maybe": False, "node": node,
-                   "if_version": if_version}
-        self.sim.record(self.process, "invoke", f, key, value)
+                   "if_version": if_version, "staleness": staleness}
+        self.sim.record(self.process, "invoke", f, key, value,
+                        **({"staleness": staleness * 1_000_000} if staleness is not None else {}))
         self._try()
 
     def _try(self) -> None:
@@ -134,7 +141,11 @@ class SimClient:
                 return
             else:
                 target = world.rng.choice(members).service
-            self._send(target, Read(op["key"], id=self._next_attempt()))
+            if op["staleness"] is None:
+                self._send(target, Read(op["key"], id=self._next_attempt()))
+            else:
+                self._send(target, Read(op["key"], id=self._next_attempt(), mode="bounded",
+                                        max_staleness_ms=op["staleness"]))
         else:
             target = members[0].service if members else service_of(COORDINATOR)
             if op["f"] == "write":
@@ -226,9 +237,9 @@ class Simulation:
 
     # ------------------------------------------------------------------ plumbing
 
-    def record(self, process: int, kind: str, f: str, key: str, value: Any) -> None:
+    def record(self, process: int, kind: str, f: str, key: str, value: Any, **extra: Any) -> None:
         self.history.append({"process": process, "type": kind, "f": f, "key": key, "value": value,
-                             "time": int(self.world.now * 1e9)})
+                             "time": int(self.world.now * 1e9), **extra})
 
     def _add_client(self, client: SimClient) -> None:
         self.clients[client.name] = self.cluster.clients[client.name] = client
