@@ -71,6 +71,8 @@ class PipeSpec:
     value_size: int
     read_fraction: float  # the rest are writes
     batch: int = 1  # > 1: every read is a read_many of this many keys
+    read_mode: str = "strong"  # strong, eventual or bounded (PROTOCOL.md §7)
+    max_staleness_ms: int | None = None  # bounded: the limit (None: the node's default)
     seed: int = 42
     op_timeout: float = 5.0
     ready_timeout: float = 60.0
@@ -85,13 +87,16 @@ class _Encoder:
 
     def __init__(self, spec: dict[str, Any], rng: random.Random) -> None:
         keys = [key_name(i) for i in range(spec["keys"])]
-        self.read_tail = [f',"key":"{k}","mode":"strong"}}'.encode() for k in keys]
+        mode = f',"mode":"{spec["read_mode"]}"'
+        if spec["max_staleness_ms"] is not None:
+            mode += f',"max_staleness_ms":{spec["max_staleness_ms"]}'
+        self.read_tail = [f',"key":"{k}"{mode}}}'.encode() for k in keys]
         self.write_tail = [f',"key":"{k}"}}'.encode() for k in keys]
         # Batches are drawn once (4096 of them, cycled): choosing 16 keys per op would cost more
         # than the rest of the op.
         quoted = [f'"{k}"'.encode() for k in keys]
         self.batch_tail = [b',"keys":[' + b",".join(quoted[rng.randrange(len(keys))] for _ in range(spec["batch"]))
-                           + b'],"mode":"strong"}' for _ in range(4096 if spec["batch"] > 1 else 0)]
+                           + mode.encode() + b'}' for _ in range(4096 if spec["batch"] > 1 else 0)]
         self.values = [rng.randbytes(spec["value_size"]) for _ in range(64)]
 
     def read(self, op_id: int, key: int) -> list[bytes]:
@@ -285,6 +290,7 @@ def run(spec: PipeSpec, server_pids: dict[str, int],
     cfg: dict[str, Any] = {"target": {"read_endpoints": t.read_endpoints, "write_endpoint": t.write_endpoint, "echo": t.echo},
            "inflight": spec.inflight, "keys": spec.keys, "value_size": spec.value_size,
            "read_fraction": spec.read_fraction, "batch": spec.batch, "seed": spec.seed,
+           "read_mode": spec.read_mode, "max_staleness_ms": spec.max_staleness_ms,
            "op_timeout": spec.op_timeout, "ready_timeout": spec.ready_timeout,
            "warmup_ns": warmup_ns, "duration_ns": duration_ns}
     workers = [ctx.Process(target=generator_main, args=(p, cfg, results, start_ns_value, go),

@@ -50,22 +50,25 @@ def test_a_dirty_key_is_answered_locally_within_the_limit_and_by_the_tail_beyond
     assert node.counters["dirty_reads"] == 1
 
 
-def test_the_limit_runs_from_the_oldest_dirty_version_not_the_newest():
+def test_the_limit_runs_from_the_oldest_version_dirty_here_not_the_newest():
     node = middle(at=1.0)
     node.on_write_frame(wframe("a", 1, 2, rec("k", 3, b"newer")), 1.8)
     node.ready()
     # Version 3 arrived 0.2 s ago, but version 2 (dirty since 1.0) may have committed long since.
     assert peer_requests(bounded(node, "k", 2.0, limit_ms=500)) != []
-    # Once version 2 commits, the key is still dirty (version 3): still measured from 1.0.
+    # Once version 2 commits here, version 2 was the committed one at least until version 3
+    # arrived (1.8): fresh enough for 500 ms at 2.2, not at 2.4.
     node.on_ack_frame(cframe("c", 1, 1, ("k", 2)), 2.1)
     node.ready()
-    assert peer_requests(bounded(node, "k", 2.2, limit_ms=500)) != []
+    effects = bounded(node, "k", 2.2, limit_ms=500)
+    assert peer_requests(effects) == [] and only_reply(effects).values == [b"new"]
+    assert peer_requests(bounded(node, "k", 2.4, limit_ms=500)) != []
     # Clean again: answered locally, whatever the limit, and nothing is left behind.
     node.on_ack_frame(cframe("c", 1, 2, ("k", 3)), 2.3)
     node.ready()
     effects = bounded(node, "k", 2.9, limit_ms=0)
     assert peer_requests(effects) == [] and only_reply(effects).values == [b"newer"]
-    assert node.replication._dirty_since == {}  # noqa: SLF001 - what bounds its memory
+    assert len(node.replication._arrivals) == 0  # noqa: SLF001 - what bounds its memory
 
 
 def test_a_key_dirty_from_before_this_run_always_asks_the_tail():

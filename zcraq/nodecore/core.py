@@ -56,6 +56,7 @@ from zcraq.loglimit import LogLimiter
 from zcraq.messages import (CatchupRequest, ChainFrame, CommitFrame, Confirm, Delete, DeleteMany, Error, Malformed,
                             NodeRequest, Ok, Read, ReadMany, Reply, ResyncFrame, StatusRequest, VersionQuery, Write,
                             WriteFrame, WriteMany, request_type)
+from zcraq.nodecore.arrivals import Arrivals
 from zcraq.nodecore.batches import Batches
 from zcraq.nodecore.calls import CallKind, Calls
 from zcraq.nodecore.catchup import CatchUp, serve_page
@@ -102,12 +103,11 @@ class NodeCore:
         self.calls = Calls(timings.request_timeout, self._out)
         self.catchup = CatchUp(me.id, store, self.calls, self.counters, timings.catchup_page_items,
                                timings.heartbeat_interval)
-        # Key -> when its oldest version not yet committed here arrived (see Replication).
-        dirty_since: dict[str, float] = {}
-        self.reads = Reads(store, self.calls, self._out, self.counters, dirty_since, unsafe)
+        arrivals = Arrivals()  # when the versions not yet committed here arrived: bounded reads
+        self.reads = Reads(store, self.calls, self._out, self.counters, arrivals, unsafe)
         self.batches = Batches()
         self.replication = Replication(store, self.links, self._out, self.counters, timings.write_timeout,
-                                       self.logs, dirty_since, unsafe)
+                                       self.logs, arrivals, unsafe)
         self.membership = Membership(me, timings, store, self._out, self.leases, self.links, self.calls,
                                      self.catchup, self.replication, self.logs)
 

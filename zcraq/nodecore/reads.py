@@ -10,10 +10,8 @@ before it arrived: that answer could predate a write acknowledged before the rea
 
 Bounded reads (mode ``bounded``, a limit of ``max_staleness_ms``) answer a dirty key from this
 node's own committed version when that version was still the committed one no longer than the
-limit ago. It was, at least until the oldest version that is dirty here arrived: a version
-commits at the tail only after every node before it stored it. ``dirty_since`` (kept by the
-commit rules) holds that arrival time; a dirty key without one (from before this node's last join)
-counts as old: the tail is asked.
+limit ago: it was at least until the oldest version dirty here arrived (arrivals.py). A dirty key
+whose versions' arrival is not known (from before this node's last join) asks the tail.
 
 Mind the race a dirty read runs: while we wait for the tail, a newer version may commit here and
 prune the one the tail named. Our own newest committed version is then a correct answer (it
@@ -29,6 +27,7 @@ from msgspec import UNSET
 
 from zcraq.effects import Effect, Respond
 from zcraq.messages import DEFAULT_STALENESS_MS, Error, Ok, Read, ReadMany, Reply, VersionQuery
+from zcraq.nodecore.arrivals import Arrivals
 from zcraq.nodecore.calls import Call, CallKind, Calls
 from zcraq.nodecore.place import Place
 from zcraq.store.base import Item, ReplicaStore
@@ -59,9 +58,9 @@ def fresh_since(request: Read | ReadMany, now: float) -> float:
 
 class Reads:
     def __init__(self, store: ReplicaStore, calls: Calls, out: list[Effect], counters: dict[str, int],
-                 dirty_since: dict[str, float], unsafe: frozenset[str]) -> None:
+                 arrivals: Arrivals, unsafe: frozenset[str]) -> None:
         self.store = store
-        self._dirty_since = dirty_since
+        self._arrivals = arrivals
         self.calls = calls
         self._out = out
         self._counters = counters
@@ -83,7 +82,7 @@ class Reads:
             return latest
         if place.is_tail:  # it decides what is committed: its newest committed version is the answer
             return store.latest_committed(key)
-        if mode == "bounded" and (self._dirty_since.get(key, fresh_since - 1.0) >= fresh_since
+        if mode == "bounded" and ((self._arrivals.fresh_since(key) or fresh_since - 1.0) >= fresh_since
                                   or self._bounded_any_age):
             self._counters["bounded_local_reads"] += 1
             return store.latest_committed(key)

@@ -22,12 +22,10 @@ may serve (``Owed``). The links carry what it decides to send; the place says wh
   dirty, the answer depends on versions not yet committed: the write is held until the key is
   clean and decided then (or refused, not applied, at its deadline).
 
-``dirty_since`` (shared with the reads) keeps, for each key dirty here, when its oldest version not
-yet committed here arrived: until then the key's committed version here was the committed one,
-which is what a bounded read may answer. Set when a dirty version is stored and the key has no
-entry; dropped when the key's newest version commits. An entry left behind (the key went clean by
-another way) only makes it older, so reads ask the tail more; an entry must never be newer than
-the oldest dirty version, so it is set by every dirty store and cleared only once the key is clean.
+Every version stored dirty is noted in ``arrivals`` (shared with the reads) with its arrival time,
+and forgotten when it commits here: what a bounded read may answer from this node's own state. An
+entry left behind (its version dropped another way) only makes the key look older, so reads ask
+the tail more; every dirty store must be noted, so that no key looks fresher than it is.
 
 Defense in depth (should a node's key ever be stolen): a record for a (key, version) held here
 with another value is refused, counted (``conflicting_records``) and logged as an error, so two
@@ -49,6 +47,7 @@ from msgspec import UNSET, UnsetType
 from zcraq.effects import Effect, Respond
 from zcraq.loglimit import LogLimiter
 from zcraq.messages import Error, Ok, WriteRecord
+from zcraq.nodecore.arrivals import Arrivals
 from zcraq.nodecore.links import Links
 from zcraq.nodecore.place import Place, Role
 from zcraq.store.base import Item, ReplicaStore
@@ -94,10 +93,10 @@ class _PendingWrite:
 
 class Replication:
     def __init__(self, store: ReplicaStore, links: Links, out: list[Effect], counters: dict[str, int],
-                 write_timeout: float, logs: LogLimiter, dirty_since: dict[str, float],
+                 write_timeout: float, logs: LogLimiter, arrivals: Arrivals,
                  unsafe: frozenset[str] = frozenset()) -> None:
         self.store = store
-        self._dirty_since = dirty_since
+        self._arrivals = arrivals
         self.logs = logs
         self.links = links
         self._out = out
@@ -125,8 +124,7 @@ class Replication:
         version = (latest[0] if latest else 0) + 1
         self._counters["writes"] += 1
         self.store.put(key, version, value, tombstone=tombstone)
-        if key not in self._dirty_since:
-            self._dirty_since[key] = now
+        self._arrivals.arrived(key, version, now)
         # The newest version held, committed or not, is what the key holds just before this one
         # in version order: every older pending write commits (or is overtaken) first.
         existed = (latest is not None and not latest[1]) if tombstone else None
@@ -248,7 +246,7 @@ class Replication:
         self._held.clear()
         self._held_count = 0
         # Out of the chain: what is dirty here is dropped or committed before this node serves again.
-        self._dirty_since.clear()
+        self._arrivals.clear()
 
     def _unknown_outcome(self, write: _PendingWrite, message: str) -> None:
         self._out.append(Respond(write.client, Error(write.request_id, "unknown_outcome", message)))
@@ -272,8 +270,8 @@ class Replication:
         stored = store.put(key, version, record.value, tombstone=record.tombstone)
         if not stored and self._conflicts(record, now):
             return
-        if stored and key not in self._dirty_since:
-            self._dirty_since[key] = now
+        if stored:
+            self._arrivals.arrived(key, version, now)
         if role is Role.TAIL or role is Role.SOLE:
             held = None if stored else store.get(key, version)
             if stored or (held is not None and not held.committed):
@@ -326,17 +324,9 @@ class Replication:
             return
         self.store.commit(key, version)
         self._counters["commits"] += 1
-        self._clean(key, version)
+        self._arrivals.committed(key, version)
         self.links.sent.forget(key, version)
         self._release(key, version)
-
-    def _clean(self, key: str, version: int) -> None:
-        """Version ``version`` of ``key`` committed here: forget when the key went dirty, if that
-        was its newest version."""
-        if key in self._dirty_since:
-            latest = self.store.latest_version(key)
-            if latest is None or latest[0] <= version:
-                del self._dirty_since[key]
 
     def _learner_has(self, key: str, version: int) -> None:
         """The learner acknowledged a record: the tail may commit it now."""
@@ -345,7 +335,7 @@ class Replication:
         for v in held:
             if self.store.commit(key, v):
                 self._counters["commits"] += 1
-            self._clean(key, v)
+            self._arrivals.committed(key, v)
             self._release(key, v)
 
     def _release(self, key: str, version: int) -> None:
@@ -361,14 +351,13 @@ class Replication:
             for key, version in commits:  # from the learner: acknowledgements
                 self._learner_has(key, version)
             return
-        store, counters, sent, links, dirty_since = (self.store, self._counters, self.links.sent, self.links,
-                                                     self._dirty_since)
+        store, counters, sent, links, arrivals = (self.store, self._counters, self.links.sent, self.links,
+                                                  self._arrivals)
         has_predecessor = self.place.predecessor is not None
         for key, version in commits:
             if not store.commit(key, version) and not has_predecessor:
                 self._check_assigned(key, version, now)
-            if key in dirty_since:
-                self._clean(key, version)
+            arrivals.committed(key, version)
             counters["commits"] += 1
             sent.forget(key, version)
             self._acknowledge(key, version)
@@ -415,7 +404,7 @@ class Replication:
             # predecessor still holds them should we die first.
             if self.store.commit(key, version):
                 self._counters["commits"] += 1
-            self._clean(key, version)
+            self._arrivals.committed(key, version)
             if self.place.successor is not None:
                 self.links.forward(WriteRecord(key, version, record.value, True, record.tombstone), now)
             else:
