@@ -74,3 +74,9 @@ echo "== pipeline: pipeline_bench.py --rounds 3 --duration 5 ${PROFILE[*]}"
 echo "== pipeline: pipeline_bench.py --phases sync --inflight 1024 --rounds 3 --duration 5"
 "$PY" bench/pipeline_bench.py --phases sync --inflight 1024 --rounds 3 --duration 5 \
     --json "$OUT/pipeline-sync-1024.json" 2>&1 | tee "$OUT/pipeline-sync-1024.log"
+
+# 11. Read modes under a mixed load (90 % reads, 10 % writes on 16 keys, 128 in flight): strong,
+#    bounded with 10, 100 and 1,000 ms, eventual; reads/s and how many reads asked the tail.
+echo "== read modes: read_modes_bench.py --rounds 3 --duration 5"
+"$PY" bench/read_modes_bench.py --rounds 3 --duration 5 --json "$OUT/read-modes.json" 2>&1 \
+    | tee "$OUT/read-modes.log"

@@ -63,6 +63,21 @@ def test_reads_reach_every_member_and_writes_commit(make_cluster):
         assert cluster.node_status(node)["counters"].get("reads", 0) > before[node], f"{node} served no read"
 
 
+def test_bounded_reads_are_sent_in_bounded_mode(make_cluster):
+    """read_modes_bench.py's bounded windows: the nodes count bounded reads answered locally."""
+    cluster = make_cluster(3).start_all()
+    with cluster.client() as client:
+        for k in range(8):
+            client.write(f"key{k:06d}", b"v")
+    result = pipeload.run(spec(chain_target(cluster), read_mode="bounded", max_staleness_ms=60_000), cluster.pids())
+    cluster.check()
+    assert result["errors"] == 0, result["errors_by_op"]
+    counters = [cluster.node_status(n)["counters"] for n in cluster.node_ids]
+    # Reads of keys with writes in flight: at a member other than the tail, answered locally.
+    assert sum(c.get("bounded_local_reads", 0) for c in counters) > 0
+    assert sum(c.get("dirty_reads", 0) for c in counters[:2]) == 0
+
+
 def test_read_many_reads_keys(make_cluster):
     cluster = make_cluster(1).start_all()
     with cluster.client() as client:

@@ -39,6 +39,7 @@ def test_a_run_does_real_work() -> None:
         assert sum(e["f"] == "cas" for e in completions) > at_least // 10
         assert sum(e["f"] == "cas" and e["type"] == "fail" for e in result.history) > 0
         assert sum("staleness" in e for e in result.history) > at_least // 3
+        assert sum("/scan/" in str(e["process"]) and e["value"] is not None for e in completions) > at_least // 3
 
 
 def test_dirty_reads_answered_locally_are_caught() -> None:

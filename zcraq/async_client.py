@@ -40,14 +40,14 @@ import asyncio
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from zcraq import clientbatches, clientcore, sockets, wire
+from zcraq import clientbatches, clientcore, clientscan, sockets, wire
 from zcraq.client_config import client_setup
 from zcraq.clientcore import Answer, Call, ClientState, Pause, Plan, Step, T
 from zcraq.errors import (AuthenticationError, ClientClosed, Timeout, Unavailable, WriteOutcomeUnknown,
@@ -147,6 +147,26 @@ class AsyncZClient:
         how = clientcore.ReadMode.of(mode, max_staleness)
         deadline = self._state.deadline()
         return await self._run(clientbatches.read_many(self._state, keys, node, how, deadline), deadline)
+
+    async def scan(self, prefix: str = "", *, start: str = "", end: str | None = None, limit: int | None = None,
+                   page_keys: int = clientscan.DEFAULT_PAGE_KEYS, node: str | None = None, mode: str = "strong",
+                   max_staleness: float | None = None) -> AsyncIterator[tuple[str, bytes, int]]:
+        """(key, value, version) of the keys in the range, as ZClient.scan() yields them."""
+        span, how = clientscan.Range(start, end, prefix), clientcore.ReadMode.of(mode, max_staleness)
+        page_keys = clientscan.check_page_keys(page_keys)
+        left = limit
+        after: str | None = None
+        while left is None or left > 0:
+            asked = page_keys if left is None else min(page_keys, left)
+            deadline = self._state.deadline()
+            items, after = await self._run(clientscan.scan_page(self._state, span, after, asked, node, how, deadline),
+                                           deadline)
+            for item in items:
+                yield item
+            if left is not None:
+                left -= len(items)
+            if after is None:
+                return
 
     async def write_many(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]]) -> list[int]:
         """Write every (key, value) pair; each one's committed version, in order. As

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from zcraq import clientbatches, clientcore, sockets, wire
+from zcraq import clientbatches, clientcore, clientscan, sockets, wire
 from zcraq.client_config import client_setup
 from zcraq.clientcore import Answer, ClientState, Pause, Plan, Step, T
 from zcraq.errors import (AuthenticationError, BadRequest, BatchFailed, ClientClosed, Forbidden, KeyNotFound,
@@ -110,6 +110,29 @@ class ZClient:
         """Like read_many(), with each value's version."""
         how = clientcore.ReadMode.of(mode, max_staleness)
         return self._run(clientbatches.read_many(self._state, keys, node, how, self._state.deadline()))
+
+    def scan(self, prefix: str = "", *, start: str = "", end: str | None = None, limit: int | None = None,
+             page_keys: int = clientscan.DEFAULT_PAGE_KEYS, node: str | None = None, mode: str = "strong",
+             max_staleness: float | None = None) -> Iterator[tuple[str, bytes, int]]:
+        """(key, value, version) of every key from ``start`` (inclusive) to ``end`` (exclusive)
+        that begins with ``prefix`` and has a value, in the order of the keys' UTF-8 bytes; at most
+        ``limit`` of them. Each value is what a read of its key in ``mode`` (strong by default)
+        returned while the scan ran; the scan as a whole is not a snapshot (README, *Scans*). Asks
+        one node per page of ``page_keys`` keys, each page with its own deadline, spread over the
+        nodes like reads (or ``node``)."""
+        span, how = clientscan.Range(start, end, prefix), clientcore.ReadMode.of(mode, max_staleness)
+        page_keys = clientscan.check_page_keys(page_keys)
+        left = limit
+        after: str | None = None
+        while left is None or left > 0:
+            asked = page_keys if left is None else min(page_keys, left)
+            items, after = self._run(clientscan.scan_page(self._state, span, after, asked, node, how,
+                                                          self._state.deadline()))
+            yield from items
+            if left is not None:
+                left -= len(items)
+            if after is None:
+                return
 
     def write_many(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]]) -> list[int]:
         """Write every (key, value) pair; returns each one's committed version, in order. Each key

@@ -123,6 +123,23 @@ class DeleteMany(_Request, frozen=True, tag="delete_many"):
     id: RequestId = None
 
 
+MAX_SCAN_KEYS = 1000  # keys a scan request lists at most
+
+
+class Scan(_Request, frozen=True, tag="scan"):
+    """A page of the keys from ``start`` (inclusive) to ``end`` (exclusive) that begin with
+    ``prefix``, after the key ``after`` (a previous page's ``cursor``), each read as by ``Read``."""
+
+    start: str = ""
+    end: str | None = None
+    prefix: str = ""
+    after: str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_SCAN_KEYS)] = 100
+    id: RequestId = None
+    mode: ReadMode = "strong"
+    max_staleness_ms: StalenessMs | UnsetType = UNSET
+
+
 class VersionQuery(_Request, frozen=True, tag="version"):
     """Which version of ``key`` is committed? Asked of the tail in the asker's ``epoch``."""
 
@@ -192,8 +209,8 @@ def request_type(request: Request) -> str:
     return type(request).__struct_config__.tag  # type: ignore[return-value]
 
 
-NodeRequest = (Read | Write | Delete | ReadMany | WriteMany | DeleteMany | VersionQuery | CatchupRequest | StatusRequest
-               | Confirm)
+NodeRequest = (Read | Write | Delete | ReadMany | WriteMany | DeleteMany | Scan | VersionQuery | CatchupRequest
+               | StatusRequest | Confirm)
 CoordinatorRequest = TopologyRequest | StatusRequest | Write | Delete | Join | Heartbeat | CaughtUp | Leave
 Request = NodeRequest | CoordinatorRequest
 
@@ -210,10 +227,11 @@ class Ok(msgspec.Struct, frozen=True, tag_field="type", tag="ok"):
     version: U64 | UnsetType = UNSET  # read, write, delete, version
     existed: bool | list[bool | None] | UnsetType = UNSET  # delete: the key had a value just before this
     # deletion; delete_many: that for each key (null for a key whose deletion failed)
-    results: list[U64 | str] | UnsetType = UNSET  # read_many, write_many, delete_many: per key, a version or an error code
+    results: list[U64 | str] | UnsetType = UNSET  # read_many, write_many, delete_many, scan: per key, a version or an error code
+    keys: list[str] | UnsetType = UNSET  # scan: the keys of this page that have a value (or an error)
     sizes: list[U64] | UnsetType = UNSET  # read_many: each key's value length in the one value frame
     items: list[tuple[Key, Version, Flags]] | UnsetType = UNSET  # catchup: [key, version, flags]
-    cursor: str | None | UnsetType = UNSET  # catchup: null on the last page
+    cursor: str | None | UnsetType = UNSET  # catchup, scan: null on the last page
     progress: Share | UnsetType = UNSET  # catchup: the source's estimate of how far the page reaches
     epoch: Epoch | UnsetType = UNSET  # confirm, heartbeat, caught_up, leave, node status
     lease_ms: U64 | UnsetType = UNSET  # confirm, heartbeat, join, coordinator status
@@ -300,7 +318,8 @@ class Malformed:
 
 __all__ = [
     "PROTOCOL_VERSION", "COMMITTED", "TOMBSTONE", "U64_MAX", "MAX_ID_CHARS", "MAX_NODE_ID_CHARS",
-    "MAX_BATCH_KEYS", "Read", "Write", "Delete", "ReadMany", "WriteMany", "DeleteMany", "VersionQuery",
+    "MAX_BATCH_KEYS", "MAX_SCAN_KEYS", "Read", "Write", "Delete", "ReadMany", "WriteMany", "DeleteMany", "Scan",
+    "VersionQuery",
     "CatchupRequest", "StatusRequest", "Confirm",
     "TopologyRequest", "Join", "Heartbeat", "CaughtUp", "Leave",
     "NodeRequest", "CoordinatorRequest", "Request", "request_type", "Ok", "Error", "Reply",

@@ -31,11 +31,12 @@ import orjson
 from msgspec import UNSET, UnsetType
 
 from zcraq.messages import Limits
-from zcraq.messages import (COMMITTED, MAX_BATCH_KEYS, MAX_ID_CHARS, MAX_NODE_ID_CHARS, MAX_STALENESS_MS, TOMBSTONE,
+from zcraq.messages import (COMMITTED, MAX_BATCH_KEYS, MAX_ID_CHARS, MAX_NODE_ID_CHARS, MAX_SCAN_KEYS, MAX_STALENESS_MS,
+                            TOMBSTONE,
                             CatchupRequest, CaughtUp, CoordinatorRequest, NodeRequest,
                             ChainFrame, CommitFrame, Confirm, Delete, DeleteMany, Flags, Heartbeat, Join, Key, Keys,
                             Leave, Malformed, NodeId, Read, ReadMany, Reply, Request, RequestId, request_type,
-                            ResyncFrame, StatusRequest, TopologyRequest, U64, U64_MAX, Version, VersionQuery, Write,
+                            ResyncFrame, Scan, StatusRequest, TopologyRequest, U64, U64_MAX, Version, VersionQuery, Write,
                             WriteFrame, WriteMany, WriteRecord)
 from zcraq.topology import Epoch, Topology
 
@@ -83,12 +84,12 @@ class _WriteManyHeader(msgspec.Struct, frozen=True, tag_field="type", tag="write
 
 _HEADER_TYPES: dict[str, type[Any]] = {
     "read": Read, "write": _WriteHeader, "delete": Delete, "read_many": ReadMany, "write_many": _WriteManyHeader,
-    "delete_many": DeleteMany, "version": VersionQuery, "catchup": CatchupRequest,
+    "delete_many": DeleteMany, "scan": Scan, "version": VersionQuery, "catchup": CatchupRequest,
     "status": StatusRequest, "confirm": Confirm, "topology": TopologyRequest, "join": Join,
     "heartbeat": Heartbeat, "caught_up": CaughtUp, "leave": Leave,
 }
-NODE_REQUESTS = frozenset({"read", "write", "delete", "read_many", "write_many", "delete_many", "version", "catchup",
-                           "status", "confirm"})
+NODE_REQUESTS = frozenset({"read", "write", "delete", "read_many", "write_many", "delete_many", "scan", "version",
+                           "catchup", "status", "confirm"})
 COORDINATOR_REQUESTS = frozenset({"topology", "status", "write", "delete", "join", "heartbeat", "caught_up",
                                   "leave"})
 _KEYED = frozenset({"read", "write", "delete", "version"})
@@ -137,6 +138,8 @@ def decode_request(frames: list[bytes], limits: Limits, accepted: frozenset[str]
         return Write(header.key, bytes(frames[1]), header.id, header.if_version)
     if type(header) in _BATCH_HEADERS:
         return _batch(header, frames, limits)
+    if type(header) is Scan:
+        _check_scan_bounds(header, limits)
     if len(frames) != 1:
         raise WireError(f"{request_type(header)} takes a single header frame", request_id=header.id)
     return header
@@ -156,6 +159,14 @@ def _batch(header: Any, frames: list[bytes], limits: Limits) -> Request:
         raise WireError("write_many needs a value frame after the header", request_id=header.id)
     _check_sizes(header.keys, header.sizes, len(frames[1]), limits, header.id)
     return WriteMany(header.keys, split_values(frames[1], header.sizes), header.id)
+
+
+def _check_scan_bounds(header: Scan, limits: Limits) -> None:
+    """A scan's start, end, prefix and after are keys, or parts of one: no longer than a key."""
+    longest = limits.max_key_bytes
+    for bound in (header.start, header.end, header.prefix, header.after):
+        if bound is not None and len(bound) > longest // 4 and len(bound.encode()) > longest:
+            raise WireError(f"a scan bound is longer than {longest} bytes", "too_large", header.id)
 
 
 def _check_sizes(keys: list[Any], sizes: list[int], total: int, limits: Limits, request_id: Any) -> None:
@@ -222,6 +233,9 @@ _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "read_many": {"mode": (_STR, False), "max_staleness_ms": (_INT, False)},
     "write_many": {"sizes": ((list,), True)},
     "delete_many": {},
+    "scan": {"start": (_STR, False), "end": (_STR + (type(None),), False), "prefix": (_STR, False),
+             "after": (_STR + (type(None),), False), "limit": (_INT, False), "mode": (_STR, False),
+             "max_staleness_ms": (_INT, False)},
     "version": {"epoch": (_INT, True)},
     "catchup": {"after": (_STR + (type(None),), False), "limit": (_INT, True), "epoch": (_INT, True)},
     "status": {},
@@ -300,6 +314,8 @@ def _explain_request(frames: list[bytes], limits: Limits, accepted: frozenset[st
         raise WireError("if_version must be non-negative", request_id=request_id)
     if kind == "catchup" and not 0 < fields["limit"] <= 100_000:
         raise WireError("limit must be from 1 to 100000", request_id=request_id)
+    if kind == "scan" and not 0 < fields.get("limit", 1) <= MAX_SCAN_KEYS:
+        raise WireError(f"limit must be from 1 to {MAX_SCAN_KEYS}", request_id=request_id)
     if kind == "write_many":
         sizes = fields["sizes"]
         if not all(_is_wire_int(size) and size >= 0 for size in sizes):

@@ -1,5 +1,6 @@
-"""Batched requests (read_many, write_many, delete_many): each key runs through the same path as a
-single read, write or delete, and the per-key answers are gathered into one reply.
+"""Batched requests (read_many, write_many, delete_many, and a scan's page): each key runs through
+the same path as a single read, write or delete, and the per-key answers are gathered into one
+reply.
 
 A key that must wait (a dirty read for the tail, a write for its commit) goes to reads.py or
 replication.py with a ``Slot`` as its client: the answer those units would send to a client becomes
@@ -29,9 +30,11 @@ UNANSWERED = ""  # a result not filed yet (every error code is non-empty)
 class Batch:
     """One batched request in progress: a result per key, filled as the keys are answered."""
 
-    __slots__ = ("client", "request_id", "results", "values", "existed", "left", "waiting")
+    __slots__ = ("client", "request_id", "results", "values", "existed", "left", "waiting", "keys", "cursor")
 
     def __init__(self, client: Any, request_id: Any, keys: int, reads: bool, deletes: bool) -> None:
+        self.keys: list[str] | None = None  # a scan's: its keys, named in the reply
+        self.cursor: str | None = None  # a scan's: where its next page starts (None: no next page)
         self.client = client
         self.request_id = request_id
         self.results: list[int | str] = [UNANSWERED] * keys
@@ -57,8 +60,20 @@ class Batch:
         if self.values is None:
             existed = UNSET if self.existed is None else self.existed
             return Respond(self.client, Ok(self.request_id, results=self.results, existed=existed))
+        if self.keys is not None:
+            return self._scan_reply(self.keys, self.values)
         sizes = [len(value) for value in self.values]
         return Respond(self.client, Ok(self.request_id, results=self.results, sizes=sizes), (b"".join(self.values),))
+
+
+    def _scan_reply(self, keys: list[str], values: list[bytes]) -> Respond:
+        """A scan's page: the keys with a value (or an error), not those without one."""
+        kept = [i for i, result in enumerate(self.results) if result != "not_found"]
+        page_values = [values[i] for i in kept]
+        return Respond(self.client, Ok(self.request_id, keys=[keys[i] for i in kept],
+                                       results=[self.results[i] for i in kept],
+                                       sizes=[len(v) for v in page_values], cursor=self.cursor),
+                       (b"".join(page_values),))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -74,8 +89,11 @@ class Batches:
         self.open = 0  # batches not yet answered: while none is, gather has nothing to do
 
     def start(self, client: Any, request_id: Any, keys: int, *, reads: bool = False,
-              deletes: bool = False) -> Batch:
-        return Batch(client, request_id, keys, reads, deletes)
+              deletes: bool = False, scan: bool = False, cursor: str | None = None) -> Batch:
+        batch = Batch(client, request_id, keys, reads, deletes)
+        if scan:
+            batch.keys, batch.cursor = [], cursor
+        return batch
 
     def slot(self, batch: Batch, index: int) -> Slot:
         """What to pass as key ``index``'s client when its answer comes later."""

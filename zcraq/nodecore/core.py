@@ -54,7 +54,7 @@ from zcraq.callers import TRUSTED, Caller
 from zcraq.effects import Effect, Respond
 from zcraq.loglimit import LogLimiter
 from zcraq.messages import (CatchupRequest, ChainFrame, CommitFrame, Confirm, Delete, DeleteMany, Error, Malformed,
-                            NodeRequest, Ok, Read, ReadMany, Reply, ResyncFrame, StatusRequest, VersionQuery, Write,
+                            NodeRequest, Ok, Read, ReadMany, Reply, ResyncFrame, Scan, StatusRequest, VersionQuery, Write,
                             WriteFrame, WriteMany, request_type)
 from zcraq.nodecore.arrivals import Arrivals
 from zcraq.nodecore.batches import Batches
@@ -248,6 +248,8 @@ class NodeCore:
                 self._write_many(client, request.id, request.keys, request.values, now)
             case DeleteMany():
                 self._write_many(client, request.id, request.keys, None, now)
+            case Scan():
+                self._scan(client, request, now)
             case VersionQuery():
                 self.reads.version_query(client, request, self.place, self.serving(now))
             case CatchupRequest():
@@ -268,12 +270,19 @@ class NodeCore:
         else:
             self._error(client, request.id, "unavailable", self._not_serving_reason(now))
 
-    def _read_many(self, client: Any, request: ReadMany, now: float) -> None:
+    def _read_many(self, client: Any, request: ReadMany | Scan, now: float, keys: list[str] | None = None,
+                   cursor: str | None = None) -> None:
+        """read_many; or a scan's page of ``keys`` (then ``cursor``: where the next page starts)."""
         if not self.serving(now):
             self._error(client, request.id, "unavailable", self._not_serving_reason(now))
             return
-        reads, place, mode, keys = self.reads, self.place, request.mode, request.keys
-        batch = self.batches.start(client, request.id, len(keys), reads=True)
+        scan = keys is not None
+        if keys is None:
+            keys = request.keys  # type: ignore[union-attr]
+        reads, place, mode = self.reads, self.place, request.mode
+        batch = self.batches.start(client, request.id, len(keys), reads=True, scan=scan, cursor=cursor)
+        if scan:
+            batch.keys = keys
         self.counters["reads"] += len(keys)
         local, found = reads.local, batch.found
         oldest = fresh_since(request, now) if mode == "bounded" else now
@@ -285,6 +294,22 @@ class NodeCore:
                 found(index, item)
         if batch.left == 0:
             self._out.append(batch.reply())
+
+    def _scan(self, client: Any, request: Scan, now: float) -> None:
+        """A page of keys in the range, each read as read_many reads it; keys without a value are
+        left out of the reply."""
+        if not self.serving(now):
+            self._error(client, request.id, "unavailable", self._not_serving_reason(now))
+            return
+        after, limit = request.after, request.limit
+        if after is not None and after >= request.start:
+            keys = self.store.keys(after, request.end, request.prefix, limit + 1)
+            if keys and keys[0] == after:
+                del keys[0]
+            del keys[limit:]
+        else:
+            keys = self.store.keys(request.start, request.end, request.prefix, limit)
+        self._read_many(client, request, now, keys, keys[-1] if len(keys) == limit else None)
 
     def _write_many(self, client: Any, request_id: Any, keys: list[str], values: tuple[bytes, ...] | None,
                     now: float) -> None:

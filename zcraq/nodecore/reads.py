@@ -26,7 +26,7 @@ from typing import Any
 from msgspec import UNSET
 
 from zcraq.effects import Effect, Respond
-from zcraq.messages import DEFAULT_STALENESS_MS, Error, Ok, Read, ReadMany, Reply, VersionQuery
+from zcraq.messages import DEFAULT_STALENESS_MS, Error, Ok, Read, ReadMany, Reply, Scan, VersionQuery
 from zcraq.nodecore.arrivals import Arrivals
 from zcraq.nodecore.calls import Call, CallKind, Calls
 from zcraq.nodecore.place import Place
@@ -50,7 +50,7 @@ class NeedsTail:
 NEEDS_TAIL = NeedsTail()
 
 
-def fresh_since(request: Read | ReadMany, now: float) -> float:
+def fresh_since(request: Read | ReadMany | Scan, now: float) -> float:
     """The oldest moment at which a bounded read's answer may have been current."""
     limit = request.max_staleness_ms
     return now - (DEFAULT_STALENESS_MS if limit is UNSET else limit) / 1000

@@ -17,7 +17,7 @@ from msgspec import UNSET
 from zcraq import wire
 from zcraq.checker import check_history, operations_from_events
 from zcraq.coordcore import CoordinatorTimings
-from zcraq.messages import Delete, Error, Ok, Read, Request, TopologyRequest, Write
+from zcraq.messages import Delete, Error, Ok, Read, Request, Scan, TopologyRequest, Write
 from zcraq.nodecore import NodeTimings
 from zcraq.sim.actors import COORDINATOR, SimCluster, SimCoordinator, SimNode, service_of
 from zcraq.sim.world import NetworkFaults, World
@@ -91,6 +91,10 @@ class SimClient:
         rng = world.rng
         roll = rng.random()
         key = rng.choice(KEYS)
+        if roll < 0.05:
+            # A scan of every key: recorded as a read of each key over the scan's whole time.
+            self.begin("scan", "", None)
+            return
         if roll < 0.15:
             # Bounded-staleness: recorded with its limit, which the checker takes off its invoke.
             self.begin("read", key, None, staleness=BOUNDED_READ_LIMIT_MS)
@@ -117,9 +121,10 @@ class SimClient:
               staleness: int | None = None) -> None:
         now = self.sim.world.now
         self.op = {"f": f, "key": key, "value": value, "deadline": now + 3.0, "maybe": False, "node": node,
-                   "if_version": if_version, "staleness": staleness}
-        self.sim.record(self.process, "invoke", f, key, value,
-                        **({"staleness": staleness * 1_000_000} if staleness is not None else {}))
+                   "if_version": if_version, "staleness": staleness, "start": now}
+        if f != "scan":
+            self.sim.record(self.process, "invoke", f, key, value,
+                            **({"staleness": staleness * 1_000_000} if staleness is not None else {}))
         self._try()
 
     def _try(self) -> None:
@@ -133,7 +138,12 @@ class SimClient:
             self._send(service_of(COORDINATOR), TopologyRequest(id=self._next_attempt()))
             return
         members = self.topology.members
-        if op["f"] == "read":
+        if op["f"] == "scan":
+            if not members:
+                self._refresh_later()
+                return
+            self._send(world.rng.choice(members).service, Scan(prefix="k", limit=10, id=self._next_attempt()))
+        elif op["f"] == "read":
             if op["node"] is not None:
                 target = service_of(op["node"])
             elif not members:
@@ -170,7 +180,7 @@ class SimClient:
     def _timeout(self, attempt: int) -> None:
         if attempt != self.attempt or self.op is None:
             return
-        if self.op["f"] != "read" and self.topology is not None:
+        if self.op["f"] not in ("read", "scan") and self.topology is not None:
             # The write may have been applied: retrying could apply it twice.
             self._finish("info", None)
             return
@@ -185,6 +195,9 @@ class SimClient:
             self._try()
             return
         f = self.op["f"]
+        if f == "scan" and type(reply) is Ok:
+            self._finish_scan(reply, values)
+            return
         if type(reply) is Ok:
             value = values[0].decode() if f == "read" and values else self.op["value"]
             if f == "read" and isinstance(reply.version, int):
@@ -198,17 +211,40 @@ class SimClient:
             self._finish("ok", None)
         elif f == "cas" and reply.code == "condition_failed":
             self._finish("fail", None)
-        elif f == "read" and self.op["node"] is None or reply.code in RETRYABLE_WRITE:
+        elif f in ("read", "scan") and self.op["node"] is None or reply.code in RETRYABLE_WRITE:
             self._refresh_later()
         elif reply.code == "unknown_outcome":
             self._finish("info", None)
         else:
             self._finish("fail", None)
 
+    def _finish_scan(self, reply: Ok, values: list[bytes]) -> None:
+        """Each key's part of a scan, as a read invoked when the scan began and completed now: a
+        key left out of the page had no value; a key the node could not read is not recorded."""
+        op = self.op
+        assert op is not None and reply.keys is not UNSET and reply.results is not UNSET
+        assert reply.sizes is not UNSET
+        found = dict(zip(reply.keys, zip(reply.results, wire.split_values(values[0], reply.sizes))))
+        invoked = int(op["start"] * 1e9)
+        for key in KEYS:
+            result, value = found.get(key, (0, b""))
+            if type(result) is not int:
+                continue
+            text = value.decode() if result else None
+            self.seen[key] = (text, result)
+            process = f"{self.process}/scan/{key}"
+            self.sim.record(process, "invoke", "read", key, None, time=invoked)
+            self.sim.record(process, "ok", "read", key, text)
+        self._finish("ok", None)
+
     def _finish(self, outcome: str, value: Any) -> None:
         op = self.op
         assert op is not None
         self.op = None
+        if op["f"] == "scan":
+            if not self.final:
+                self.sim.world.after(self.sim.world.rng.uniform(0.0, 0.02), self.start_op)
+            return
         if op["f"] == "read" and outcome == "info":
             outcome = "fail"  # a read that never answered had no effect
         recorded = value if op["f"] == "read" else op["value"]
@@ -237,9 +273,10 @@ class Simulation:
 
     # ------------------------------------------------------------------ plumbing
 
-    def record(self, process: int, kind: str, f: str, key: str, value: Any, **extra: Any) -> None:
+    def record(self, process: int | str, kind: str, f: str, key: str, value: Any, time: int | None = None,
+               **extra: Any) -> None:
         self.history.append({"process": process, "type": kind, "f": f, "key": key, "value": value,
-                             "time": int(self.world.now * 1e9), **extra})
+                             "time": int(self.world.now * 1e9) if time is None else time, **extra})
 
     def _add_client(self, client: SimClient) -> None:
         self.clients[client.name] = self.cluster.clients[client.name] = client

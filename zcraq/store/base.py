@@ -105,6 +105,11 @@ class ReplicaStore(Protocol):
         """``put(key, version, value, committed=True, tombstone=tombstone)`` for each row, in
         order (a catch-up page applied in one call); returns how many rows were stored."""
 
+    def keys(self, start: str, end: str | None, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` keys holding any version (dirty or committed, tombstones too), in the
+        order of their UTF-8 bytes: from ``start`` (inclusive) to ``end`` (exclusive; None: no
+        end), only those that begin with ``prefix``."""
+
     def committed_share(self, through: str) -> float | None:
         """Roughly what share of the committed data lies at keys up to and including ``through``,
         from 0 to 1, or None when the store cannot tell. For progress reports only: it is an

@@ -505,6 +505,32 @@ def check_put_committed_is_a_committed_put_per_row(factory: StoreFactory) -> Non
     assert s.latest_committed("before") == Item("before", 1, b"b", committed=True)
 
 
+def check_keys_in_ranges_and_prefixes(factory: StoreFactory) -> None:
+    s = factory.new()
+    for key in ("b", "a", "ab", "a\x00z", "abc", "ac", "é", "b2"):
+        s.put(key, 1, b"v", committed=True)
+    s.put("dirty-only", 1, b"d")  # held only dirty: listed too
+    s.put("gone", 1, b"", committed=True, tombstone=True)  # a deletion: listed too
+    s.flush()
+    s.put("aa", 3, b"unflushed")  # seen before a flush
+    s.delete("b2")  # gone entirely: not listed
+    # UTF-8 byte order: "a" < "a\x00z" < "aa" < "ab" < ... < "é".
+    assert s.keys("", None, "", 100) == ["a", "a\x00z", "aa", "ab", "abc", "ac", "b", "dirty-only", "gone", "é"]
+    assert s.keys("", None, "a", 100) == ["a", "a\x00z", "aa", "ab", "abc", "ac"]
+    assert s.keys("ab", None, "a", 100) == ["ab", "abc", "ac"]  # start is inclusive
+    assert s.keys("", "ab", "a", 100) == ["a", "a\x00z", "aa"]  # end is not
+    assert s.keys("", None, "ab", 100) == ["ab", "abc"]
+    assert s.keys("aa", None, "", 2) == ["aa", "ab"]
+    assert s.keys("zz", None, "", 5) == ["é"] and s.keys("", None, "x", 5) == []
+    assert s.keys("", "a", "", 5) == []
+    try:
+        s.keys("", None, "", 0)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("keys() accepted limit 0")
+
+
 def check_dirty_items(factory: StoreFactory) -> None:
     s = factory.new()
     s.put("b", 10, b"b10")
@@ -879,6 +905,7 @@ CHECKS: list[Check] = [
     check_committed_share_along_the_pages,
     check_committed_rows_are_the_committed_page,
     check_put_committed_is_a_committed_put_per_row,
+    check_keys_in_ranges_and_prefixes,
     check_dirty_items,
     check_drop_uncommitted,
     check_reads_see_unflushed_writes,

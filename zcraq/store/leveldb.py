@@ -354,6 +354,33 @@ class LevelDBStore:
             rows.append(_committed_row(*newest))
         return Rows(rows, None)
 
+    def keys(self, start: str, end: str | None, prefix: str, limit: int) -> list[str]:
+        """One iterator pass (merged with the overlay) from ``max(start, prefix)``: a key's versions
+        are contiguous, so each new key prefix is the next key."""
+        db = self._check_open()
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        first = max(start, prefix)
+        begin = DATA + first.encode("utf-8").replace(b"\x00", b"\x00\xff")
+        overlay = sorted(
+            (raw, rec) for key, held in self._pending.items() for v, rec in held.items()
+            if (raw := _encode_checked_key(key, v)) >= begin
+        )
+        found: list[str] = []
+        last = b""
+        with db.iterator(start=begin, stop=_DATA_END) as it:
+            for raw, _record in _merge(it, overlay, reverse=False) if overlay else it:
+                if raw[:-8] == last:
+                    continue
+                last = raw[:-8]
+                key = decode_key(raw)[0]
+                if not key.startswith(prefix) or (end is not None and key >= end):
+                    break
+                found.append(key)
+                if len(found) == limit:
+                    break
+        return found
+
     def committed_share(self, through: str) -> float | None:
         """LevelDB's estimate of the bytes on disk up to ``through``'s last version, over those of
         every item. Writes still in the memtable (or not flushed) have no size on disk yet: None

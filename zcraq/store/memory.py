@@ -10,7 +10,7 @@ store holding only the durable state, which is what a node would find after a cr
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 
 import msgspec
@@ -143,6 +143,22 @@ class MemoryStore:
     def committed_rows(self, after: str | None, limit: int) -> Rows:
         page = self.committed_page(after, limit)
         return Rows([(i.key, i.version, i.value, i.tombstone) for i in page.items], page.cursor)
+
+    def keys(self, start: str, end: str | None, prefix: str, limit: int) -> list[str]:
+        self._check_open()
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        order = self._sorted_keys()
+        found: list[str] = []
+        for raw in order[bisect_left(order, max(start, prefix).encode("utf-8")):]:
+            key = raw.decode("utf-8")
+            if not key.startswith(prefix) or (end is not None and key >= end):
+                break
+            if self._live.get(key):
+                found.append(key)
+                if len(found) == limit:
+                    break
+        return found
 
     def committed_share(self, through: str) -> float | None:
         """The share of the keys held (one held only dirty counts too) up to ``through``."""
