@@ -285,6 +285,10 @@ def _explain_request(frames: list[bytes], limits: Limits, accepted: frozenset[st
             raise WireError(f"key is longer than {limits.max_key_bytes} bytes", "too_large", request_id)
     if kind in _BATCHES:
         _explain_keys(header.get("keys"), limits, request_id)
+    if kind == "scan":
+        bounds = [header.get(name) for name in ("start", "end", "prefix", "after")]
+        if any(isinstance(bound, str) and len(bound.encode()) > limits.max_key_bytes for bound in bounds):
+            raise WireError(f"a scan bound is longer than {limits.max_key_bytes} bytes", "too_large", request_id)
     if kind in ("write", "write_many"):
         if len(frames) != 2:
             raise WireError(f"{kind} needs a value frame after the header", request_id=request_id)
