@@ -34,6 +34,10 @@ class Arrivals:
         entries = self._keys.get(key)
         if entries is None:
             return
+        if len(entries) == 1:  # the common case: one version in flight
+            if entries[0][0] <= version:
+                del self._keys[key]
+            return
         left = [entry for entry in entries if entry[0] > version]
         if left:
             self._keys[key] = left
