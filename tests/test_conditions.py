@@ -129,3 +129,19 @@ def test_if_version_travels_through_the_codec():
                     Write("k", b"v", id=3)):
         assert wire.read_node_request(wire.encode_request(request), wire.Limits()) == request
         assert wire.read_coordinator_request(wire.encode_request(request), wire.Limits()) == request
+
+
+def test_held_conditions_are_bounded_by_count_and_bytes(monkeypatch):
+    from zcraq.nodecore import replication
+    monkeypatch.setattr(replication, "MAX_HELD_BYTES", 10)
+    head = join(A, topo(1, A, B))
+    cas(head, "k", b"a", 0, 0.1, request_id="applied")  # version 1, dirty
+    assert replies(cas(head, "k", b"123456", 5, 0.1, request_id="held")) == []
+    refused = only_reply(cas(head, "k", b"123456", 5, 0.1, request_id="over"))
+    assert refused.code == "unavailable" and "not applied" in refused.header["message"]
+    head.on_ack_frame(cframe("b", 1, 0, ("k", 1)), 0.2)
+    head.tick(0.2)
+    assert {reply.id: reply.code for _, reply in replies(head.ready())} == {"applied": None,
+                                                                            "held": "condition_failed"}
+    cas(head, "k", b"b", 1, 0.3, request_id="applied again")  # version 2, dirty
+    assert replies(cas(head, "k", b"123456", 5, 0.3, request_id="held again")) == []  # its bytes were freed

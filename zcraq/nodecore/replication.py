@@ -68,8 +68,10 @@ class Owed(Flag):
     LEFTOVERS = auto()  # a restarted sole member: what its previous run left uncommitted
 
 
-# Conditional writes held at the head until their key is clean, at most (beyond: refused, retry).
+# Conditional writes held at the head until their key is clean, at most, and their values' bytes
+# together (beyond either: refused, not applied; the client retries).
 MAX_HELD_CONDITIONS = 10_000
+MAX_HELD_BYTES = 64 << 20
 
 
 @dataclass(slots=True)
@@ -107,6 +109,7 @@ class Replication:
         self._pending: dict[str, list[_PendingWrite]] = {}
         self._held: dict[str, list[_HeldCondition]] = {}
         self._held_count = 0
+        self._held_bytes = 0
         # A deliberate bug for the simulator to find: conditions compared with the committed
         # version alone, applied at once even while newer versions are dirty.
         self._condition_on_committed = "condition_on_committed" in unsafe
@@ -174,12 +177,13 @@ class Replication:
                                                f"the key's current version is {current}", version=current)))
 
     def _hold(self, key: str, held: _HeldCondition) -> None:
-        if self._held_count >= MAX_HELD_CONDITIONS:
+        if self._held_count >= MAX_HELD_CONDITIONS or self._held_bytes + len(held.value) > MAX_HELD_BYTES:
             self._out.append(Respond(held.client, Error(held.request_id, "unavailable", "too many conditional writes "
                                                         "wait for their keys to commit; not applied, retry")))
             return
         self._held.setdefault(key, []).append(held)
         self._held_count += 1
+        self._held_bytes += len(held.value)
 
     def decide_held(self, now: float, serving_head: bool) -> None:
         """Decide the held conditional writes whose keys are clean now (only a serving head
@@ -201,6 +205,7 @@ class Replication:
                     self._condition_failed(held.client, held.request_id, key, decided)
                 waiting.pop(0)
                 self._held_count -= 1
+                self._held_bytes -= len(held.value)
             if not waiting:
                 del self._held[key]
 
@@ -244,7 +249,7 @@ class Replication:
                     "this node left the chain before the key's pending writes committed; the conditional "
                     "write was not applied")))
         self._held.clear()
-        self._held_count = 0
+        self._held_count = self._held_bytes = 0
         # Out of the chain: what is dirty here is dropped or committed before this node serves again.
         self._arrivals.clear()
 
