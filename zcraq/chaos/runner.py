@@ -275,6 +275,7 @@ def _figures(history: HistoryWriter, analysis: Analysis, workload: Workload | No
         "operations": analysis.operations,
         "ok": counts["ok"], "fail": counts["fail"], "info": counts["info"],
         "by_kind": {k: v for k, v in sorted(counts.items()) if " " in k},
+        "cas": {kind: counts[f"cas {kind}"] for kind in ("ok", "fail", "info")},
         "linearizable": analysis.linearizable,
         "checker": analysis.checker.verdict(),
         "lost_writes": len(analysis.lost_writes),
@@ -293,6 +294,8 @@ def _verdict(report: ChaosReport, options: ChaosOptions) -> str:
     head = "PASS" if report.exit_code == EXIT_OK else "FAIL"
     what = ("linearizable, no lost writes, replicas agree" if report.exit_code == EXIT_OK else
             "; ".join(p.splitlines()[0] for p in report.problems))
+    cas = s.get("cas", {})
     return (f"chaos {head}: {what} | {s.get('operations', 0)} ops (ok {s.get('ok', 0)}, fail {s.get('fail', 0)}, "
-            f"info {s.get('info', 0)}), nemesis {nemesis}, seed {options.seed}, "
+            f"info {s.get('info', 0)}; cas ok {cas.get('ok', 0)}, fail {cas.get('fail', 0)}, "
+            f"info {cas.get('info', 0)}), nemesis {nemesis}, seed {options.seed}, "
             f"history {options.out / 'history.jsonl'}")
