@@ -14,10 +14,13 @@ import orjson
 import pytest
 
 from zcraq.chaos.analysis import lost_writes
+from zcraq.chaos.history import HistoryWriter
+from zcraq.chaos.workload import Workload, outcome_of
 from zcraq.chaos.cluster import kill_strays
 from zcraq.chaos.nemesis import KINDS, plan
 from zcraq.chaos.netns import cleanup_stale, namespaces, unavailable_reason
 from zcraq.checker import operations_from_events
+from zcraq.errors import ConditionFailed, KeyNotFound, Timeout, Unavailable, WriteOutcomeUnknown
 
 NETNS_PROBLEM = unavailable_reason()
 
@@ -89,6 +92,15 @@ def test_a_run_under_every_fault_passes(tmp_path: Path) -> None:
     assert summary["ok"] > 1000, summary
     events = [json.loads(line) for line in (out / "nemesis.jsonl").read_text().splitlines()]
     assert {e["kind"] for e in events if e["action"] == "heal"} == set(kinds)
+    # Conditional writes are part of every run: some applied, some refused because another write
+    # came first, each recorded as cas [expected, new], and all of them judged by the checker above.
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    cas = [e for e in history if e["f"] == "cas"]
+    outcomes = {kind: sum(e["type"] == kind for e in cas) for kind in ("ok", "fail", "info")}
+    assert outcomes["ok"] > 0 and outcomes["fail"] > 0, outcomes
+    assert outcomes == summary["cas"], (outcomes, summary["cas"])
+    assert all(isinstance(e["value"], list) and len(e["value"]) == 2 for e in cas)
+    assert f"cas ok {outcomes['ok']}, fail {outcomes['fail']}" in verdict, verdict
     # The recorded history stands on its own: `zcraq verify` agrees.
     verify = subprocess.run([sys.executable, "-m", "zcraq", "verify", str(out / "history.jsonl")],
                             capture_output=True, text=True, timeout=120)
@@ -109,12 +121,28 @@ def test_dirty_reads_answered_locally_are_caught(tmp_path: Path) -> None:
     assert not _summary(out)["linearizable"]
 
 
+@pytest.mark.timeout(150)
+def test_conditions_decided_on_committed_versions_alone_are_caught(tmp_path: Path) -> None:
+    # A head that compares a condition with the committed version alone lets two conditional writes
+    # on one version both succeed while the first is still travelling down the chain. Two hot keys,
+    # eight clients, a conditional write in four operations: in three seeds tried, the window the
+    # checker reported began 1.1-4.1 s into the workload.
+    code, output, out = run_chaos(tmp_path, "--unsafe", "condition_on_committed", "--nemesis", "none",
+                                  "--network", "loopback", "--duration", "10", "--keys", "2",
+                                  "--clients", "8", "--cas-ratio", "0.4", "--seed", "11", timeout=120)
+    assert code == 1, output
+    assert "NOT linearizable" in output, output
+    assert output.strip().splitlines()[-1].startswith("chaos FAIL"), output
+    assert not _summary(out)["linearizable"]
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("args, message", [
     (["--nemesis", "kill,explode"], "unknown nemesis kind 'explode'"),
     (["--unsafe", "no_such_fault"], "unknown unsafe fault"),
     (["--nemesis", "partition", "--network", "loopback"], "partition nemesis needs"),
     (["--nodes", "0"], "--nodes"),
+    (["--read-ratio", "0.8", "--cas-ratio", "0.2"], "together must be at most 0.9"),
 ])
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     code, output, _ = run_chaos(tmp_path, "--duration", "5", *args, timeout=30)
@@ -169,6 +197,87 @@ def test_lost_write_check() -> None:
     ops = _history((2, "invoke", "write", "v3"), (2, "fail", "write", "v3"),
                    ("final", "invoke", "read", None), ("final", "ok", "read", "v3"))
     assert "failed" in lost_writes(ops)[1][0]
+    # A conditional write's new value explains a final read; one acknowledged after it is lost;
+    # one refused (ConditionFailed, recorded as fail) explains nothing.
+    ops = _history((0, "invoke", "write", "v1"), (0, "ok", "write", "v1"),
+                   (1, "invoke", "cas", ["v1", "v2"]), (1, "ok", "cas", ["v1", "v2"]),
+                   ("final", "invoke", "read", None), ("final", "ok", "read", "v2"))
+    assert lost_writes(ops) == ([], [])
+    ops = _history((1, "invoke", "cas", [None, "v2"]), (1, "ok", "cas", [None, "v2"]),
+                   (0, "invoke", "cas", ["v2", "v3"]), (0, "ok", "cas", ["v2", "v3"]),
+                   ("final", "invoke", "read", None), ("final", "ok", "read", "v2"))
+    lost, unexplained = lost_writes(ops)
+    assert len(lost) == 1 and "cas 'v2'->'v3'" in lost[0] and not unexplained
+    ops = _history((1, "invoke", "cas", ["v1", "v2"]), (1, "fail", "cas", ["v1", "v2"]),
+                   ("final", "invoke", "read", None), ("final", "ok", "read", "v2"))
+    assert "failed" in lost_writes(ops)[1][0]
+
+
+def test_outcomes_of_conditional_writes() -> None:
+    assert outcome_of("cas", ConditionFailed("not applied", 7)) == "fail"  # surely not applied
+    assert outcome_of("cas", WriteOutcomeUnknown("no answer")) == "info"
+    assert outcome_of("cas", Timeout("no answer")) == "info"
+    assert outcome_of("cas", Unavailable("no head")) == "fail"
+    assert outcome_of("cas", RuntimeError("anything else")) == "info"
+
+
+class _Rolls:
+    """Stands in for a worker's random.Random: the given rolls in turn, always the first key."""
+
+    def __init__(self, *rolls: float) -> None:
+        self.rolls = list(rolls)
+
+    def random(self) -> float:
+        return self.rolls.pop(0)
+
+    def choice(self, items: list) -> object:
+        return items[0]
+
+
+class _Client:
+    """Answers reads from a (value, version) and conditional writes by comparing the version."""
+
+    def __init__(self, value: bytes | None, version: int) -> None:
+        self.value, self.version = value, version
+        self.calls: list[tuple] = []
+
+    def read_versioned(self, key: str) -> tuple[bytes, int]:
+        self.calls.append(("read", key))
+        if self.value is None:
+            raise KeyNotFound(key)
+        return self.value, self.version
+
+    def write(self, key: str, value: str, *, if_version: int | None = None) -> int:
+        self.calls.append(("write", key, value, if_version))
+        current = self.version if self.value is not None else 0
+        if if_version is not None and if_version != current:
+            raise ConditionFailed("not applied", current)
+        self.value, self.version = value.encode(), self.version + 1
+        return self.version
+
+
+def test_a_conditional_write_names_the_version_last_read(tmp_path: Path) -> None:
+    history = HistoryWriter(tmp_path / "history.jsonl")
+    workload = Workload("tcp://127.0.0.1:1", history, clients=1, keys=["k0"], seed=1, read_ratio=0.5,
+                        cas_ratio=0.3, delete_ratio=0.1)
+    worker = workload.workers[0]
+    # cas, read, cas, cas, read (missing key), cas: a cas before any read is a read instead.
+    worker.rng = _Rolls(0.6, 0.1, 0.6, 0.6, 0.1, 0.6)  # type: ignore[assignment]
+    client = _Client(b"v9-1", 4)
+    for _ in range(4):
+        worker.one(client)  # type: ignore[arg-type]
+    client.value = None
+    for _ in range(2):
+        worker.one(client)  # type: ignore[arg-type]
+    history.close()
+    assert client.calls == [("read", "k0"), ("read", "k0"), ("write", "k0", "v0-1", 4),
+                            ("write", "k0", "v0-2", 4), ("read", "k0"), ("write", "k0", "v0-3", 0)]
+    events = [(e["type"], e["f"], e["value"]) for e in map(orjson.loads, (tmp_path / "history.jsonl").read_bytes()
+                                                           .splitlines()) if e["type"] != "invoke"]
+    assert events == [("ok", "read", "v9-1"), ("ok", "read", "v9-1"), ("ok", "cas", ["v9-1", "v0-1"]),
+                      ("fail", "cas", ["v9-1", "v0-2"]), ("ok", "read", None), ("ok", "cas", [None, "v0-3"])]
+    ops = operations_from_events(map(orjson.loads, (tmp_path / "history.jsonl").read_bytes().splitlines()))
+    assert [op.value for op in ops if op.f == "cas"] == [("v9-1", "v0-1"), ("v9-1", "v0-2"), (None, "v0-3")]
 
 
 def test_without_namespaces_partitions_are_refused_and_all_leaves_them_out(monkeypatch, tmp_path: Path) -> None:

@@ -123,7 +123,9 @@ def verify(history: str) -> None:
               help="Deliberate bugs to switch on in the nodes (ZCRAQ_UNSAFE_TEST_FAULTS), e.g. dirty_read_local.")
 @click.option("--keys", default=5, show_default=True, type=click.IntRange(min=1), help="Hot keys k0..kN-1.")
 @click.option("--read-ratio", default=0.5, show_default=True, type=click.FloatRange(0.0, 0.9),
-              help="Share of reads; deletes are a tenth, writes the rest.")
+              help="Share of reads; deletes are a tenth, conditional writes --cas-ratio, writes the rest.")
+@click.option("--cas-ratio", default=0.2, show_default=True, type=click.FloatRange(0.0, 0.9),
+              help="Share of conditional writes (if_version: the version the client last read of the key).")
 @click.option("--think-ms", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Each client waits up to this long between operations.")
 @click.option("--network", default="auto", show_default=True, type=click.Choice(["auto", "netns", "loopback"]),
@@ -138,7 +140,7 @@ def verify(history: str) -> None:
 @click.option("--converge-timeout", default=90.0, show_default=True, type=click.FloatRange(min=1.0),
               help="Seconds the healed chain may take to have every node serving.")
 def chaos(duration: float, nemesis_kinds: str, clients: int, nodes: int, seed: int | None, out_dir: str | None,
-          unsafe: str, keys: int, read_ratio: float, think_ms: float, network: str, durability: str,
+          unsafe: str, keys: int, read_ratio: float, cas_ratio: float, think_ms: float, network: str, durability: str,
           lease_ms: int, heartbeat_ms: int, client_timeout: float, converge_timeout: float) -> None:
     """Jepsen-style test against real processes: a workload under faults, then the checker.
 
@@ -167,7 +169,8 @@ def chaos(duration: float, nemesis_kinds: str, clients: int, nodes: int, seed: i
         out=out, duration=duration, nemesis=kinds, clients=clients, nodes=nodes,
         seed=random.randrange(1 << 31) if seed is None else seed, unsafe=unsafe, keys=keys, network=network,
         lease_ms=lease_ms, heartbeat_ms=heartbeat_ms, client_timeout=client_timeout,
-        converge_timeout=converge_timeout, durability=durability, think_ms=think_ms, read_ratio=read_ratio)
+        converge_timeout=converge_timeout, durability=durability, think_ms=think_ms, read_ratio=read_ratio,
+        cas_ratio=cas_ratio)
     signal.signal(signal.SIGTERM, interrupted)
     try:
         report = run_chaos(options, echo=click.echo)

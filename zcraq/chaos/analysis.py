@@ -3,10 +3,11 @@
 - **Linearizability**: the whole history, final reads included, goes to
   :func:`zcraq.checker.check_history`.
 - **Lost writes**: the final reads ran after every other operation had completed, at every node.
-  For each key, the value they return must come from a write (or delete) that was acknowledged or
-  of unknown outcome, never from a failed one, and no acknowledged write may have started after
-  that write had completed (it would have overwritten it: its own value, or a later one, must be
-  what is read). The checker implies all of this; this check counts and names the writes.
+  For each key, the value they return must come from a write, conditional write (``cas``) or
+  delete that was acknowledged or of unknown outcome, never from a failed one, and no acknowledged
+  one may have started after that write had completed (it would have overwritten it: its own
+  value, or a later one, must be what is read). The checker implies all of this; this check counts
+  and names the writes.
 - **Convergence**: after healing, every node must answer every final read, and every replica must
   hold the same newest committed version of every key.
 """
@@ -73,7 +74,7 @@ def lost_writes(ops: list[Operation]) -> tuple[list[str], list[str]]:
     for key, reads in finals.items():
         mutations = [op for op in by_key.get(key, []) if op.is_mutation]
         acked = [op for op in mutations if op.status == "ok"]
-        writers = {op.value: op for op in mutations if op.f == "write"}
+        writers = {op.new_value: op for op in mutations if op.f in ("write", "cas")}
         for read in {r.value: r for r in reads}.values():
             if read.value is not None:
                 source = writers.get(read.value)
@@ -93,7 +94,8 @@ def lost_writes(ops: list[Operation]) -> tuple[list[str], list[str]]:
             source_lines = {s.invoke_line for s in sources}
             for op in acked:
                 if op.invoke_time > over and op.invoke_line not in source_lines:
-                    shown = "delete" if op.f == "delete" else f"write {op.value!r}"
+                    shown = ("delete" if op.f == "delete" else f"write {op.value!r}" if op.f == "write"
+                             else f"cas {op.value[0]!r}->{op.value[1]!r}")
                     lost[(key, op.invoke_line)] = (
                         f"key {key!r}: {shown} by process {op.process} acknowledged (line {op.invoke_line}), "
                         f"but the final reads return {read.value!r}")

@@ -1,9 +1,10 @@
 """The history of a chaos run, written as it happens in the JSON Lines format the checker reads.
 
-One event per line: ``{"process", "type": invoke|ok|fail|info, "f": read|write|delete, "key",
-"value", "time"}`` with ``time`` from ``time.monotonic_ns()``. Events are stamped and written under
-one lock, so the file is in time order and every process's events are in its own order. The file
-is flushed every second, so a run that dies still leaves its history behind.
+One event per line: ``{"process", "type": invoke|ok|fail|info, "f": read|write|cas|delete, "key",
+"value", "time"}`` (a cas's value is ``[expected, new]``) with ``time`` from ``time.monotonic_ns()``.
+Events are stamped and written under one lock, so the file is in time order and every process's
+events are in its own order. The file is flushed every second, so a run that dies still leaves its
+history behind.
 """
 
 from __future__ import annotations

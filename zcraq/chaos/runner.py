@@ -62,6 +62,7 @@ class ChaosOptions:
     durability: str = "sync"
     think_ms: float = 0.0
     read_ratio: float = 0.5
+    cas_ratio: float = 0.2
 
 
 @dataclass
@@ -130,6 +131,10 @@ def validate(options: ChaosOptions) -> None:
         raise UsageError("the heartbeat must be well under the lease")
     if not 0.0 <= options.read_ratio <= 0.9:
         raise UsageError("--read-ratio must be from 0 to 0.9")
+    if not 0.0 <= options.cas_ratio <= 0.9:
+        raise UsageError("--cas-ratio must be from 0 to 0.9")
+    if options.read_ratio + options.cas_ratio > 0.9 + 1e-9:
+        raise UsageError("--read-ratio and --cas-ratio together must be at most 0.9 (deletes are a tenth)")
     if options.out.exists() and any(options.out.iterdir()):
         raise UsageError(f"output directory {options.out} is not empty (data of an old run would be reused)")
 
@@ -187,7 +192,7 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
         cluster.start_all()
         workload = Workload(cluster.coordinator_endpoint, history, clients=options.clients, keys=keys,
                             seed=options.seed, timeout=options.client_timeout, think=options.think_ms / 1000,
-                            read_ratio=options.read_ratio)
+                            read_ratio=options.read_ratio, cas_ratio=options.cas_ratio)
         nemesis = Nemesis(cluster, faults, options.out / "nemesis.jsonl")
         run_started = time.monotonic()
         workload.start()
@@ -270,6 +275,7 @@ def _figures(history: HistoryWriter, analysis: Analysis, workload: Workload | No
         "operations": analysis.operations,
         "ok": counts["ok"], "fail": counts["fail"], "info": counts["info"],
         "by_kind": {k: v for k, v in sorted(counts.items()) if " " in k},
+        "cas": {kind: counts[f"cas {kind}"] for kind in ("ok", "fail", "info")},
         "linearizable": analysis.linearizable,
         "checker": analysis.checker.verdict(),
         "lost_writes": len(analysis.lost_writes),
@@ -288,6 +294,8 @@ def _verdict(report: ChaosReport, options: ChaosOptions) -> str:
     head = "PASS" if report.exit_code == EXIT_OK else "FAIL"
     what = ("linearizable, no lost writes, replicas agree" if report.exit_code == EXIT_OK else
             "; ".join(p.splitlines()[0] for p in report.problems))
+    cas = s.get("cas", {})
     return (f"chaos {head}: {what} | {s.get('operations', 0)} ops (ok {s.get('ok', 0)}, fail {s.get('fail', 0)}, "
-            f"info {s.get('info', 0)}), nemesis {nemesis}, seed {options.seed}, "
+            f"info {s.get('info', 0)}; cas ok {cas.get('ok', 0)}, fail {cas.get('fail', 0)}, "
+            f"info {cas.get('info', 0)}), nemesis {nemesis}, seed {options.seed}, "
             f"history {options.out / 'history.jsonl'}")

@@ -1,19 +1,27 @@
 """The chaos workload: concurrent client threads, each one Jepsen process with its own ZClient.
 
 Each process does one operation at a time on a small hot set of keys: reads (spread over every
-node by ZClient), writes of a value no one else ever writes (``v<process>-<n>``) and deletes. How
-each outcome is recorded (what the checker may assume about it):
+node by ZClient), writes of a value no one else ever writes (``v<process>-<n>``), conditional
+writes and deletes. A process remembers the value and version it last read of each key (a missing
+key: no value, version 0); a conditional write sends a new unique value with ``if_version`` that
+version and is recorded as ``cas [expected value, new value]``. Values are unique, so a version
+names exactly one value and the checker's value-based compare-and-set checks the version-based
+condition exactly. A conditional write on a key the process has not read yet is a read instead.
+How each outcome is recorded (what the checker may assume about it):
 
-========================================  ===========================================
-outcome                                   recorded as
-========================================  ===========================================
-success                                   ``ok`` (a read with the value it returned)
-``KeyNotFound`` on a read                 ``ok`` with value null
-``Unavailable``, ``BadRequest``           ``fail``: it surely did not happen
-``WriteOutcomeUnknown`` (write, delete)   ``info``: it may take effect at any time, or never
-``Timeout`` on a read                     ``fail``: a read that never answered had no effect
-anything else                             ``fail`` for a read, ``info`` for a write or delete
-========================================  ===========================================
+==============================================  ===========================================
+outcome                                         recorded as
+==============================================  ===========================================
+success                                         ``ok`` (a read with the value it returned)
+``KeyNotFound`` on a read                       ``ok`` with value null
+``ConditionFailed`` on a conditional write      ``fail``: the head saw another version and
+                                                wrote nothing
+``Unavailable``, ``BadRequest``                 ``fail``: it surely did not happen
+``WriteOutcomeUnknown`` (write, cas, delete)    ``info``: it may take effect at any time, or never
+``Timeout`` on a read                           ``fail``: a read that never answered had no effect
+anything else                                   ``fail`` for a read, ``info`` for a write, cas
+                                                or delete
+==============================================  ===========================================
 
 A process goes on with new operations after an ``info``, like a Jepsen process would be replaced.
 """
@@ -28,7 +36,8 @@ from typing import Any
 
 from zcraq.chaos.history import HistoryWriter
 from zcraq.client import ZClient
-from zcraq.errors import BadRequest, KeyNotFound, Timeout, Unavailable, WriteOutcomeUnknown, ZcraqError
+from zcraq.errors import (BadRequest, ConditionFailed, KeyNotFound, Timeout, Unavailable, WriteOutcomeUnknown,
+                          ZcraqError)
 
 FINAL_PROCESS = "final"
 
@@ -39,6 +48,8 @@ def outcome_of(f: str, error: BaseException) -> str:
         return "ok" if f == "read" else "info"
     if isinstance(error, WriteOutcomeUnknown):
         return "info"
+    if isinstance(error, ConditionFailed):
+        return "fail"
     if isinstance(error, (Unavailable, BadRequest)):
         return "fail"
     if isinstance(error, Timeout):
@@ -58,6 +69,7 @@ class Worker(threading.Thread):
         self.rng = random.Random(f"{workload.seed}/client/{process}")
         self.writes = 0
         self.errors: Counter[str] = Counter()
+        self.seen: dict[str, tuple[str | None, int]] = {}  # key -> (value, version) last read
 
     def run(self) -> None:
         w = self.workload
@@ -71,8 +83,16 @@ class Worker(threading.Thread):
         w = self.workload
         roll = self.rng.random()
         key = self.rng.choice(w.keys)
+        if_version = 0
         if roll < w.read_ratio:
             f, value = "read", None
+        elif roll < w.read_ratio + w.cas_ratio:
+            if key in self.seen:
+                self.writes += 1
+                expected, if_version = self.seen[key]
+                f, value = "cas", [expected, f"v{self.process}-{self.writes}"]
+            else:
+                f, value = "read", None  # nothing to compare with yet: learn the version first
         elif roll < 1.0 - w.delete_ratio:
             self.writes += 1
             f, value = "write", f"v{self.process}-{self.writes}"
@@ -81,9 +101,18 @@ class Worker(threading.Thread):
         w.history.record(self.process, "invoke", f, key, value)
         try:
             if f == "read":
-                result: Any = _text(client.read(key))
+                try:
+                    data, version = client.read_versioned(key)
+                except KeyNotFound:
+                    self.seen[key] = (None, 0)
+                    raise
+                result: Any = _text(data)
+                self.seen[key] = (result, version)
             elif f == "write":
                 client.write(key, value)
+                result = value
+            elif f == "cas":
+                client.write(key, value[1], if_version=if_version)
                 result = value
             else:
                 client.delete(key)
@@ -101,7 +130,7 @@ class Worker(threading.Thread):
 class Workload:
     def __init__(self, endpoint: str, history: HistoryWriter, *, clients: int, keys: list[str], seed: int,
                  timeout: float = 3.0, think: float = 0.0, read_ratio: float = 0.5,
-                 delete_ratio: float = 0.1) -> None:
+                 cas_ratio: float = 0.2, delete_ratio: float = 0.1) -> None:
         self.endpoint = endpoint
         self.history = history
         self.keys = keys
@@ -109,6 +138,7 @@ class Workload:
         self.timeout = timeout
         self.think = think
         self.read_ratio = read_ratio
+        self.cas_ratio = cas_ratio
         self.delete_ratio = delete_ratio
         self.stopping = threading.Event()
         self.workers = [Worker(self, process) for process in range(clients)]
