@@ -15,7 +15,7 @@ import pytest
 
 from zcraq.chaos.analysis import lost_writes
 from zcraq.chaos.history import HistoryWriter
-from zcraq.chaos.workload import Workload, outcome_of
+from zcraq.chaos.workload import BOUNDED_LIMIT, Workload, outcome_of
 from zcraq.chaos.cluster import kill_strays
 from zcraq.chaos.nemesis import KINDS, plan
 from zcraq.chaos.netns import cleanup_stale, namespaces, unavailable_reason
@@ -101,6 +101,9 @@ def test_a_run_under_every_fault_passes(tmp_path: Path) -> None:
     assert outcomes == summary["cas"], (outcomes, summary["cas"])
     assert all(isinstance(e["value"], list) and len(e["value"]) == 2 for e in cas)
     assert f"cas ok {outcomes['ok']}, fail {outcomes['fail']}" in verdict, verdict
+    # So are bounded-staleness reads (with their limit) and scans (a read of each key, per scan).
+    assert any("staleness" in e and e["type"] == "invoke" for e in history)
+    assert any("/scan/" in str(e["process"]) and e["type"] == "ok" and e["value"] is not None for e in history)
     # The recorded history stands on its own: `zcraq verify` agrees.
     verify = subprocess.run([sys.executable, "-m", "zcraq", "verify", str(out / "history.jsonl")],
                             capture_output=True, text=True, timeout=120)
@@ -241,11 +244,15 @@ class _Client:
         self.value, self.version = value, version
         self.calls: list[tuple] = []
 
-    def read_versioned(self, key: str) -> tuple[bytes, int]:
-        self.calls.append(("read", key))
+    def read_versioned(self, key: str, mode: str = "strong", max_staleness: float | None = None) -> tuple[bytes, int]:
+        self.calls.append(("read", key) if mode == "strong" else ("read", key, mode, max_staleness))
         if self.value is None:
             raise KeyNotFound(key)
         return self.value, self.version
+
+    def scan(self, page_keys: int) -> list[tuple[str, bytes, int]]:
+        self.calls.append(("scan",))
+        return [] if self.value is None else [("k0", self.value, self.version)]
 
     def write(self, key: str, value: str, *, if_version: int | None = None) -> int:
         self.calls.append(("write", key, value, if_version))
@@ -261,8 +268,9 @@ def test_a_conditional_write_names_the_version_last_read(tmp_path: Path) -> None
     workload = Workload("tcp://127.0.0.1:1", history, clients=1, keys=["k0"], seed=1, read_ratio=0.5,
                         cas_ratio=0.3, delete_ratio=0.1)
     worker = workload.workers[0]
-    # cas, read, cas, cas, read (missing key), cas: a cas before any read is a read instead.
-    worker.rng = _Rolls(0.6, 0.1, 0.6, 0.6, 0.1, 0.6)  # type: ignore[assignment]
+    # cas, read, cas, cas, read (missing key), cas: a cas before any read is a read instead. A read
+    # draws a second roll: 0.9 makes it a plain strong read.
+    worker.rng = _Rolls(0.6, 0.1, 0.9, 0.6, 0.6, 0.1, 0.9, 0.6)  # type: ignore[assignment]
     client = _Client(b"v9-1", 4)
     for _ in range(4):
         worker.one(client)  # type: ignore[arg-type]
@@ -278,6 +286,26 @@ def test_a_conditional_write_names_the_version_last_read(tmp_path: Path) -> None
                       ("fail", "cas", ["v9-1", "v0-2"]), ("ok", "read", None), ("ok", "cas", [None, "v0-3"])]
     ops = operations_from_events(map(orjson.loads, (tmp_path / "history.jsonl").read_bytes().splitlines()))
     assert [op.value for op in ops if op.f == "cas"] == [("v9-1", "v0-1"), ("v9-1", "v0-2"), (None, "v0-3")]
+
+
+def test_bounded_reads_carry_their_limit_and_scans_read_every_key(tmp_path: Path) -> None:
+    history = HistoryWriter(tmp_path / "history.jsonl")
+    workload = Workload("tcp://127.0.0.1:1", history, clients=1, keys=["k0", "k1"], seed=1, read_ratio=0.5,
+                        cas_ratio=0.3, delete_ratio=0.1)
+    worker = workload.workers[0]
+    worker.rng = _Rolls(0.1, 0.1, 0.1, 0.01, 0.6)  # type: ignore[assignment] - bounded read, scan, cas
+    client = _Client(b"v9-1", 4)
+    for _ in range(3):
+        worker.one(client)  # type: ignore[arg-type]
+    history.close()
+    assert client.calls == [("read", "k0", "bounded", BOUNDED_LIMIT), ("scan",), ("write", "k0", "v0-1", 4)]
+    events = list(map(orjson.loads, (tmp_path / "history.jsonl").read_bytes().splitlines()))
+    assert events[0]["staleness"] == int(BOUNDED_LIMIT * 1e9) and events[1]["value"] == "v9-1"
+    scanned = {(e["process"], e["type"], e["value"]) for e in events[2:6]}
+    assert scanned == {("0/scan/k0", "invoke", None), ("0/scan/k0", "ok", "v9-1"),
+                       ("0/scan/k1", "invoke", None), ("0/scan/k1", "ok", None)}
+    scan_ops = [op for op in operations_from_events(events) if str(op.process).startswith("0/scan/")]
+    assert len({op.invoke_time for op in scan_ops}) == 1  # both invoked when the scan began
 
 
 def test_without_namespaces_partitions_are_refused_and_all_leaves_them_out(monkeypatch, tmp_path: Path) -> None:

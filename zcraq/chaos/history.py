@@ -26,14 +26,16 @@ class HistoryWriter:
         self._flushed = time.monotonic()
         self.counts: Counter[str] = Counter()  # "invoke", "ok", "fail", "info", and "<f> <type>"
 
-    def record(self, process: Any, kind: str, f: str, key: str, value: Any) -> int:
-        """Stamp and write one event; returns its time."""
+    def record(self, process: Any, kind: str, f: str, key: str, value: Any, at: int | None = None,
+               **extra: Any) -> int:
+        """Stamp (now, or ``at``: an earlier monotonic_ns) and write one event; returns its time.
+        ``extra``: further fields of the event (a bounded read's ``staleness``)."""
         with self._lock:
-            now = time.monotonic_ns()
+            now = time.monotonic_ns() if at is None else at
             if self._file.closed:  # a client thread finishing after an aborted run
                 return now
             self._file.write(orjson.dumps({"process": process, "type": kind, "f": f, "key": key,
-                                           "value": value, "time": now}) + b"\n")
+                                           "value": value, "time": now, **extra}) + b"\n")
             self.counts[kind] += 1
             if kind != "invoke":
                 self.counts[f"{f} {kind}"] += 1

@@ -23,6 +23,12 @@ anything else                                   ``fail`` for a read, ``info`` fo
                                                 or delete
 ==============================================  ===========================================
 
+Of the reads, BOUNDED_SHARE are bounded-staleness reads (limit BOUNDED_LIMIT), recorded with
+their ``staleness`` for the checker, and SCAN_SHARE are scans of every key: each key's part is
+recorded as an ok read (null for a key the scan did not return) by a process of its own
+(``<process>/scan/<key>``), invoked when the scan began and completed when it ended; a scan that
+failed is not recorded (a read that did not answer had no effect).
+
 A process goes on with new operations after an ``info``, like a Jepsen process would be replaced.
 """
 
@@ -40,6 +46,9 @@ from zcraq.errors import (BadRequest, ConditionFailed, KeyNotFound, Timeout, Una
                           ZcraqError)
 
 FINAL_PROCESS = "final"
+BOUNDED_SHARE = 0.2  # of the reads: bounded-staleness reads
+BOUNDED_LIMIT = 0.05  # seconds: their limit (a longer one widens each read's window, and the checker's search)
+SCAN_SHARE = 0.05  # of the reads: scans of every key
 
 
 def outcome_of(f: str, error: BaseException) -> str:
@@ -84,8 +93,14 @@ class Worker(threading.Thread):
         roll = self.rng.random()
         key = self.rng.choice(w.keys)
         if_version = 0
+        bounded = False
         if roll < w.read_ratio:
             f, value = "read", None
+            kind_roll = self.rng.random()
+            if kind_roll < SCAN_SHARE:
+                self.scan(client)
+                return
+            bounded = kind_roll < SCAN_SHARE + BOUNDED_SHARE
         elif roll < w.read_ratio + w.cas_ratio:
             if key in self.seen:
                 self.writes += 1
@@ -98,11 +113,13 @@ class Worker(threading.Thread):
             f, value = "write", f"v{self.process}-{self.writes}"
         else:
             f, value = "delete", None
-        w.history.record(self.process, "invoke", f, key, value)
+        extra = {"staleness": int(BOUNDED_LIMIT * 1e9)} if bounded else {}
+        w.history.record(self.process, "invoke", f, key, value, **extra)
         try:
             if f == "read":
                 try:
-                    data, version = client.read_versioned(key)
+                    data, version = (client.read_versioned(key, mode="bounded", max_staleness=BOUNDED_LIMIT)
+                                     if bounded else client.read_versioned(key))
                 except KeyNotFound:
                     self.seen[key] = (None, 0)
                     raise
@@ -125,6 +142,23 @@ class Worker(threading.Thread):
             if not isinstance(error, ZcraqError):
                 self.errors[f"{f}: unexpected {type(error).__name__}: {error}"[:200]] += 1
         w.history.record(self.process, kind, f, key, result)
+
+
+    def scan(self, client: ZClient) -> None:
+        """Every key in one scan, recorded as a read of each over the scan's whole time."""
+        w = self.workload
+        started = time.monotonic_ns()
+        try:
+            found = {key: (_text(value), version) for key, value, version in client.scan(page_keys=1000)}
+        except Exception as error:  # a read that never answered had no effect: nothing recorded
+            self.errors[f"scan: {type(error).__name__}"] += 1
+            return
+        for key in w.keys:
+            value, version = found.get(key, (None, 0))
+            self.seen[key] = (value, version)
+            process = f"{self.process}/scan/{key}"
+            w.history.record(process, "invoke", "read", key, None, at=started)
+            w.history.record(process, "ok", "read", key, value)
 
 
 class Workload:
