@@ -16,6 +16,7 @@ from test_cli_client import json_out
 from tests.test_nodecore import A, B, C, cframe, join, only_reply, peer_requests, rec, topo, wframe
 from zcraq import wire
 from zcraq.async_client import AsyncZClient
+from zcraq.clientscan import Paging
 from zcraq.messages import Delete, Malformed, Ok, Scan, Write
 from zcraq.nodecore import NodeCore
 
@@ -101,6 +102,21 @@ def test_scan_travels_through_the_codec_and_the_coordinator_refuses_it():
     assert wire.read_node_request([b'{"type":"scan"}'], wire.Limits()) == Scan()
     refused = wire.read_coordinator_request(wire.encode_request(request), wire.Limits())
     assert isinstance(refused, Malformed) and refused.code == "bad_request"
+
+
+def test_paging_asks_no_more_than_the_limit_and_stops_at_the_end():
+    paging = Paging(3, limit=5)
+    assert paging.next_size() == 3
+    paging.advance([("a", b"", 1), ("b", b"", 1)], "c")  # one key of the page had no value
+    assert (paging.after, paging.next_size()) == ("c", 3)
+    paging.advance([("d", b"", 1), ("e", b"", 1), ("f", b"", 1)], "f")
+    assert paging.next_size() is None  # 5 yielded
+    unlimited = Paging(2, limit=None)
+    unlimited.advance([("a", b"", 1)], None)
+    assert unlimited.next_size() is None  # the range ended
+    for bad in ((0, None), (1001, None), (5, -1)):
+        with pytest.raises(ValueError):
+            Paging(*bad)
 
 
 # ---------------------------------------------------------------------------------- real processes

@@ -153,20 +153,14 @@ class AsyncZClient:
                    max_staleness: float | None = None) -> AsyncIterator[tuple[str, bytes, int]]:
         """(key, value, version) of the keys in the range, as ZClient.scan() yields them."""
         span, how = clientscan.Range(start, end, prefix), clientcore.ReadMode.of(mode, max_staleness)
-        page_keys = clientscan.check_page_keys(page_keys)
-        left = limit
-        after: str | None = None
-        while left is None or left > 0:
-            asked = page_keys if left is None else min(page_keys, left)
+        paging = clientscan.Paging(page_keys, limit)
+        while (size := paging.next_size()) is not None:
             deadline = self._state.deadline()
-            items, after = await self._run(clientscan.scan_page(self._state, span, after, asked, node, how, deadline),
-                                           deadline)
+            items, after = await self._run(clientscan.scan_page(self._state, span, paging.after, size, node, how,
+                                                                deadline), deadline)
+            paging.advance(items, after)
             for item in items:
                 yield item
-            if left is not None:
-                left -= len(items)
-            if after is None:
-                return
 
     async def write_many(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]]) -> list[int]:
         """Write every (key, value) pair; each one's committed version, in order. As

@@ -121,18 +121,12 @@ class ZClient:
         one node per page of ``page_keys`` keys, each page with its own deadline, spread over the
         nodes like reads (or ``node``)."""
         span, how = clientscan.Range(start, end, prefix), clientcore.ReadMode.of(mode, max_staleness)
-        page_keys = clientscan.check_page_keys(page_keys)
-        left = limit
-        after: str | None = None
-        while left is None or left > 0:
-            asked = page_keys if left is None else min(page_keys, left)
-            items, after = self._run(clientscan.scan_page(self._state, span, after, asked, node, how,
+        paging = clientscan.Paging(page_keys, limit)
+        while (size := paging.next_size()) is not None:
+            items, after = self._run(clientscan.scan_page(self._state, span, paging.after, size, node, how,
                                                           self._state.deadline()))
+            paging.advance(items, after)
             yield from items
-            if left is not None:
-                left -= len(items)
-            if after is None:
-                return
 
     def write_many(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]]) -> list[int]:
         """Write every (key, value) pair; returns each one's committed version, in order. Each key

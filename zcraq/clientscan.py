@@ -41,10 +41,29 @@ class Range:
                 raise TypeError(f"{name} must be a str, not {type(bound).__name__}")
 
 
-def check_page_keys(page_keys: int) -> int:
-    if type(page_keys) is not int or not 1 <= page_keys <= MAX_SCAN_KEYS:
-        raise ValueError(f"page_keys must be an integer from 1 to {MAX_SCAN_KEYS}, not {page_keys!r}")
-    return page_keys
+class Paging:
+    """Where a scan stands: the key to continue after, and how many keys it may still yield
+    (``limit``; None: all). Both clients ask ``next_size()`` for each page's size (None: done)
+    and hand each page's outcome to ``advance``."""
+
+    def __init__(self, page_keys: int, limit: int | None) -> None:
+        if type(page_keys) is not int or not 1 <= page_keys <= MAX_SCAN_KEYS:
+            raise ValueError(f"page_keys must be an integer from 1 to {MAX_SCAN_KEYS}, not {page_keys!r}")
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise ValueError(f"limit must be a non-negative integer or None, not {limit!r}")
+        self.page_keys, self.left = page_keys, limit
+        self.after: str | None = None
+        self.done = False
+
+    def next_size(self) -> int | None:
+        if self.done or self.left == 0:
+            return None
+        return self.page_keys if self.left is None else min(self.page_keys, self.left)
+
+    def advance(self, items: list[ScanItem], after: str | None) -> None:
+        self.after, self.done = after, after is None
+        if self.left is not None:
+            self.left -= len(items)
 
 
 def scan_page(state: ClientState, span: Range, after: str | None, page_keys: int, node: str | None,
@@ -104,4 +123,4 @@ def _page(reply: Ok, frames: list[bytes], endpoint: str) -> tuple[list[ScanItem]
     return items, cursor, None
 
 
-__all__ = ["DEFAULT_PAGE_KEYS", "Range", "ScanItem", "check_page_keys", "scan_page"]
+__all__ = ["DEFAULT_PAGE_KEYS", "Paging", "Range", "ScanItem", "scan_page"]
