@@ -2,7 +2,8 @@
 exit code, its stdout (text, raw bytes or one JSON object) and its stderr.
 
 Exit codes (zcraq/exit_codes.py): 0 success, 1 not found, 2 usage or config error, 3 unavailable
-or timeout, 4 outcome unknown, 5 refused, 6 authentication failed, 7 any other error.
+or timeout, 4 outcome unknown, 5 refused, 6 authentication failed, 7 any other error, 8 condition
+failed.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from commands import zcraq_binary as zcraq
 from zcraq import exit_codes
 from zcraq.chain_report import ChainReport, NodeReport
 from zcraq.cli_client import client as client_group
-from zcraq.errors import (ERROR_CODES, AuthenticationError, BadRequest, Forbidden, KeyNotFound, Timeout, TooLarge,
-                          Unavailable, WriteOutcomeUnknown, ZcraqError)
+from zcraq.errors import (ERROR_CODES, AuthenticationError, BadRequest, ConditionFailed, Forbidden, KeyNotFound,
+                          Timeout, TooLarge, Unavailable, WriteOutcomeUnknown, ZcraqError)
 from zcraq.layout import COORDINATOR, free_ports
 from zcraq.toml_tables import ConfigError
 from zcraq.topology import Member, Topology
@@ -367,7 +368,7 @@ def test_a_write_the_head_cannot_commit_is_exit_4(make_cluster):
 def test_the_exit_code_of_every_error_class():
     """The mapping the CLI applies, for classes no cluster above produced (forbidden, internal)."""
     expected = {KeyNotFound: 1, Timeout: 3, Unavailable: 3, WriteOutcomeUnknown: 4, BadRequest: 5, TooLarge: 5,
-                Forbidden: 5, AuthenticationError: 6, ZcraqError: 7}
+                Forbidden: 5, AuthenticationError: 6, ZcraqError: 7, ConditionFailed: 8}
     for code, cls in ERROR_CODES.items():
         error = cls(code)
         assert exit_codes.exit_code_for(error) == expected[cls], code
