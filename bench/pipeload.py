@@ -96,7 +96,7 @@ class _Encoder:
         # than the rest of the op.
         quoted = [f'"{k}"'.encode() for k in keys]
         self.batch_tail = [b',"keys":[' + b",".join(quoted[rng.randrange(len(keys))] for _ in range(spec["batch"]))
-                           + mode.encode() + b'}' for _ in range(4096 if spec["batch"] > 1 else 0)]
+                           + b']' + mode.encode() + b'}' for _ in range(4096 if spec["batch"] > 1 else 0)]
         self.values = [rng.randbytes(spec["value_size"]) for _ in range(64)]
 
     def read(self, op_id: int, key: int) -> list[bytes]:

@@ -330,9 +330,11 @@ def test_ctrl_c_is_exit_130(json_flag):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL) as process:
             try:
                 connection, _address = listener.accept()
-                connection.close()
-                process.send_signal(signal.SIGINT)
-                stdout, stderr = process.communicate(timeout=20)
+                # Kept open, never answering: closed at once, it would race the signal as a refused
+                # handshake (exit 6).
+                with connection:
+                    process.send_signal(signal.SIGINT)
+                    stdout, stderr = process.communicate(timeout=20)
             finally:
                 process.kill()
     assert process.returncode == 130, (stdout, stderr)
