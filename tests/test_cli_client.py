@@ -326,8 +326,11 @@ def test_ctrl_c_is_exit_130(json_flag):
         listener.listen()
         listener.settimeout(20)
         endpoint = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        # SIGINT as a terminal delivers it: a test run started in the background (a shell's "&")
+        # leaves its children ignoring it, and Python then never raises KeyboardInterrupt.
         with subprocess.Popen([*ZCRAQ, "client", "-c", endpoint, "-t", "60", "read", "k", *json_flag],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL) as process:
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as process:
             try:
                 connection, _address = listener.accept()
                 # Kept open, never answering: closed at once, it would race the signal as a refused
