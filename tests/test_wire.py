@@ -162,6 +162,16 @@ def valid_header(rng: random.Random, kind: str) -> dict[str, Any]:
         header["protocol"] = 1
     if kind == "join":
         header["node"] = {"id": "n", "service": "tcp://a:1", "write_in": "tcp://a:2", "ack_in": "tcp://a:3"}
+    if kind in ("watch", "watch_state"):
+        header[rng.choice(["key", "prefix"])] = rng.choice(["k", "", "p/"])
+        if rng.random() < 0.1:
+            header["prefix" if "key" in header else "key"] = "k"
+        if kind == "watch":
+            header.update(log=rng.choice(["a.0", ""]), after=rng.choice([0, 5, -1]))
+            if rng.random() < 0.5:
+                header["wait_ms"] = rng.choice([0, 1000, 60_001])
+        elif rng.random() < 0.5:
+            header.update(after=rng.choice([None, "k"]), values=rng.choice([True, False, 1]))
     return header
 
 

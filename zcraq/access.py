@@ -21,7 +21,7 @@ from __future__ import annotations
 from zcraq.callers import TRUSTED, Caller, Role
 from zcraq.messages import (CatchupRequest, CaughtUp, ChainFrame, Confirm, CoordinatorRequest, Delete, DeleteMany,
                             Heartbeat, Join, Leave, NodeRequest, Read, ReadMany, Scan, StatusRequest, TopologyRequest,
-                            VersionQuery, Write, WriteMany)
+                            VersionQuery, Watch, WatchState, Write, WriteMany)
 from zcraq.topology import Topology
 
 _DATA = (Role.CLIENT, Role.ADMIN)
@@ -31,7 +31,7 @@ def node_request_refusal(request: NodeRequest, caller: Caller, topology: Topolog
     if caller is TRUSTED:
         return None
     match request:
-        case Read() | Write() | Delete() | ReadMany() | WriteMany() | DeleteMany() | Scan():
+        case Read() | Write() | Delete() | ReadMany() | WriteMany() | DeleteMany() | Scan() | Watch() | WatchState():
             return None if caller.is_(*_DATA, Role.COORDINATOR) else _needs("a client key", caller)
         case StatusRequest():
             return None if caller.roles else _needs("a key with a role", caller)

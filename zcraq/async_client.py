@@ -47,7 +47,7 @@ from typing import Any, cast
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from zcraq import clientbatches, clientcore, clientscan, sockets, wire
+from zcraq import clientbatches, clientcore, clientscan, clientwatch, sockets, wire
 from zcraq.client_config import client_setup
 from zcraq.clientcore import Answer, Call, ClientState, Pause, Plan, Step, T
 from zcraq.errors import (AuthenticationError, ClientClosed, Timeout, Unavailable, WriteOutcomeUnknown,
@@ -161,6 +161,21 @@ class AsyncZClient:
             paging.advance(items, after)
             for item in items:
                 yield item
+
+    async def watch(self, key: str | None = None, *, prefix: str | None = None, since_version: int | None = None,
+                    node: str | None = None,
+                    poll_wait: float = clientwatch.DEFAULT_POLL_WAIT) -> AsyncIterator[clientwatch.Change]:
+        """Every committed change of ``key`` (or of the keys beginning with ``prefix``), as
+        ZClient.watch() yields them. Each poll holds one of the client's request slots while it
+        waits at the node."""
+        watcher = clientwatch.Watcher(key, prefix, since_version)
+        while True:
+            if not watcher.synchronized:
+                deadline = self._state.deadline()
+                await self._run(clientwatch.synchronize(self._state, watcher, node, deadline), deadline)
+            deadline = self._state.deadline() + poll_wait
+            for change in await self._run(clientwatch.poll(self._state, watcher, poll_wait), deadline):
+                yield change
 
     async def write_many(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]]) -> list[int]:
         """Write every (key, value) pair; each one's committed version, in order. As

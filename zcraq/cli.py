@@ -12,6 +12,7 @@ import click
 
 from zcraq.cli_batches import COMMANDS as BATCH_COMMANDS
 from zcraq.cli_scan import scan
+from zcraq.cli_watch import watch
 from zcraq.cli_client import client
 from zcraq.config import ConfigError, load_coordinator_config, load_node_config
 from zcraq.logs import setup_logging
@@ -186,6 +187,7 @@ def chaos(duration: float, nemesis_kinds: str, clients: int, nodes: int, seed: i
 for batch_command in BATCH_COMMANDS:
     client.add_command(batch_command)
 client.add_command(scan)
+client.add_command(watch)
 main.add_command(client)
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ class Outcome:
     data: dict[str, Any]  # for --json
     text: bytes  # for a person, newline included
     exit_code: int = exit_codes.SUCCESS
+    streamed: bool = False  # printed already, as it came (watch): nothing more to print
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
@@ -146,9 +147,15 @@ def client() -> None:
 
 def _emit(settings: Settings, outcome: Outcome) -> NoReturn:
     out = sys.stdout.buffer
-    out.write(_json_bytes(outcome.data) if settings.json else outcome.text)
+    if not outcome.streamed:
+        out.write(_json_bytes(outcome.data) if settings.json else outcome.text)
     out.flush()
     sys.exit(outcome.exit_code)
+
+
+def json_line(data: dict[str, Any]) -> bytes:
+    """One JSON object on a line of its own (streamed output)."""
+    return _json_bytes(data)
 
 
 def _json_bytes(data: dict[str, Any]) -> bytes:

@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from zcraq import clientbatches, clientcore, clientscan, sockets, wire
+from zcraq import clientbatches, clientcore, clientscan, clientwatch, sockets, wire
 from zcraq.client_config import client_setup
 from zcraq.clientcore import Answer, ClientState, Pause, Plan, Step, T
 from zcraq.errors import (AuthenticationError, BadRequest, BatchFailed, ClientClosed, Forbidden, KeyNotFound,
@@ -127,6 +127,18 @@ class ZClient:
                                                           self._state.deadline()))
             paging.advance(items, after)
             yield from items
+
+    def watch(self, key: str | None = None, *, prefix: str | None = None, since_version: int | None = None,
+              node: str | None = None, poll_wait: float = clientwatch.DEFAULT_POLL_WAIT) -> WatchStream:
+        """Every committed change of ``key`` (or of every key that begins with ``prefix``), as
+        ``Change(key, version, value, pruned)`` (value None: deleted), in version order per key,
+        without end. ``since_version``: the changes after that version of each key (default: those
+        after the watch starts). Follows one node (``node``, or any) and moves to another when it
+        fails, delivering nothing twice and skipping nothing; when changes were no longer kept
+        anywhere it looked, the key's value after them comes marked ``pruned``. Each poll waits up
+        to ``poll_wait`` seconds at the node; raises as a read does when no node answers within the
+        timeout. A prefix watch keeps each key's last version in memory."""
+        return WatchStream(self, clientwatch.Watcher(key, prefix, since_version), node, poll_wait)
 
     def write_many(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]]) -> list[int]:
         """Write every (key, value) pair; returns each one's committed version, in order. Each key
@@ -282,6 +294,32 @@ class ZClient:
         connection = self._sockets.pop(endpoint, None)
         if connection is not None:
             connection.close()
+
+
+class WatchStream:
+    """The changes ZClient.watch() delivers, as an iterator; ``following``: the service endpoint of
+    the node it reads them from now (None between nodes)."""
+
+    def __init__(self, client: ZClient, watcher: clientwatch.Watcher, node: str | None, poll_wait: float) -> None:
+        self._client, self._watcher, self._node, self._poll_wait = client, watcher, node, poll_wait
+        self._ready: list[clientwatch.Change] = []
+
+    @property
+    def following(self) -> str | None:
+        return self._watcher.endpoint
+
+    def __iter__(self) -> WatchStream:
+        return self
+
+    def __next__(self) -> clientwatch.Change:
+        client, watcher = self._client, self._watcher
+        while not self._ready:
+            if not watcher.synchronized:
+                client._run(clientwatch.synchronize(client._state, watcher, self._node,  # noqa: SLF001
+                                                    client._state.deadline()))  # noqa: SLF001
+            self._ready = client._run(clientwatch.poll(client._state, watcher, self._poll_wait))  # noqa: SLF001
+            self._ready.reverse()
+        return self._ready.pop()
 
 
 class _Connection:

@@ -140,6 +140,36 @@ class Scan(_Request, frozen=True, tag="scan"):
     max_staleness_ms: StalenessMs | UnsetType = UNSET
 
 
+MAX_WATCH_ITEMS = 1000  # changes or keys one watch or watch_state reply lists at most
+MAX_WATCH_WAIT_MS = 60_000
+LogToken = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+
+
+class Watch(_Request, frozen=True, tag="watch"):
+    """The changes of ``key`` (or of the keys beginning with ``prefix``) that committed at this node
+    after position ``after`` of its change log ``log``; held up to ``wait_ms`` until there is one."""
+
+    log: LogToken
+    after: U64
+    key: Key | None = None
+    prefix: str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_WATCH_ITEMS)] = 100
+    wait_ms: Annotated[int, msgspec.Meta(ge=0, le=MAX_WATCH_WAIT_MS)] = 0
+    id: RequestId = None
+
+
+class WatchState(_Request, frozen=True, tag="watch_state"):
+    """A page of this node's committed versions of ``key`` (or of the keys beginning with
+    ``prefix``, after the key ``after``), with the change log position they hold at."""
+
+    key: Key | None = None
+    prefix: str | None = None
+    after: str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_WATCH_ITEMS)] = 100
+    values: bool = True
+    id: RequestId = None
+
+
 class VersionQuery(_Request, frozen=True, tag="version"):
     """Which version of ``key`` is committed? Asked of the tail in the asker's ``epoch``."""
 
@@ -209,8 +239,8 @@ def request_type(request: Request) -> str:
     return type(request).__struct_config__.tag  # type: ignore[return-value]
 
 
-NodeRequest = (Read | Write | Delete | ReadMany | WriteMany | DeleteMany | Scan | VersionQuery | CatchupRequest
-               | StatusRequest | Confirm)
+NodeRequest = (Read | Write | Delete | ReadMany | WriteMany | DeleteMany | Scan | Watch | WatchState | VersionQuery
+               | CatchupRequest | StatusRequest | Confirm)
 CoordinatorRequest = TopologyRequest | StatusRequest | Write | Delete | Join | Heartbeat | CaughtUp | Leave
 Request = NodeRequest | CoordinatorRequest
 
@@ -230,8 +260,11 @@ class Ok(msgspec.Struct, frozen=True, tag_field="type", tag="ok"):
     results: list[U64 | str] | UnsetType = UNSET  # read_many, write_many, delete_many, scan: per key, a version or an error code
     keys: list[str] | UnsetType = UNSET  # scan: the keys of this page that have a value (or an error)
     sizes: list[U64] | UnsetType = UNSET  # read_many: each key's value length in the one value frame
-    items: list[tuple[Key, Version, Flags]] | UnsetType = UNSET  # catchup: [key, version, flags]
-    cursor: str | None | UnsetType = UNSET  # catchup, scan: null on the last page
+    items: list[tuple[Key, Version, Flags]] | UnsetType = UNSET  # catchup, watch, watch_state: [key, version, flags]
+    cursor: str | None | UnsetType = UNSET  # catchup, scan, watch_state: null on the last page
+    log: str | UnsetType = UNSET  # watch, watch_state: the change log's token
+    seq: U64 | UnsetType = UNSET  # watch: the log position reached; watch_state: the position the page holds at
+    first: U64 | UnsetType = UNSET  # watch_state: the oldest log position kept
     progress: Share | UnsetType = UNSET  # catchup: the source's estimate of how far the page reaches
     epoch: Epoch | UnsetType = UNSET  # confirm, heartbeat, caught_up, leave, node status
     lease_ms: U64 | UnsetType = UNSET  # confirm, heartbeat, join, coordinator status
@@ -318,8 +351,8 @@ class Malformed:
 
 __all__ = [
     "PROTOCOL_VERSION", "COMMITTED", "TOMBSTONE", "U64_MAX", "MAX_ID_CHARS", "MAX_NODE_ID_CHARS",
-    "MAX_BATCH_KEYS", "MAX_SCAN_KEYS", "Read", "Write", "Delete", "ReadMany", "WriteMany", "DeleteMany", "Scan",
-    "VersionQuery",
+    "MAX_BATCH_KEYS", "MAX_SCAN_KEYS", "MAX_WATCH_ITEMS", "MAX_WATCH_WAIT_MS", "Read", "Write", "Delete", "ReadMany",
+    "WriteMany", "DeleteMany", "Scan", "Watch", "WatchState", "VersionQuery",
     "CatchupRequest", "StatusRequest", "Confirm",
     "TopologyRequest", "Join", "Heartbeat", "CaughtUp", "Leave",
     "NodeRequest", "CoordinatorRequest", "Request", "request_type", "Ok", "Error", "Reply",

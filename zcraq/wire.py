@@ -36,6 +36,7 @@ from zcraq.messages import (COMMITTED, MAX_BATCH_KEYS, MAX_ID_CHARS, MAX_NODE_ID
                             CatchupRequest, CaughtUp, CoordinatorRequest, NodeRequest,
                             ChainFrame, CommitFrame, Confirm, Delete, DeleteMany, Flags, Heartbeat, Join, Key, Keys,
                             Leave, Malformed, NodeId, Read, ReadMany, Reply, Request, RequestId, request_type,
+                            MAX_WATCH_ITEMS, MAX_WATCH_WAIT_MS, Watch, WatchState,
                             ResyncFrame, Scan, StatusRequest, TopologyRequest, U64, U64_MAX, Version, VersionQuery, Write,
                             WriteFrame, WriteMany, WriteRecord)
 from zcraq.topology import Epoch, Topology
@@ -84,12 +85,13 @@ class _WriteManyHeader(msgspec.Struct, frozen=True, tag_field="type", tag="write
 
 _HEADER_TYPES: dict[str, type[Any]] = {
     "read": Read, "write": _WriteHeader, "delete": Delete, "read_many": ReadMany, "write_many": _WriteManyHeader,
-    "delete_many": DeleteMany, "scan": Scan, "version": VersionQuery, "catchup": CatchupRequest,
+    "delete_many": DeleteMany, "scan": Scan, "watch": Watch, "watch_state": WatchState, "version": VersionQuery,
+    "catchup": CatchupRequest,
     "status": StatusRequest, "confirm": Confirm, "topology": TopologyRequest, "join": Join,
     "heartbeat": Heartbeat, "caught_up": CaughtUp, "leave": Leave,
 }
-NODE_REQUESTS = frozenset({"read", "write", "delete", "read_many", "write_many", "delete_many", "scan", "version",
-                           "catchup", "status", "confirm"})
+NODE_REQUESTS = frozenset({"read", "write", "delete", "read_many", "write_many", "delete_many", "scan", "watch",
+                           "watch_state", "version", "catchup", "status", "confirm"})
 COORDINATOR_REQUESTS = frozenset({"topology", "status", "write", "delete", "join", "heartbeat", "caught_up",
                                   "leave"})
 _KEYED = frozenset({"read", "write", "delete", "version"})
@@ -142,6 +144,8 @@ def decode_request(frames: list[bytes], limits: Limits, accepted: frozenset[str]
         _check_scan_bounds(header, limits)
     if len(frames) != 1:
         raise WireError(f"{request_type(header)} takes a single header frame", request_id=header.id)
+    if type(header) is Watch or type(header) is WatchState:
+        _check_watch(header, limits)
     return header
 
 
@@ -194,6 +198,16 @@ def split_values(frame: bytes, sizes: list[int]) -> tuple[bytes, ...]:
     return tuple(values)
 
 
+def _check_watch(header: Watch | WatchState, limits: Limits) -> None:
+    """A watch names a key or a prefix, not both; a prefix or a cursor is no longer than a key."""
+    if (header.key is None) == (header.prefix is None):
+        raise WireError(f"{request_type(header)} needs a key or a prefix (one of them)", request_id=header.id)
+    longest = limits.max_key_bytes
+    for bound in (header.prefix, getattr(header, "after", None)):
+        if type(bound) is str and len(bound) > longest // 4 and len(bound.encode()) > longest:
+            raise WireError(f"a watch prefix or cursor is longer than {longest} bytes", "too_large", header.id)
+
+
 def _out_of_range(header: Any) -> bool:
     """An integer field beyond 64 bits (msgspec bounds stop at int64)."""
     request_id = header.id
@@ -201,6 +215,8 @@ def _out_of_range(header: Any) -> bool:
         return True
     if type(header) in (_WriteHeader, Delete):
         return type(header.if_version) is int and header.if_version > U64_MAX
+    if type(header) is Watch:
+        return header.after > U64_MAX
     if type(header) in (Read, StatusRequest, TopologyRequest, Leave, *_BATCH_HEADERS):
         return False
     return getattr(header, "epoch", 0) > U64_MAX or getattr(header, "protocol", 0) > U64_MAX
@@ -236,6 +252,10 @@ _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "scan": {"start": (_STR, False), "end": (_STR + (type(None),), False), "prefix": (_STR, False),
              "after": (_STR + (type(None),), False), "limit": (_INT, False), "mode": (_STR, False),
              "max_staleness_ms": (_INT, False)},
+    "watch": {"key": (_STR + (type(None),), False), "prefix": (_STR + (type(None),), False), "log": (_STR, True),
+              "after": (_INT, True), "limit": (_INT, False), "wait_ms": (_INT, False)},
+    "watch_state": {"key": (_STR + (type(None),), False), "prefix": (_STR + (type(None),), False),
+                    "after": (_STR + (type(None),), False), "limit": (_INT, False), "values": ((bool,), False)},
     "version": {"epoch": (_INT, True)},
     "catchup": {"after": (_STR + (type(None),), False), "limit": (_INT, True), "epoch": (_INT, True)},
     "status": {},
@@ -283,6 +303,10 @@ def _explain_request(frames: list[bytes], limits: Limits, accepted: frozenset[st
             raise WireError("key must be a non-empty string", request_id=request_id)
         if len(key.encode()) > limits.max_key_bytes:
             raise WireError(f"key is longer than {limits.max_key_bytes} bytes", "too_large", request_id)
+    if kind in ("watch", "watch_state"):
+        key = header.get("key")
+        if isinstance(key, str) and len(key.encode()) > limits.max_key_bytes:
+            raise WireError(f"key is longer than {limits.max_key_bytes} bytes", "too_large", request_id)
     if kind in _BATCHES:
         _explain_keys(header.get("keys"), limits, request_id)
     if kind == "scan":
@@ -303,7 +327,7 @@ def _explain_request(frames: list[bytes], limits: Limits, accepted: frozenset[st
             continue
         item = header[name]
         if not isinstance(item, types) or (isinstance(item, bool) and bool not in types) or (
-                isinstance(item, int) and not _is_wire_int(item)):
+                isinstance(item, int) and not isinstance(item, bool) and not _is_wire_int(item)):
             raise WireError(f"field {name!r} has the wrong type", request_id=request_id)
     fields = {name: header[name] for name in _FIELDS[kind] if name in header}  # others are ignored
     if "mode" in fields and fields["mode"] not in READ_MODES:
@@ -320,12 +344,34 @@ def _explain_request(frames: list[bytes], limits: Limits, accepted: frozenset[st
         raise WireError("limit must be from 1 to 100000", request_id=request_id)
     if kind == "scan" and not 0 < fields.get("limit", 1) <= MAX_SCAN_KEYS:
         raise WireError(f"limit must be from 1 to {MAX_SCAN_KEYS}", request_id=request_id)
+    if kind in ("watch", "watch_state"):
+        _explain_watch(kind, fields, limits, request_id)
     if kind == "write_many":
         sizes = fields["sizes"]
         if not all(_is_wire_int(size) and size >= 0 for size in sizes):
             raise WireError("sizes must be non-negative integers", request_id=request_id)
         _check_sizes(header["keys"], sizes, len(frames[1]), limits, request_id)
     return header
+
+
+def _explain_watch(kind: str, fields: dict[str, Any], limits: Limits, request_id: Any) -> None:
+    key, prefix = fields.get("key"), fields.get("prefix")
+    if (key is None) == (prefix is None):
+        raise WireError(f"{kind} needs a key or a prefix (one of them)", request_id=request_id)
+    if key == "":
+        raise WireError("key must be a non-empty string", request_id=request_id)
+    for bound in (key, prefix, fields.get("after")):
+        if isinstance(bound, str) and len(bound.encode()) > limits.max_key_bytes:
+            raise WireError(f"a watch key, prefix or cursor is longer than {limits.max_key_bytes} bytes", "too_large",
+                            request_id)
+    if not 0 < fields.get("limit", 1) <= MAX_WATCH_ITEMS:
+        raise WireError(f"limit must be from 1 to {MAX_WATCH_ITEMS}", request_id=request_id)
+    if not 0 <= fields.get("wait_ms", 0) <= MAX_WATCH_WAIT_MS:
+        raise WireError(f"wait_ms must be from 0 to {MAX_WATCH_WAIT_MS}", request_id=request_id)
+    if kind == "watch" and fields["after"] < 0:
+        raise WireError("after must be non-negative", request_id=request_id)
+    if "log" in fields and not 0 < len(fields["log"]) <= MAX_ID_CHARS:
+        raise WireError(f"log must be 1 to {MAX_ID_CHARS} characters", request_id=request_id)
 
 
 def _explain_keys(keys: Any, limits: Limits, request_id: Any) -> None:

@@ -5,8 +5,9 @@ committed version of a key stays the chain's committed one at least until the ol
 the key that is dirty here arrived: that arrival time bounds how stale the node's committed value
 can be, which is what a bounded read needs (PROTOCOL.md §7).
 
-Kept per key as (version, arrival time) in arrival order, so the first entry is the oldest; a
-commit of v drops every entry up to v. Entries exist only for versions stored dirty by this run
+Kept per key as (version, arrival time, deletion, value) in arrival order, so the first entry is
+the oldest; a commit of v drops every entry up to v and returns them: the changes that committed
+(changes.py logs them for watchers). Entries exist only for versions stored dirty by this run
 of the node: a dirty version without one (left by an earlier run) makes the node ask the tail.
 Bounded by the versions in flight: an entry lives from a version's arrival to its commit here.
 """
@@ -14,35 +15,41 @@ Bounded by the versions in flight: an entry lives from a version's arrival to it
 from __future__ import annotations
 
 
+Arrival = tuple[int, float, bool, bytes]  # version, arrival time, deletion, value
+
+
 class Arrivals:
     def __init__(self) -> None:
-        self._keys: dict[str, list[tuple[int, float]]] = {}
+        self._keys: dict[str, list[Arrival]] = {}
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def arrived(self, key: str, version: int, now: float) -> None:
+    def arrived(self, key: str, version: int, now: float, tombstone: bool, value: bytes) -> None:
         """``version`` of ``key`` was stored dirty here at ``now``."""
         entries = self._keys.get(key)
         if entries is None:
-            self._keys[key] = [(version, now)]
+            self._keys[key] = [(version, now, tombstone, value)]
         else:
-            entries.append((version, now))
+            entries.append((version, now, tombstone, value))
 
-    def committed(self, key: str, version: int) -> None:
-        """Every version of ``key`` up to ``version`` is committed (or superseded) here."""
+    def committed(self, key: str, version: int) -> list[Arrival]:
+        """Every version of ``key`` up to ``version`` is committed here: their entries, oldest first."""
         entries = self._keys.get(key)
         if entries is None:
-            return
+            return []
         if len(entries) == 1:  # the common case: one version in flight
             if entries[0][0] <= version:
                 del self._keys[key]
-            return
+                return entries
+            return []
+        done = sorted(entry for entry in entries if entry[0] <= version)
         left = [entry for entry in entries if entry[0] > version]
         if left:
             self._keys[key] = left
         else:
             del self._keys[key]
+        return done
 
     def fresh_since(self, key: str) -> float | None:
         """When the oldest version of ``key`` still dirty here arrived; None when none is known."""

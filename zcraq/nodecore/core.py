@@ -17,6 +17,8 @@ answers the requests that need several of them. The units:
     leases       the coordinator's lease, peer confirmations, the fence
     catchup      the learner's phases, and serving pages to one
     calls        requests sent to peers, waiting for replies
+    changes      the changes committed here, in order, for watchers
+    watches      watch requests: state pages, and polls of the changes held until there is one
 
 Theory of operation
 -------------------
@@ -45,6 +47,7 @@ from its predecessor in that epoch, so it holds everything the old tail had comm
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any, assert_never
 
 from msgspec import UNSET, UnsetType
@@ -54,12 +57,13 @@ from zcraq.callers import TRUSTED, Caller
 from zcraq.effects import Effect, Respond
 from zcraq.loglimit import LogLimiter
 from zcraq.messages import (CatchupRequest, ChainFrame, CommitFrame, Confirm, Delete, DeleteMany, Error, Malformed,
-                            NodeRequest, Ok, Read, ReadMany, Reply, ResyncFrame, Scan, StatusRequest, VersionQuery, Write,
-                            WriteFrame, WriteMany, request_type)
+                            NodeRequest, Ok, Read, ReadMany, Reply, ResyncFrame, Scan, StatusRequest, VersionQuery, Watch,
+                            WatchState, Write, WriteFrame, WriteMany, request_type)
 from zcraq.nodecore.arrivals import Arrivals
 from zcraq.nodecore.batches import Batches
 from zcraq.nodecore.calls import CallKind, Calls
 from zcraq.nodecore.catchup import CatchUp, serve_page
+from zcraq.nodecore.changes import ChangeLog
 from zcraq.nodecore.leases import Leases
 from zcraq.nodecore.links import InLink, Links
 from zcraq.nodecore.membership import Membership
@@ -67,6 +71,7 @@ from zcraq.nodecore.place import Place
 from zcraq.nodecore.reads import NeedsTail, Reads, fresh_since
 from zcraq.nodecore.replication import Replication
 from zcraq.nodecore.timings import NodeTimings
+from zcraq.nodecore.watches import Watches
 from zcraq.store.base import ReplicaStore
 from zcraq.topology import Member, Topology
 
@@ -88,7 +93,9 @@ def _new_counters() -> dict[str, int]:
 
 class NodeCore:
     def __init__(self, me: Member, store: ReplicaStore, timings: NodeTimings | None = None,
-                 unsafe: frozenset[str] = frozenset()) -> None:
+                 unsafe: frozenset[str] = frozenset(), boot: str | None = None) -> None:
+        """``boot`` names this run of the node in its change log's token: it must differ from every
+        earlier run's (default: random)."""
         self.me = me
         self.store = store
         self.timings = timings = timings or NodeTimings()
@@ -106,8 +113,10 @@ class NodeCore:
         arrivals = Arrivals()  # when the versions not yet committed here arrived: bounded reads
         self.reads = Reads(store, self.calls, self._out, self.counters, arrivals, unsafe)
         self.batches = Batches()
+        changes = ChangeLog(boot or secrets.token_hex(6), timings.watch_log_entries, timings.watch_log_bytes)
+        self.watches = Watches(store, changes, self._out)
         self.replication = Replication(store, self.links, self._out, self.counters, timings.write_timeout,
-                                       self.logs, arrivals, unsafe)
+                                       self.logs, arrivals, changes, unsafe)
         self.membership = Membership(me, timings, store, self._out, self.leases, self.links, self.calls,
                                      self.catchup, self.replication, self.logs)
 
@@ -150,6 +159,7 @@ class NodeCore:
         chain records become frames, every store change of the turn becomes durable in one batch,
         and only then are the effects handed over to be sent."""
         self.reads.send_queries()
+        self.watches.answer_new()
         self.links.flush()
         self.store.flush()
         effects = self._out[:]
@@ -250,6 +260,8 @@ class NodeCore:
                 self._write_many(client, request.id, request.keys, None, now)
             case Scan():
                 self._scan(client, request, now)
+            case Watch() | WatchState():
+                self._watch(client, request, now)
             case VersionQuery():
                 self.reads.version_query(client, request, self.place, self.serving(now))
             case CatchupRequest():
@@ -310,6 +322,15 @@ class NodeCore:
         else:
             keys = self.store.keys(request.start, request.end, request.prefix, limit)
         self._read_many(client, request, now, keys, keys[-1] if len(keys) == limit else None)
+
+    def _watch(self, client: Any, request: Watch | WatchState, now: float) -> None:
+        """Only a serving node: its committed state and change log are the chain's, at most behind."""
+        if not self.serving(now):
+            self._error(client, request.id, "unavailable", self._not_serving_reason(now))
+        elif isinstance(request, Watch):
+            self.watches.poll(client, request, now)
+        else:
+            self.watches.state(client, request)
 
     def _write_many(self, client: Any, request_id: Any, keys: list[str], values: tuple[bytes, ...] | None,
                     now: float) -> None:
@@ -422,6 +443,7 @@ class NodeCore:
             if call.kind is CallKind.VERSION:
                 self.reads.tail_timed_out(call)
         self.replication.expire_writes(now)
+        self.watches.expire(now)
         self.replication.decide_held(now, self.place.is_head and self.serving(now) and self.links.open)
         self.links.resend_stale(now)
         if self.place.is_learner:

@@ -25,7 +25,8 @@ may serve (``Owed``). The links carry what it decides to send; the place says wh
 Every version stored dirty is noted in ``arrivals`` (shared with the reads) with its arrival time,
 and forgotten when it commits here: what a bounded read may answer from this node's own state. An
 entry left behind (its version dropped another way) only makes the key look older, so reads ask
-the tail more; every dirty store must be noted, so that no key looks fresher than it is.
+the tail more; every dirty store must be noted, so that no key looks fresher than it is. What
+commits leaves the arrivals for ``changes``, the log watchers read (changes.py).
 
 Defense in depth (should a node's key ever be stolen): a record for a (key, version) held here
 with another value is refused, counted (``conflicting_records``) and logged as an error, so two
@@ -48,6 +49,7 @@ from zcraq.effects import Effect, Respond
 from zcraq.loglimit import LogLimiter
 from zcraq.messages import Error, Ok, WriteRecord
 from zcraq.nodecore.arrivals import Arrivals
+from zcraq.nodecore.changes import ChangeLog
 from zcraq.nodecore.links import Links
 from zcraq.nodecore.place import Place, Role
 from zcraq.store.base import Item, ReplicaStore
@@ -95,10 +97,11 @@ class _PendingWrite:
 
 class Replication:
     def __init__(self, store: ReplicaStore, links: Links, out: list[Effect], counters: dict[str, int],
-                 write_timeout: float, logs: LogLimiter, arrivals: Arrivals,
+                 write_timeout: float, logs: LogLimiter, arrivals: Arrivals, changes: ChangeLog,
                  unsafe: frozenset[str] = frozenset()) -> None:
         self.store = store
         self._arrivals = arrivals
+        self._changes = changes
         self.logs = logs
         self.links = links
         self._out = out
@@ -127,7 +130,7 @@ class Replication:
         version = (latest[0] if latest else 0) + 1
         self._counters["writes"] += 1
         self.store.put(key, version, value, tombstone=tombstone)
-        self._arrivals.arrived(key, version, now)
+        self._arrivals.arrived(key, version, now, tombstone, value)
         # The newest version held, committed or not, is what the key holds just before this one
         # in version order: every older pending write commits (or is overtaken) first.
         existed = (latest is not None and not latest[1]) if tombstone else None
@@ -250,8 +253,10 @@ class Replication:
                     "write was not applied")))
         self._held.clear()
         self._held_count = self._held_bytes = 0
-        # Out of the chain: what is dirty here is dropped or committed before this node serves again.
+        # Out of the chain: what is dirty here is dropped or committed before this node serves again,
+        # and it catches up by copying, which its change log does not show: the log starts afresh.
         self._arrivals.clear()
+        self._changes.reset()
 
     def _unknown_outcome(self, write: _PendingWrite, message: str) -> None:
         self._out.append(Respond(write.client, Error(write.request_id, "unknown_outcome", message)))
@@ -269,6 +274,8 @@ class Replication:
             stored = store.put(key, version, record.value, committed=True, tombstone=record.tombstone)
             if not stored and self._conflicts(record, now):
                 return
+            if stored:
+                self._changes.add(key, version, record.tombstone, record.value)
             if stored or store.commit(key, version) or self.committed_version(key) >= version:
                 self.links.report_commit(key, version)  # the acknowledgement the tail waits for
             return
@@ -276,7 +283,7 @@ class Replication:
         if not stored and self._conflicts(record, now):
             return
         if stored:
-            self._arrivals.arrived(key, version, now)
+            self._arrivals.arrived(key, version, now, record.tombstone, record.value)
         if role is Role.TAIL or role is Role.SOLE:
             held = None if stored else store.get(key, version)
             if stored or (held is not None and not held.committed):
@@ -327,9 +334,8 @@ class Replication:
             if (key, version) not in self.links.sent:
                 self.links.forward(WriteRecord(key, version, record.value, True, record.tombstone), now)
             return
-        self.store.commit(key, version)
+        self._committed(key, version, self.store.commit(key, version))
         self._counters["commits"] += 1
-        self._arrivals.committed(key, version)
         self.links.sent.forget(key, version)
         self._release(key, version)
 
@@ -338,10 +344,23 @@ class Replication:
         held = self.links.sent.versions_upto(key, version)
         self.links.sent.forget(key, version)
         for v in held:
-            if self.store.commit(key, v):
+            done = self.store.commit(key, v)
+            if done:
                 self._counters["commits"] += 1
-            self._arrivals.committed(key, v)
+            self._committed(key, v, done)
             self._release(key, v)
+
+    def _committed(self, key: str, version: int, stored: bool) -> None:
+        """``version`` of ``key`` committed here (``stored``: just now, by this call's caller):
+        every version up to it leaves the arrivals and enters the change log, in version order."""
+        changes = self._changes
+        arrived = self._arrivals.committed(key, version)
+        for v, _at, tombstone, value in arrived:
+            changes.add(key, v, tombstone, value)
+        if stored and (not arrived or arrived[-1][0] != version):
+            item = self.store.get(key, version)  # not seen arriving by this run: from the store
+            if item is not None:
+                changes.add(key, version, item.tombstone, item.value)
 
     def _release(self, key: str, version: int) -> None:
         """Report a commit upstream and answer the clients waiting for it."""
@@ -356,13 +375,14 @@ class Replication:
             for key, version in commits:  # from the learner: acknowledgements
                 self._learner_has(key, version)
             return
-        store, counters, sent, links, arrivals = (self.store, self._counters, self.links.sent, self.links,
-                                                  self._arrivals)
+        store, counters, sent, links, committed = (self.store, self._counters, self.links.sent, self.links,
+                                                   self._committed)
         has_predecessor = self.place.predecessor is not None
         for key, version in commits:
-            if not store.commit(key, version) and not has_predecessor:
+            done = store.commit(key, version)
+            if not done and not has_predecessor:
                 self._check_assigned(key, version, now)
-            arrivals.committed(key, version)
+            committed(key, version, done)
             counters["commits"] += 1
             sent.forget(key, version)
             self._acknowledge(key, version)
@@ -407,9 +427,10 @@ class Replication:
             # The old tail may have let readers see these: commit them at once, whatever waits
             # on the learner. Reported upstream only when the learner has them, so that our
             # predecessor still holds them should we die first.
-            if self.store.commit(key, version):
+            done = self.store.commit(key, version)
+            if done:
                 self._counters["commits"] += 1
-            self._arrivals.committed(key, version)
+            self._committed(key, version, done)
             if self.place.successor is not None:
                 self.links.forward(WriteRecord(key, version, record.value, True, record.tombstone), now)
             else:

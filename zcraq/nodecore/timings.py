@@ -13,3 +13,5 @@ class NodeTimings:
     resend_interval: float = 1.0
     catchup_page_items: int = 1000
     peer_lease: float = 1.0  # how long a confirmation to a peer binds this node (see leases.py)
+    watch_log_entries: int = 100_000  # committed changes kept for watchers, at most (changes.py)
+    watch_log_bytes: int = 64 << 20  # and their keys' and values' bytes, at most

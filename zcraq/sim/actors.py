@@ -164,7 +164,8 @@ class SimNode(SimProcess):
         self.alive = True
         self.down = self.up = None
         self.subscribed = False
-        self.core = NodeCore(self.member, self.store, timings=self.timings, unsafe=self.unsafe)
+        self.core = NodeCore(self.member, self.store, timings=self.timings, unsafe=self.unsafe,
+                             boot=f"{self.name}-{self.incarnation}")
         self.core.start(self.world.now)
         self.after_event()
         self._schedule_tick()

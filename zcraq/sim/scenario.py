@@ -19,7 +19,9 @@ from zcraq.checker import check_history, operations_from_events
 from zcraq.coordcore import CoordinatorTimings
 from zcraq.messages import Delete, Error, Ok, Read, Request, Scan, TopologyRequest, Write
 from zcraq.nodecore import NodeTimings
+from zcraq.clientwatch import Change
 from zcraq.sim.actors import COORDINATOR, SimCluster, SimCoordinator, SimNode, service_of
+from zcraq.sim.watchers import SimWatcher
 from zcraq.sim.world import NetworkFaults, World
 from zcraq.topology import Topology
 
@@ -198,6 +200,9 @@ class SimClient:
         if f == "scan" and type(reply) is Ok:
             self._finish_scan(reply, values)
             return
+        if type(reply) is Ok and f != "read" and isinstance(reply.version, int):
+            written = self.op["value"][1] if f == "cas" else self.op["value"]
+            self.sim.acked[self.op["key"], reply.version] = written
         if type(reply) is Ok:
             value = values[0].decode() if f == "read" and values else self.op["value"]
             if f == "read" and isinstance(reply.version, int):
@@ -270,6 +275,12 @@ class Simulation:
             self._add_client(SimClient(self, i))
         self.history: list[dict[str, Any]] = []
         self._faulty: set[str] = set()
+        # Watchers of one key and of every key, checked against what the writes were acknowledged with.
+        self.watchers = [SimWatcher(self, "watch-k0", key="k0"), SimWatcher(self, "watch-all", prefix="k")]
+        for watcher in self.watchers:
+            self.cluster.clients[watcher.name] = watcher
+        self.acked: dict[tuple[str, int], str | None] = {}  # (key, version) -> value written (None: deleted)
+        self.watched = 0
 
     # ------------------------------------------------------------------ plumbing
 
@@ -277,6 +288,9 @@ class Simulation:
                **extra: Any) -> None:
         self.history.append({"process": process, "type": kind, "f": f, "key": key, "value": value,
                              "time": int(self.world.now * 1e9) if time is None else time, **extra})
+
+    def note_watch(self, watcher: str, change: Change) -> None:
+        self.watched += 1
 
     def _add_client(self, client: SimClient) -> None:
         self.clients[client.name] = self.cluster.clients[client.name] = client
@@ -331,6 +345,8 @@ class Simulation:
             world.at(0.01 + 0.05 * index, node.start)
         for client in self.clients.values():
             world.at(0.5 + world.rng.uniform(0, 0.1), client.start_op)
+        for watcher in self.watchers:
+            world.at(0.4 + world.rng.uniform(0, 0.2), watcher.start)
         self._schedule_nemesis(1.0)
         world.run_until(config.duration)
         # Heal everything that is still broken; let the chain settle.
@@ -346,7 +362,9 @@ class Simulation:
         world.run_until(config.duration + config.settle)
         self._final_reads()
         return SimResult(config.seed, self._check(), self.history,
-                         {"delivered": world.delivered, "dropped": world.dropped})
+                         {"delivered": world.delivered, "dropped": world.dropped, "watched": self.watched,
+                          "watch_resyncs": sum(w.resyncs for w in self.watchers),
+                          "watch_pruned": sum(c.pruned for w in self.watchers for c in w.delivered)})
 
     def _final_reads(self) -> None:
         topology = self.coordinator.topology
@@ -379,6 +397,13 @@ class Simulation:
             seen = {(i.version, i.value, i.tombstone) if i else None for i in states.values()}
             if len(seen) > 1:
                 problems.append(f"replicas disagree on {key}: {states}")
+        final = {}
+        for key in KEYS:
+            item = members[0].store.latest_committed(key) if members else None
+            if item is not None:
+                final[key] = item.version
+        for watcher in self.watchers:
+            problems.extend(watcher.problems(self.acked, final))
         for node in members:
             dirty = list(node.store.dirty_items())
             if dirty:

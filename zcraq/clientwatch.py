@@ -1,0 +1,234 @@
+"""The client's watches, without sockets: what a watcher has seen, and the plans (zcraq/clientcore.py
+explains plans) that synchronize it with a node and poll that node's changes. Shared by ZClient and
+AsyncZClient.
+
+How a watch stays exact (PROTOCOL.md §8.10). Each node logs the changes that commit at it, in
+order, under positions of one log (its ``token``); a key's versions are dense (1, 2, 3, ...) and
+commit in order everywhere. The watcher remembers the last version it delivered of each key:
+
+- It synchronizes with a node: ``watch_state`` pages give the node's committed version of each
+  key as of a log position. At the start of a watch "from now" these versions are the baseline
+  (nothing is delivered); otherwise any key whose committed version there is beyond what the
+  watcher delivered is *pending*: its missing versions must come from the log.
+- It replays the node's log from the oldest entry kept, then follows it. A key's version right
+  after the last delivered one is delivered; older ones are skipped (already delivered, perhaps
+  from another node); one further on means the versions between are not in this log: it is
+  delivered marked ``pruned``. A pending key whose versions the log did not hold up to its state
+  page's position is delivered then, from the state page, marked ``pruned`` (unless nothing was
+  missing).
+- Whenever the node cannot go on (it failed, left the chain, restarted, or dropped the entries the
+  watcher still needed: ``watch_pruned``), the watcher synchronizes again, with the same node or
+  another, and nothing it delivered is delivered again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import msgspec
+
+from zcraq.clientcore import READ_RETRYABLE, ClientState, Plan, call, node_endpoint, pause, pick_reader
+from zcraq.errors import Timeout, Unavailable, ZcraqError, error_for
+from zcraq.messages import MAX_WATCH_ITEMS, MAX_WATCH_WAIT_MS, TOMBSTONE, Error, Ok, Watch, WatchState
+
+DEFAULT_POLL_WAIT = 1.0  # seconds a poll waits at the node for a change
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed change of a watched key: its new ``value`` (None: the key was deleted) at
+    ``version``. ``pruned``: versions between the previous change delivered of this key (or the
+    watch's start) and this one were no longer kept; this is the key's value after them."""
+
+    key: str
+    version: int
+    value: bytes | None
+    pruned: bool = False
+
+    @property
+    def deleted(self) -> bool:
+        return self.value is None
+
+
+@dataclass(slots=True)
+class _Pending:
+    version: int
+    value: bytes | None
+    at: int  # the log position the state page held at
+
+
+class Watcher:
+    """What one watch has delivered, and where it stands in one node's change log."""
+
+    def __init__(self, key: str | None = None, prefix: str | None = None, since_version: int | None = None) -> None:
+        if (key is None) == (prefix is None):
+            raise ValueError("watch a key or a prefix (one of them)")
+        if key is not None and (not isinstance(key, str) or not key):
+            raise ValueError("key must be a non-empty string")
+        if prefix is not None and not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+        if since_version is not None and (type(since_version) is not int or since_version < 0):
+            raise ValueError(f"since_version must be a non-negative integer or None, not {since_version!r}")
+        self.key, self.prefix = key, prefix
+        self.floor = since_version or 0  # versions up to this are not delivered
+        self._baseline = since_version is None  # the first synchronization only sets where the watch starts
+        self.seen: dict[str, int] = {}  # key -> the last version delivered (or passed over)
+        self._pending: dict[str, _Pending] = {}
+        self.endpoint: str | None = None  # the node followed; None: synchronize first
+        self.log = ""
+        self.after = 0  # the log position reached
+        self._page_log: str | None = None  # the log the state pages being taken belong to
+        self._replay_from = 0
+
+    @property
+    def baseline(self) -> bool:
+        """The next synchronization only sets where the watch starts (no values needed)."""
+        return self._baseline
+
+    @property
+    def synchronized(self) -> bool:
+        return self.endpoint is not None
+
+    def lose_node(self) -> None:
+        """The node followed cannot go on: synchronize again before the next poll."""
+        self.endpoint = None
+
+    # ------------------------------------------------------------------ synchronizing
+
+    def begin_state(self) -> None:
+        self._page_log = None
+        self._pending.clear()
+
+    def take_state(self, reply: Ok, values: list[bytes], endpoint: str) -> bool:
+        """One ``watch_state`` page; False when the node's log changed between pages (start over)."""
+        items, log, seq, first = reply.items, reply.log, reply.seq, reply.first
+        if items is msgspec.UNSET or log is msgspec.UNSET or seq is msgspec.UNSET or first is msgspec.UNSET \
+                or (values and len(values) != len(items)) or (not values and items and not self._baseline):
+            raise ZcraqError(f"{endpoint} answered watch_state with a malformed reply")
+        if self._page_log is None:
+            self._page_log, self._replay_from, self.after = log, first - 1, seq
+        elif log != self._page_log:
+            return False
+        for index, (key, version, flags) in enumerate(items):
+            if self._baseline:
+                self.seen[key] = version
+            elif version > max(self.seen.get(key, 0), self.floor):
+                value = None if flags & TOMBSTONE else values[index]
+                self._pending[key] = _Pending(version, value, seq)
+        return True
+
+    def synchronized_with(self, endpoint: str) -> None:
+        """Every state page is taken: follow ``endpoint``'s log (from the oldest entry it keeps,
+        unless this was the baseline: then from the first page's position)."""
+        assert self._page_log is not None
+        self.endpoint, self.log = endpoint, self._page_log
+        if not self._baseline:
+            self.after = self._replay_from
+        self._baseline = False
+
+    # ------------------------------------------------------------------ following
+
+    def take_changes(self, reply: Ok, values: list[bytes], endpoint: str) -> list[Change]:
+        """A ``watch`` reply: the changes to deliver, in order."""
+        items, seq = reply.items, reply.seq
+        if items is msgspec.UNSET or seq is msgspec.UNSET or len(values) != len(items) or seq < self.after:
+            raise ZcraqError(f"{endpoint} answered watch with a malformed reply")
+        out: list[Change] = []
+        for (key, version, flags), value in zip(items, values):
+            pending = self._pending.get(key)
+            if pending is not None and version > pending.version:
+                self._settle(key, out)  # this entry is past the state page: what it missed is missing
+            self._advance(key, version, None if flags & TOMBSTONE else value, out)
+        self.after = seq
+        if self._pending:
+            for key in [key for key, pending in self._pending.items() if pending.at <= seq]:
+                self._settle(key, out)
+        return out
+
+    def _advance(self, key: str, version: int, value: bytes | None, out: list[Change]) -> None:
+        last = self.seen.get(key, 0)
+        if version <= last:
+            return  # delivered already (or before the watch's start)
+        self.seen[key] = version
+        if version > self.floor:
+            out.append(Change(key, version, value, pruned=version - 1 > max(last, self.floor)))
+
+    def _settle(self, key: str, out: list[Change]) -> None:
+        pending = self._pending.pop(key)
+        last = max(self.seen.get(key, 0), self.floor)
+        if pending.version > last:
+            self.seen[key] = pending.version
+            out.append(Change(key, pending.version, pending.value, pruned=pending.version - 1 > last))
+
+
+def synchronize(state: ClientState, watcher: Watcher, node: str | None, deadline: float) -> Plan[None]:
+    """Take a node's state pages for the watch (another node's if one fails), then follow it."""
+    last_error: ZcraqError = Unavailable("no node answered")
+    while time.monotonic() < deadline:
+        endpoint = (yield from node_endpoint(state, node, deadline)) if node else (yield from pick_reader(state, deadline))
+        if endpoint is None:
+            last_error = Unavailable(f"no node {node!r} in the chain" if node else "no node to watch: the chain is "
+                                     "empty or the coordinator did not answer")
+        else:
+            failure = yield from _take_pages(state, watcher, endpoint, deadline)
+            if failure is None:
+                watcher.synchronized_with(endpoint)
+                return
+            last_error = failure
+            state.avoid(endpoint)
+        state.forget_topology()
+        yield from pause(deadline)
+    raise last_error
+
+
+def _take_pages(state: ClientState, watcher: Watcher, endpoint: str, deadline: float) -> Plan[ZcraqError | None]:
+    watcher.begin_state()
+    after: str | None = None
+    while True:
+        request = WatchState(key=watcher.key, prefix=watcher.prefix, after=after, limit=MAX_WATCH_ITEMS,
+                             values=not watcher.baseline, id=state.next_id())
+        outcome = yield from call(endpoint, request, state.attempt_deadline(deadline))
+        if isinstance(outcome, Timeout):
+            return Timeout(f"{endpoint} did not answer in time")
+        reply, values = outcome
+        if isinstance(reply, Error):
+            if reply.code not in READ_RETRYABLE:
+                raise error_for(reply.code, reply.message or reply.code)
+            return error_for(reply.code, f"{endpoint}: {reply.message}")
+        if not watcher.take_state(reply, values, endpoint):
+            watcher.begin_state()
+            after = None
+            continue
+        if reply.cursor is None or reply.cursor is msgspec.UNSET:
+            return None
+        after = reply.cursor
+
+
+def poll(state: ClientState, watcher: Watcher, wait: float) -> Plan[list[Change]]:
+    """The next changes from the node followed (an empty list when none came within ``wait``). A
+    node that cannot go on is dropped: the next call synchronizes first."""
+    endpoint = watcher.endpoint
+    assert endpoint is not None, "synchronize first"
+    wait_ms = max(0, min(MAX_WATCH_WAIT_MS, int(wait * 1000)))
+    request = Watch(log=watcher.log, after=watcher.after, key=watcher.key, prefix=watcher.prefix,
+                    limit=MAX_WATCH_ITEMS, wait_ms=wait_ms, id=state.next_id())
+    outcome = yield from call(endpoint, request, time.monotonic() + wait_ms / 1000 + max(1.0, state.timeout / 3))
+    if isinstance(outcome, Timeout):
+        state.avoid(endpoint)
+        watcher.lose_node()
+        return []
+    reply, values = outcome
+    if isinstance(reply, Error):
+        if reply.code == "watch_pruned":
+            watcher.lose_node()  # the same node will do: its state pages say what is missing
+            return []
+        if reply.code not in READ_RETRYABLE:
+            raise error_for(reply.code, reply.message or reply.code)
+        state.avoid(endpoint)
+        watcher.lose_node()
+        return []
+    return watcher.take_changes(reply, values, endpoint)
+
+
+__all__ = ["Change", "DEFAULT_POLL_WAIT", "Watcher", "poll", "synchronize"]
