@@ -58,6 +58,10 @@ MAX_CATCHUP_PAGE_ITEMS = 100_000
 # allowed cap is some 20 GB of memory; anything more is a typo.
 DEFAULT_INDEX_MAX_KEYS = 1_000_000
 MAX_INDEX_MAX_KEYS = 100_000_000
+DEFAULT_WATCH_LOG_ENTRIES = 100_000
+MAX_WATCH_LOG_ENTRIES = 100_000_000
+DEFAULT_WATCH_LOG_MIB = 64
+MAX_WATCH_LOG_MIB = 1 << 20
 
 _ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -108,6 +112,8 @@ class NodeConfig:
     security: SecurityConfig | None = None
     metrics_port: int = 0  # HTTP /metrics, /healthz and /readyz; 0: none
     index_max_keys: int = DEFAULT_INDEX_MAX_KEYS  # keys the store's version index holds; 0: none
+    watch_log_entries: int = DEFAULT_WATCH_LOG_ENTRIES  # committed changes kept for watchers; 0: none
+    watch_log_mib: int = DEFAULT_WATCH_LOG_MIB  # and their bytes, at most
 
     @property
     def service_endpoint(self) -> str:
@@ -299,6 +305,8 @@ _NODE_KEYS = (
     "insecure",
     "metrics_port",
     "index_max_keys",
+    "watch_log_entries",
+    "watch_log_mib",
 )
 
 _COORDINATOR_KEYS = (
@@ -356,6 +364,8 @@ def node_config_from_dict(data: Mapping[str, Any], path: str | os.PathLike[str])
         security=security,
         metrics_port=metrics_port,
         index_max_keys=t.get_int("index_max_keys", 0, MAX_INDEX_MAX_KEYS, DEFAULT_INDEX_MAX_KEYS),
+        watch_log_entries=t.get_int("watch_log_entries", 0, MAX_WATCH_LOG_ENTRIES, DEFAULT_WATCH_LOG_ENTRIES),
+        watch_log_mib=t.get_int("watch_log_mib", 1, MAX_WATCH_LOG_MIB, DEFAULT_WATCH_LOG_MIB),
         **ports,
     )
 

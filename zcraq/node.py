@@ -68,6 +68,8 @@ class NodeProcess:
             request_timeout=config.request_timeout_ms / 1000,
             catchup_page_items=config.catchup_page_items,
             peer_lease=config.peer_lease_ms / 1000,
+            watch_log_entries=config.watch_log_entries,
+            watch_log_bytes=config.watch_log_mib << 20,
         )
         self.ctx = zmq.Context()
         self.security: ProcessSecurity | None = None
