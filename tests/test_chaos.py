@@ -15,6 +15,8 @@ import pytest
 
 from zcraq.chaos.analysis import lost_writes
 from zcraq.chaos.history import HistoryWriter
+from zcraq.chaos.watching import check_watch
+from zcraq.clientwatch import Change
 from zcraq.chaos.workload import BOUNDED_LIMIT, Workload, outcome_of
 from zcraq.chaos.cluster import kill_strays
 from zcraq.chaos.nemesis import KINDS, plan
@@ -104,6 +106,9 @@ def test_a_run_under_every_fault_passes(tmp_path: Path) -> None:
     # So are bounded-staleness reads (with their limit) and scans (a read of each key, per scan).
     assert any("staleness" in e and e["type"] == "invoke" for e in history)
     assert any("/scan/" in str(e["process"]) and e["type"] == "ok" and e["value"] is not None for e in history)
+    # A watcher of every key followed the whole run: every acknowledged write delivered, in order.
+    assert summary["watch"]["changes"] > 100, summary["watch"]
+    assert len((out / "watch.jsonl").read_text().splitlines()) == summary["watch"]["changes"]
     # The recorded history stands on its own: `zcraq verify` agrees.
     verify = subprocess.run([sys.executable, "-m", "zcraq", "verify", str(out / "history.jsonl")],
                             capture_output=True, text=True, timeout=120)
@@ -177,6 +182,21 @@ def _history(*events: tuple) -> list:
     lines = [{"process": p, "type": t, "f": f, "key": "k", "value": v, "time": time}
              for time, (p, t, f, v) in enumerate(events, start=1)]
     return operations_from_events(orjson.loads(orjson.dumps(line)) for line in lines)
+
+
+def test_the_watch_check_finds_a_skipped_write_a_stray_value_and_a_stale_end(tmp_path: Path) -> None:
+    history = tmp_path / "history.jsonl"
+    events = [{"process": 0, "type": kind, "f": "write", "key": "k", "value": value, "time": 0}
+              for value in ("a", "b", "c") for kind in ("invoke", "ok")]
+    history.write_text("".join(json.dumps(e) + "\n" for e in events))
+    good = [Change("k", 1, b"a"), Change("k", 2, b"b"), Change("k", 3, b"c")]
+    assert check_watch(good, history, {"k": (3, "c")}) == []
+    problems = check_watch([good[0], good[2]], history, {"k": (3, "c")})
+    assert any("jumped" in p for p in problems) and any("never delivered" in p for p in problems)
+    # Marked pruned, the jump is told: not a problem.
+    assert check_watch([good[0], Change("k", 3, b"c", pruned=True)], history, {"k": (3, "c")}) == []
+    assert any("no write wrote" in p for p in check_watch([Change("k", 1, b"x")], history, {}))
+    assert any("the watch ended" in p for p in check_watch(good[:2], history, {"k": (3, "c")}))
 
 
 def test_lost_write_check() -> None:

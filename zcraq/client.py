@@ -312,14 +312,19 @@ class WatchStream:
         return self
 
     def __next__(self) -> clientwatch.Change:
-        client, watcher = self._client, self._watcher
         while not self._ready:
-            if not watcher.synchronized:
-                client._run(clientwatch.synchronize(client._state, watcher, self._node,  # noqa: SLF001
-                                                    client._state.deadline()))  # noqa: SLF001
-            self._ready = client._run(clientwatch.poll(client._state, watcher, self._poll_wait))  # noqa: SLF001
+            self._ready = self.poll()
             self._ready.reverse()
         return self._ready.pop()
+
+    def poll(self) -> list[clientwatch.Change]:
+        """One poll: the changes that came within about ``poll_wait`` seconds, maybe none (for a
+        caller that must look up now and then; do not mix with iterating)."""
+        client, watcher = self._client, self._watcher
+        if not watcher.synchronized:
+            client._run(clientwatch.synchronize(client._state, watcher, self._node,  # noqa: SLF001
+                                                client._state.deadline()))  # noqa: SLF001
+        return client._run(clientwatch.poll(client._state, watcher, self._poll_wait))  # noqa: SLF001
 
 
 class _Connection:

@@ -44,6 +44,11 @@ class HistoryWriter:
                 self._flushed = now / 1e9
             return now
 
+    def flush(self) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._file.flush()
+
     def close(self) -> None:
         with self._lock:
             if not self._file.closed:

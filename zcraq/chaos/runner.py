@@ -33,6 +33,7 @@ from zcraq.chaos.cluster import ChaosCluster
 from zcraq.chaos.history import HistoryWriter
 from zcraq.chaos.nemesis import KINDS, Nemesis, plan
 from zcraq.chaos.netns import Network, unavailable_reason
+from zcraq.chaos.watching import WatchRecorder, check_watch, final_committed
 from zcraq.chaos.workload import Workload, final_reads
 from zcraq.cluster import ProcessExited
 from zcraq.layout import COORDINATOR
@@ -176,6 +177,7 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
     cluster: ChaosCluster | None = None
     nemesis: Nemesis | None = None
     workload: Workload | None = None
+    watcher: WatchRecorder | None = None
     history = HistoryWriter(options.out / "history.jsonl")
     states: dict[str, dict[str, Any]] = {}
     try:
@@ -190,6 +192,10 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
              f"{options.duration:g}s, nemesis {','.join(options.nemesis) or 'none'} "
              f"({len(faults)} faults planned), seed {options.seed}, out {options.out}")
         cluster.start_all()
+        watcher = WatchRecorder(cluster.coordinator_endpoint, options.out / "watch.jsonl")
+        watcher.start()
+        if not watcher.ready.wait(30.0):
+            problems.append("the watcher did not start within 30 s")
         workload = Workload(cluster.coordinator_endpoint, history, clients=options.clients, keys=keys,
                             seed=options.seed, timeout=options.client_timeout, think=options.think_ms / 1000,
                             read_ratio=options.read_ratio, cas_ratio=options.cas_ratio)
@@ -216,6 +222,16 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
             problems.append(f"the chain did not converge after healing: {error}; state: {json.dumps(state)}")
         states = final_reads(cluster.coordinator_endpoint, history, keys,
                              {n: cluster.service(n) for n in node_ids})
+        final = final_committed(states)
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline and watcher.is_alive() and \
+                any(watcher.last().get(key) != held for key, held in final.items()):
+            time.sleep(0.1)
+        watcher.stop()
+        history.flush()
+        problems += [f"watch: {p}" for p in check_watch(watcher.changes, options.out / "history.jsonl", final)]
+        problems += [f"watch: the watcher stopped: {e}" for e in watcher.errors]
+        summary["watch"] = {"changes": len(watcher.changes), "pruned": sum(c.pruned for c in watcher.changes)}
         summary["restarts"] = {name: count - 1 for name, count in cluster.starts.items()}
         cluster.exits()  # noted in cluster.unexpected_exits
     except Exception as error:  # the run could not go on: say why, then check what was recorded
@@ -228,6 +244,8 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         if workload is not None:
             workload.stopping.set()
+        if watcher is not None:
+            watcher.stopping.set()
         if nemesis is not None and nemesis.is_alive():
             nemesis.stop()
         history.close()
