@@ -4,6 +4,8 @@ node it follows and of the tail, and the CLI."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import threading
 from typing import Any
@@ -14,6 +16,7 @@ from commands import assert_exit
 from commands import zcraq_binary as zcraq
 from tests.test_nodecore import A, B, C, cframe, join, only_reply, rec, topo, wframe
 from zcraq import wire
+from zcraq.async_client import AsyncZClient
 from zcraq.clientwatch import Change, Watcher
 from zcraq.errors import ZcraqError
 from zcraq.messages import TOMBSTONE, Delete, Ok, Watch, WatchState, Write
@@ -157,10 +160,26 @@ def test_versions_the_new_node_no_longer_keeps_come_as_its_state_marked_pruned()
     synchronized(watcher, [("a", 3, 0)], [], seq=10)
     watcher.lose_node()
     synchronized(watcher, [("a", 9, 0)], [b"nine"], log="n2.0", seq=50, first=45)
-    got = changes(watcher, [], 50)  # its log kept no entry of "a"
-    assert got == [Change("a", 9, b"nine", pruned=True)]
+    # Its log kept no entry of "a": first another member is tried (nothing delivered yet)...
+    assert changes(watcher, [], 50) == [] and not watcher.synchronized and watcher.gap_tries == 1
+    # ...and when every member was tried, the gap is taken: the state's version, marked pruned.
+    watcher.accept_gaps = True
+    synchronized(watcher, [("a", 9, 0)], [b"nine"], log="n2.0", seq=50, first=45)
+    assert changes(watcher, [], 50) == [Change("a", 9, b"nine", pruned=True)]
     # A gap in a log followed: the entry after it comes marked pruned.
     assert changes(watcher, [("a", 11, 0)], 51) == [Change("a", 11, b"a11", pruned=True)]
+
+
+def test_the_changes_before_a_gap_stand_and_the_rest_is_asked_of_another_node():
+    watcher = Watcher(prefix="")
+    synchronized(watcher, [("a", 1, 0), ("b", 1, 0)], [], seq=10)
+    got = changes(watcher, [("a", 2, 0), ("b", 5, 0), ("a", 3, 0)], 13)
+    assert got == [Change("a", 2, b"a2")] and not watcher.synchronized
+    synchronized(watcher, [("a", 3, 0), ("b", 5, 0)], [b"a3", b"b5"], log="n2.0", seq=70, first=1)
+    got = changes(watcher, [("a", 3, 0), ("b", 2, 0), ("b", 3, 0), ("b", 4, 0), ("b", 5, 0)], 70)
+    assert [(c.key, c.version, c.pruned) for c in got] == [("a", 3, False), ("b", 2, False), ("b", 3, False),
+                                                           ("b", 4, False), ("b", 5, False)]
+    assert watcher.gap_tries == 0
 
 
 def test_since_version_replays_what_the_log_keeps_after_it():
@@ -265,3 +284,22 @@ def test_the_cli_watches_a_key_and_a_prefix(make_cluster):
     assert [(x["key"], x["version"], x["value"], x["deleted"]) for x in lines] == [
         ("user:1", 2, "bob", False), ("user:1", 3, None, True)]
     assert_exit(zcraq(*c, "watch"), 2)  # neither a key nor a prefix
+
+
+def test_the_async_client_watches_like_the_blocking_one(make_cluster):
+    cluster = make_cluster(1).start_all()
+    client = cluster.client()
+    for value in (b"a", b"b", b"c"):
+        client.write("k", value)
+
+    async def first_changes() -> list[Change]:
+        async with AsyncZClient(cluster.coordinator_endpoint, config=cluster.layout.client) as aclient:
+            got = []
+            async for change in aclient.watch("k", since_version=1, poll_wait=0.2):
+                got.append(change)
+                if len(got) == 2:
+                    return got
+        return got
+
+    assert asyncio.run(first_changes()) == [Change("k", 2, b"b"), Change("k", 3, b"c")]
+    assert list(itertools.islice(client.watch("k", since_version=1), 2)) == [Change("k", 2, b"b"), Change("k", 3, b"c")]

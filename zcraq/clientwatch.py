@@ -19,6 +19,9 @@ commit in order everywhere. The watcher remembers the last version it delivered 
 - Whenever the node cannot go on (it failed, left the chain, restarted, or dropped the entries the
   watcher still needed: ``watch_pruned``), the watcher synchronizes again, with the same node or
   another, and nothing it delivered is delivered again.
+- A node whose log lacks versions the watcher needs (it restarted, or rejoined, after they
+  committed) may not be the only one: before it delivers anything marked ``pruned``, the watcher
+  tries the other members, one each, and takes the gap only when none of them has the versions.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from dataclasses import dataclass
 
 import msgspec
 
-from zcraq.clientcore import READ_RETRYABLE, ClientState, Plan, call, node_endpoint, pause, pick_reader
+from zcraq.clientcore import (READ_RETRYABLE, ClientState, Plan, cached_topology, call, node_endpoint, pause,
+                              pick_reader)
 from zcraq.errors import Timeout, Unavailable, ZcraqError, error_for
 from zcraq.messages import MAX_WATCH_ITEMS, MAX_WATCH_WAIT_MS, TOMBSTONE, Error, Ok, Watch, WatchState
 
@@ -49,6 +53,10 @@ class Change:
     @property
     def deleted(self) -> bool:
         return self.value is None
+
+
+class _Gap(Exception):
+    """Versions the watcher needs are not in this node's log (and gaps are not taken yet)."""
 
 
 @dataclass(slots=True)
@@ -80,6 +88,8 @@ class Watcher:
         self.after = 0  # the log position reached
         self._page_log: str | None = None  # the log the state pages being taken belong to
         self._replay_from = 0
+        self.gap_tries = 0  # nodes in a row whose logs lacked versions this watcher needs
+        self.accept_gaps = False  # deliver what those nodes have, marked pruned
 
     @property
     def baseline(self) -> bool:
@@ -135,37 +145,54 @@ class Watcher:
         if items is msgspec.UNSET or seq is msgspec.UNSET or len(values) != len(items) or seq < self.after:
             raise ZcraqError(f"{endpoint} answered watch with a malformed reply")
         out: list[Change] = []
-        for (key, version, flags), value in zip(items, values):
-            pending = self._pending.get(key)
-            if pending is not None and version > pending.version:
-                self._settle(key, out)  # this entry is past the state page: what it missed is missing
-            self._advance(key, version, None if flags & TOMBSTONE else value, out)
-        self.after = seq
-        if self._pending:
-            for key in [key for key, pending in self._pending.items() if pending.at <= seq]:
-                self._settle(key, out)
+        try:
+            for (key, version, flags), value in zip(items, values):
+                pending = self._pending.get(key)
+                if pending is not None and version > pending.version:
+                    self._settle(key, out)  # this entry is past the state page: what it missed is missing
+                self._advance(key, version, None if flags & TOMBSTONE else value, out)
+            self.after = seq
+            if self._pending:
+                for key in [key for key, pending in self._pending.items() if pending.at <= seq]:
+                    self._settle(key, out)
+        except _Gap:
+            self.gap_tries += 1  # what came before the gap stands; the rest is asked of another node
+            self.lose_node()
+            return out
+        if not self._pending:
+            self.gap_tries = 0
         return out
 
     def _advance(self, key: str, version: int, value: bytes | None, out: list[Change]) -> None:
         last = self.seen.get(key, 0)
         if version <= last:
             return  # delivered already (or before the watch's start)
+        pruned = version - 1 > max(last, self.floor)
+        if pruned and not self.accept_gaps:
+            raise _Gap
         self.seen[key] = version
         if version > self.floor:
-            out.append(Change(key, version, value, pruned=version - 1 > max(last, self.floor)))
+            out.append(Change(key, version, value, pruned=pruned))
 
     def _settle(self, key: str, out: list[Change]) -> None:
-        pending = self._pending.pop(key)
+        pending = self._pending[key]
         last = max(self.seen.get(key, 0), self.floor)
         if pending.version > last:
+            pruned = pending.version - 1 > last
+            if pruned and not self.accept_gaps:
+                raise _Gap
             self.seen[key] = pending.version
-            out.append(Change(key, pending.version, pending.value, pruned=pending.version - 1 > last))
+            out.append(Change(key, pending.version, pending.value, pruned=pruned))
+        del self._pending[key]
 
 
 def synchronize(state: ClientState, watcher: Watcher, node: str | None, deadline: float) -> Plan[None]:
     """Take a node's state pages for the watch (another node's if one fails), then follow it."""
     last_error: ZcraqError = Unavailable("no node answered")
     while time.monotonic() < deadline:
+        topology = yield from cached_topology(state, deadline)
+        # One node asked: its gaps are the answer. Else every member had its chance.
+        watcher.accept_gaps = node is not None or watcher.gap_tries >= max(1, len(topology.members if topology else ()))
         endpoint = (yield from node_endpoint(state, node, deadline)) if node else (yield from pick_reader(state, deadline))
         if endpoint is None:
             last_error = Unavailable(f"no node {node!r} in the chain" if node else "no node to watch: the chain is "
@@ -228,7 +255,10 @@ def poll(state: ClientState, watcher: Watcher, wait: float) -> Plan[list[Change]
         state.avoid(endpoint)
         watcher.lose_node()
         return []
-    return watcher.take_changes(reply, values, endpoint)
+    changes = watcher.take_changes(reply, values, endpoint)
+    if not watcher.synchronized:
+        state.avoid(endpoint)  # its log lacks versions: another member's may have them
+    return changes
 
 
 __all__ = ["Change", "DEFAULT_POLL_WAIT", "Watcher", "poll", "synchronize"]

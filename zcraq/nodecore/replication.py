@@ -412,9 +412,10 @@ class Replication:
                 self._learner_has(record.key, record.version)
 
     def _commit_leftovers(self) -> None:
-        dirty = [(item.key, item.version) for item in self.store.dirty_items()]
-        for key, version in dirty:
-            self.store.commit(key, version)
+        dirty = sorted(self.store.dirty_items(), key=lambda item: (item.key, item.version))
+        for item in dirty:
+            if self.store.commit(item.key, item.version):
+                self._changes.add(item.key, item.version, item.tombstone, item.value)  # watchers see them too
         if dirty:
             log.info("committed %d versions left uncommitted by a previous run", len(dirty))
 

@@ -1,8 +1,8 @@
 """Simulated watchers: the client's own watch logic (zcraq/clientwatch.py) driven over the simulated
 network, and the checks of what they delivered.
 
-A watcher follows one member's change log and moves to another when that member fails, as
-ZClient.watch does. What it delivers is checked against the acknowledged writes (a delivered
+A watcher follows one member's change log and moves to another when that member fails, or when
+its log lacks versions the watcher needs (until every member was tried), as ZClient.watch does. What it delivers is checked against the acknowledged writes (a delivered
 version of a key carries the value the write of that version was acknowledged with) and against
 itself (a key's versions only grow, and a change not marked ``pruned`` comes right after the one
 before it); after the heal, each watcher must have caught up with the final committed state.
@@ -34,6 +34,7 @@ class SimWatcher:
         self.topology: Topology | None = None
         self.attempt = 0
         self.endpoint: str | None = None
+        self.avoid: str | None = None  # the member whose log lacked versions: not asked next
         self.cursor: str | None = None  # the next state page's
         self.delivered: list[Change] = []
         self.last: dict[str, Change] = {}  # each key's last delivered change
@@ -77,7 +78,10 @@ class SimWatcher:
                     self.topology = None
                     world.after(0.05, self._next)
                     return
-                self.endpoint = world.rng.choice(self.topology.members).service
+                members = self.topology.members
+                self.watcher.accept_gaps = self.watcher.gap_tries >= len(members)
+                choices = [m for m in members if m.service != self.avoid] or list(members)
+                self.endpoint = world.rng.choice(choices).service
                 self.cursor = None
                 self.watcher.begin_state()
                 self.resyncs += 1
@@ -101,7 +105,12 @@ class SimWatcher:
             self._lose()
             return
         if self.watcher.synchronized:
-            self._deliver(self.watcher.take_changes(reply, values, self.watcher.endpoint or ""))
+            endpoint = self.watcher.endpoint or ""
+            self._deliver(self.watcher.take_changes(reply, values, endpoint))
+            if not self.watcher.synchronized:  # a gap: ask another member
+                self.avoid = endpoint
+                self._lose()
+                return
         else:
             assert self.endpoint is not None
             if not self.watcher.take_state(reply, values, self.endpoint):
