@@ -303,3 +303,17 @@ def test_the_async_client_watches_like_the_blocking_one(make_cluster):
 
     assert asyncio.run(first_changes()) == [Change("k", 2, b"b"), Change("k", 3, b"c")]
     assert list(itertools.islice(client.watch("k", since_version=1), 2)) == [Change("k", 2, b"b"), Change("k", 3, b"c")]
+
+
+def test_a_state_page_ends_early_at_4_mib_of_values():
+    node = join(A, topo(1, A))
+    for i in range(6):
+        node.on_request("cl", Write(f"p{i}", b"x" * (1 << 20), id=i), 0.1)
+    node.ready()
+    header, values = watch_state(node, prefix="p", limit=10)
+    assert [item[0] for item in header["items"]] == ["p0", "p1", "p2", "p3"] and header["cursor"] == "p3"
+    assert len(values) == 4
+    header, values = watch_state(node, prefix="p", after="p3", limit=10)
+    assert [item[0] for item in header["items"]] == ["p4", "p5"] and header["cursor"] is None
+    header, values = watch_state(node, prefix="p", limit=10, values=False)
+    assert len(header["items"]) == 6 and values == []

@@ -19,7 +19,7 @@ from zcraq.nodecore.changes import Change, ChangeLog
 from zcraq.store.base import ReplicaStore
 
 MAX_HELD = 1000  # polls held at once, at most; more are refused (``unavailable``)
-MAX_REPLY_BYTES = 4 << 20  # values in one reply, beyond its first item
+MAX_REPLY_BYTES = 4 << 20  # values in one reply, beyond its first item (a state page ends early)
 MAX_EXAMINED = 10_000  # log entries one prefix poll looks at, at most (it says how far it got)
 
 
@@ -59,12 +59,19 @@ class Watches:
             del keys[limit:]
         items: list[tuple[str, int, int]] = []
         values: list[bytes] = []
-        for key in keys:
+        size = 0
+        for index, key in enumerate(keys):
             item = store.latest_committed(key)
-            if item is not None:
-                items.append((key, item.version, TOMBSTONE if item.tombstone else 0))
-                if request.values:
-                    values.append(b"" if item.tombstone else item.value)
+            if item is None:
+                continue
+            if request.values:
+                value = b"" if item.tombstone else item.value
+                if items and size + len(value) > MAX_REPLY_BYTES:
+                    cursor = keys[index - 1]  # the page ends before this key's value
+                    break
+                values.append(value)
+                size += len(value)
+            items.append((key, item.version, TOMBSTONE if item.tombstone else 0))
         self._out.append(Respond(client, Ok(request.id, items=items, cursor=cursor, log=changes.token,
                                             seq=changes.last, first=changes.first), values))
 
