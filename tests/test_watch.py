@@ -20,6 +20,7 @@ from zcraq.async_client import AsyncZClient
 from zcraq.clientwatch import Change, Watcher
 from zcraq.errors import ZcraqError
 from zcraq.messages import TOMBSTONE, Delete, Ok, Watch, WatchState, Write
+from zcraq.nodecore import watches
 from zcraq.nodecore.changes import ChangeLog
 
 # ---------------------------------------------------------------------------------- the change log
@@ -205,7 +206,7 @@ def test_a_watcher_refuses_a_malformed_reply():
 
 def test_a_watcher_follows_across_kill_9_of_its_node_and_of_the_tail(make_cluster):
     """Every version written is delivered once, in order, with its value, while the node the
-    watcher follows and then the tail are killed and restarted."""
+    watcher follows, then the tail, then the coordinator are killed and restarted."""
     cluster = make_cluster(3).start_all()
     client = cluster.client()
     keys = [f"w/{i}" for i in range(4)]
@@ -251,6 +252,12 @@ def test_a_watcher_follows_across_kill_9_of_its_node_and_of_the_tail(make_cluste
         cluster.wait(lambda: len(got) > seen + 20, 30, "changes after the tail died")
         cluster.start(tail)
         cluster.wait_member(tail, 60)
+        cluster.kill("coordinator")  # the chain goes on without it; so does the watch
+        seen = len(got)
+        cluster.wait(lambda: len(got) > seen + 20, 30, "changes while the coordinator is down")
+        cluster.start("coordinator")
+        seen = len(got)
+        cluster.wait(lambda: len(got) > seen + 20, 30, "changes after the coordinator restarted")
     finally:
         stop.set()
         threads[1].join(30)
@@ -317,3 +324,48 @@ def test_a_state_page_ends_early_at_4_mib_of_values():
     assert [item[0] for item in header["items"]] == ["p4", "p5"] and header["cursor"] is None
     header, values = watch_state(node, prefix="p", limit=10, values=False)
     assert len(header["items"]) == 6 and values == []
+
+
+def test_a_node_holds_at_most_max_held_polls(monkeypatch):
+    monkeypatch.setattr(watches, "MAX_HELD", 1)
+    node = join(A, topo(1, A))
+    header, _ = watch_state(node, key="k")
+    node.on_request("w1", Watch(log=header["log"], after=header["seq"], key="k", wait_ms=1000, id=1), 0.3)
+    node.on_request("w2", Watch(log=header["log"], after=header["seq"], key="k", wait_ms=1000, id=2), 0.3)
+    assert only_reply(node.ready()).code == "unavailable"  # the second: ask another node
+
+
+def test_a_watcher_that_fell_behind_the_log_is_told_and_gets_the_values_after_the_gap(make_cluster):
+    cluster = make_cluster(1, node={"watch_log_entries": 5})
+    cluster.start_all()
+    client = cluster.client()
+    client.write("k", b"0")
+    stream = client.watch("k", poll_wait=0.1)
+    assert stream.poll() == []  # synchronized: from version 1 on
+    for n in range(1, 21):
+        client.write("k", b"%d" % n)  # versions 2..21; the node keeps the last 5 changes
+    got: list[Change] = []
+    cluster.wait(lambda: got.extend(stream.poll()) or (got and got[-1].version == 21), 20, "version 21")
+    assert got[0] == Change("k", 17, b"16", pruned=True)  # 2..16 were pruned: told
+    assert [(c.version, c.pruned) for c in got[1:]] == [(18, False), (19, False), (20, False), (21, False)]
+
+
+def test_a_watch_resumes_in_another_client_where_the_first_left_off(make_cluster):
+    cluster = make_cluster(1).start_all()
+    client = cluster.client()
+    client.write("p/a", b"1")
+    first = client.watch(prefix="p/", poll_wait=0.1)
+    assert first.poll() == []
+    client.write("p/a", b"2")
+    client.write("p/b", b"1")
+    got: list[Change] = []
+    cluster.wait(lambda: got.extend(first.poll()) or len(got) == 2, 20, "two changes")
+    versions = first.versions
+    assert versions == {"p/a": 2, "p/b": 1}
+    client.write("p/b", b"2")  # while no one watches
+    client.write("p/c", b"1")
+    with cluster.client() as other:
+        resumed = other.watch(prefix="p/", since_versions=versions, poll_wait=0.1)
+        again: list[Change] = []
+        cluster.wait(lambda: again.extend(resumed.poll()) or len(again) == 2, 20, "the changes missed")
+        assert again == [Change("p/b", 2, b"2"), Change("p/c", 1, b"1")]

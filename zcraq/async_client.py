@@ -163,12 +163,12 @@ class AsyncZClient:
                 yield item
 
     async def watch(self, key: str | None = None, *, prefix: str | None = None, since_version: int | None = None,
-                    node: str | None = None,
+                    since_versions: Mapping[str, int] | None = None, node: str | None = None,
                     poll_wait: float = clientwatch.DEFAULT_POLL_WAIT) -> AsyncIterator[clientwatch.Change]:
         """Every committed change of ``key`` (or of the keys beginning with ``prefix``), as
         ZClient.watch() yields them. Each poll holds one of the client's request slots while it
         waits at the node."""
-        watcher = clientwatch.Watcher(key, prefix, since_version)
+        watcher = clientwatch.Watcher(key, prefix, since_version, since_versions)
         while True:
             if not watcher.synchronized:
                 deadline = self._state.deadline()

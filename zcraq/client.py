@@ -129,16 +129,18 @@ class ZClient:
             yield from items
 
     def watch(self, key: str | None = None, *, prefix: str | None = None, since_version: int | None = None,
-              node: str | None = None, poll_wait: float = clientwatch.DEFAULT_POLL_WAIT) -> WatchStream:
+              since_versions: Mapping[str, int] | None = None, node: str | None = None,
+              poll_wait: float = clientwatch.DEFAULT_POLL_WAIT) -> WatchStream:
         """Every committed change of ``key`` (or of every key that begins with ``prefix``), as
         ``Change(key, version, value, pruned)`` (value None: deleted), in version order per key,
         without end. ``since_version``: the changes after that version of each key (default: those
-        after the watch starts). Follows one node (``node``, or any) and moves to another when it
+        after the watch starts); ``since_versions``: resume where another watch left off (its
+        ``versions``). Follows one node (``node``, or any) and moves to another when it
         fails, delivering nothing twice and skipping nothing; when changes were no longer kept
         anywhere it looked, the key's value after them comes marked ``pruned``. Each poll waits up
         to ``poll_wait`` seconds at the node; raises as a read does when no node answers within the
         timeout. A prefix watch keeps each key's last version in memory."""
-        return WatchStream(self, clientwatch.Watcher(key, prefix, since_version), node, poll_wait)
+        return WatchStream(self, clientwatch.Watcher(key, prefix, since_version, since_versions), node, poll_wait)
 
     def write_many(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]]) -> list[int]:
         """Write every (key, value) pair; returns each one's committed version, in order. Each key
@@ -307,6 +309,12 @@ class WatchStream:
     @property
     def following(self) -> str | None:
         return self._watcher.endpoint
+
+    @property
+    def versions(self) -> dict[str, int]:
+        """Each key's last version delivered (or known at the start): ``since_versions`` for a watch
+        that resumes this one, in another client or process."""
+        return dict(self._watcher.seen)
 
     def __iter__(self) -> WatchStream:
         return self

@@ -27,6 +27,7 @@ commit in order everywhere. The watcher remembers the last version it delivered 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -69,7 +70,10 @@ class _Pending:
 class Watcher:
     """What one watch has delivered, and where it stands in one node's change log."""
 
-    def __init__(self, key: str | None = None, prefix: str | None = None, since_version: int | None = None) -> None:
+    def __init__(self, key: str | None = None, prefix: str | None = None, since_version: int | None = None,
+                 since_versions: Mapping[str, int] | None = None) -> None:
+        """``since_versions``: resume a watch where another left off: each key's last version
+        delivered (``WatchStream.versions``); a key not in it gets every change."""
         if (key is None) == (prefix is None):
             raise ValueError("watch a key or a prefix (one of them)")
         if key is not None and (not isinstance(key, str) or not key):
@@ -78,10 +82,14 @@ class Watcher:
             raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
         if since_version is not None and (type(since_version) is not int or since_version < 0):
             raise ValueError(f"since_version must be a non-negative integer or None, not {since_version!r}")
+        if since_versions is not None and (since_version is not None or not all(
+                isinstance(k, str) and type(v) is int and v >= 0 for k, v in since_versions.items())):
+            raise ValueError("since_versions maps keys to non-negative versions, and excludes since_version")
         self.key, self.prefix = key, prefix
         self.floor = since_version or 0  # versions up to this are not delivered
-        self._baseline = since_version is None  # the first synchronization only sets where the watch starts
-        self.seen: dict[str, int] = {}  # key -> the last version delivered (or passed over)
+        # The first synchronization only sets where the watch starts:
+        self._baseline = since_version is None and since_versions is None
+        self.seen: dict[str, int] = dict(since_versions or {})  # key -> the last version delivered (or passed over)
         self._pending: dict[str, _Pending] = {}
         self.endpoint: str | None = None  # the node followed; None: synchronize first
         self.log = ""
