@@ -88,7 +88,7 @@ def _new_counters() -> dict[str, int]:
     return {"reads": 0, "dirty_reads": 0, "writes": 0, "commits": 0, "bad_messages": 0, "stale_chain_frames": 0,
             "resyncs": 0, "resends": 0, "internal_errors": 0, "fenced_frames": 0, "unleased_frames": 0,
             "forbidden": 0, "conflicting_records": 0, "foreign_commits": 0, "conditions_failed": 0,
-            "bounded_local_reads": 0}
+            "bounded_local_reads": 0, "watches": 0, "watches_pruned": 0}
 
 
 class NodeCore:
@@ -114,7 +114,7 @@ class NodeCore:
         self.reads = Reads(store, self.calls, self._out, self.counters, arrivals, unsafe)
         self.batches = Batches()
         changes = ChangeLog(boot or secrets.token_hex(6), timings.watch_log_entries, timings.watch_log_bytes)
-        self.watches = Watches(store, changes, self._out)
+        self.watches = Watches(store, changes, self._out, self.counters)
         self.replication = Replication(store, self.links, self._out, self.counters, timings.write_timeout,
                                        self.logs, arrivals, changes, unsafe)
         self.membership = Membership(me, timings, store, self._out, self.leases, self.links, self.calls,
@@ -325,6 +325,7 @@ class NodeCore:
 
     def _watch(self, client: Any, request: Watch | WatchState, now: float) -> None:
         """Only a serving node: its committed state and change log are the chain's, at most behind."""
+        self.counters["watches"] += 1
         if not self.serving(now):
             self._error(client, request.id, "unavailable", self._not_serving_reason(now))
         elif isinstance(request, Watch):

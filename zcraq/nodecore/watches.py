@@ -32,8 +32,9 @@ class _HeldPoll:
 
 
 class Watches:
-    def __init__(self, store: ReplicaStore, changes: ChangeLog, out: list[Effect]) -> None:
+    def __init__(self, store: ReplicaStore, changes: ChangeLog, out: list[Effect], counters: dict[str, int]) -> None:
         self._store = store
+        self._counters = counters
         self.changes = changes
         self._out = out
         self._held: list[_HeldPoll] = []
@@ -132,6 +133,7 @@ class Watches:
         self._out.append(Respond(client, Ok(request.id, items=items, log=self.changes.token, seq=reached), values))
 
     def _pruned(self, client: Any, request: Watch) -> None:
+        self._counters["watches_pruned"] += 1
         changes = self.changes
         if request.log != changes.token:
             message = "this node's change log is not the one that position belongs to (it restarted or rejoined)"
