@@ -186,9 +186,9 @@ def _history(*events: tuple) -> list:
 
 def test_the_watch_check_finds_a_skipped_write_a_stray_value_and_a_stale_end(tmp_path: Path) -> None:
     history = tmp_path / "history.jsonl"
-    events = [{"process": 0, "type": kind, "f": "write", "key": "k", "value": value, "time": 0}
-              for value in ("a", "b", "c") for kind in ("invoke", "ok")]
-    history.write_text("".join(json.dumps(e) + "\n" for e in events))
+    events = [{"process": 0, "type": kind, "f": "write", "key": "k", "value": value, "time": 10 * i + (kind == "ok")}
+              for i, value in enumerate(("a", "b", "c", "d")) for kind in ("invoke", "ok")]
+    history.write_text("".join(json.dumps(e) + "\n" for e in events[:6]))
     good = [Change("k", 1, b"a"), Change("k", 2, b"b"), Change("k", 3, b"c")]
     assert check_watch(good, history, {"k": (3, "c")}) == []
     problems = check_watch([good[0], good[2]], history, {"k": (3, "c")})
@@ -197,6 +197,13 @@ def test_the_watch_check_finds_a_skipped_write_a_stray_value_and_a_stale_end(tmp
     assert check_watch([good[0], Change("k", 3, b"c", pruned=True)], history, {"k": (3, "c")}) == []
     assert any("no write wrote" in p for p in check_watch([Change("k", 1, b"x")], history, {}))
     assert any("the watch ended" in p for p in check_watch(good[:2], history, {"k": (3, "c")}))
+    # A pruned jump excuses only the writes that began before it was delivered ("c" began at 20).
+    history.write_text("".join(json.dumps(e) + "\n" for e in events))
+    jumped = [good[0], Change("k", 3, b"c", pruned=True), Change("k", 4, b"d")]
+    assert check_watch(jumped, history, {"k": (4, "d")}, delivered_at=[5, 25, 35]) == []
+    early = [good[0], Change("k", 2, b"b", pruned=True), Change("k", 4, b"d")]
+    problems = check_watch(early, history, {"k": (4, "d")}, delivered_at=[5, 15, 35])
+    assert any("never delivered" in p and "'c'" in p for p in problems), problems
 
 
 def test_lost_write_check() -> None:

@@ -192,7 +192,7 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
              f"{options.duration:g}s, nemesis {','.join(options.nemesis) or 'none'} "
              f"({len(faults)} faults planned), seed {options.seed}, out {options.out}")
         cluster.start_all()
-        watcher = WatchRecorder(cluster.coordinator_endpoint, options.out / "watch.jsonl")
+        watcher = WatchRecorder(cluster.coordinator_endpoint, options.out / "watch.jsonl", options.client_timeout)
         watcher.start()
         if not watcher.ready.wait(30.0):
             problems.append("the watcher did not start within 30 s")
@@ -229,7 +229,8 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
             time.sleep(0.1)
         watcher.stop()
         history.flush()
-        problems += [f"watch: {p}" for p in check_watch(watcher.changes, options.out / "history.jsonl", final)]
+        problems += [f"watch: {p}" for p in check_watch(
+            watcher.changes, options.out / "history.jsonl", final, watcher.delivered_at)]
         problems += [f"watch: the watcher stopped: {e}" for e in watcher.errors]
         summary["watch"] = {"changes": len(watcher.changes), "pruned": sum(c.pruned for c in watcher.changes)}
         summary["restarts"] = {name: count - 1 for name, count in cluster.starts.items()}

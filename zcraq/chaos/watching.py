@@ -6,7 +6,9 @@ history (values are unique per write, so a value names its write):
 
 - per key, versions only grow, and a change not marked ``pruned`` comes right after the one before;
 - every delivered value was written by some write or conditional write (a deletion by a delete);
-- every acknowledged write of a key was delivered, unless the key had a change marked pruned;
+- every acknowledged write of a key was delivered, unless a change of that key marked pruned was
+  delivered after the write began (a write that began after the last such change has a higher
+  version than it, and no versions after it may be skipped);
 - after the heal, each key's last change is the version and value every replica holds.
 """
 
@@ -24,32 +26,46 @@ from zcraq.client import ZClient
 from zcraq.clientwatch import Change
 from zcraq.errors import ZcraqError
 
-WATCH_TIMEOUT = 120.0  # seconds the watcher waits for some node to answer before giving up
+GIVE_UP_AFTER = 120.0  # seconds of failed polls in a row after which the watcher gives up
 
 
 class WatchRecorder(threading.Thread):
-    def __init__(self, endpoint: str, out: Path) -> None:
+    def __init__(self, endpoint: str, out: Path, timeout: float) -> None:
+        """``timeout``: the client's, as the workload's clients have: a poll to a node that died
+        gives up after about a third of it and the watch moves to another node."""
         super().__init__(name="chaos-watcher", daemon=True)
         self.endpoint = endpoint
+        self.timeout = timeout
         self.path = out
         self.changes: list[Change] = []
+        self.delivered_at: list[int] = []  # monotonic_ns of each change's delivery, the history's clock
         self.errors: list[str] = []
         self.stopping = threading.Event()
         self.ready = threading.Event()  # the watch has its starting point
 
     def run(self) -> None:
-        with ZClient(self.endpoint, timeout=WATCH_TIMEOUT) as client, self.path.open("wb") as out:
+        with ZClient(self.endpoint, timeout=self.timeout) as client, self.path.open("wb") as out:
             stream = client.watch(prefix="", poll_wait=0.5)
+            failing_since: float | None = None
             while not self.stopping.is_set():
                 try:
                     changes = stream.poll()
-                except ZcraqError as error:
-                    self.errors.append(f"{type(error).__name__}: {error}")
-                    return
+                except ZcraqError as error:  # no node answered (a fault): the stream resumes where it was
+                    now = time.monotonic()
+                    failing_since = failing_since or now
+                    if now - failing_since > GIVE_UP_AFTER:
+                        self.errors.append(f"no poll succeeded for {GIVE_UP_AFTER:g} s: {type(error).__name__}: "
+                                           f"{error}")
+                        return
+                    self.stopping.wait(0.1)
+                    continue
+                failing_since = None
                 self.ready.set()
                 for change in changes:
+                    at = time.monotonic_ns()
                     self.changes.append(change)
-                    out.write(orjson.dumps({"at": time.monotonic_ns(), "key": change.key, "version": change.version,
+                    self.delivered_at.append(at)
+                    out.write(orjson.dumps({"at": at, "key": change.key, "version": change.version,
                                             "value": None if change.value is None else change.value.decode(),
                                             "pruned": change.pruned}) + b"\n")
                 out.flush()
@@ -75,21 +91,28 @@ def final_committed(states: dict[str, dict[str, Any]]) -> dict[str, tuple[int, s
     return agreed
 
 
-def check_watch(changes: list[Change], history: Path, final: dict[str, tuple[int, str | None]]) -> list[str]:
+def check_watch(changes: list[Change], history: Path, final: dict[str, tuple[int, str | None]],
+                delivered_at: list[int] | None = None) -> list[str]:
+    """The problems of a watch's ``changes`` (delivered at ``delivered_at``, monotonic_ns; without
+    it, every pruned change counts as delivered at the end) against the run's history."""
     written: dict[str, set[str | None]] = defaultdict(lambda: {None})  # a deletion is a value None
-    acked: dict[str, set[str]] = defaultdict(set)
+    acked: dict[str, dict[str, int]] = defaultdict(dict)  # key -> value -> when its write began
+    began: dict[Any, int] = {}
     for line in history.read_bytes().splitlines():
         event = orjson.loads(line)
         if event["f"] in ("write", "cas") and event["value"] is not None:
             value = event["value"][1] if event["f"] == "cas" else event["value"]
             written[event["key"]].add(value)
-            if event["type"] == "ok":
-                acked[event["key"]].add(value)
+            if event["type"] == "invoke":
+                began[event["process"]] = event["time"]
+            elif event["type"] == "ok":
+                acked[event["key"]][value] = began.get(event["process"], 0)
     problems: list[str] = []
     last: dict[str, Change] = {}
     delivered: dict[str, set[str | None]] = defaultdict(set)
-    pruned: set[str] = set()
-    for change in changes:
+    last_pruned: dict[str, int] = {}  # key -> when its last change marked pruned was delivered
+    at = delivered_at if delivered_at is not None else [2**63] * len(changes)
+    for change, when in zip(changes, at):
         value = None if change.value is None else change.value.decode()
         before = last.get(change.key)
         if before is not None and change.version <= before.version:
@@ -99,12 +122,13 @@ def check_watch(changes: list[Change], history: Path, final: dict[str, tuple[int
         if value not in written[change.key]:
             problems.append(f"{change.key}: version {change.version} has a value no write wrote: {value!r}")
         if change.pruned:
-            pruned.add(change.key)
+            last_pruned[change.key] = when
         delivered[change.key].add(value)
         last[change.key] = change
-    for key, values in acked.items():
-        missing = values - delivered[key]
-        if missing and key not in pruned:
+    for key, began_at in acked.items():
+        since = last_pruned.get(key, -1)
+        missing = {value for value, t in began_at.items() if t > since} - delivered[key]
+        if missing:
             problems.append(f"{key}: {len(missing)} acknowledged writes never delivered, e.g. {sorted(missing)[:3]}")
     for key, (version, value) in final.items():
         got = last.get(key)
