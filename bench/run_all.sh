@@ -80,3 +80,7 @@ echo "== pipeline: pipeline_bench.py --phases sync --inflight 1024 --rounds 3 --
 echo "== read modes: read_modes_bench.py --rounds 3 --duration 5"
 "$PY" bench/read_modes_bench.py --rounds 3 --duration 5 --json "$OUT/read-modes.json" 2>&1 \
     | tee "$OUT/read-modes.log"
+
+# 12. Watches: 0, 1 and 4 watchers following a chain under writes; how soon a change reaches them.
+echo "== watches: watch_bench.py --rounds 3 --duration 5"
+"$PY" bench/watch_bench.py --rounds 3 --duration 5 --json "$OUT/watch.json" 2>&1 | tee "$OUT/watch.log"
