@@ -9,9 +9,10 @@ steps lead to a placement where
 - every partition has R replicas (fewer only while fewer nodes can host it), never two on one
   node, on as many zones as there are;
 - draining nodes host nothing;
-- the numbers of replicas the nodes host differ by at most one; then the numbers of heads, and of
-  tails, too, where the chains' members allow it: rotations (a member leaves and comes back as
-  the tail, through catch-up) move them, one at a time, once nothing else moves.
+- the numbers of replicas the nodes host differ by at most one; heads by at most one and tails by
+  at most two, where the chains' members allow it: once nothing else moves, rotations (a member
+  leaves and comes back as the tail, through catch-up: as costly as a move) even them out, one at
+  a time, and only while they are further apart than that.
 
 Safety: placement removes a replica only from a partition that keeps R members without it (a
 failed node is removed by the failure detector, not here), so every partition keeps serving.
@@ -221,6 +222,9 @@ def _next_rotation(table: Sequence[Replicas], serving: Sequence[NodeSpec]) -> Ro
     chains = [r.chain for r in table]
     if not serving_ids or any(not chain or not set(chain) <= set(serving_ids) for chain in chains):
         return None
+    if _spread(Counter(c[0] for c in chains), serving_ids) <= 1 and \
+            _spread(Counter(c[-1] for c in chains), serving_ids) <= 2:
+        return None  # even enough: a rotation costs a catch-up
     heads, tails = _role_targets(chains, serving_ids)
     for partition, (chain, head, tail) in enumerate(zip(chains, heads, tails)):
         if chain[0] != head:
@@ -228,6 +232,10 @@ def _next_rotation(table: Sequence[Replicas], serving: Sequence[NodeSpec]) -> Ro
         if chain[-1] != tail:
             return Rotate(partition, tail)
     return None
+
+
+def _spread(counts: Counter[str], nodes: list[str]) -> int:
+    return max(counts[n] for n in nodes) - min(counts[n] for n in nodes)
 
 
 def _role_targets(chains: Sequence[Sequence[str]], nodes: list[str]) -> tuple[list[str], list[str]]:
