@@ -72,6 +72,28 @@ class Corpus:
         key = f"q{rng.randrange(1000)}"
         if kind in ("read", "write", "delete", "version"):
             header["key"] = key
+        if kind in ("read", "read_many", "scan") and rng.random() < 0.5:
+            header["mode"] = rng.choice(["strong", "eventual", "bounded", "bounded", "dirty"])
+            if rng.random() < 0.5:
+                header["max_staleness_ms"] = rng.choice([0, 10, 3_600_000, 3_600_001, -1])
+        if kind in ("write", "delete") and rng.random() < 0.5:
+            header["if_version"] = rng.choice([0, 1, 2, 2**64 - 1, -1])
+        if kind in ("read_many", "write_many", "delete_many"):
+            header["keys"] = [f"q{rng.randrange(1000)}" for _ in range(rng.choice([0, 1, 3, 1001]))]
+        if kind == "scan":
+            for name in ("start", "end", "prefix", "after"):
+                if rng.random() < 0.4:
+                    header[name] = rng.choice(["", "q", "q5", "r", None])
+            header["limit"] = rng.choice([1, 100, 1000, 1001])
+        if kind in ("watch", "watch_state"):
+            header["key" if rng.random() < 0.5 else "prefix"] = rng.choice(["q", "q1", ""])
+            header["after"] = rng.choice([0, 1, 10**6, None, "q1"])
+            header["limit"] = rng.choice([1, 100, 1000, 1001])
+        if kind == "watch":
+            header["log"] = rng.choice(["", "x.0", "0" * 129])
+            header["wait_ms"] = rng.choice([0, 0, 20, 60_001])
+        if kind == "watch_state":
+            header["values"] = rng.choice([True, False, 1])
         if kind in ("version", "catchup", "heartbeat", "caught_up", "confirm"):
             header["epoch"] = rng.choice([self.epoch, self.epoch + 1, 0])
         if kind == "catchup":
@@ -88,6 +110,9 @@ class Corpus:
         frames = [_json(header)]
         if kind == "write" or rng.random() < 0.1:
             frames.append(rng.randbytes(rng.choice([0, 3, 64])))
+        if kind == "write_many":
+            count = len(header["keys"]) if isinstance(header.get("keys"), list) else 1
+            frames += [rng.randbytes(8) for _ in range(count + rng.choice([0, 0, 1, -1]))]
         return frames
 
     def chain(self, kind: str) -> bytes:
@@ -246,7 +271,8 @@ def run(messages: int, seed: int, secure: bool, root: Path) -> list[str]:
             identities = [("no key", lambda server: None), ("client key", as_client)]
         else:
             identities = [("plain", lambda server: None)]
-        node_types = ["read", "write", "delete", "version", "catchup", "status", "confirm"]
+        node_types = ["read", "write", "delete", "version", "catchup", "status", "confirm", "read_many", "write_many",
+                      "delete_many", "scan", "watch", "watch_state"]
         coordinator_types = ["topology", "status", "write", "delete", "heartbeat", "caught_up", "leave"]
         if secure:  # without keys a join is a node's legitimate request: it would add a node that never answers
             coordinator_types.append("join")
@@ -306,6 +332,15 @@ def check(cluster: Cluster) -> list[str]:
             if any(client.read("P/after", node_id) != b"ok" for node_id in cluster.node_ids):
                 problems.append("a write after the fuzzing does not read back at every node")
             print(f"a write after the fuzzing committed as version {version} and reads back at every node")
+            stream = client.watch("P/after", since_version=0, poll_wait=0.2)
+            deadline = time.monotonic() + 20
+            delivered: list[Any] = []
+            while not delivered and time.monotonic() < deadline:
+                delivered = stream.poll()
+            if [(c.version, c.value) for c in delivered[:1]] != [(version, b"ok")]:
+                problems.append(f"a watch after the fuzzing delivered {delivered[:1]}, not version {version}")
+            else:
+                print("a watch after the fuzzing delivers it")
         except ZcraqError as error:
             problems.append(f"the chain no longer serves: {error}")
     for node_id, found in counters.items():
