@@ -128,6 +128,11 @@ class CoordinatorCore:
     def _publish(self) -> None:
         self._out.append(Publish(self.topology))
 
+    def remove(self, node_id: str, why: str) -> None:
+        """Take a member or the learner out, as a leave does (never the last member)."""
+        if self.topology.member(node_id) is not None:
+            self._remove(node_id, why)
+
     def _remove(self, node_id: str, why: str) -> None:
         members = [m for m in self.topology.members if m.id != node_id]
         learner = self.topology.learner
