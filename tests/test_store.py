@@ -20,6 +20,7 @@ from zcraq.store import (  # noqa: E402
 from zcraq.store.base import Store  # noqa: E402
 from zcraq.store.conformance import CHECKS, Check, PathFactory, StoreFactory  # noqa: E402
 from zcraq.store.leveldb import decode_key, encode_key  # noqa: E402
+from zcraq.store.shared import SharedLevelDB  # noqa: E402
 from zcraq.store.version_index import DEFAULT_MAX_KEYS  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
@@ -60,13 +61,51 @@ def leveldb_factory(index_max_keys: int) -> Callable[[Path], PathFactory]:
     return lambda tmp: PathFactory(tmp, lambda path: LevelDBStore(path, index_max_keys=index_max_keys), crash)
 
 
+class SharedPartitionStore:
+    """Partition 1's store in a database shared with partitions 0 and 2, which hold the same keys
+    with other values (so a leak between prefixes shows); closing it closes the database."""
+
+    def __init__(self, path: Path, index_max_keys: int) -> None:
+        self.shared = SharedLevelDB(path)
+        for neighbour in (0, 2):
+            if neighbour not in self.shared.partitions():
+                noise = self.shared.store(neighbour)
+                for key in ("a", "b", "k", "key", "x", "\x00"):
+                    noise.put(key, 7, f"p{neighbour}".encode(), committed=True)
+                    noise.put(key, 9, b"dirty")
+                noise.close()
+        self.store = self.shared.store(1, index_max_keys)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    def close(self) -> None:
+        self.store.close()
+        self.shared.close()
+
+    def close_without_flush(self) -> None:
+        self.store.close_without_flush()
+        self.shared.close()
+
+
+def shared_factory(index_max_keys: int) -> Callable[[Path], PathFactory]:
+    def crash(store: Store) -> None:
+        assert isinstance(store, SharedPartitionStore)
+        store.close_without_flush()
+
+    return lambda tmp: PathFactory(tmp, lambda path: SharedPartitionStore(path, index_max_keys),  # type: ignore
+                                   crash)
+
+
 # LevelDB three ways: with the version index, with one so small that keys keep falling out of it
-# (and are found again by iterating), and without one.
+# (and are found again by iterating), and without one; and a partition's store in a shared database.
 FACTORIES: dict[str, Callable[[Path], MemoryFactory | PathFactory]] = {
     "memory": lambda tmp: MemoryFactory(),
     "leveldb": leveldb_factory(DEFAULT_MAX_KEYS),
     "leveldb-index2": leveldb_factory(2),
     "leveldb-noindex": leveldb_factory(0),
+    "leveldb-shared": shared_factory(DEFAULT_MAX_KEYS),
+    "leveldb-shared-noindex": shared_factory(0),
 }
 
 
@@ -258,3 +297,36 @@ def test_open_store(tmp_path: Path) -> None:
         open_store("rocksdb", tmp_path / "x", "sync")
     with pytest.raises(ValueError):
         open_store("leveldb", None, "sync")
+
+
+# -- Many partitions in one database ---------------------------------------------------------------
+
+
+def test_shared_database_lists_drops_and_reopens_partitions(tmp_path: Path) -> None:
+    shared = SharedLevelDB(tmp_path / "db")
+    for partition in (5, 0, 4095, 300):
+        store = shared.store(partition)
+        for i in range(3 if partition != 300 else 25_000):
+            store.put(f"k{i}", 1, str(partition).encode(), committed=True)
+        store.close()
+    assert shared.partitions() == [0, 5, 300, 4095]
+    with pytest.raises(StoreError, match="already open"):
+        held = shared.store(5)
+        shared.store(5)
+    with pytest.raises(StoreError, match="close partition 5"):
+        shared.drop(5)
+    held.close()
+    assert shared.drop(300) == 25_000 and shared.drop(300) == 0
+    assert shared.partitions() == [0, 5, 4095]
+    shared.close()
+    shared = SharedLevelDB(tmp_path / "db")
+    assert shared.partitions() == [0, 5, 4095]
+    store = shared.store(4095)
+    assert store.latest_committed("k2") == Item("k2", 1, b"4095", committed=True)
+    assert shared.store(300).latest("k1") is None
+    shared.close()
+    assert store.closed
+    shared = SharedLevelDB(tmp_path / "db")
+    with pytest.raises(ValueError):
+        shared.store(4096)
+    shared.close()

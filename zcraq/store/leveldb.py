@@ -120,9 +120,13 @@ def _merge(
 
 class LevelDBStore:
     def __init__(
-        self, path: str | Path, durability: str = "sync", index_max_keys: int = DEFAULT_MAX_KEYS
+        self, path: str | Path, durability: str = "sync", index_max_keys: int = DEFAULT_MAX_KEYS,
+        *, within: tuple[plyvel.DB, bytes] | None = None
     ) -> None:
-        """``index_max_keys``: how many keys the version index holds at most (0: no index)."""
+        """``index_max_keys``: how many keys the version index holds at most (0: no index).
+        ``within``: a database opened elsewhere and the prefix under which this store keeps its
+        whole layout (zcraq/store/shared.py: many partitions' stores in one database); closing
+        the store then leaves that database open."""
         if durability not in DURABILITIES:
             raise ValueError(f"durability must be one of {DURABILITIES}, got {durability!r}")
         if not isinstance(index_max_keys, int) or isinstance(index_max_keys, bool) or index_max_keys < 0:
@@ -137,12 +141,19 @@ class LevelDBStore:
         # DIRTY_RECORDS_BYTES; past that, commits read LevelDB.
         self._dirty_records: dict[tuple[str, int], bytes] = {}
         self._dirty_bytes = 0
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db: plyvel.DB | None = plyvel.DB(str(self.path), create_if_missing=True)
-        except (plyvel.Error, OSError) as exc:
-            # Typically the LOCK file is held by another process (or another handle here).
-            raise StoreError(f"cannot open LevelDB store at {self.path}: {exc}") from exc
+        self._db: plyvel.DB | None
+        self._owns_db = within is None
+        if within is not None:
+            self._root, self._prefix = within
+            self._db = self._root.prefixed_db(self._prefix)
+        else:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = self._root = plyvel.DB(str(self.path), create_if_missing=True)
+            except (plyvel.Error, OSError) as exc:
+                # Typically the LOCK file is held by another process (or another handle here).
+                raise StoreError(f"cannot open LevelDB store at {self.path}: {exc}") from exc
+            self._prefix = b""
         started = time.perf_counter()
         self._index = VersionIndex(index_max_keys)
         try:
@@ -153,6 +164,10 @@ class LevelDBStore:
                 raise StoreError(f"cannot read LevelDB store at {self.path}: {exc}") from exc
             raise
         self.index_fill_seconds = time.perf_counter() - started
+
+    @property
+    def closed(self) -> bool:
+        return self._db is None
 
     @property
     def indexed_keys(self) -> int:
@@ -385,9 +400,10 @@ class LevelDBStore:
         """LevelDB's estimate of the bytes on disk up to ``through``'s last version, over those of
         every item. Writes still in the memtable (or not flushed) have no size on disk yet: None
         while nothing is on disk."""
-        db = self._check_open()
+        self._check_open()
         end_of_key = key_prefix(through)[:-1] + b"\x01"  # past every version of ``through``
-        total, upto = db.approximate_sizes((DATA, _DATA_END), (DATA, end_of_key))
+        start, prefix = self._prefix + DATA, self._prefix
+        total, upto = self._root.approximate_sizes((start, prefix + _DATA_END), (start, prefix + end_of_key))
         if total <= 0:
             return None
         return min(1.0, upto / total)
@@ -447,7 +463,8 @@ class LevelDBStore:
 
     def _release(self) -> None:
         assert self._db is not None
-        self._db.close()
+        if self._owns_db:  # a shared database is closed by its holder
+            self._db.close()
         self._db = None
         self._index = VersionIndex(0)  # frees its memory; nothing may use it any more
         self._dirty_records.clear()
