@@ -13,6 +13,7 @@ import pytest
 from zcraq.coordcore import CoordinatorTimings
 from zcraq.coordpartitions import PartitionedCoordinator, PublishTable, Shape
 from zcraq.effects import PeerRequest, Respond
+from zcraq.hosting import Hosting
 from zcraq.messages import PROTOCOL_VERSION, CaughtUp, Error, Heartbeat, Join, Leave, Ok, Write
 from zcraq.partitioning import partition_of
 from zcraq.topology import Topology
@@ -209,6 +210,13 @@ def test_a_restarted_coordinator_keeps_the_table_and_the_registry() -> None:
     before = sim.topologies()
     sim.restart_coordinator()
     assert sim.topologies() == before and all(len(t.members) == 3 for t in before)
+    version = sim.table["version"]
+    assert version > 1 and sim.coordinator.version == version  # saved, and only changes bump it
+    sim.turn()
+    assert sim.table["version"] == version + 1  # a restarted coordinator's first table is a new one
+    for _ in range(40):  # two seconds: the chains are republished, the table is the same
+        sim.turn()
+    assert sim.table["version"] == version + 1
     assert sim.coordinator.nodes["node1"].draining and set(sim.coordinator.nodes) == {"node1", "node2", "node3"}
     # It goes on from there: node1's replicas move off once the cluster has somewhere to put them.
     sim.nodes.append(SimNode(4))
@@ -259,3 +267,44 @@ def test_a_leaving_node_is_taken_out_of_every_chain_and_replaced() -> None:
     sim.turn()
     assert all("node4" not in {m.id for m in t.members} for t in sim.topologies())
     sim.run_until(lambda: sim.settled({"node1", "node2", "node3"}))
+
+
+# -- A node's side: which replicas it hosts ------------------------------------------------------
+
+
+def test_nodes_host_what_the_tables_place_on_them_and_ignore_older_tables() -> None:
+    sim = Sim(partitions=6, nodes=3)
+    sim.run_until(sim.settled)
+    hostings = {n.id: Hosting(n.id) for n in sim.nodes}
+    first = sim.table
+    for node_id, hosting in hostings.items():
+        changes = hosting.on_table(first)
+        assert changes is not None and changes.start == list(range(6)) and changes.stop == []
+        assert all(t.member(node_id) is not None for t in changes.topologies.values())
+    sim.nodes.append(SimNode(4))
+    hostings["node4"] = Hosting("node4")
+    sim.run_until(lambda: len(sim.coordinator.nodes) == 4 and sim.settled())
+    moved_out = {}
+    for node_id, hosting in hostings.items():
+        changes = hosting.on_table(sim.table)
+        assert changes is not None
+        moved_out[node_id] = changes.stop
+        assert hosting.hosted == {p for p, t in enumerate(sim.topologies()) if t.member(node_id) is not None}
+    assert sum(len(stop) for stop in moved_out.values()) == len(hostings["node4"].hosted) > 0
+    assert hostings["node1"].on_table(first) is None  # older: ignored
+    # An assignment alone is reason to start: the node must join to be listed.
+    table = {**sim.table, "version": sim.table["version"] + 1}
+    table["partitions"] = [{**e, "assigned": "node9"} for e in table["partitions"]]
+    assert Hosting("node9").on_table(table).start == list(range(6))
+
+
+@pytest.mark.parametrize("bad", [None, [], {"version": -1, "partitions": []}, {"version": 1},
+                                 {"version": 1, "partitions": [{"partition": 0, "topology": {"epoch": 1}}]},
+                                 {"version": 1, "partitions": [{"partition": 4096, "topology": None}]},
+                                 {"version": 1, "partitions": [{"partition": 0, "assigned": 5,
+                                                                "topology": {"epoch": 1, "members": []}}]}])
+def test_a_malformed_table_is_refused_before_anything_changes(bad: object) -> None:
+    hosting = Hosting("node1")
+    with pytest.raises(ValueError):
+        hosting.on_table(bad)
+    assert hosting.version == -1 and hosting.hosted == set()

@@ -123,12 +123,15 @@ class PartitionedCoordinator:
         saved = state.load()
         topologies: list[Topology | None] = [None] * shape.partitions
         self.nodes: dict[str, _Node] = {}
+        self.version = 0  # the table's: it grows with every change of the table, so that nodes and
+        # clients can tell an older table from a newer one (assignments carry no epoch)
         if saved is not None:
             if saved.get("partitions") != shape.partitions or saved.get("replication") != shape.replication:
                 raise ValueError(f"the saved cluster has {saved.get('partitions')} partitions of "
                                  f"{saved.get('replication')} replicas; the config says {shape.partitions} of "
                                  f"{shape.replication}: a cluster's shape is fixed when it is created")
             topologies = [Topology.from_dict(t) for t in saved["topologies"]]
+            self.version = int(saved.get("version", 0))
             for entry in saved["nodes"]:
                 member = Member.from_dict(entry["member"])
                 # As after a one-chain coordinator's restart: every node gets a full lease from now.
@@ -143,6 +146,7 @@ class PartitionedCoordinator:
         self.created_at = now
         self._registry_changed = False
         self._table_changed = True  # publish once at start
+        self._last_content: dict[str, Any] | None = None
         self._out: list[Effect | PublishTable] = []
         self.counters = {"moves": 0, "rotations": 0, "placement_removals": 0, "refused_joins": 0,
                          "registrations": 0, "bad_messages": 0}
@@ -150,7 +154,11 @@ class PartitionedCoordinator:
     # ------------------------------------------------------------------ the table
 
     def table(self) -> dict[str, Any]:
-        """Every partition's topology and the node assigned to join it, if any; the registry."""
+        """Every partition's topology and the node assigned to join it, if any; the registry; the
+        table's version."""
+        return {"version": self.version, **self._content()}
+
+    def _content(self) -> dict[str, Any]:
         return {
             "partitions": [{"partition": p, "topology": core.topology.to_dict(),
                             "assigned": self.assigned[p].node if p in self.assigned else None}
@@ -159,7 +167,7 @@ class PartitionedCoordinator:
         }
 
     def _saved_state(self) -> dict[str, Any]:
-        return {"partitions": self.shape.partitions, "replication": self.shape.replication,
+        return {"partitions": self.shape.partitions, "replication": self.shape.replication, "version": self.version,
                 "topologies": [core.topology.to_dict() for core in self.chains],
                 "nodes": [{"member": n.member.to_dict(), "zone": n.zone, "draining": n.draining}
                           for n in self.nodes.values()]}
@@ -176,6 +184,11 @@ class PartitionedCoordinator:
                     effects.append(self._tag_forward(partition, effect))
                 elif not (isinstance(effect, Respond) and effect.client is None):
                     effects.append(effect)
+        content = self._content()
+        if content != self._last_content:
+            self._last_content = content
+            self.version += 1
+            self._registry_changed = True  # saved with the version, before anyone sees it
         if any(slot.changed for slot in self.slots) or self._registry_changed:
             self.state.save(self._saved_state())
             for slot in self.slots:
