@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from zcraq import coordpartitions
 from zcraq.coordcore import CoordinatorTimings
 from zcraq.coordpartitions import PartitionedCoordinator, PublishTable, Shape
 from zcraq.effects import PeerRequest, Respond
@@ -241,6 +242,16 @@ def test_a_join_for_a_partition_not_placed_on_the_node_is_refused() -> None:
     assert [r.code for r in old] == ["incompatible"] and "node8" not in sim.coordinator.nodes
 
 
+def test_the_registry_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(coordpartitions, "MAX_NODES", 3)
+    sim = Sim(partitions=2, nodes=3)
+    sim.run_until(sim.settled)
+    sim.coordinator.register(("node4", "register", None), Join(SimNode(4).member, PROTOCOL_VERSION, id=1), "",
+                             sim.now)
+    replies = [e.reply for e in sim.coordinator.ready(sim.now) if isinstance(e, Respond)]
+    assert [r.code for r in replies] == ["busy"] and "node4" not in sim.coordinator.nodes
+
+
 def test_a_write_goes_to_its_partitions_head_and_the_answer_back_to_its_client() -> None:
     sim = Sim(partitions=4, nodes=3)
     sim.run_until(sim.settled)
@@ -257,6 +268,12 @@ def test_a_write_goes_to_its_partitions_head_and_the_answer_back_to_its_client()
         answers = [e for e in c.ready(sim.now) if isinstance(e, Respond)]
         assert [(a.client, a.reply.id) for a in answers] == [(("client", key), f"w-{key}")]
     assert len(set(ids)) == 5  # unique over the partitions' cores
+    # A write whose head never answers: its client hears unknown_outcome, and nothing is kept.
+    c.forward_write(("client", "lost"), Write("lost", b"v", id="w-lost"), sim.now)
+    assert len([e for e in c.ready(sim.now) if isinstance(e, PeerRequest)]) == 1 and len(c.forwards) == 1
+    c.tick(sim.now + sim.timings.request_timeout + 0.1)
+    answers = [e.reply for e in c.ready(sim.now) if isinstance(e, Respond)]
+    assert [(a.id, a.code) for a in answers] == [("w-lost", "unknown_outcome")] and c.forwards == {}
 
 
 def test_a_leaving_node_is_taken_out_of_every_chain_and_replaced() -> None:

@@ -128,6 +128,10 @@ class CoordinatorCore:
     def _publish(self) -> None:
         self._out.append(Publish(self.topology))
 
+    def awaits(self, call_id: int) -> bool:
+        """Is the forwarded write ``call_id`` still waiting for the head's answer?"""
+        return call_id in self._forwards
+
     def remove(self, node_id: str, why: str) -> None:
         """Take a member or the learner out, as a leave does (never the last member)."""
         if self.topology.member(node_id) is not None:

@@ -43,6 +43,8 @@ from zcraq.topology import Member, Topology
 
 log = logging.getLogger("zcraq.coordinator")
 
+MAX_NODES = 1000  # registered nodes at most: the registry, and the table every node is sent, stay bounded
+
 
 class TableStore(Protocol):
     """Where a partitioned coordinator's state survives a restart (one JSON-able dict)."""
@@ -236,6 +238,9 @@ class PartitionedCoordinator:
         if clash:
             self._error(client, join.id, "bad_request", f"endpoint {sorted(clash)[0]} is already used by another node")
             return
+        if known is None and len(self.nodes) >= MAX_NODES:
+            self._error(client, join.id, "busy", f"the cluster has {MAX_NODES} nodes registered, its most")
+            return
         if known is not None and known.member.key != member.key:
             self.counters["refused_joins"] += 1
             self._error(client, join.id, "node_id_taken", f"{member.id} is registered with another key")
@@ -320,6 +325,10 @@ class PartitionedCoordinator:
     def tick(self, now: float) -> None:
         for core in self.chains:
             core.tick(now)
+        # A forwarded write its core gave up on (it answered unknown_outcome) is forgotten here too.
+        for call_id, forwarded in list(self.forwards.items()):
+            if not self.chains[forwarded.partition].awaits(forwarded.call_id):
+                del self.forwards[call_id]
         for node_id, node in list(self.nodes.items()):
             if now - node.last_seen > self.timings.removal_after:
                 log.info("node %s unregistered: silent for %.1f s", node_id, now - node.last_seen)
