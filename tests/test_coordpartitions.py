@@ -325,3 +325,25 @@ def test_a_malformed_table_is_refused_before_anything_changes(bad: object) -> No
     with pytest.raises(ValueError):
         hosting.on_table(bad)
     assert hosting.version == -1 and hosting.hosted == set()
+
+
+def test_node_level_requests_need_the_right_key() -> None:
+    from zcraq.callers import Caller, Role
+
+    sim = Sim(partitions=2, nodes=3)
+    sim.run_until(sim.settled)
+    c = sim.coordinator
+    client = Caller("c" * 40, frozenset({Role.CLIENT}))
+    other_node = Caller("o" * 40, frozenset({Role.NODE}))
+    admin = Caller("a" * 40, frozenset({Role.ADMIN}))
+    c.register("r", Join(SimNode(5).member, PROTOCOL_VERSION, id=1), "", sim.now, client)
+    c.node_heartbeat("h", Heartbeat("node1", 0, PROTOCOL_VERSION, id=2), sim.now, client)
+    c.leave("l", Leave("node1", id=3), sim.now, client)
+    c.drain("d", 4, "node1", caller=other_node)
+    refused = {e.client: e.reply.code for e in c.ready(sim.now) if isinstance(e, Respond)}
+    assert refused == {"r": "forbidden", "h": "forbidden", "l": "forbidden", "d": "forbidden"}
+    assert "node1" in c.nodes and not c.nodes["node1"].draining and "node5" not in c.nodes
+    c.drain("d", 5, "node1", caller=admin)
+    c.leave("l", Leave("node2", id=6), sim.now, admin)
+    allowed = {e.client: e.reply for e in c.ready(sim.now) if isinstance(e, Respond)}
+    assert allowed == {"d": Ok(5), "l": Ok(6)} and c.nodes["node1"].draining and "node2" not in c.nodes

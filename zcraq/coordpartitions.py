@@ -31,7 +31,8 @@ from typing import Any, Protocol
 
 import msgspec
 
-from zcraq.callers import TRUSTED, Caller
+from zcraq.access import coordinator_request_refusal
+from zcraq.callers import TRUSTED, Caller, Role
 from zcraq.coordcore import CoordinatorCore, CoordinatorTimings
 from zcraq.effects import Effect, PeerRequest, Publish, Respond
 from zcraq.endpoints import parse_endpoint
@@ -151,7 +152,7 @@ class PartitionedCoordinator:
         self._last_content: dict[str, Any] | None = None
         self._out: list[Effect | PublishTable] = []
         self.counters = {"moves": 0, "rotations": 0, "placement_removals": 0, "refused_joins": 0,
-                         "registrations": 0, "bad_messages": 0}
+                         "registrations": 0, "bad_messages": 0, "forbidden": 0}
 
     # ------------------------------------------------------------------ the table
 
@@ -215,6 +216,8 @@ class PartitionedCoordinator:
 
     def register(self, client: Any, join: Join, zone: str, now: float, caller: Caller = TRUSTED) -> None:
         """A node announces itself (a join naming no partition): it may now be given replicas."""
+        if self._refused(client, join, caller):
+            return
         if join.protocol != PROTOCOL_VERSION:
             self._error(client, join.id, "incompatible", f"the node speaks protocol version {join.protocol}, this "
                                                          f"coordinator speaks {PROTOCOL_VERSION}")
@@ -253,8 +256,10 @@ class PartitionedCoordinator:
         self.nodes[member.id].last_seen = now
         self._out.append(Respond(client, Ok(join.id, publish=self.publish_endpoint, lease_ms=self._lease_ms)))
 
-    def node_heartbeat(self, client: Any, request: Heartbeat, now: float) -> None:
+    def node_heartbeat(self, client: Any, request: Heartbeat, now: float, caller: Caller = TRUSTED) -> None:
         """A heartbeat naming no partition: the node is alive (its partitions' leases are their own)."""
+        if self._refused(client, request, caller):
+            return
         node = self.nodes.get(request.node_id)
         if node is None:
             self._error(client, request.id, "unknown_node", f"{request.node_id} is not registered; join again")
@@ -297,8 +302,13 @@ class PartitionedCoordinator:
             self.chains[forwarded.partition].on_peer_reply(
                 msgspec.structs.replace(reply, id=forwarded.call_id), values, now)
 
-    def drain(self, client: Any, request_id: Any, node_id: str, draining: bool = True) -> None:
+    def drain(self, client: Any, request_id: Any, node_id: str, draining: bool = True,
+              caller: Caller = TRUSTED) -> None:
         """Mark a node draining (placement moves every replica off it) or serving again."""
+        if caller is not TRUSTED and not caller.is_(Role.ADMIN):
+            self.counters["forbidden"] += 1
+            self._error(client, request_id, "forbidden", "draining a node needs an administrator's key")
+            return
         node = self.nodes.get(node_id)
         if node is None:
             self._error(client, request_id, "unknown_node", f"{node_id} is not registered")
@@ -309,11 +319,13 @@ class PartitionedCoordinator:
             log.info("node %s %s", node_id, "draining" if draining else "serving again")
         self._out.append(Respond(client, Ok(request_id)))
 
-    def leave(self, client: Any, request: Leave, now: float) -> None:
+    def leave(self, client: Any, request: Leave, now: float, caller: Caller = TRUSTED) -> None:
         """A node going away (a leave naming no partition): out of every chain and the registry."""
+        if self._refused(client, request, caller):
+            return
         for core in self.chains:
             if core.topology.member(request.node_id) is not None:
-                core.on_request(None, request, now)
+                core.on_request(None, request, now, caller)
         for partition in [p for p, a in self.assigned.items() if a.node == request.node_id]:
             del self.assigned[partition]
         if self.nodes.pop(request.node_id, None) is not None:
@@ -376,6 +388,19 @@ class PartitionedCoordinator:
     @property
     def _lease_ms(self) -> int:
         return int(self.timings.lease * 1000)
+
+    def _refused(self, client: Any, request: Join | Heartbeat | Leave, caller: Caller) -> bool:
+        """Refuse (True) a node-level request its caller may not make: registering needs a node's
+        key, a heartbeat or a leave the key the node registered with (or, to leave, an admin's)."""
+        if caller is TRUSTED:
+            return False
+        registered = Topology(0, tuple(n.member for n in self.nodes.values()))
+        refusal = coordinator_request_refusal(request, caller, registered)
+        if refusal is None:
+            return False
+        self.counters["forbidden"] += 1
+        self._error(client, request.id, "forbidden", refusal)
+        return True
 
     def _error(self, client: Any, request_id: Any, code: str, message: str) -> None:
         self._out.append(Respond(client, Error(request_id, code, message)))
