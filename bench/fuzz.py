@@ -105,6 +105,8 @@ class Corpus:
         if kind == "join":
             header["node"] = {"id": "fuzz", "service": "tcp://127.0.0.1:1", "write_in": "tcp://127.0.0.1:2",
                               "ack_in": "tcp://127.0.0.1:3"}
+        if rng.random() < 0.1:
+            header["partition"] = rng.choice([0, 1, 4095, 4096, -1])
         for _ in range(rng.choice([0, 0, 1, 2])):
             header[rng.choice(list(header) + ["extra", "mode"])] = self.value()
         frames = [_json(header)]
@@ -121,6 +123,8 @@ class Corpus:
                                   "epoch": rng.choice([self.epoch, self.epoch - 1, 0]), "seq": rng.randrange(3)}
         if kind == "c":
             header["commits"] = [[f"q{rng.randrange(100)}", rng.randrange(1, 5)] for _ in range(rng.randrange(3))]
+        if rng.random() < 0.1:
+            header["p"] = rng.choice([0, 1, 4096])
         for _ in range(rng.choice([0, 0, 1])):
             header[rng.choice(list(header))] = self.value()
         out = _frame(header)

@@ -290,3 +290,34 @@ def test_topology_publisher_clone_pattern(make_cluster, ctx):
         assert [m["id"] for m in current["members"]] == ["node1", "node2", "node3"]
     finally:
         sub.close(0)
+
+
+def test_plain_req_partition_field(make_cluster, ctx):
+    """PROTOCOL.md §3.1: a one-partition cluster has partition 0 only; §10.5: a chain frame of
+    another partition is dropped as a bad message."""
+    cluster = make_cluster(1).start_all()
+    coordinator = cluster.coordinator_endpoint
+    node = get_topology(ctx, coordinator)["members"][0]
+    reply, _ = req(ctx, node["service"], {"type": "write", "id": 1, "key": "p", "partition": 0}, b"v")
+    assert reply == {"type": "ok", "id": 1, "version": 1}
+    reply, values = req(ctx, node["service"], {"type": "read", "id": 2, "key": "p", "partition": 0})
+    assert reply["type"] == "ok" and values == [b"v"]
+    reply, _ = req(ctx, node["service"], {"type": "read", "id": 3, "key": "p", "partition": 1})
+    assert_error(reply, "wrong_partition", 3)
+    reply, _ = req(ctx, coordinator, {"type": "write", "id": 4, "key": "p", "partition": 2}, b"w")
+    assert_error(reply, "wrong_partition", 4)
+    reply, _ = req(ctx, node["service"], {"type": "read", "id": 5, "key": "p", "partition": 4096})
+    assert_error(reply, "bad_request", 5)
+    before = req(ctx, node["service"], {"type": "status", "id": 6})[0]["counters"].get("bad_messages", 0)
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(node["ack_in"])
+    header = orjson.dumps({"t": "r", "from": "node9", "epoch": 1, "seq": 0, "p": 1})
+    push.send(len(header).to_bytes(4, "big") + header)
+    deadline = time.monotonic() + 10
+    while req(ctx, node["service"], {"type": "status", "id": 7})[0]["counters"].get("bad_messages", 0) == before:
+        assert time.monotonic() < deadline, "the frame of partition 1 was not counted as a bad message"
+        time.sleep(0.05)
+    push.close(0)
+    reply, values = req(ctx, node["service"], {"type": "read", "id": 8, "key": "p"})
+    assert values == [b"v"]

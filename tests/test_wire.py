@@ -162,6 +162,10 @@ def valid_header(rng: random.Random, kind: str) -> dict[str, Any]:
         header["protocol"] = 1
     if kind == "join":
         header["node"] = {"id": "n", "service": "tcp://a:1", "write_in": "tcp://a:2", "ack_in": "tcp://a:3"}
+        if rng.random() < 0.3:
+            header["zone"] = rng.choice(["", "rack-1", "z" * 64, "z" * 65])
+    if rng.random() < 0.2:
+        header["partition"] = rng.choice([0, 1, 4095, 4096, -1])
     if kind in ("watch", "watch_state"):
         header[rng.choice(["key", "prefix"])] = rng.choice(["k", "", "p/"])
         if rng.random() < 0.1:
@@ -184,7 +188,7 @@ def generated_bodies(count: int, seed: int) -> list[list[bytes]]:
             header["type"] = rng.choice(ODD_VALUES)
         for _ in range(rng.choice([0, 0, 1, 1, 2, 3])):
             name = rng.choice([*header, "key", "id", "mode", "epoch", "limit", "after", "node_id", "protocol",
-                               "node", "type"])
+                               "node", "type", "partition", "zone"])
             if rng.random() < 0.75:
                 header[name] = rng.choice(ODD_VALUES)
             else:
@@ -228,7 +232,7 @@ def test_request_decoding_agrees_with_the_rules_of_protocol_md(accepted):
         accepted_count += 1
         header = json.loads(body[0])
         assert request_type(request) == header["type"] and request.id == header.get("id")
-        for name in ("key", "mode", "epoch", "limit", "after", "node_id", "protocol", "node"):
+        for name in ("key", "mode", "epoch", "limit", "after", "node_id", "protocol", "node", "partition", "zone"):
             if name in header and hasattr(request, name):
                 assert getattr(request, name) == header[name], (body, name)
         if isinstance(request, Write):
@@ -244,3 +248,25 @@ def test_unused_fields_are_ignored_beyond_json_syntax():
     for broken in (b'"x":[1,]', b'"x":NaN', b'"x":"\\ud800"', b'"x":01'):
         with pytest.raises(wire.WireError, match="not valid JSON"):
             wire.decode_request([b'{"type":"read","id":1,"key":"k",' + broken + b"}"], LIMITS, ALL)
+
+
+def test_the_partition_travels_in_requests_and_chain_frames():
+    write = wire.decode_request([b'{"type":"write","id":1,"key":"k","partition":7}', b"v"], LIMITS, ALL)
+    assert write == Write("k", b"v", id=1, partition=7)
+    assert wire.encode_request(write)[0] == b'{"type":"write","key":"k","id":1,"partition":7}'
+    assert wire.encode_request(Write("k", b"v", id=1))[0] == b'{"type":"write","key":"k","id":1}'
+    for bad in (b"4096", b"-1", b"1.0", b'"1"', b"true"):
+        with pytest.raises(wire.WireError) as raised:
+            wire.decode_request([b'{"type":"read","id":2,"key":"k","partition":' + bad + b"}"], LIMITS, ALL)
+        assert raised.value.request_id == 2 and "partition" in str(raised.value)
+    frame = CommitFrame("node2", 5, 3, (("hello", 1),), partition=12)
+    data = wire.encode_chain(frame)
+    assert data[4:] == b'{"t":"c","from":"node2","epoch":5,"seq":3,"commits":[["hello",1]],"p":12}'
+    assert wire.decode_chain(data, LIMITS) == frame
+    assert wire.decode_chain(wire.encode_chain(WriteFrame("n", 1, 0, partition=3)), LIMITS).partition == 3
+    assert wire.read_chain(_frame_of(b'{"t":"r","from":"n","epoch":1,"seq":0,"p":4095}'), LIMITS).partition == 4095
+    assert isinstance(wire.read_chain(_frame_of(b'{"t":"r","from":"n","epoch":1,"seq":0,"p":4096}'), LIMITS), Malformed)
+
+
+def _frame_of(header: bytes) -> bytes:
+    return struct.pack(">I", len(header)) + header

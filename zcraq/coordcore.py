@@ -35,6 +35,7 @@ from itertools import count
 from typing import Any, Literal, Protocol, assert_never
 
 import msgspec
+from msgspec import UNSET
 
 from zcraq.access import coordinator_request_refusal
 from zcraq.callers import TRUSTED, Caller
@@ -84,10 +85,13 @@ class _Forward:
 class CoordinatorCore:
     def __init__(self, publish_endpoint: str, state: StateStore, now: float,
                  timings: CoordinatorTimings | None = None,
-                 check_endpoint: Callable[[str], object] = parse_endpoint, limits: Limits | None = None) -> None:
+                 check_endpoint: Callable[[str], object] = parse_endpoint, limits: Limits | None = None,
+                 partition: int = 0) -> None:
         """``check_endpoint`` raises ValueError for an endpoint nodes could not connect to (the
         simulator passes its own: its endpoints are not TCP addresses). ``limits``: the sizes this
-        deployment accepts, told to clients with the topology."""
+        deployment accepts, told to clients with the topology. ``partition``: the chain this core
+        runs; requests naming another are refused (a one-partition cluster has partition 0)."""
+        self.partition = partition
         self.limits = limits or Limits()
         self.publish_endpoint = publish_endpoint
         self.state = state
@@ -163,6 +167,10 @@ class CoordinatorCore:
                                   request_type(request), refusal, caller.key)
                 self._error(client, request.id, "forbidden", refusal)
                 return
+        if not isinstance(request, Malformed) and request.partition is not UNSET and request.partition != self.partition:
+            self._error(client, request.id, "wrong_partition", f"this coordinator has no partition "
+                                                                f"{request.partition} (the cluster has one)")
+            return
         match request:
             case TopologyRequest():
                 self._ok(client, Ok(request.id, topology=self.topology, limits=self.limits))

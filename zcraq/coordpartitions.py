@@ -141,8 +141,8 @@ class PartitionedCoordinator:
                 self.nodes[member.id] = _Node(member, entry.get("zone", ""), bool(entry.get("draining")),
                                               now + self.timings.restart_grace)
         self.slots = [_Slot(t) for t in topologies]
-        self.chains = [CoordinatorCore(publish_endpoint, slot, now, self.timings, check_endpoint, limits)
-                       for slot in self.slots]
+        self.chains = [CoordinatorCore(publish_endpoint, slot, now, self.timings, check_endpoint, limits, partition)
+                       for partition, slot in enumerate(self.slots)]
         self.assigned: dict[int, _Assignment] = {}
         self.forwards: dict[int, _Forwarded] = {}
         self._next_call = 1

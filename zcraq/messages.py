@@ -67,8 +67,17 @@ class Limits:
         return max(16 << 20, self.max_value_bytes)
 
 
-class _Request(msgspec.Struct, frozen=True, tag_field="type"):
-    """A request: ``type`` is the class's tag; ``id`` is copied into the reply."""
+MAX_PARTITION = 4095  # partitions are numbered 0..MAX_PARTITION (zcraq/partitioning.py)
+PartitionNo = Annotated[int, msgspec.Meta(ge=0, le=MAX_PARTITION)]
+MAX_ZONE_CHARS = 64
+Zone = Annotated[str, msgspec.Meta(max_length=MAX_ZONE_CHARS)]
+
+
+class _Request(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
+    """A request: ``type`` is the class's tag; ``id`` is copied into the reply. ``partition``:
+    the partition it is for (PROTOCOL.md §3.1); every cluster so far has one, partition 0."""
+
+    partition: PartitionNo | UnsetType = UNSET
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +223,7 @@ class Join(_Request, frozen=True, tag="join"):
     node: dict[str, Any]
     protocol: Int64Range
     id: RequestId = None
+    zone: Zone | UnsetType = UNSET  # the node's failure zone (placement spreads replicas over zones)
 
 
 class Heartbeat(_Request, frozen=True, tag="heartbeat"):
@@ -313,6 +323,7 @@ class WriteFrame(msgspec.Struct, frozen=True):
     epoch: int
     seq: int
     records: tuple[WriteRecord, ...] = ()
+    partition: int = 0
 
 
 class CommitFrame(msgspec.Struct, frozen=True):
@@ -322,6 +333,7 @@ class CommitFrame(msgspec.Struct, frozen=True):
     epoch: int
     seq: int
     commits: tuple[tuple[str, int], ...] = ()
+    partition: int = 0
 
 
 class ResyncFrame(msgspec.Struct, frozen=True):
@@ -330,6 +342,7 @@ class ResyncFrame(msgspec.Struct, frozen=True):
     sender: str
     epoch: int
     seq: int
+    partition: int = 0
 
 
 ChainFrame = WriteFrame | CommitFrame | ResyncFrame
@@ -350,7 +363,7 @@ class Malformed:
 
 
 __all__ = [
-    "PROTOCOL_VERSION", "COMMITTED", "TOMBSTONE", "U64_MAX", "MAX_ID_CHARS", "MAX_NODE_ID_CHARS",
+    "PROTOCOL_VERSION", "COMMITTED", "TOMBSTONE", "U64_MAX", "MAX_ID_CHARS", "MAX_NODE_ID_CHARS", "MAX_PARTITION",
     "MAX_BATCH_KEYS", "MAX_SCAN_KEYS", "MAX_WATCH_ITEMS", "MAX_WATCH_WAIT_MS", "Read", "Write", "Delete", "ReadMany",
     "WriteMany", "DeleteMany", "Scan", "Watch", "WatchState", "VersionQuery",
     "CatchupRequest", "StatusRequest", "Confirm",

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import zlib
 
-MAX_PARTITIONS = 4096
+from zcraq.messages import MAX_PARTITION
+
+MAX_PARTITIONS = MAX_PARTITION + 1
 
 
 def partition_of(key: str, partitions: int) -> int:

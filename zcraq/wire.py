@@ -31,8 +31,8 @@ import orjson
 from msgspec import UNSET, UnsetType
 
 from zcraq.messages import Limits
-from zcraq.messages import (COMMITTED, MAX_BATCH_KEYS, MAX_ID_CHARS, MAX_NODE_ID_CHARS, MAX_SCAN_KEYS, MAX_STALENESS_MS,
-                            TOMBSTONE,
+from zcraq.messages import (COMMITTED, MAX_BATCH_KEYS, MAX_ID_CHARS, MAX_NODE_ID_CHARS, MAX_PARTITION, MAX_SCAN_KEYS,
+                            MAX_STALENESS_MS, MAX_ZONE_CHARS, PartitionNo, TOMBSTONE,
                             CatchupRequest, CaughtUp, CoordinatorRequest, NodeRequest,
                             ChainFrame, CommitFrame, Confirm, Delete, DeleteMany, Flags, Heartbeat, Join, Key, Keys,
                             Leave, Malformed, NodeId, Read, ReadMany, Reply, Request, RequestId, request_type,
@@ -71,6 +71,7 @@ class _WriteHeader(msgspec.Struct, frozen=True, tag_field="type", tag="write"):
     key: Key
     id: RequestId = None
     if_version: U64 | UnsetType = UNSET
+    partition: PartitionNo | UnsetType = UNSET
 
 
 class _WriteManyHeader(msgspec.Struct, frozen=True, tag_field="type", tag="write_many"):
@@ -81,6 +82,7 @@ class _WriteManyHeader(msgspec.Struct, frozen=True, tag_field="type", tag="write
     keys: Keys
     sizes: list[Annotated[int, msgspec.Meta(ge=0)]]
     id: RequestId = None
+    partition: PartitionNo | UnsetType = UNSET
 
 
 _HEADER_TYPES: dict[str, type[Any]] = {
@@ -137,7 +139,7 @@ def decode_request(frames: list[bytes], limits: Limits, accepted: frozenset[str]
             raise WireError("write needs a value frame after the header", request_id=header.id)
         if len(frames[1]) > limits.max_value_bytes:
             raise WireError(f"value is larger than {limits.max_value_bytes} bytes", "too_large", header.id)
-        return Write(header.key, bytes(frames[1]), header.id, header.if_version)
+        return Write(header.key, bytes(frames[1]), header.id, header.if_version, partition=header.partition)
     if type(header) in _BATCH_HEADERS:
         return _batch(header, frames, limits)
     if type(header) is Scan:
@@ -162,7 +164,7 @@ def _batch(header: Any, frames: list[bytes], limits: Limits) -> Request:
     if len(frames) != 2:
         raise WireError("write_many needs a value frame after the header", request_id=header.id)
     _check_sizes(header.keys, header.sizes, len(frames[1]), limits, header.id)
-    return WriteMany(header.keys, split_values(frames[1], header.sizes), header.id)
+    return WriteMany(header.keys, split_values(frames[1], header.sizes), header.id, partition=header.partition)
 
 
 def _check_scan_bounds(header: Scan, limits: Limits) -> None:
@@ -242,7 +244,7 @@ def read_coordinator_request(frames: list[bytes], limits: Limits) -> Coordinator
 # type -> {field: (python types, required)}, for the one-rule-at-a-time explanation only
 _INT = (int,)
 _STR = (str,)
-_FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+_FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {  # each takes "partition" too (below)
     "read": {"mode": (_STR, False), "max_staleness_ms": (_INT, False)},
     "write": {"if_version": (_INT, False)},
     "delete": {"if_version": (_INT, False)},
@@ -260,12 +262,14 @@ _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "catchup": {"after": (_STR + (type(None),), False), "limit": (_INT, True), "epoch": (_INT, True)},
     "status": {},
     "topology": {},
-    "join": {"node": ((dict,), True), "protocol": (_INT, True)},
+    "join": {"node": ((dict,), True), "protocol": (_INT, True), "zone": (_STR, False)},
     "heartbeat": {"node_id": (_STR, True), "epoch": (_INT, True), "protocol": (_INT, True)},
     "caught_up": {"node_id": (_STR, True), "epoch": (_INT, True)},
     "leave": {"node_id": (_STR, True)},
     "confirm": {"node_id": (_STR, True), "epoch": (_INT, True)},
 }
+for _fields in _FIELDS.values():
+    _fields["partition"] = (_INT, False)
 _I64_MIN = -(2**63)
 
 
@@ -340,6 +344,10 @@ def _explain_request(frames: list[bytes], limits: Limits, accepted: frozenset[st
         raise WireError(f"max_staleness_ms must be from 0 to {MAX_STALENESS_MS}", request_id=request_id)
     if "if_version" in fields and fields["if_version"] < 0:
         raise WireError("if_version must be non-negative", request_id=request_id)
+    if "partition" in fields and not 0 <= fields["partition"] <= MAX_PARTITION:
+        raise WireError(f"partition must be from 0 to {MAX_PARTITION}", request_id=request_id)
+    if "zone" in fields and len(fields["zone"]) > MAX_ZONE_CHARS:
+        raise WireError(f"zone must be at most {MAX_ZONE_CHARS} characters", request_id=request_id)
     if kind == "catchup" and not 0 < fields["limit"] <= 100_000:
         raise WireError("limit must be from 1 to 100000", request_id=request_id)
     if kind == "scan" and not 0 < fields.get("limit", 1) <= MAX_SCAN_KEYS:
@@ -385,10 +393,12 @@ def _explain_keys(keys: Any, limits: Limits, request_id: Any) -> None:
 
 def encode_request(request: Request) -> list[bytes]:
     if type(request) is Write:
-        return [encode_json(_WriteHeader(request.key, request.id, request.if_version)), request.value]
+        return [encode_json(_WriteHeader(request.key, request.id, request.if_version, request.partition)),
+                request.value]
     if type(request) is WriteMany:
         sizes = [len(value) for value in request.values]
-        return [encode_json(_WriteManyHeader(request.keys, sizes, request.id)), b"".join(request.values)]
+        return [encode_json(_WriteManyHeader(request.keys, sizes, request.id, request.partition)),
+                b"".join(request.values)]
     return [encode_json(request)]
 
 
@@ -453,23 +463,26 @@ def decode_topology(data: bytes) -> Topology:
 # Chain frames
 
 
-class _WriteFrameHeader(msgspec.Struct, frozen=True, tag_field="t", tag="w"):
+class _WriteFrameHeader(msgspec.Struct, frozen=True, tag_field="t", tag="w", omit_defaults=True):
     sender: NodeId = msgspec.field(name="from")
     epoch: Epoch
     seq: Epoch
+    partition: PartitionNo = msgspec.field(default=0, name="p")  # left out when 0
 
 
-class _CommitFrameHeader(msgspec.Struct, frozen=True, tag_field="t", tag="c"):
+class _CommitFrameHeader(msgspec.Struct, frozen=True, tag_field="t", tag="c", omit_defaults=True):
     sender: NodeId = msgspec.field(name="from")
     epoch: Epoch
     seq: Epoch
     commits: tuple[tuple[Key, Version], ...]
+    partition: PartitionNo = msgspec.field(default=0, name="p")
 
 
-class _ResyncFrameHeader(msgspec.Struct, frozen=True, tag_field="t", tag="r"):
+class _ResyncFrameHeader(msgspec.Struct, frozen=True, tag_field="t", tag="r", omit_defaults=True):
     sender: NodeId = msgspec.field(name="from")
     epoch: Epoch
     seq: Epoch
+    partition: PartitionNo = msgspec.field(default=0, name="p")
 
 
 _chain_header_decoder = msgspec.json.Decoder(_WriteFrameHeader | _CommitFrameHeader | _ResyncFrameHeader)
@@ -478,7 +491,7 @@ _meta_decoder = msgspec.json.Decoder(tuple[Key, Version, Flags])  # [key, versio
 
 def encode_chain(frame: ChainFrame) -> bytes:
     if type(frame) is WriteFrame:
-        head = encode_json(_WriteFrameHeader(frame.sender, frame.epoch, frame.seq))
+        head = encode_json(_WriteFrameHeader(frame.sender, frame.epoch, frame.seq, frame.partition))
         parts = [_U32.pack(len(head)), head]
         for record in frame.records:
             flags = (COMMITTED if record.committed else 0) | (TOMBSTONE if record.tombstone else 0)
@@ -486,9 +499,9 @@ def encode_chain(frame: ChainFrame) -> bytes:
             parts += [_U32.pack(len(meta)), meta, _U32.pack(len(record.value)), record.value]
         return b"".join(parts)
     if type(frame) is CommitFrame:
-        head = encode_json(_CommitFrameHeader(frame.sender, frame.epoch, frame.seq, frame.commits))
+        head = encode_json(_CommitFrameHeader(frame.sender, frame.epoch, frame.seq, frame.commits, frame.partition))
     else:
-        head = encode_json(_ResyncFrameHeader(frame.sender, frame.epoch, frame.seq))
+        head = encode_json(_ResyncFrameHeader(frame.sender, frame.epoch, frame.seq, frame.partition))
     return _U32.pack(len(head)) + head
 
 
@@ -513,7 +526,8 @@ def decode_chain(data: bytes, limits: Limits) -> ChainFrame:
         raise WireError("chain frame epoch and seq must fit in 64 bits")
     max_key = limits.max_key_bytes
     if type(header) is _WriteFrameHeader:
-        return WriteFrame(header.sender, header.epoch, header.seq, _records(data, offset, max_key, limits.max_value_bytes))
+        return WriteFrame(header.sender, header.epoch, header.seq, _records(data, offset, max_key, limits.max_value_bytes),
+                          header.partition)
     if offset != len(data):
         raise WireError("trailing bytes after a header-only chain frame")
     if type(header) is _CommitFrameHeader:
@@ -522,8 +536,8 @@ def decode_chain(data: bytes, limits: Limits) -> ChainFrame:
                 raise WireError("commit version beyond 64 bits")
             if len(key.encode()) > max_key:
                 raise WireError(f"key is longer than {max_key} bytes", "too_large")
-        return CommitFrame(header.sender, header.epoch, header.seq, header.commits)
-    return ResyncFrame(header.sender, header.epoch, header.seq)
+        return CommitFrame(header.sender, header.epoch, header.seq, header.commits, header.partition)
+    return ResyncFrame(header.sender, header.epoch, header.seq, header.partition)
 
 
 def _records(data: bytes, offset: int, max_key: int, max_value: int) -> tuple[WriteRecord, ...]:

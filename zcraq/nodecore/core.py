@@ -93,10 +93,12 @@ def _new_counters() -> dict[str, int]:
 
 class NodeCore:
     def __init__(self, me: Member, store: ReplicaStore, timings: NodeTimings | None = None,
-                 unsafe: frozenset[str] = frozenset(), boot: str | None = None) -> None:
+                 unsafe: frozenset[str] = frozenset(), boot: str | None = None, partition: int = 0) -> None:
         """``boot`` names this run of the node in its change log's token: it must differ from every
-        earlier run's (default: random)."""
+        earlier run's (default: random). ``partition``: the one this core is a replica of; requests
+        and chain frames naming another are refused (a one-partition cluster has partition 0)."""
         self.me = me
+        self.partition = partition
         self.store = store
         self.timings = timings = timings or NodeTimings()
         # Deliberate protocol bugs, for tests proving that the simulator and the chaos runner
@@ -186,7 +188,7 @@ class NodeCore:
 
     def on_write_frame(self, frame: ChainFrame | Malformed, now: float, caller: Caller = TRUSTED) -> None:
         """A frame from the write-in endpoint (only ``w`` frames belong there)."""
-        if type(frame) is not WriteFrame:
+        if type(frame) is not WriteFrame or frame.partition != self.partition:
             self._bad_chain_frame(frame, now)
             return
         if not self._accept(frame, self.links.write_in, now, caller):
@@ -203,7 +205,7 @@ class NodeCore:
 
     def on_ack_frame(self, frame: ChainFrame | Malformed, now: float, caller: Caller = TRUSTED) -> None:
         """A frame from the ack-in endpoint (``c`` and ``r`` frames belong there)."""
-        if type(frame) is not CommitFrame and type(frame) is not ResyncFrame:
+        if (type(frame) is not CommitFrame and type(frame) is not ResyncFrame) or frame.partition != self.partition:
             self._bad_chain_frame(frame, now)
             return
         if not self._accept(frame, self.links.ack_in, now, caller):
@@ -245,6 +247,10 @@ class NodeCore:
                                   request_type(request), refusal, caller.key)
                 self._error(client, request.id, "forbidden", refusal)
                 return
+        if not isinstance(request, Malformed) and request.partition is not UNSET and request.partition != self.partition:
+            self._error(client, request.id, "wrong_partition", f"this node has no replica of partition "
+                                                                f"{request.partition} (it hosts {self.partition})")
+            return
         match request:
             case Read():
                 self._read(client, request, now)
