@@ -167,7 +167,8 @@ class CoordinatorCore:
                                   request_type(request), refusal, caller.key)
                 self._error(client, request.id, "forbidden", refusal)
                 return
-        if not isinstance(request, Malformed) and request.partition is not UNSET and request.partition != self.partition:
+        if not isinstance(request, Malformed) and request.partition is not UNSET \
+                and request.partition != self.partition:
             self._error(client, request.id, "wrong_partition", f"this coordinator has no partition "
                                                                 f"{request.partition} (the cluster has one)")
             return

@@ -36,8 +36,8 @@ from zcraq.callers import TRUSTED, Caller, Role
 from zcraq.coordcore import CoordinatorCore, CoordinatorTimings
 from zcraq.effects import Effect, PeerRequest, Publish, Respond
 from zcraq.endpoints import parse_endpoint
-from zcraq.messages import (MAX_NODE_ID_CHARS, PROTOCOL_VERSION, CaughtUp, Delete, Error, Heartbeat, Join, Leave, Limits, Malformed,
-                            Ok, Reply, Write)
+from zcraq.messages import (MAX_NODE_ID_CHARS, PROTOCOL_VERSION, CaughtUp, Delete, Error, Heartbeat, Join, Leave,
+                            Limits, Malformed, Ok, Reply, Write)
 from zcraq.partitioning import check_partition_count, partition_of
 from zcraq.placement import AddLearner, Form, NodeSpec, RemoveReplica, Replicas, Rotate, plan
 from zcraq.topology import Member, Topology

@@ -526,8 +526,8 @@ def decode_chain(data: bytes, limits: Limits) -> ChainFrame:
         raise WireError("chain frame epoch and seq must fit in 64 bits")
     max_key = limits.max_key_bytes
     if type(header) is _WriteFrameHeader:
-        return WriteFrame(header.sender, header.epoch, header.seq, _records(data, offset, max_key, limits.max_value_bytes),
-                          header.partition)
+        records = _records(data, offset, max_key, limits.max_value_bytes)
+        return WriteFrame(header.sender, header.epoch, header.seq, records, header.partition)
     if offset != len(data):
         raise WireError("trailing bytes after a header-only chain frame")
     if type(header) is _CommitFrameHeader:

@@ -247,7 +247,8 @@ class NodeCore:
                                   request_type(request), refusal, caller.key)
                 self._error(client, request.id, "forbidden", refusal)
                 return
-        if not isinstance(request, Malformed) and request.partition is not UNSET and request.partition != self.partition:
+        if not isinstance(request, Malformed) and request.partition is not UNSET \
+                and request.partition != self.partition:
             self._error(client, request.id, "wrong_partition", f"this node has no replica of partition "
                                                                 f"{request.partition} (it hosts {self.partition})")
             return
