@@ -51,12 +51,14 @@ def watcher_main(coordinator: str, out: Path) -> int:
     counts = {"changes": 0, "pruned": 0}
     seen_ns: list[int] = []
     delivered_ns: list[int] = []  # when each change of the load was delivered
+    polled = [threading.Event(), threading.Event()]  # each watch has its starting point
 
     def follow_load() -> None:
         with ZClient(coordinator, timeout=10.0) as client:
             stream = client.watch(prefix="key", poll_wait=0.2)
             while not stop.is_set():
                 changes = stream.poll()
+                polled[0].set()
                 now = time.monotonic_ns()
                 for change in changes:
                     counts["changes"] += 1
@@ -67,7 +69,9 @@ def watcher_main(coordinator: str, out: Path) -> int:
         with ZClient(coordinator, timeout=10.0) as client:
             stream = client.watch("probe", poll_wait=0.2)
             while not stop.is_set():
-                for change in stream.poll():
+                changes = stream.poll()
+                polled[1].set()
+                for change in changes:
                     if change.value:
                         seen_ns.append(time.monotonic_ns() - int(change.value))
 
@@ -75,6 +79,9 @@ def watcher_main(coordinator: str, out: Path) -> int:
     started = time.monotonic()
     for thread in threads:
         thread.start()
+    for event in polled:
+        if not event.wait(30.0):
+            return 1  # the benchmark reports that the watchers did not start
     Path(str(out) + ".ready").write_text("")
     stop.wait()
     for thread in threads:
@@ -119,11 +126,10 @@ def start_watchers(count: int, coordinator: str, root: Path) -> list[tuple[subpr
         process = subprocess.Popen([sys.executable, __file__, "--watcher", coordinator, str(out)])
         watchers.append((process, out))
     deadline = time.monotonic() + 30
-    while not all(Path(str(out) + ".ready").exists() for _, out in watchers):
+    while not all(Path(str(out) + ".ready").exists() for _, out in watchers):  # each watch has polled once
         if time.monotonic() > deadline:
             raise RuntimeError("watchers did not start within 30 s")
         time.sleep(0.05)
-    time.sleep(1.0)  # their watches synchronized
     return watchers
 
 

@@ -233,9 +233,12 @@ def test_a_join_for_a_partition_not_placed_on_the_node_is_refused() -> None:
     sim.coordinator.register(("node7", "register", None), Join(stranger.member, PROTOCOL_VERSION, id=1), "", sim.now)
     sim.coordinator.on_partition_request(("node7", "x", 0), 0, Join(stranger.member, PROTOCOL_VERSION, id=8), sim.now)
     sim.coordinator.on_partition_request(("node7", "y", 9), 9, Join(stranger.member, PROTOCOL_VERSION, id=9), sim.now)
+    odd = {**stranger.member, "id": ["not", "a", "string"]}  # any JSON: never a crash
+    sim.coordinator.on_partition_request(("node7", "z", 0), 0, Join(odd, PROTOCOL_VERSION, id=10), sim.now)
     effects = sim.coordinator.ready(sim.now)
     replies = {e.client: e.reply for e in effects if isinstance(e, Respond)}
     assert isinstance(replies[("node7", "x", 0)], Error) and replies[("node7", "x", 0)].code == "not_assigned"
+    assert replies[("node7", "z", 0)].code == "not_assigned"
     assert replies[("node7", "y", 9)].code == "bad_request"
     sim.coordinator.register(("node8", "register", None), Join(SimNode(8).member, 1, id=1), "", sim.now)
     old = [e.reply for e in sim.coordinator.ready(sim.now) if isinstance(e, Respond)]
@@ -337,12 +340,13 @@ def test_node_level_requests_need_the_right_key() -> None:
     other_node = Caller("o" * 40, frozenset({Role.NODE}))
     admin = Caller("a" * 40, frozenset({Role.ADMIN}))
     c.register("r", Join(SimNode(5).member, PROTOCOL_VERSION, id=1), "", sim.now, client)
+    c.register("k", Join({**SimNode(6).member, "key": "k" * 40}, PROTOCOL_VERSION, id=7), "", sim.now, other_node)
     c.node_heartbeat("h", Heartbeat("node1", 0, PROTOCOL_VERSION, id=2), sim.now, client)
     c.leave("l", Leave("node1", id=3), sim.now, client)
     c.drain("d", 4, "node1", caller=other_node)
     refused = {e.client: e.reply.code for e in c.ready(sim.now) if isinstance(e, Respond)}
-    assert refused == {"r": "forbidden", "h": "forbidden", "l": "forbidden", "d": "forbidden"}
-    assert "node1" in c.nodes and not c.nodes["node1"].draining and "node5" not in c.nodes
+    assert refused == {"r": "forbidden", "h": "forbidden", "l": "forbidden", "d": "forbidden", "k": "forbidden"}
+    assert "node1" in c.nodes and not c.nodes["node1"].draining and not {"node5", "node6"} & set(c.nodes)
     c.drain("d", 5, "node1", caller=admin)
     c.leave("l", Leave("node2", id=6), sim.now, admin)
     allowed = {e.client: e.reply for e in c.ready(sim.now) if isinstance(e, Respond)}

@@ -29,7 +29,7 @@ learner catching up behind the tail. Every change bumps the epoch and is publish
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import count
 from typing import Any, Literal, Protocol, assert_never
@@ -80,6 +80,43 @@ class _Forward:
     client: Any
     request_id: Any
     deadline: float
+
+
+def other_protocol(protocol: int) -> str:
+    """Why a node of another protocol version is refused."""
+    return (f"the node speaks protocol version {protocol}, this coordinator speaks {PROTOCOL_VERSION}: run the "
+            f"same zcraq release on every process")
+
+
+class JoinRefused(Exception):
+    """A join describing a node that may not be let in; ``code`` is the wire error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def joining_member(request: Join, caller: Caller, known: Iterable[Member],
+                   check_endpoint: Callable[[str], object]) -> tuple[Member, list[Member]]:
+    """The node a join describes, checked against the ``known`` nodes, with the connection's key
+    (a node is its key), and those other nodes; JoinRefused says why not."""
+    try:
+        node = Member.from_dict(request.node)
+        for endpoint in (node.service, node.write_in, node.ack_in):
+            check_endpoint(endpoint)  # a node nobody can connect to must never be listed
+    except ValueError as error:
+        raise JoinRefused("bad_request", str(error)) from None
+    if len(node.id) > MAX_NODE_ID_CHARS:
+        raise JoinRefused("bad_request", "node id too long")
+    others = [m for m in known if m.id != node.id]
+    clash = {node.service, node.write_in, node.ack_in} & {e for m in others for e in (m.service, m.write_in, m.ack_in)}
+    if clash:
+        raise JoinRefused("bad_request", f"endpoint {sorted(clash)[0]} is already used by another node")
+    if caller.key is not None:
+        if node.key is not None and node.key != caller.key:
+            raise JoinRefused("forbidden", "the join names a key other than its connection's")
+        node = msgspec.structs.replace(node, key=caller.key)
+    return node, others
 
 
 class CoordinatorCore:
@@ -204,36 +241,17 @@ class CoordinatorCore:
         """Refuse (True) a join or heartbeat of another protocol version: no lease, no membership."""
         if request.protocol == PROTOCOL_VERSION:
             return False
-        self._error(client, request.id, "incompatible",
-                    f"the node speaks protocol version {request.protocol}, this coordinator "
-                    f"speaks {PROTOCOL_VERSION}: run the same zcraq release on every process")
+        self._error(client, request.id, "incompatible", other_protocol(request.protocol))
         return True
 
     def _join(self, client: Any, request: Join, now: float, caller: Caller) -> None:
         if self._refuse_other_protocol(client, request):
             return
         try:
-            node = Member.from_dict(request.node)
-            for endpoint in (node.service, node.write_in, node.ack_in):
-                self.check_endpoint(endpoint)  # a node nobody can connect to must never be listed
-        except ValueError as error:
-            self._error(client, request.id, "bad_request", str(error))
+            node, others = joining_member(request, caller, self.topology.listed(), self.check_endpoint)
+        except JoinRefused as refused:
+            self._error(client, request.id, refused.code, str(refused))
             return
-        if len(node.id) > MAX_NODE_ID_CHARS:
-            self._error(client, request.id, "bad_request", "node id too long")
-            return
-        others = [m for m in self.topology.listed() if m.id != node.id]
-        clash = {node.service, node.write_in, node.ack_in} & {e for m in others
-                                                              for e in (m.service, m.write_in, m.ack_in)}
-        if clash:
-            self._error(client, request.id, "bad_request",
-                        f"endpoint {sorted(clash)[0]} is already used by another node")
-            return
-        if caller.key is not None:
-            if node.key is not None and node.key != caller.key:
-                self._error(client, request.id, "forbidden", "the join names a key other than its connection's")
-                return
-            node = msgspec.structs.replace(node, key=caller.key)  # a node is its key
         taken = self._id_taken(node, others, now)
         if taken is not None:
             self.counters["refused_joins"] += 1

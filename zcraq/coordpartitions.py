@@ -33,11 +33,11 @@ import msgspec
 
 from zcraq.access import coordinator_request_refusal
 from zcraq.callers import TRUSTED, Caller, Role
-from zcraq.coordcore import CoordinatorCore, CoordinatorTimings
+from zcraq.coordcore import CoordinatorCore, CoordinatorTimings, JoinRefused, joining_member, other_protocol
 from zcraq.effects import Effect, PeerRequest, Publish, Respond
 from zcraq.endpoints import parse_endpoint
-from zcraq.messages import (MAX_NODE_ID_CHARS, PROTOCOL_VERSION, CaughtUp, Delete, Error, Heartbeat, Join, Leave,
-                            Limits, Malformed, Ok, Reply, Write)
+from zcraq.messages import (PROTOCOL_VERSION, CaughtUp, Delete, Error, Heartbeat, Join, Leave, Limits, Malformed, Ok,
+                            Reply, Write)
 from zcraq.partitioning import check_partition_count, partition_of
 from zcraq.placement import AddLearner, Form, NodeSpec, RemoveReplica, Replicas, Rotate, plan
 from zcraq.topology import Member, Topology
@@ -187,11 +187,12 @@ class PartitionedCoordinator:
                     effects.append(self._tag_forward(partition, effect))
                 elif not (isinstance(effect, Respond) and effect.client is None):
                     effects.append(effect)
-        content = self._content()
-        if content != self._last_content:
-            self._last_content = content
-            self.version += 1
-            self._registry_changed = True  # saved with the version, before anyone sees it
+        if self._table_changed or self._registry_changed or any(slot.changed for slot in self.slots):
+            content = self._content()  # a republication alone changes nothing: same version
+            if content != self._last_content:
+                self._last_content = content
+                self.version += 1
+                self._registry_changed = True  # saved with the version, before anyone sees it
         if any(slot.changed for slot in self.slots) or self._registry_changed:
             self.state.save(self._saved_state())
             for slot in self.slots:
@@ -219,28 +220,14 @@ class PartitionedCoordinator:
         if self._refused(client, join, caller):
             return
         if join.protocol != PROTOCOL_VERSION:
-            self._error(client, join.id, "incompatible", f"the node speaks protocol version {join.protocol}, this "
-                                                         f"coordinator speaks {PROTOCOL_VERSION}")
+            self._error(client, join.id, "incompatible", other_protocol(join.protocol))
             return
         try:
-            member = Member.from_dict(join.node)
-            for endpoint in (member.service, member.write_in, member.ack_in):
-                self.check_endpoint(endpoint)
-        except ValueError as error:
-            self._error(client, join.id, "bad_request", str(error))
+            member, _ = joining_member(join, caller, (n.member for n in self.nodes.values()), self.check_endpoint)
+        except JoinRefused as refused:
+            self._error(client, join.id, refused.code, str(refused))
             return
-        if len(member.id) > MAX_NODE_ID_CHARS:
-            self._error(client, join.id, "bad_request", "node id too long")
-            return
-        if caller.key is not None:
-            member = msgspec.structs.replace(member, key=caller.key)
         known = self.nodes.get(member.id)
-        others = [n.member for n in self.nodes.values() if n.member.id != member.id]
-        clash = {member.service, member.write_in, member.ack_in} & {
-            e for m in others for e in (m.service, m.write_in, m.ack_in)}
-        if clash:
-            self._error(client, join.id, "bad_request", f"endpoint {sorted(clash)[0]} is already used by another node")
-            return
         if known is None and len(self.nodes) >= MAX_NODES:
             self._error(client, join.id, "busy", f"the cluster has {MAX_NODES} nodes registered, its most")
             return
@@ -276,10 +263,8 @@ class PartitionedCoordinator:
             return
         core = self.chains[partition]
         if isinstance(request, Join):
-            node_id = request.node.get("id") if isinstance(request.node, dict) else None
-            assignment = self.assigned.get(partition)
-            placed = core.topology.member(node_id) is not None if isinstance(node_id, str) else False
-            if node_id not in self.nodes or not (placed or (assignment is not None and assignment.node == node_id)):
+            node_id = request.node.get("id")  # any JSON value
+            if not self._placed_on(partition, node_id):
                 self.counters["refused_joins"] += 1
                 self._error(client, request.id, "not_assigned",
                             f"partition {partition} is not placed on {node_id}: wait for the table")
@@ -288,6 +273,14 @@ class PartitionedCoordinator:
         if isinstance(request, Join) and partition in self.assigned:
             if core.topology.member(self.assigned[partition].node) is not None:
                 del self.assigned[partition]  # admitted
+
+    def _placed_on(self, partition: int, node_id: object) -> bool:
+        """Is ``node_id`` a registered node listed in the partition's chain or assigned to it?"""
+        if not isinstance(node_id, str) or node_id not in self.nodes:
+            return False
+        assignment = self.assigned.get(partition)
+        return self.chains[partition].topology.member(node_id) is not None or (
+            assignment is not None and assignment.node == node_id)
 
     def forward_write(self, client: Any, request: Write | Delete, now: float, caller: Caller = TRUSTED) -> None:
         """A client's write sent to the coordinator: to the head of the key's partition."""
@@ -367,6 +360,8 @@ class PartitionedCoordinator:
         for step in plan(specs, table, self.shape.replication, self.shape.max_moves):
             match step:
                 case Form():
+                    # The head joins the empty chain; the others come later as learners, by repair.
+                    # A chain formed whole would keep whatever data each member already held.
                     self._assign(step.partition, step.chain[0], now)
                 case AddLearner():
                     self._assign(step.partition, step.node, now)

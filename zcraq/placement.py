@@ -51,7 +51,8 @@ class Replicas:
 
 @dataclass(frozen=True, slots=True)
 class Form:
-    """Give an empty partition (no data ever written) its whole chain at once."""
+    """The chain an empty partition should get. The coordinator may form it one replica at a
+    time (zcraq/coordpartitions.py does: its head first, the others by repair)."""
 
     partition: int
     chain: tuple[str, ...]
@@ -122,8 +123,8 @@ def plan(nodes: Sequence[NodeSpec], table: Sequence[Replicas], replication: int,
         touched.add(partition)
         counts.load[node] += 1
 
-    # 1. Empty partitions: a whole chain at once, its members where load is least, in the order
-    #    the heads and tails targets of rule 6 want (so that no rotation follows).
+    # 1. Empty partitions: a whole chain, its members where load is least, in the order the heads
+    #    and tails targets of rule 6 want (formed in that order, no rotation follows).
     empty = [p for p, r in enumerate(table) if not r.hosts]
     if empty and serving:
         chains = [r.chain for r in table]

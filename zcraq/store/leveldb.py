@@ -118,6 +118,16 @@ def _merge(
         head = next(it, None)
 
 
+def open_database(path: Path, what: str) -> plyvel.DB:
+    """A LevelDB database at ``path``, created if missing; StoreError says why it cannot be."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return plyvel.DB(str(path), create_if_missing=True)
+    except (plyvel.Error, OSError) as exc:
+        # Typically the LOCK file is held by another process (or another handle here).
+        raise StoreError(f"cannot open LevelDB {what} at {path}: {exc}") from exc
+
+
 class LevelDBStore:
     def __init__(
         self, path: str | Path, durability: str = "sync", index_max_keys: int = DEFAULT_MAX_KEYS,
@@ -147,12 +157,7 @@ class LevelDBStore:
             self._root, self._prefix = within
             self._db = self._root.prefixed_db(self._prefix)
         else:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = self._root = plyvel.DB(str(self.path), create_if_missing=True)
-            except (plyvel.Error, OSError) as exc:
-                # Typically the LOCK file is held by another process (or another handle here).
-                raise StoreError(f"cannot open LevelDB store at {self.path}: {exc}") from exc
+            self._db = self._root = open_database(self.path, "store")
             self._prefix = b""
         started = time.perf_counter()
         self._index = VersionIndex(index_max_keys)

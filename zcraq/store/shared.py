@@ -18,7 +18,7 @@ import plyvel
 from zcraq.partitioning import MAX_PARTITIONS
 
 from .errors import StoreError
-from .leveldb import DURABILITIES, LevelDBStore
+from .leveldb import DURABILITIES, LevelDBStore, open_database
 from .version_index import DEFAULT_MAX_KEYS
 
 _DROP_BATCH = 10_000  # keys deleted per write batch when a partition is dropped
@@ -36,11 +36,7 @@ class SharedLevelDB:
             raise ValueError(f"durability must be one of {DURABILITIES}, got {durability!r}")
         self.path = Path(path)
         self.durability = durability
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db: plyvel.DB | None = plyvel.DB(str(self.path), create_if_missing=True)
-        except (plyvel.Error, OSError) as exc:
-            raise StoreError(f"cannot open LevelDB database at {self.path}: {exc}") from exc
+        self._db: plyvel.DB | None = open_database(self.path, "database")
         self._open: dict[int, LevelDBStore] = {}
 
     def store(self, partition: int, index_max_keys: int = DEFAULT_MAX_KEYS) -> LevelDBStore:
