@@ -289,6 +289,11 @@ class Ok(msgspec.Struct, frozen=True, tag_field="type", tag="ok"):
     sent: U64 | UnsetType = UNSET  # node status
     lease_left_ms: U64 | UnsetType = UNSET  # node status: the coordinator's lease, what is left of it
     counters: dict[str, int] | UnsetType = UNSET  # node and coordinator status
+    # A partitioned cluster (PROTOCOL.md §13): the partition table (topology, coordinator status);
+    # its version (a node's join and heartbeat naming no partition); each replica a node hosts (status)
+    table: dict[str, Any] | UnsetType = UNSET
+    table_version: U64 | UnsetType = UNSET
+    replicas: list[dict[str, Any]] | UnsetType = UNSET
 
 
 class Error(msgspec.Struct, frozen=True, tag_field="type", tag="error"):
