@@ -22,7 +22,7 @@ from cluster import wait_for
 from zcraq import config
 from zcraq.cluster import Cluster
 from zcraq.layout import Generated
-from zcraq.logs import FORMATTERS, formatter
+from zcraq.logs import FORMATTERS, formatter, for_partition
 from zcraq.store import LevelDBStore
 
 pytestmark = pytest.mark.timeout(180)
@@ -254,6 +254,18 @@ def test_json_lines_carry_the_exception():
     assert entry["exc"].startswith("Traceback") and entry["exc"].endswith("ValueError: broken")
     [plain] = formatted("json", lambda logger: logger.info("no %s here", "exception")).splitlines()
     assert "exc" not in orjson.loads(plain) and orjson.loads(plain)["msg"] == "no exception here"
+
+
+def test_lines_of_a_partitions_replica_name_the_partition():
+    def log_in_partition(logger: logging.Logger) -> None:
+        with for_partition(3):
+            logger.info("epoch %d", 5)
+        logger.info("the node's own")
+    text = formatted("text", log_in_partition).splitlines()
+    assert text[0].endswith("INFO    node7/p3 zcraq.node: epoch 5")
+    assert text[1].endswith("node7 zcraq.node: the node's own")
+    first, second = (orjson.loads(line) for line in formatted("json", log_in_partition).splitlines())
+    assert first["partition"] == 3 and first["process"] == "node7" and "partition" not in second
 
 
 def test_the_config_accepts_exactly_the_formats_there_are():

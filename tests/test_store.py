@@ -65,8 +65,8 @@ class SharedPartitionStore:
     """Partition 1's store in a database shared with partitions 0 and 2, which hold the same keys
     with other values (so a leak between prefixes shows); closing it closes the database."""
 
-    def __init__(self, path: Path, index_max_keys: int) -> None:
-        self.shared = SharedLevelDB(path)
+    def __init__(self, path: Path, index_max_keys: int, group_commit: bool = False) -> None:
+        self.shared = SharedLevelDB(path, group_commit=group_commit)
         for neighbour in (0, 2):
             if neighbour not in self.shared.partitions():
                 noise = self.shared.store(neighbour)
@@ -74,10 +74,16 @@ class SharedPartitionStore:
                     noise.put(key, 7, f"p{neighbour}".encode(), committed=True)
                     noise.put(key, 9, b"dirty")
                 noise.close()
+        self.shared.commit()
         self.store = self.shared.store(1, index_max_keys)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.store, name)
+
+    def flush(self) -> None:
+        """As a partitioned node's turn ends: every store flushed, then one commit."""
+        self.store.flush()
+        self.shared.commit()
 
     def close(self) -> None:
         self.store.close()
@@ -88,13 +94,13 @@ class SharedPartitionStore:
         self.shared.close()
 
 
-def shared_factory(index_max_keys: int) -> Callable[[Path], PathFactory]:
+def shared_factory(index_max_keys: int, group_commit: bool = False) -> Callable[[Path], PathFactory]:
     def crash(store: Store) -> None:
         assert isinstance(store, SharedPartitionStore)
         store.close_without_flush()
 
-    return lambda tmp: PathFactory(tmp, lambda path: SharedPartitionStore(path, index_max_keys),  # type: ignore
-                                   crash)
+    return lambda tmp: PathFactory(tmp, lambda path: SharedPartitionStore(  # type: ignore
+        path, index_max_keys, group_commit), crash)
 
 
 # LevelDB three ways: with the version index, with one so small that keys keep falling out of it
@@ -106,6 +112,7 @@ FACTORIES: dict[str, Callable[[Path], MemoryFactory | PathFactory]] = {
     "leveldb-noindex": leveldb_factory(0),
     "leveldb-shared": shared_factory(DEFAULT_MAX_KEYS),
     "leveldb-shared-noindex": shared_factory(0),
+    "leveldb-shared-group": shared_factory(DEFAULT_MAX_KEYS, group_commit=True),
 }
 
 
@@ -329,4 +336,26 @@ def test_shared_database_lists_drops_and_reopens_partitions(tmp_path: Path) -> N
     shared = SharedLevelDB(tmp_path / "db")
     with pytest.raises(ValueError):
         shared.store(4096)
+    shared.close()
+
+
+def test_group_commit_writes_every_partitions_flush_in_one_commit(tmp_path: Path) -> None:
+    shared = SharedLevelDB(tmp_path / "db", group_commit=True)
+    one, two = shared.store(1), shared.store(2)
+    one.put("a", 1, b"one", committed=True)
+    two.put("a", 1, b"two", committed=True)
+    one.flush()
+    two.flush()
+    assert shared.partitions() == []  # staged, not written: nothing may be sent yet
+    shared.commit()
+    assert shared.partitions() == [1, 2]
+    two.put("b", 1, b"gone", committed=True)
+    two.close()  # flushed into the group, then the partition dropped: its writes must not come back
+    shared.drop(2)
+    shared.commit()
+    assert shared.partitions() == [1]
+    one.put("c", 1, b"at close", committed=True)
+    shared.close()
+    shared = SharedLevelDB(tmp_path / "db")
+    assert shared.store(1).latest_committed("c") == Item("c", 1, b"at close", committed=True)
     shared.close()

@@ -8,6 +8,9 @@ each line says whose it is: the node id, or "coordinator". Two formats (config `
 - ``json``: one object per line, for log collectors: ``ts`` (ISO 8601, UTC, milliseconds),
   ``level``, ``process``, ``logger``, ``msg`` and, when there is one, ``exc`` (the traceback).
 
+A node of a partitioned cluster runs a replica per partition: their lines name the partition too
+(text: ``node1/p3``; JSON: ``"partition": 3``).
+
 An uncaught exception is logged the same way, so that even a crash leaves lines of the format.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TextIO
@@ -23,6 +27,25 @@ import orjson
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(zcraq_process)s %(name)s: %(message)s"
 
+# The partition whose replica is logging, in a node hosting many (zcraq/nodehost.py): its lines say so.
+_PARTITION: ContextVar[int | None] = ContextVar("zcraq_partition", default=None)
+
+
+class for_partition:  # noqa: N801 - used as a function: ``with for_partition(3): ...``
+    """Lines logged inside name ``partition`` (text: ``node1/p3``; JSON: ``"partition": 3``). A class,
+    not a generator: entered for every message a partitioned node handles."""
+
+    __slots__ = ("partition", "_token")
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+
+    def __enter__(self) -> None:
+        self._token = _PARTITION.set(self.partition)
+
+    def __exit__(self, *_exc: object) -> None:
+        _PARTITION.reset(self._token)
+
 
 class TextFormatter(logging.Formatter):
     def __init__(self, process: str) -> None:
@@ -30,6 +53,9 @@ class TextFormatter(logging.Formatter):
         self.process = process
 
     def format(self, record: logging.LogRecord) -> str:
+        partition = _PARTITION.get()
+        if partition is not None:
+            record.zcraq_process = f"{self.process}/p{partition}"
         first, *more = super().format(record).split("\n")
         # Tracebacks span lines: each keeps the process name, so interleaved output stays readable.
         return "\n".join([first, *(f"{self.process} | {line}" for line in more)])
@@ -41,13 +67,16 @@ class JsonFormatter(logging.Formatter):
         self.process = process
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, str] = {
+        line: dict[str, str | int] = {
             "ts": utc_timestamp(record.created),
             "level": record.levelname,
             "process": self.process,
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        partition = _PARTITION.get()
+        if partition is not None:
+            line["partition"] = partition
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:

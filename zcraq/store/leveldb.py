@@ -131,12 +131,15 @@ def open_database(path: Path, what: str) -> plyvel.DB:
 class LevelDBStore:
     def __init__(
         self, path: str | Path, durability: str = "sync", index_max_keys: int = DEFAULT_MAX_KEYS,
-        *, within: tuple[plyvel.DB, bytes] | None = None
+        *, within: tuple[plyvel.DB, bytes] | None = None, group: list[tuple[bytes, bytes | None]] | None = None
     ) -> None:
         """``index_max_keys``: how many keys the version index holds at most (0: no index).
         ``within``: a database opened elsewhere and the prefix under which this store keeps its
         whole layout (zcraq/store/shared.py: many partitions' stores in one database); closing
-        the store then leaves that database open."""
+        the store then leaves that database open. ``group`` (with ``within`` only): a flush appends
+        its writes, prefixed, to this list instead of writing them; the database's holder writes
+        the list of every store in one batch (one sync for many partitions) before anything that
+        depends on them is sent. A flushed store then reads its own writes only after that."""
         if durability not in DURABILITIES:
             raise ValueError(f"durability must be one of {DURABILITIES}, got {durability!r}")
         if not isinstance(index_max_keys, int) or isinstance(index_max_keys, bool) or index_max_keys < 0:
@@ -153,9 +156,11 @@ class LevelDBStore:
         self._dirty_bytes = 0
         self._db: plyvel.DB | None
         self._owns_db = within is None
+        self._group = group
         if within is not None:
             self._root, self._prefix = within
-            self._db = self._root.prefixed_db(self._prefix)
+            # No prefix: the whole database, as an unshared store has it (without a wrapper's cost).
+            self._db = self._root.prefixed_db(self._prefix) if self._prefix else self._root
         else:
             self._db = self._root = open_database(self.path, "store")
             self._prefix = b""
@@ -427,6 +432,9 @@ class LevelDBStore:
         db = self._check_open()
         if not self._pending:
             return
+        if self._group is not None:
+            self._flush_into(self._group)
+            return
         # transaction=True: an exception while filling the batch writes nothing.
         with db.write_batch(transaction=True, sync=self.durability == "sync") as batch:
             put, delete = batch.put, batch.delete
@@ -437,6 +445,15 @@ class LevelDBStore:
                         delete(prefix + version.to_bytes(8, "big"))
                     else:
                         put(prefix + version.to_bytes(8, "big"), record)
+        self._pending.clear()
+
+    def _flush_into(self, group: list[tuple[bytes, bytes | None]]) -> None:
+        stage = group.append
+        outer = self._prefix + DATA
+        for key, held in self._pending.items():
+            prefix = outer + key.encode("utf-8").replace(b"\x00", b"\x00\xff") + _TERMINATOR  # key_prefix, inlined
+            for version, record in held.items():
+                stage((prefix + version.to_bytes(8, "big"), record))
         self._pending.clear()
 
     def close(self) -> None:

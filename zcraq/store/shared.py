@@ -7,6 +7,9 @@ endian``. A store sees only its prefix, so each replica behaves as if it had a d
 and a replica that moves away is dropped by deleting its prefix.
 
 A one-chain node keeps its store unprefixed, as it always has (``LevelDBStore(path)``).
+
+With ``group_commit``, the stores' flushes are gathered and written by ``commit()`` in one batch:
+a node's loop turn then costs one sync however many partitions it wrote to.
 """
 
 from __future__ import annotations
@@ -24,6 +27,21 @@ from .version_index import DEFAULT_MAX_KEYS
 _DROP_BATCH = 10_000  # keys deleted per write batch when a partition is dropped
 
 
+def holds_one_chain(db: plyvel.DB) -> bool:
+    """Does ``db`` hold a one-chain node's store (zcraq/store/leveldb.py keeps it under b"d" and b"m")?"""
+    return _holds(db, b"d") or _holds(db, b"m")
+
+
+def holds_partitions(db: plyvel.DB) -> bool:
+    """Does ``db`` hold partitions' stores (each under b"p" and its number)?"""
+    return _holds(db, b"p")
+
+
+def _holds(db: plyvel.DB, prefix: bytes) -> bool:
+    with db.iterator(prefix=prefix, include_value=False) as it:
+        return next(it, None) is not None
+
+
 def partition_prefix(partition: int) -> bytes:
     if not 0 <= partition < MAX_PARTITIONS:
         raise ValueError(f"partition {partition} out of range")
@@ -31,13 +49,22 @@ def partition_prefix(partition: int) -> bytes:
 
 
 class SharedLevelDB:
-    def __init__(self, path: str | Path, durability: str = "sync") -> None:
+    def __init__(self, path: str | Path, durability: str = "sync", group_commit: bool = False,
+                 db: plyvel.DB | None = None) -> None:
+        """``db``: the database at ``path``, opened already (it is closed with this object); a
+        database holding a one-chain node's store is refused (StoreError)."""
         if durability not in DURABILITIES:
             raise ValueError(f"durability must be one of {DURABILITIES}, got {durability!r}")
         self.path = Path(path)
         self.durability = durability
-        self._db: plyvel.DB | None = open_database(self.path, "database")
+        self._db: plyvel.DB | None = db if db is not None else open_database(self.path, "database")
+        if holds_one_chain(self._db):
+            self._db.close()
+            self._db = None
+            raise StoreError(f"{self.path} holds the store of a one-chain cluster's node, not the replicas of a "
+                             f"partitioned cluster's: a node's data belongs to the cluster it was created in")
         self._open: dict[int, LevelDBStore] = {}
+        self._group: list[tuple[bytes, bytes | None]] | None = [] if group_commit else None
 
     def store(self, partition: int, index_max_keys: int = DEFAULT_MAX_KEYS) -> LevelDBStore:
         """The store of ``partition`` (one open store per partition at a time)."""
@@ -46,7 +73,7 @@ class SharedLevelDB:
         if held is not None and not held.closed:
             raise StoreError(f"partition {partition}'s store is already open")
         store = LevelDBStore(self.path / f"p{partition}", self.durability, index_max_keys,
-                             within=(db, partition_prefix(partition)))
+                             within=(db, partition_prefix(partition)), group=self._group)
         self._open[partition] = store
         return store
 
@@ -73,6 +100,7 @@ class SharedLevelDB:
         held = self._open.get(partition)
         if held is not None and not held.closed:
             raise StoreError(f"close partition {partition}'s store before dropping it")
+        self.commit()  # what its store flushed last goes first, then everything
         prefix = partition_prefix(partition)
         deleted = 0
         while True:
@@ -85,6 +113,22 @@ class SharedLevelDB:
                     batch.delete(key)
             deleted += len(keys)
 
+    def commit(self) -> None:
+        """Write what the stores have flushed since the last commit, in one batch (group commit)."""
+        group = self._group
+        if not group:
+            return
+        db = self._check_open()
+        # transaction=True: an exception while filling the batch writes nothing.
+        with db.write_batch(transaction=True, sync=self.durability == "sync") as batch:
+            put, delete = batch.put, batch.delete
+            for key, record in group:
+                if record is None:
+                    delete(key)
+                else:
+                    put(key, record)
+        group.clear()
+
     def close(self) -> None:
         """Close every store still open (flushing it), then the database."""
         if self._db is None:
@@ -92,6 +136,7 @@ class SharedLevelDB:
         try:
             for store in self._open.values():
                 store.close()
+            self.commit()
         finally:
             self._db.close()
             self._db = None
