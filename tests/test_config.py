@@ -109,7 +109,8 @@ def test_shipped_files_set_and_comment_every_key() -> None:
     from zcraq import config as module
 
     expected = {
-        "coordinator.toml": set(module._COORDINATOR_KEYS) | {"max_key_bytes", "max_value_bytes"},
+        "coordinator.toml": set(module._COORDINATOR_KEYS) | set(module._CLUSTER_KEYS) | {"max_key_bytes",
+                                                                                        "max_value_bytes"},
     }
     for n in (1, 2, 3):
         expected[f"node{n}.toml"] = set(module._NODE_KEYS) | {"max_key_bytes", "max_value_bytes"}
@@ -561,3 +562,54 @@ def test_out_of_range_limits(limits: dict[str, int], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         node(limits=limits)
     assert info.value.key == key
+
+
+# ---------------------------------------------------------------------------------------------
+# A partitioned cluster: [cluster] of the coordinator, zone of a node
+
+
+def test_cluster_table_is_optional_and_means_one_chain() -> None:
+    cfg = coordinator()
+    assert (cfg.cluster.partitions, cfg.cluster.replication, cfg.cluster.max_moves) == (1, 3, 2)
+    assert cfg.cluster.formation_grace_ms == 5000 and not cfg.cluster.partitioned
+
+
+def test_cluster_table() -> None:
+    data = copy.deepcopy(COORDINATOR)
+    data["cluster"] = {"partitions": 64, "replication": 5, "max_moves": 4, "formation_grace_ms": 0}
+    cluster = coordinator_config_from_dict(data, "etc/c.toml").cluster
+    assert (cluster.partitions, cluster.replication, cluster.max_moves, cluster.formation_grace_ms) == (64, 5, 4, 0)
+    assert cluster.partitioned
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"partitions": 0}, "cluster.partitions: expected an integer from 1 to 4096, got 0"),
+    ({"partitions": 4097}, "cluster.partitions: expected an integer from 1 to 4096, got 4097"),
+    ({"partitions": "8"}, 'cluster.partitions: expected an integer from 1 to 4096, got "8"'),
+    ({"replication": 0}, "cluster.replication: expected an integer from 1 to 16, got 0"),
+    ({"replication": 17}, "cluster.replication: expected an integer from 1 to 16, got 17"),
+    ({"max_moves": 0}, "cluster.max_moves: expected an integer from 1 to"),
+    ({"formation_grace_ms": -1}, "cluster.formation_grace_ms: expected an integer from 0 to"),
+    ({"partiton": 8}, 'cluster.partiton: unknown key (did you mean "partitions"?)'),
+])
+def test_bad_cluster_values(table: dict[str, Any], message: str) -> None:
+    data = copy.deepcopy(COORDINATOR)
+    data["cluster"] = table
+    with pytest.raises(ConfigError) as info:
+        coordinator_config_from_dict(data, "etc/c.toml")
+    assert message in str(info.value) and str(info.value).startswith("etc/c.toml: ")
+
+
+def test_cluster_table_of_wrong_type() -> None:
+    data = {**copy.deepcopy(COORDINATOR), "cluster": 4}
+    with pytest.raises(ConfigError, match=r"cluster: expected a table \[cluster\], got 4"):
+        coordinator_config_from_dict(data, "etc/c.toml")
+
+
+def test_node_zone() -> None:
+    assert node().zone == ""
+    assert node(zone="rack-1").zone == "rack-1"
+    assert node(zone="z" * 64).zone == "z" * 64
+    assert "node.zone: expected at most 64 characters" in str(node_error(zone="z" * 65))
+    assert "node.zone: expected a string" in str(node_error(zone=3))
+    assert node(zone="").zone == ""  # the shipped files spell the default out

@@ -203,6 +203,29 @@ def test_a_drained_node_ends_with_no_replica() -> None:
     assert sim.replies[("admin", "drain", None)] == Ok(9)
 
 
+def test_a_drained_node_that_goes_away_and_comes_back_is_still_draining() -> None:
+    sim = Sim(partitions=6, nodes=4)
+    sim.run_until(sim.settled)
+    sim.coordinator.drain(("admin", "drain", None), 9, "node3")
+    sim.nodes[2].alive = False  # restarted for maintenance, say: silent past the removal time
+    sim.run_until(lambda: "node3" not in sim.coordinator.nodes)
+    assert sim.coordinator.drained_away == {"node3"}
+    sim.restart_coordinator()  # the mark is in the saved state
+    node = sim.nodes[2]
+    node.alive, node.registered, node.joined, node.asking = True, False, set(), set()
+    sim.run_until(lambda: "node3" in sim.coordinator.nodes)
+    assert sim.coordinator.nodes["node3"].draining and not sim.coordinator.drained_away
+    sim.run_until(lambda: sim.settled() and sim.per_node()[0]["node3"] == 0)
+    # Undone while the node is away: it comes back serving.
+    node.alive = False
+    sim.run_until(lambda: "node3" not in sim.coordinator.nodes)
+    sim.coordinator.drain(("admin", "undo", None), 10, "node3", draining=False)
+    sim.turn()
+    assert sim.replies[("admin", "undo", None)] == Ok(10) and not sim.coordinator.drained_away
+    node.alive, node.registered, node.joined, node.asking = True, False, set(), set()
+    sim.run_until(lambda: "node3" in sim.coordinator.nodes and sim.settled() and sim.per_node()[0]["node3"] > 0)
+
+
 def test_a_restarted_coordinator_keeps_the_table_and_the_registry() -> None:
     sim = Sim(partitions=4, nodes=3)
     sim.run_until(sim.settled)

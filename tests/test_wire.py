@@ -270,3 +270,57 @@ def test_the_partition_travels_in_requests_and_chain_frames():
 
 def _frame_of(header: bytes) -> bytes:
     return struct.pack(">I", len(header)) + header
+
+
+# ---------------------------------------------------------------------------------- drain
+
+
+def test_drain_is_a_coordinator_request():
+    from zcraq.messages import Drain
+
+    drain = wire.decode_request([b'{"type":"drain","id":1,"node_id":"node2"}'], LIMITS, wire.COORDINATOR_REQUESTS)
+    assert drain == Drain("node2", True, id=1)
+    undo = wire.decode_request([b'{"type":"drain","id":2,"node_id":"n","draining":false}'], LIMITS,
+                               wire.COORDINATOR_REQUESTS)
+    assert undo == Drain("n", False, id=2)
+    assert wire.encode_request(undo) == [b'{"type":"drain","node_id":"n","draining":false,"id":2}']
+    for body, message in ((b'{"type":"drain","id":3}', "drain needs field 'node_id'"),
+                          (b'{"type":"drain","id":3,"node_id":"n","draining":1}',
+                           "field 'draining' has the wrong type"),
+                          (b'{"type":"drain","id":3,"node_id":""}', "node_id must be 1 to 64 characters")):
+        with pytest.raises(wire.WireError) as raised:
+            wire.decode_request([body], LIMITS, wire.COORDINATOR_REQUESTS)
+        assert (raised.value.code, raised.value.request_id, str(raised.value)) == ("bad_request", 3, message)
+    with pytest.raises(wire.WireError, match="unknown request type 'drain'"):
+        wire.decode_request([b'{"type":"drain","id":4,"node_id":"n"}'], LIMITS, wire.NODE_REQUESTS)
+
+
+def test_drain_decoding_agrees_with_the_rules():
+    rng = random.Random(7)
+    accepted = 0
+    for _ in range(3000):
+        header: dict[str, Any] = {"type": "drain", "id": rng.choice([1, "r", None]), "node_id": "node1"}
+        if rng.random() < 0.5:
+            header["draining"] = rng.choice([True, False])
+        for _ in range(rng.choice([0, 1, 1, 2])):
+            name = rng.choice(["node_id", "draining", "id", "partition"])
+            if rng.random() < 0.75:
+                header[name] = rng.choice(ODD_VALUES)
+            else:
+                header.pop(name, None)
+        body = [dumps(header)]
+        try:
+            wire._explain_request(body, LIMITS, wire.COORDINATOR_REQUESTS)  # noqa: SLF001 - the reference
+            expected: wire.WireError | None = None
+        except wire.WireError as error:
+            expected = error
+        try:
+            request = wire.decode_request(body, LIMITS, wire.COORDINATOR_REQUESTS)
+        except wire.WireError as error:
+            assert expected is not None and (error.code, error.request_id, str(error)) == (
+                expected.code, expected.request_id, str(expected)), (body, error)
+            continue
+        assert expected is None, (body, expected)
+        accepted += 1
+        assert (request.node_id, request.draining) == (header["node_id"], header.get("draining", True))
+    assert accepted > 500

@@ -11,7 +11,8 @@ security configured) may do everything. The rules:
   nodes; a chain frame and a confirmation only with the key the coordinator registered for the
   node they name (the epoch checks of the cores do the rest);
 - join: nodes, with their own key; heartbeat and caught_up: the registered key of the node named;
-- leave: the node itself, or an administrator for any node.
+- leave: the node itself, or an administrator for any node;
+- drain (partitioned clusters: move every replica off a node): administrators only.
 
 A refusal is a sentence saying why, for the ``forbidden`` error; None lets the message through.
 """
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 from zcraq.callers import TRUSTED, Caller, Role
 from zcraq.messages import (CatchupRequest, CaughtUp, ChainFrame, Confirm, CoordinatorRequest, Delete, DeleteMany,
-                            Heartbeat, Join, Leave, NodeRequest, Read, ReadMany, Scan, StatusRequest, TopologyRequest,
-                            VersionQuery, Watch, WatchState, Write, WriteMany)
+                            Drain, Heartbeat, Join, Leave, NodeRequest, Read, ReadMany, Scan, StatusRequest,
+                            TopologyRequest, VersionQuery, Watch, WatchState, Write, WriteMany)
 from zcraq.topology import Topology
 
 _DATA = (Role.CLIENT, Role.ADMIN)
@@ -71,6 +72,8 @@ def coordinator_request_refusal(request: CoordinatorRequest, caller: Caller, top
             if caller.is_(Role.ADMIN):
                 return None
             return _own_node(request.node_id, caller, topology)
+        case Drain():
+            return None if caller.is_(Role.ADMIN) else _needs("an administrator's key", caller)
     return None
 
 

@@ -13,6 +13,7 @@ import click
 from zcraq.cli_batches import COMMANDS as BATCH_COMMANDS
 from zcraq.cli_scan import scan
 from zcraq.cli_watch import watch
+from zcraq.cli_admin import admin
 from zcraq.cli_client import client
 from zcraq.config import ConfigError, load_coordinator_config, load_node_config
 from zcraq.logs import setup_logging
@@ -116,6 +117,9 @@ def verify(history: str) -> None:
 @click.option("--clients", default=5, show_default=True, type=click.IntRange(min=1),
               help="Concurrent client threads (Jepsen processes).")
 @click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 20), help="Chain nodes.")
+@click.option("--partitions", default=1, show_default=True, type=click.IntRange(1, 4096),
+              help="Partitions of the keyspace, each its own chain of 3 placed over the nodes (not the network "
+                   "partitions of the nemesis).")
 @click.option("--seed", default=None, type=int, help="Seed of the workload and the fault schedule [default: random].")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Empty or new directory for history.jsonl, nemesis.jsonl, summary.json, verdict.txt, "
@@ -140,7 +144,8 @@ def verify(history: str) -> None:
               help="Seconds each client operation may take, retries included.")
 @click.option("--converge-timeout", default=90.0, show_default=True, type=click.FloatRange(min=1.0),
               help="Seconds the healed chain may take to have every node serving.")
-def chaos(duration: float, nemesis_kinds: str, clients: int, nodes: int, seed: int | None, out_dir: str | None,
+def chaos(duration: float, nemesis_kinds: str, clients: int, nodes: int, partitions: int, seed: int | None,
+          out_dir: str | None,
           unsafe: str, keys: int, read_ratio: float, cas_ratio: float, think_ms: float, network: str, durability: str,
           lease_ms: int, heartbeat_ms: int, client_timeout: float, converge_timeout: float) -> None:
     """Jepsen-style test against real processes: a workload under faults, then the checker.
@@ -167,7 +172,7 @@ def chaos(duration: float, nemesis_kinds: str, clients: int, nodes: int, seed: i
         click.echo(f"zcraq chaos: {note}", err=True)
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="zcraq-chaos-"))
     options = ChaosOptions(
-        out=out, duration=duration, nemesis=kinds, clients=clients, nodes=nodes,
+        out=out, duration=duration, nemesis=kinds, clients=clients, nodes=nodes, partitions=partitions,
         seed=random.randrange(1 << 31) if seed is None else seed, unsafe=unsafe, keys=keys, network=network,
         lease_ms=lease_ms, heartbeat_ms=heartbeat_ms, client_timeout=client_timeout,
         converge_timeout=converge_timeout, durability=durability, think_ms=think_ms, read_ratio=read_ratio,
@@ -189,6 +194,7 @@ for batch_command in BATCH_COMMANDS:
 client.add_command(scan)
 client.add_command(watch)
 main.add_command(client)
+main.add_command(admin)
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,8 @@
 """TOML configuration for nodes and the coordinator, validated strictly before anything starts.
 
 A node file has a ``[node]`` table and an optional ``[limits]`` table; a coordinator file has a
-``[coordinator]`` table and an optional ``[limits]`` table. Unknown tables and keys are errors
+``[coordinator]`` table and optional ``[limits]`` and ``[cluster]`` tables (``[cluster]``: the
+partitions of a partitioned cluster, fixed when it is created). Unknown tables and keys are errors
 (with a "did you mean" hint when one is close), so a typo never silently falls back to a default.
 
 Relative paths (``data_dir``, ``state_dir``) are resolved against the directory that contains the
@@ -31,6 +32,7 @@ __all__ = [
     "Limits",
     "NodeConfig",
     "SecurityConfig",
+    "ClusterConfig",
     "CoordinatorConfig",
     "load_node_config",
     "load_coordinator_config",
@@ -62,6 +64,9 @@ DEFAULT_WATCH_LOG_ENTRIES = 100_000
 MAX_WATCH_LOG_ENTRIES = 100_000_000
 DEFAULT_WATCH_LOG_MIB = 64
 MAX_WATCH_LOG_MIB = 1 << 20
+MAX_ZONE_CHARS = 64
+MAX_PARTITIONS = 4096
+MAX_REPLICATION = 16
 
 _ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -114,6 +119,7 @@ class NodeConfig:
     index_max_keys: int = DEFAULT_INDEX_MAX_KEYS  # keys the store's version index holds; 0: none
     watch_log_entries: int = DEFAULT_WATCH_LOG_ENTRIES  # committed changes kept for watchers; 0: none
     watch_log_mib: int = DEFAULT_WATCH_LOG_MIB  # and their bytes, at most
+    zone: str = ""  # the failure zone: placement in a partitioned cluster spreads replicas over zones
 
     @property
     def service_endpoint(self) -> str:
@@ -150,6 +156,20 @@ class NodeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """A coordinator's ``[cluster]`` table: partitions of ``replication`` replicas each."""
+
+    partitions: int = 1
+    replication: int = 3
+    max_moves: int = 2  # learners placement may run at once
+    formation_grace_ms: int = 5000  # a new cluster waits this long for ``replication`` nodes
+
+    @property
+    def partitioned(self) -> bool:
+        return self.partitions > 1
+
+
+@dataclass(frozen=True, slots=True)
 class CoordinatorConfig:
     """A validated coordinator config. ``endpoint``/``publish_endpoint`` are advertised;
     ``*_bind_endpoint`` are what the coordinator binds."""
@@ -169,6 +189,7 @@ class CoordinatorConfig:
     limits: Limits
     security: SecurityConfig | None = None
     metrics_port: int = 0  # HTTP /metrics, /healthz and /readyz; 0: none
+    cluster: ClusterConfig = ClusterConfig()
 
     @property
     def endpoint(self) -> str:
@@ -307,6 +328,7 @@ _NODE_KEYS = (
     "index_max_keys",
     "watch_log_entries",
     "watch_log_mib",
+    "zone",
 )
 
 _COORDINATOR_KEYS = (
@@ -366,6 +388,7 @@ def node_config_from_dict(data: Mapping[str, Any], path: str | os.PathLike[str])
         index_max_keys=t.get_int("index_max_keys", 0, MAX_INDEX_MAX_KEYS, DEFAULT_INDEX_MAX_KEYS),
         watch_log_entries=t.get_int("watch_log_entries", 0, MAX_WATCH_LOG_ENTRIES, DEFAULT_WATCH_LOG_ENTRIES),
         watch_log_mib=t.get_int("watch_log_mib", 1, MAX_WATCH_LOG_MIB, DEFAULT_WATCH_LOG_MIB),
+        zone=_zone(t),
         **ports,
     )
 
@@ -375,7 +398,7 @@ def coordinator_config_from_dict(
 ) -> CoordinatorConfig:
     """Validate a parsed coordinator file. ``path`` names it in errors and anchors relative paths."""
     where = str(path)
-    check_top_level(where, data, "coordinator", "node", ("limits", "security"))
+    check_top_level(where, data, "coordinator", "node", ("limits", "security", "cluster"))
     t = Table(where, "coordinator", data["coordinator"], _COORDINATOR_KEYS)
     security = security_from_dict(path, data, needs_coordinator_key=False)
 
@@ -401,7 +424,32 @@ def coordinator_config_from_dict(
         limits=_limits(where, data),
         security=security,
         metrics_port=metrics_port,
+        cluster=_cluster(where, data),
         **ports,
+    )
+
+
+def _zone(table: Table) -> str:
+    """The optional failure zone ("" when unset: every node in one zone)."""
+    if table.data.get("zone", "") == "":  # spelled out empty in the shipped files: no zone
+        return ""
+    zone = table.get_str("zone")
+    if len(zone) > MAX_ZONE_CHARS:
+        raise table.error("zone", f"expected at most {MAX_ZONE_CHARS} characters, got {len(zone)}")
+    return zone
+
+
+_CLUSTER_KEYS = ("partitions", "replication", "max_moves", "formation_grace_ms")
+
+
+def _cluster(path: str, data: Mapping[str, Any]) -> ClusterConfig:
+    """The optional ``[cluster]`` table; without it, one chain."""
+    t = Table(path, "cluster", data.get("cluster", {}), _CLUSTER_KEYS)
+    return ClusterConfig(
+        partitions=t.get_int("partitions", 1, MAX_PARTITIONS, 1),
+        replication=t.get_int("replication", 1, MAX_REPLICATION, 3),
+        max_moves=t.get_int("max_moves", 1, MAX_PARTITIONS, 2),
+        formation_grace_ms=t.get_int("formation_grace_ms", 0, MAX_MS, 5000),
     )
 
 

@@ -42,8 +42,8 @@ from zcraq.callers import TRUSTED, Caller
 from zcraq.effects import Effect, PeerRequest, Publish, Respond
 from zcraq.endpoints import parse_endpoint
 from zcraq.loglimit import LogLimiter
-from zcraq.messages import (MAX_NODE_ID_CHARS, Limits, PROTOCOL_VERSION, CaughtUp, CoordinatorRequest, Delete, Error,
-                            Heartbeat, Join, Leave, Malformed, Ok, Reply, StatusRequest, TopologyRequest, Write,
+from zcraq.messages import (MAX_NODE_ID_CHARS, Limits, PROTOCOL_VERSION, CaughtUp, CoordinatorRequest, Delete, Drain,
+                            Error, Heartbeat, Join, Leave, Malformed, Ok, Reply, StatusRequest, TopologyRequest, Write,
                             request_type)
 from zcraq.topology import EMPTY, Member, Topology
 
@@ -227,6 +227,8 @@ class CoordinatorCore:
                 if self.topology.member(request.node_id) is not None:
                     self._remove(request.node_id, "left")
                 self._ok(client, Ok(request.id, epoch=self.topology.epoch))
+            case Drain():
+                self._error(client, request.id, "bad_request", "this cluster has one chain and no partitions to move")
             case Malformed():
                 self.counters["bad_messages"] += 1
                 self._error(client, request.id, request.code, request.message)

@@ -3,6 +3,10 @@
 State (the current topology with its epoch) is written to ``state_dir/state.json`` atomically
 (write, fsync, rename, fsync the directory) by the core's ``ready()``, before any reply or
 publication that depends on it is handed to this shell.
+
+``CoordinatorShell`` is what this one-chain coordinator and the partitioned one
+(zcraq/coordinator_partitioned.py) share: the sockets, CURVE, the probes and the loop. A cluster's
+shape is fixed when it is created: a state directory of one kind is never run as the other.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from zcraq.callers import TRUSTED, Caller
 from zcraq.config import ConfigError, CoordinatorConfig
 from zcraq.coordcore import CoordinatorCore, CoordinatorTimings
 from zcraq.effects import Effect, PeerRequest, Publish, Relink, Respond, SendDown, SendUp, Subscribe
+from zcraq.loglimit import LogLimiter
+from zcraq.messages import CoordinatorRequest, Malformed, Reply
 from zcraq.monitoring.coordinator import (CoordinatorCollector, CoordinatorView, coordinator_request_stats,
                                           take_coordinator_view)
 from zcraq.monitoring.http import ProbeServer
@@ -44,7 +50,8 @@ class StateError(Exception):
     """The durable state cannot be read or written."""
 
 
-def load_state(state_dir: Path) -> dict[str, Any] | None:
+def read_state(state_dir: Path) -> dict[str, Any] | None:
+    """The saved state object of either kind of coordinator, or None for a new one."""
     path = state_dir / STATE_FILE
     try:
         data = orjson.loads(path.read_bytes())
@@ -52,7 +59,20 @@ def load_state(state_dir: Path) -> dict[str, Any] | None:
         return None
     except (OSError, orjson.JSONDecodeError) as error:
         raise StateError(f"cannot read coordinator state {path}: {error}") from None
-    if not isinstance(data, dict) or "topology" not in data:
+    if not isinstance(data, dict):
+        raise StateError(f"coordinator state {path} is not a JSON object")
+    return data
+
+
+def load_state(state_dir: Path) -> dict[str, Any] | None:
+    data = read_state(state_dir)
+    if data is None:
+        return None
+    path = state_dir / STATE_FILE
+    if "partitions" in data:
+        raise StateError(f"coordinator state {path} is of a cluster of {data['partitions']} partitions, and this "
+                         f"config has no [cluster] partitions: a cluster's shape is fixed when it is created")
+    if "topology" not in data:
         raise StateError(f"coordinator state {path} has no topology")
     return data
 
@@ -92,20 +112,26 @@ class FileState:
         save_state(self.state_dir, {"topology": topology.to_dict()})
 
 
-class CoordinatorProcess:
+def limits_of(config: CoordinatorConfig) -> Limits:
+    return Limits(config.limits.max_key_bytes, config.limits.max_value_bytes)
+
+
+def timings_of(config: CoordinatorConfig) -> CoordinatorTimings:
+    return CoordinatorTimings(
+        lease=config.lease_ms / 1000,
+        republish_interval=config.republish_interval_ms / 1000,
+        request_timeout=config.request_timeout_ms / 1000,
+    )
+
+
+class CoordinatorShell:
+    """The sockets, CURVE, probes and loop of a coordinator process. A subclass owns the core:
+    it builds it before calling ``__init__`` here (so that unusable state fails before anything is
+    bound), handles requests and peer replies, and ends each loop turn in ``_turn``."""
+
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
-        state = FileState(config.state_dir)
-        self.limits = limits = Limits(config.limits.max_key_bytes, config.limits.max_value_bytes)
-        timings = CoordinatorTimings(
-            lease=config.lease_ms / 1000,
-            republish_interval=config.republish_interval_ms / 1000,
-            request_timeout=config.request_timeout_ms / 1000,
-        )
-        self.core = CoordinatorCore(config.publish_endpoint, state, time.monotonic(), timings, limits=limits)
-        if self.core.topology.epoch > 0:
-            log.info("restored epoch %d from %s; no removals for %.1fs (leases of the previous run)",
-                     self.core.topology.epoch, config.state_dir, timings.removal_after)
+        self.limits = limits = limits_of(config)
         self.ctx = zmq.Context()
         self._stopping = False
         self._reload = False
@@ -130,25 +156,47 @@ class CoordinatorProcess:
             raise
         # Per-request figures only when something shows them: without them the hot path is as it was.
         self.requests = coordinator_request_stats() if self.probes is not None else None
-        self.published = False  # a topology has gone out since this process started
-        self.publisher = Publisher(lambda _now: take_coordinator_view(self.core, self.published, self.requests),
-                                   views if self.probes is not None else None, Notifier())
+        self.published = False  # a topology (or table) has gone out since this process started
+        self.publisher = Publisher(lambda _now: self._view(), views if self.probes is not None else None, Notifier())
         self.poller = zmq.Poller()
         self.poller.register(self.service, zmq.POLLIN)
         if self.security is not None:
             self.poller.register(self.security.zap.sock, zmq.POLLIN)
         self.peers = sockets.DealerPool(self.ctx, self.poller, curve=curve)
 
+    # ------------------------------------------------------------------ what a subclass provides
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """The core's counters, where bad messages and internal errors are counted."""
+        raise NotImplementedError
+
+    @property
+    def logs(self) -> LogLimiter:
+        raise NotImplementedError
+
+    def _view(self) -> CoordinatorView:
+        raise NotImplementedError
+
+    def _on_request(self, client: Any, request: CoordinatorRequest | Malformed, now: float, caller: Caller) -> None:
+        raise NotImplementedError
+
+    def _on_peer_reply(self, reply: Reply | Malformed, values: list[bytes], now: float) -> None:
+        raise NotImplementedError
+
+    def _turn(self, now: float) -> None:
+        """End of a loop turn: time passes for the core, then its effects (state saved first)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the loop
+
     def run(self) -> None:
-        log.info("coordinator: requests %s, topology %s, state %s", self.config.endpoint,
-                 self.config.publish_endpoint, self.config.state_dir)
         while not self._stopping:
             ready = dict(self.poller.poll(50))
             now = time.monotonic()
             for sock in ready:
                 self._dispatch(sock, now)
-            self.core.tick(now)
-            self._execute(self.core.ready())
+            self._turn(now)
             self._flush_logs(now)
             self.publisher.turn(now)
             if self._reload and self.security is not None:
@@ -159,7 +207,7 @@ class CoordinatorProcess:
 
     def _flush_logs(self, now: float) -> None:
         """Counts of repeated lines left out come out once their interval is over."""
-        self.core.logs.flush(now)
+        self.logs.flush(now)
         self.peers.logs.flush(now)
         if self.security is not None:
             self.security.zap.logs.flush(now)
@@ -179,40 +227,30 @@ class CoordinatorProcess:
                     self._on_service(frames, now, caller)
                 elif frames and frames[0] == b"":
                     reply, values = wire.read_reply(frames[1:])
-                    self.core.on_peer_reply(reply, values, now)
+                    self._on_peer_reply(reply, values, now)
             except Exception:  # a message the validation missed must not stop the chain
-                self.core.counters["internal_errors"] += 1
-                self.core.logs.log(logging.ERROR, "internal error", now, "error while handling a message; message "
-                                   "dropped", exc_info=True)
+                self.counters["internal_errors"] += 1
+                self.logs.log(logging.ERROR, "internal error", now, "error while handling a message; message "
+                              "dropped", exc_info=True)
 
     def _on_service(self, frames: list[bytes], now: float, caller: Caller) -> None:
         split = sockets.split_or_reject(self.service, frames)
         if split is None:
-            self.core.counters["bad_messages"] += 1
+            self.counters["bad_messages"] += 1
             return
         envelope, body = split
         request = wire.read_coordinator_request(body, self.limits)
         client = envelope if self.requests is None else self.requests.arrived(envelope, request, now)
-        self.core.on_request(client, request, now, caller)
+        self._on_request(client, request, now, caller)
 
-    def _execute(self, effects: list[Effect]) -> None:
-        for effect in effects:
-            match effect:
-                case Publish():
-                    sockets.send_nowait(self.pub, [TOPIC, wire.encode_topology(effect.topology)])
-                    self.peers.keep_only(m.service for m in effect.topology.members)
-                    self.published = True
-                case Respond():
-                    frames = wire.encode_reply(effect.reply, effect.values)
-                    envelope = effect.client if self.requests is None else self.requests.replied(
-                        effect.client, effect.reply, time.monotonic())
-                    sockets.send_nowait(self.service, [*envelope, *frames])
-                case PeerRequest():
-                    self.peers.send(effect.endpoint, wire.encode_request(effect.request), effect.key)
-                case SendDown() | SendUp() | Relink() | Subscribe():
-                    raise AssertionError(f"the coordinator has no chain links: {effect}")
-                case _:
-                    assert_never(effect)
+    def _respond(self, effect: Respond) -> None:
+        frames = wire.encode_reply(effect.reply, effect.values)
+        envelope = effect.client if self.requests is None else self.requests.replied(
+            effect.client, effect.reply, time.monotonic())
+        sockets.send_nowait(self.service, [*envelope, *frames])
+
+    def _forward(self, effect: PeerRequest) -> None:
+        self.peers.send(effect.endpoint, wire.encode_request(effect.request), effect.key)
 
     def stop(self, *_args: object) -> None:
         self._stopping = True
@@ -233,7 +271,68 @@ class CoordinatorProcess:
         self.ctx.destroy(linger=0)  # closes any socket an interrupt left behind, where term would wait
 
 
+class CoordinatorProcess(CoordinatorShell):
+    """The coordinator of a one-chain cluster."""
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        timings = timings_of(config)
+        self.core = CoordinatorCore(config.publish_endpoint, FileState(config.state_dir), time.monotonic(), timings,
+                                    limits=limits_of(config))
+        if self.core.topology.epoch > 0:
+            log.info("restored epoch %d from %s; no removals for %.1fs (leases of the previous run)",
+                     self.core.topology.epoch, config.state_dir, timings.removal_after)
+        super().__init__(config)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.core.counters
+
+    @property
+    def logs(self) -> LogLimiter:
+        return self.core.logs
+
+    def _view(self) -> CoordinatorView:
+        return take_coordinator_view(self.core, self.published, self.requests)
+
+    def run(self) -> None:
+        log.info("coordinator: requests %s, topology %s, state %s", self.config.endpoint,
+                 self.config.publish_endpoint, self.config.state_dir)
+        super().run()
+
+    def _on_request(self, client: Any, request: CoordinatorRequest | Malformed, now: float, caller: Caller) -> None:
+        self.core.on_request(client, request, now, caller)
+
+    def _on_peer_reply(self, reply: Reply | Malformed, values: list[bytes], now: float) -> None:
+        self.core.on_peer_reply(reply, values, now)
+
+    def _turn(self, now: float) -> None:
+        self.core.tick(now)
+        self._execute(self.core.ready())
+
+    def _execute(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            match effect:
+                case Publish():
+                    sockets.send_nowait(self.pub, [TOPIC, wire.encode_topology(effect.topology)])
+                    self.peers.keep_only(m.service for m in effect.topology.members)
+                    self.published = True
+                case Respond():
+                    self._respond(effect)
+                case PeerRequest():
+                    self._forward(effect)
+                case SendDown() | SendUp() | Relink() | Subscribe():
+                    raise AssertionError(f"the coordinator has no chain links: {effect}")
+                case _:
+                    assert_never(effect)
+
+
 def run_coordinator(config: CoordinatorConfig) -> None:
-    """Run until SIGINT or SIGTERM."""
-    process = CoordinatorProcess(config)
+    """Run until SIGINT or SIGTERM: one chain, or with ``[cluster] partitions`` above 1, partitions."""
+    process: CoordinatorShell
+    if config.cluster.partitioned:
+        from zcraq.coordinator_partitioned import PartitionedProcess  # it builds on this module
+
+        process = PartitionedProcess(config)
+    else:
+        process = CoordinatorProcess(config)
     run_until_signalled(process.run, process.stop, process.reload)

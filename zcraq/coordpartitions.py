@@ -19,7 +19,9 @@ module adds is which nodes host which partitions:
 - The registry (with draining marks) and every partition's topology are saved in one state, before
   any effect of the turn leaves, as a one-chain coordinator saves its topology.
 
-The shell (not yet written) carries the partition of each request and publishes the table.
+The shell (zcraq/coordinator_partitioned.py) carries the partition of each request and publishes the table.
+Replies to a node's own join and heartbeat carry the table's version, so that a node that missed a
+publication asks for the table.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from zcraq.callers import TRUSTED, Caller, Role
 from zcraq.coordcore import CoordinatorCore, CoordinatorTimings, JoinRefused, joining_member, other_protocol
 from zcraq.effects import Effect, PeerRequest, Publish, Respond
 from zcraq.endpoints import parse_endpoint
+from zcraq.logs import for_partition
 from zcraq.messages import (PROTOCOL_VERSION, CaughtUp, Delete, Error, Heartbeat, Join, Leave, Limits, Malformed, Ok,
                             Reply, Write)
 from zcraq.partitioning import check_partition_count, partition_of
@@ -126,6 +129,9 @@ class PartitionedCoordinator:
         saved = state.load()
         topologies: list[Topology | None] = [None] * shape.partitions
         self.nodes: dict[str, _Node] = {}
+        # Draining nodes unregistered (silent, or gone with a leave): draining still when they come
+        # back, so that a restart in the middle of a drain does not undo it.
+        self.drained_away: set[str] = set()
         self.version = 0  # the table's: it grows with every change of the table, so that nodes and
         # clients can tell an older table from a newer one (assignments carry no epoch)
         if saved is not None:
@@ -134,6 +140,7 @@ class PartitionedCoordinator:
                                  f"{saved.get('replication')} replicas; the config says {shape.partitions} of "
                                  f"{shape.replication}: a cluster's shape is fixed when it is created")
             topologies = [Topology.from_dict(t) for t in saved["topologies"]]
+            self.drained_away = {str(n) for n in saved.get("drained_away", [])}
             self.version = int(saved.get("version", 0))
             for entry in saved["nodes"]:
                 member = Member.from_dict(entry["member"])
@@ -163,6 +170,7 @@ class PartitionedCoordinator:
 
     def _content(self) -> dict[str, Any]:
         return {
+            "replication": self.shape.replication,
             "partitions": [{"partition": p, "topology": core.topology.to_dict(),
                             "assigned": self.assigned[p].node if p in self.assigned else None}
                            for p, core in enumerate(self.chains)],
@@ -173,14 +181,17 @@ class PartitionedCoordinator:
         return {"partitions": self.shape.partitions, "replication": self.shape.replication, "version": self.version,
                 "topologies": [core.topology.to_dict() for core in self.chains],
                 "nodes": [{"member": n.member.to_dict(), "zone": n.zone, "draining": n.draining}
-                          for n in self.nodes.values()]}
+                          for n in self.nodes.values()],
+                "drained_away": sorted(self.drained_away)}
 
     def ready(self, now: float) -> list[Effect | PublishTable]:
         """End of a loop turn: placement's next steps, then the state is durable, then the effects."""
         self._place(now)
         effects: list[Effect | PublishTable] = []
         for partition, core in enumerate(self.chains):
-            for effect in core.ready():
+            with for_partition(partition):
+                core_effects = core.ready()
+            for effect in core_effects:
                 if isinstance(effect, Publish):
                     self._table_changed = True
                 elif isinstance(effect, PeerRequest):
@@ -236,12 +247,15 @@ class PartitionedCoordinator:
             self._error(client, join.id, "node_id_taken", f"{member.id} is registered with another key")
             return
         if known is None or known.member != member or known.zone != zone:
-            self.nodes[member.id] = _Node(member, zone, known.draining if known else False, now)
+            draining = known.draining if known else member.id in self.drained_away
+            self.drained_away.discard(member.id)
+            self.nodes[member.id] = _Node(member, zone, draining, now)
             self._registry_changed = True
             self.counters["registrations"] += 1
             log.info("node %s registered (zone %r)", member.id, zone)
         self.nodes[member.id].last_seen = now
-        self._out.append(Respond(client, Ok(join.id, publish=self.publish_endpoint, lease_ms=self._lease_ms)))
+        self._out.append(Respond(client, Ok(join.id, publish=self.publish_endpoint, lease_ms=self._lease_ms,
+                                            table_version=self.version)))
 
     def node_heartbeat(self, client: Any, request: Heartbeat, now: float, caller: Caller = TRUSTED) -> None:
         """A heartbeat naming no partition: the node is alive (its partitions' leases are their own)."""
@@ -252,7 +266,7 @@ class PartitionedCoordinator:
             self._error(client, request.id, "unknown_node", f"{request.node_id} is not registered; join again")
             return
         node.last_seen = now
-        self._out.append(Respond(client, Ok(request.id, lease_ms=self._lease_ms)))
+        self._out.append(Respond(client, Ok(request.id, lease_ms=self._lease_ms, table_version=self.version)))
 
     def on_partition_request(self, client: Any, partition: int, request: Join | Heartbeat | CaughtUp | Leave,
                              now: float, caller: Caller = TRUSTED) -> None:
@@ -269,7 +283,8 @@ class PartitionedCoordinator:
                 self._error(client, request.id, "not_assigned",
                             f"partition {partition} is not placed on {node_id}: wait for the table")
                 return
-        core.on_request(client, request, now, caller)
+        with for_partition(partition):
+            core.on_request(client, request, now, caller)
         if isinstance(request, Join) and partition in self.assigned:
             if core.topology.member(self.assigned[partition].node) is not None:
                 del self.assigned[partition]  # admitted
@@ -284,7 +299,9 @@ class PartitionedCoordinator:
 
     def forward_write(self, client: Any, request: Write | Delete, now: float, caller: Caller = TRUSTED) -> None:
         """A client's write sent to the coordinator: to the head of the key's partition."""
-        self.chains[partition_of(request.key, self.shape.partitions)].on_request(client, request, now, caller)
+        partition = partition_of(request.key, self.shape.partitions)
+        with for_partition(partition):
+            self.chains[partition].on_request(client, request, now, caller)
 
     def on_peer_reply(self, reply: Reply | Malformed, values: list[bytes], now: float) -> None:
         if isinstance(reply, Malformed):
@@ -292,8 +309,9 @@ class PartitionedCoordinator:
             return
         forwarded = self.forwards.pop(reply.id, None) if type(reply.id) is int else None
         if forwarded is not None:
-            self.chains[forwarded.partition].on_peer_reply(
-                msgspec.structs.replace(reply, id=forwarded.call_id), values, now)
+            with for_partition(forwarded.partition):
+                self.chains[forwarded.partition].on_peer_reply(
+                    msgspec.structs.replace(reply, id=forwarded.call_id), values, now)
 
     def drain(self, client: Any, request_id: Any, node_id: str, draining: bool = True,
               caller: Caller = TRUSTED) -> None:
@@ -303,6 +321,12 @@ class PartitionedCoordinator:
             self._error(client, request_id, "forbidden", "draining a node needs an administrator's key")
             return
         node = self.nodes.get(node_id)
+        if node is None and node_id in self.drained_away:  # away now: the mark waits for it
+            if not draining:
+                self.drained_away.discard(node_id)
+                self._registry_changed = True
+            self._out.append(Respond(client, Ok(request_id)))
+            return
         if node is None:
             self._error(client, request_id, "unknown_node", f"{node_id} is not registered")
             return
@@ -316,20 +340,25 @@ class PartitionedCoordinator:
         """A node going away (a leave naming no partition): out of every chain and the registry."""
         if self._refused(client, request, caller):
             return
-        for core in self.chains:
+        for partition, core in enumerate(self.chains):
             if core.topology.member(request.node_id) is not None:
-                core.on_request(None, request, now, caller)
+                with for_partition(partition):
+                    core.on_request(None, request, now, caller)
         for partition in [p for p, a in self.assigned.items() if a.node == request.node_id]:
             del self.assigned[partition]
-        if self.nodes.pop(request.node_id, None) is not None:
+        gone = self.nodes.pop(request.node_id, None)
+        if gone is not None:
+            if gone.draining:
+                self._remember_drained(request.node_id)
             self._registry_changed = True
         self._out.append(Respond(client, Ok(request.id)))
 
     # ------------------------------------------------------------------ time and placement
 
     def tick(self, now: float) -> None:
-        for core in self.chains:
-            core.tick(now)
+        for partition, core in enumerate(self.chains):
+            with for_partition(partition):
+                core.tick(now)
         # A forwarded write its core gave up on (it answered unknown_outcome) is forgotten here too.
         for call_id, forwarded in list(self.forwards.items()):
             if not self.chains[forwarded.partition].awaits(forwarded.call_id):
@@ -337,6 +366,8 @@ class PartitionedCoordinator:
         for node_id, node in list(self.nodes.items()):
             if now - node.last_seen > self.timings.removal_after:
                 log.info("node %s unregistered: silent for %.1f s", node_id, now - node.last_seen)
+                if node.draining:
+                    self._remember_drained(node_id)
                 del self.nodes[node_id]
                 self._registry_changed = True
         for partition, assignment in list(self.assigned.items()):
@@ -367,12 +398,19 @@ class PartitionedCoordinator:
                     self._assign(step.partition, step.node, now)
                     self.counters["moves"] += 1
                 case RemoveReplica():
-                    self.chains[step.partition].remove(step.node, "moved by placement")
+                    with for_partition(step.partition):
+                        self.chains[step.partition].remove(step.node, "moved by placement")
                     self.counters["placement_removals"] += 1
                 case Rotate():
-                    self.chains[step.partition].remove(step.node, "rotated by placement")
+                    with for_partition(step.partition):
+                        self.chains[step.partition].remove(step.node, "rotated by placement")
                     self._assign(step.partition, step.node, now)
                     self.counters["rotations"] += 1
+
+    def _remember_drained(self, node_id: str) -> None:
+        if len(self.drained_away) >= MAX_NODES:  # bounded: some mark goes
+            self.drained_away.pop()
+        self.drained_away.add(node_id)
 
     def _assign(self, partition: int, node_id: str, now: float) -> None:
         self.assigned[partition] = _Assignment(node_id, now + 2 * self.timings.removal_after)

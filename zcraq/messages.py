@@ -244,6 +244,15 @@ class Leave(_Request, frozen=True, tag="leave"):
     id: RequestId = None
 
 
+class Drain(_Request, frozen=True, tag="drain"):
+    """An administrator marks a node of a partitioned cluster draining (placement moves every
+    replica off it), or with ``draining`` false, serving again."""
+
+    node_id: NodeId
+    draining: bool = True
+    id: RequestId = None
+
+
 def request_type(request: Request) -> str:
     """A request's ``type`` on the wire."""
     return type(request).__struct_config__.tag  # type: ignore[return-value]
@@ -251,7 +260,7 @@ def request_type(request: Request) -> str:
 
 NodeRequest = (Read | Write | Delete | ReadMany | WriteMany | DeleteMany | Scan | Watch | WatchState | VersionQuery
                | CatchupRequest | StatusRequest | Confirm)
-CoordinatorRequest = TopologyRequest | StatusRequest | Write | Delete | Join | Heartbeat | CaughtUp | Leave
+CoordinatorRequest = TopologyRequest | StatusRequest | Write | Delete | Join | Heartbeat | CaughtUp | Leave | Drain
 Request = NodeRequest | CoordinatorRequest
 
 # ---------------------------------------------------------------------------------------------
@@ -372,7 +381,7 @@ __all__ = [
     "MAX_BATCH_KEYS", "MAX_SCAN_KEYS", "MAX_WATCH_ITEMS", "MAX_WATCH_WAIT_MS", "Read", "Write", "Delete", "ReadMany",
     "WriteMany", "DeleteMany", "Scan", "Watch", "WatchState", "VersionQuery",
     "CatchupRequest", "StatusRequest", "Confirm",
-    "TopologyRequest", "Join", "Heartbeat", "CaughtUp", "Leave",
+    "TopologyRequest", "Join", "Heartbeat", "CaughtUp", "Leave", "Drain",
     "NodeRequest", "CoordinatorRequest", "Request", "request_type", "Ok", "Error", "Reply",
     "WriteRecord", "WriteFrame", "CommitFrame", "ResyncFrame", "ChainFrame", "AckFrame", "Malformed",
     "Member", "Topology", "UNSET",

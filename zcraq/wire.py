@@ -33,12 +33,12 @@ from msgspec import UNSET, UnsetType
 from zcraq.messages import Limits
 from zcraq.messages import (COMMITTED, MAX_BATCH_KEYS, MAX_ID_CHARS, MAX_NODE_ID_CHARS, MAX_PARTITION, MAX_SCAN_KEYS,
                             MAX_STALENESS_MS, MAX_ZONE_CHARS, PartitionNo, TOMBSTONE,
-                            CatchupRequest, CaughtUp, CoordinatorRequest, NodeRequest,
+                            CatchupRequest, CaughtUp, CoordinatorRequest, NodeRequest, Drain,
                             ChainFrame, CommitFrame, Confirm, Delete, DeleteMany, Flags, Heartbeat, Join, Key, Keys,
                             Leave, Malformed, NodeId, Read, ReadMany, Reply, Request, RequestId, request_type,
                             MAX_WATCH_ITEMS, MAX_WATCH_WAIT_MS, Watch, WatchState,
-                            ResyncFrame, Scan, StatusRequest, TopologyRequest, U64, U64_MAX, Version, VersionQuery, Write,
-                            WriteFrame, WriteMany, WriteRecord)
+                            ResyncFrame, Scan, StatusRequest, TopologyRequest, U64, U64_MAX, Version, VersionQuery,
+                            Write, WriteFrame, WriteMany, WriteRecord)
 from zcraq.topology import Epoch, Topology
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -90,12 +90,12 @@ _HEADER_TYPES: dict[str, type[Any]] = {
     "delete_many": DeleteMany, "scan": Scan, "watch": Watch, "watch_state": WatchState, "version": VersionQuery,
     "catchup": CatchupRequest,
     "status": StatusRequest, "confirm": Confirm, "topology": TopologyRequest, "join": Join,
-    "heartbeat": Heartbeat, "caught_up": CaughtUp, "leave": Leave,
+    "heartbeat": Heartbeat, "caught_up": CaughtUp, "leave": Leave, "drain": Drain,
 }
 NODE_REQUESTS = frozenset({"read", "write", "delete", "read_many", "write_many", "delete_many", "scan", "watch",
                            "watch_state", "version", "catchup", "status", "confirm"})
 COORDINATOR_REQUESTS = frozenset({"topology", "status", "write", "delete", "join", "heartbeat", "caught_up",
-                                  "leave"})
+                                  "leave", "drain"})
 _KEYED = frozenset({"read", "write", "delete", "version"})
 _BATCHES = frozenset({"read_many", "write_many", "delete_many"})
 _BATCH_HEADERS = (ReadMany, _WriteManyHeader, DeleteMany)
@@ -207,7 +207,7 @@ def _check_watch(header: Watch | WatchState, limits: Limits) -> None:
     longest = limits.max_key_bytes
     for bound in (header.prefix, getattr(header, "after", None)):
         if type(bound) is str and len(bound) > longest // 4 and len(bound.encode()) > longest:
-            raise WireError(f"a watch prefix or cursor is longer than {longest} bytes", "too_large", header.id)
+            raise WireError(f"a watch key, prefix or cursor is longer than {longest} bytes", "too_large", header.id)
 
 
 def _out_of_range(header: Any) -> bool:
@@ -219,7 +219,7 @@ def _out_of_range(header: Any) -> bool:
         return type(header.if_version) is int and header.if_version > U64_MAX
     if type(header) is Watch:
         return header.after > U64_MAX
-    if type(header) in (Read, StatusRequest, TopologyRequest, Leave, *_BATCH_HEADERS):
+    if type(header) in (Read, StatusRequest, TopologyRequest, Leave, Drain, *_BATCH_HEADERS):
         return False
     return getattr(header, "epoch", 0) > U64_MAX or getattr(header, "protocol", 0) > U64_MAX
 
@@ -266,6 +266,7 @@ _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {  # each takes "
     "heartbeat": {"node_id": (_STR, True), "epoch": (_INT, True), "protocol": (_INT, True)},
     "caught_up": {"node_id": (_STR, True), "epoch": (_INT, True)},
     "leave": {"node_id": (_STR, True)},
+    "drain": {"node_id": (_STR, True), "draining": ((bool,), False)},
     "confirm": {"node_id": (_STR, True), "epoch": (_INT, True)},
 }
 for _fields in _FIELDS.values():
