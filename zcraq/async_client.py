@@ -50,11 +50,12 @@ from zmq.utils.monitor import recv_monitor_message
 from zcraq import clientbatches, clientcore, clientscan, clientwatch, sockets, wire
 from zcraq.client_config import client_setup
 from zcraq.clientcore import Answer, Call, ClientState, Pause, Plan, Step, T
+from zcraq.clientroutes import Partition, PartitionTable, single
 from zcraq.errors import (AuthenticationError, ClientClosed, Timeout, Unavailable, WriteOutcomeUnknown,
                           ZcraqError)
 from zcraq.messages import Limits, Request, request_type
 from zcraq.security import Curve
-from zcraq.topology import Topology
+from zcraq.topology import EMPTY, Topology
 
 DEFAULT_MAX_IN_FLIGHT = 1024
 REFUSAL_WAIT = 0.5  # seconds a failed send waits for the monitor to report a refused handshake
@@ -91,9 +92,19 @@ class AsyncZClient:
     # ------------------------------------------------------------------ public API
 
     async def topology(self) -> Topology:
-        """The chain as the coordinator sees it now."""
+        """The chain as the coordinator sees it now; in a partitioned cluster, partition 0's."""
         deadline = self._state.deadline()
         return await self._run(clientcore.fetch_topology(self._state, deadline), deadline)
+
+    async def partition_table(self) -> PartitionTable | None:
+        """A partitioned cluster's table as the coordinator sees it now; None for a one-chain cluster."""
+        deadline = self._state.deadline()
+        return await self._run(clientcore.fetch_table(self._state, deadline), deadline)
+
+    async def partitions(self) -> list[Partition]:
+        """Every partition's chain, as ZClient.partitions()."""
+        table = await self.partition_table()
+        return list((table or single(self._state.topology or EMPTY)).partitions)
 
     async def write(self, key: str, value: bytes | str, *, if_version: int | None = None) -> int:
         """Store ``value`` under ``key``; returns the committed version. ``if_version``: only if the
@@ -137,7 +148,7 @@ class AsyncZClient:
     async def read_many(self, keys: Sequence[str], node: str | None = None, *, mode: str = "strong",
                         max_staleness: float | None = None) -> list[bytes | None]:
         """The committed values of ``keys``, in order; None for a key that does not exist. As
-        ZClient.read_many()."""
+        ZClient.read_many() (in a partitioned cluster: a request per partition, not one moment)."""
         found = await self.read_many_versioned(keys, node, mode=mode, max_staleness=max_staleness)
         return [item[0] if item else None for item in found]
 
@@ -153,33 +164,42 @@ class AsyncZClient:
                    max_staleness: float | None = None) -> AsyncIterator[tuple[str, bytes, int]]:
         """(key, value, version) of the keys in the range, as ZClient.scan() yields them."""
         span, how = clientscan.Range(start, end, prefix), clientcore.ReadMode.of(mode, max_staleness)
-        paging = clientscan.Paging(page_keys, limit)
-        while (size := paging.next_size()) is not None:
+        merge = clientscan.Merge(page_keys, limit)
+        if merge.wanted:
             deadline = self._state.deadline()
-            items, after = await self._run(clientscan.scan_page(self._state, span, paging.after, size, node, how,
-                                                                deadline), deadline)
-            paging.advance(items, after)
-            for item in items:
+            merge.place(await self._run(clientcore.partitions(self._state, deadline, node is None), deadline))
+        while (page := merge.next_page()) is not None:
+            deadline = self._state.deadline()
+            items, after = await self._run(clientscan.scan_page(self._state, span, page.after, page.size, node, how,
+                                                                deadline, page.partition), deadline)
+            for item in merge.take(page.partition, items, after):
                 yield item
 
     async def watch(self, key: str | None = None, *, prefix: str | None = None, since_version: int | None = None,
                     since_versions: Mapping[str, int] | None = None, node: str | None = None,
                     poll_wait: float = clientwatch.DEFAULT_POLL_WAIT) -> AsyncIterator[clientwatch.Change]:
         """Every committed change of ``key`` (or of the keys beginning with ``prefix``), as
-        ZClient.watch() yields them. Each poll holds one of the client's request slots while it
-        waits at the node."""
-        watcher = clientwatch.Watcher(key, prefix, since_version, since_versions)
+        ZClient.watch() yields them (over several partitions, polls taking turns). Each poll holds
+        one of the client's request slots while it waits at the node."""
+        watches = clientwatch.Watches(key, prefix, since_version, since_versions)
+        deadline = self._state.deadline()
+        await self._run(clientwatch.place(self._state, watches, node, deadline), deadline)
+        wait = watches.wait_each(poll_wait)
         while True:
-            if not watcher.synchronized:
-                deadline = self._state.deadline()
-                await self._run(clientwatch.synchronize(self._state, watcher, node, deadline), deadline)
-            deadline = self._state.deadline() + poll_wait
-            for change in await self._run(clientwatch.poll(self._state, watcher, poll_wait), deadline):
+            changes: list[clientwatch.Change] = []
+            for watcher in watches.each():
+                if not watcher.synchronized:
+                    deadline = self._state.deadline()
+                    await self._run(clientwatch.synchronize(self._state, watcher, node, deadline), deadline)
+                waited = 0.0 if changes else wait  # changes in hand: the other partitions are only looked at
+                deadline = self._state.deadline() + waited
+                changes += await self._run(clientwatch.poll(self._state, watcher, waited), deadline)
+            for change in changes:
                 yield change
 
     async def write_many(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]]) -> list[int]:
         """Write every (key, value) pair; each one's committed version, in order. As
-        ZClient.write_many(), failures included."""
+        ZClient.write_many(), failures included: not atomic, split by partition in a partitioned cluster."""
         keys, values = clientbatches.values_of(items)
         deadline = self._state.deadline()
         outcomes = await self._run(clientbatches.write_many(self._state, keys, values, deadline), deadline)
@@ -187,7 +207,7 @@ class AsyncZClient:
 
     async def delete_many(self, keys: Sequence[str]) -> list[tuple[int, bool]]:
         """Delete every key; each deletion's version and whether the key had a value. As
-        ZClient.delete_many()."""
+        ZClient.delete_many(): not atomic, split by partition in a partitioned cluster."""
         deadline = self._state.deadline()
         outcomes = await self._run(clientbatches.write_many(self._state, list(keys), None, deadline), deadline)
         return [(ok.version, ok.existed is True)  # type: ignore[misc]

@@ -14,8 +14,8 @@ from typing import Any
 import click
 
 from zcraq import exit_codes
-from zcraq.cli_client import (Outcome, Settings, key_argument, read_mode, read_mode_options, run_action,
-                              shared_options, shown_value, value_json)
+from zcraq.cli_client import (Outcome, Settings, key_argument, partitions, read_mode, read_mode_options,
+                              run_action, shared_options, shown_value, value_json)
 from zcraq.client import ZClient
 from zcraq.config import MAX_VALUE_BYTES
 from zcraq.errors import BatchFailed, Timeout, Unavailable, ZcraqError
@@ -156,6 +156,7 @@ def _severity(code: int) -> int:
     return {exit_codes.SUCCESS: 0, exit_codes.OUTCOME_UNKNOWN: 9}.get(code, 5)
 
 
-COMMANDS = (read_many, write_many, delete_many)  # for the client group (zcraq/cli.py)
+# For the client group (zcraq/cli.py adds them): the batch commands, and the partition listing.
+COMMANDS = (read_many, write_many, delete_many, partitions)
 
 __all__ = ["COMMANDS", "read_many", "write_many", "delete_many"]

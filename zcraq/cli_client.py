@@ -15,7 +15,9 @@ Exit codes: zcraq/exit_codes.py (0 success, 1 not found, 2 usage, 3 unavailable 
 outcome unknown, 5 refused, 6 authentication failed, 7 other, 130 interrupted); ``--help`` lists them.
 
 ``status`` exits 0 when the coordinator answered, even if a node did not (its row says
-unreachable); ``health`` exits 0 only when every member serves.
+unreachable); ``health`` exits 0 only when every member serves. In a partitioned cluster both
+report per node, from the coordinator's partition table and each node's replicas; ``partitions``
+lists every partition's chain (a one-chain cluster has one, partition 0).
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from zcraq import exit_codes
 from zcraq.chain_report import gather
 from zcraq.client import ZClient
 from zcraq.clientcore import ReadMode
+from zcraq.clientroutes import NodeShare, PartitionTable, single
 from zcraq.config import MAX_VALUE_BYTES, default_coordinator_endpoint
 from zcraq.endpoints import parse_endpoint
-from zcraq.errors import BadRequest, ConditionFailed, KeyNotFound, Timeout, Unavailable
+from zcraq.errors import BadRequest, ConditionFailed, KeyNotFound, Timeout, Unavailable, ZcraqError
 from zcraq.toml_tables import ConfigError
 from zcraq.value_input import ValueInput, ValueInputError
 
@@ -57,7 +60,7 @@ class Settings:
 class Outcome:
     """What a command that succeeded (or, for health, answered) prints, and its exit code."""
 
-    data: dict[str, Any]  # for --json
+    data: dict[str, Any] | list[Any]  # for --json
     text: bytes  # for a person, newline included
     exit_code: int = exit_codes.SUCCESS
     streamed: bool = False  # printed already, as it came (watch): nothing more to print
@@ -158,7 +161,7 @@ def json_line(data: dict[str, Any]) -> bytes:
     return _json_bytes(data)
 
 
-def _json_bytes(data: dict[str, Any]) -> bytes:
+def _json_bytes(data: dict[str, Any] | list[Any]) -> bytes:
     # A path given on the command line may hold undecodable bytes: escaped, never a crash.
     return json.dumps(data, ensure_ascii=False).encode("utf-8", "backslashreplace") + b"\n"
 
@@ -356,8 +359,15 @@ def status(settings: Settings) -> None:
     other counters that are not zero below it. A node that does not answer gets a row saying
     unreachable, and the command still exits 0: it fails only when the coordinator does not
     answer. JSON: {"coordinator": {...}, "epoch": N, "nodes": [...]} (README: Command line).
+
+    A partitioned cluster: a row per node of its share of the partitions (heads, tails, replicas,
+    learners: moves under way, assigned), zone, draining, and how many of its replicas serve.
+    JSON: {"coordinator": {...}, "table_version": N, "partitions": P, "nodes": [...]}.
     """
     def action(zclient: ZClient) -> Outcome:
+        table = zclient.partition_table()
+        if table is not None:
+            return _partitioned_status(zclient, table, settings.node)
         report = gather(zclient, settings.node)
         return Outcome(report.status_json(), "".join(f"{line}\n" for line in report.status_lines()).encode())
 
@@ -374,9 +384,13 @@ def health(settings: Settings) -> None:
     the chain is healthy. A chain without members is not healthy; the learner is not judged (it serves no reads until
     it is a member) unless -n names it. The coordinator is asked, then all nodes at once, each
     wait bounded by --timeout. JSON: {"healthy": BOOL, "epoch": N, "problems": [...],
-    "nodes": [...]}.
+    "nodes": [...]}. A partitioned cluster is healthy when every partition has members and each
+    member replica serves; JSON then has "table_version" instead of "epoch".
     """
     def action(zclient: ZClient) -> Outcome:
+        table = zclient.partition_table()
+        if table is not None:
+            return _partitioned_health(zclient, table, settings.node)
         report = gather(zclient, settings.node, with_coordinator=False)
         healthy = not report.problems()
         return Outcome(report.health_json(), "".join(f"{line}\n" for line in report.health_lines()).encode(),
@@ -385,5 +399,111 @@ def health(settings: Settings) -> None:
     run_action(settings, action)
 
 
-__all__ = ["client", "Settings", "Outcome", "shared_options", "run_action", "key_argument", "shown_value",
-           "value_json"]
+@click.command("partitions")
+@shared_options
+@click.pass_obj
+def partitions(settings: Settings) -> None:
+    """List every partition's chain, head first, as the coordinator sees it.
+
+    A row per partition: its number, epoch, chain (head first), learner (a replica being added)
+    and the node assigned to join it. A one-chain cluster has one, partition 0. JSON: a list,
+    [{"partition": N, "chain": [NODE, ...], "epoch": E, "learner": NODE or null, "assigned": NODE
+    or null}, ...].
+    """
+    def action(zclient: ZClient) -> Outcome:
+        table = zclient.partition_table()
+        shown = table or single(zclient.topology())
+        rows = [entry.to_json() for entry in shown.partitions]
+        lines = _columns([("PARTITION", "EPOCH", "CHAIN", "LEARNER", "ASSIGNED")] + [
+            (str(row["partition"]), str(row["epoch"]), ",".join(row["chain"]) or "-", row["learner"] or "-",
+             row["assigned"] or "-") for row in rows])
+        if table is not None:
+            lines.append(f"{table.count} partitions, table version {table.version}")
+        return Outcome(rows, "".join(f"{line}\n" for line in lines).encode())
+
+    run_action(settings, action)
+
+
+# ------------------------------------------------------------------------------------- partitioned
+
+
+def _columns(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def _shares(zclient: ZClient, table: PartitionTable,
+            node: str | None) -> list[tuple[NodeShare, dict[str, Any] | ZcraqError | None]]:
+    """Each node's share of the table (or only ``node``'s) and its own status, asked of all at once
+    (None: no endpoint known, it is in no chain)."""
+    shares = table.shares()
+    if node is not None:
+        shares = [share for share in shares if node in (share.id, share.service)]
+        if not shares:
+            raise Unavailable(f"no node {node!r} in the partition table version {table.version}")
+    answers = zclient.statuses([share.service for share in shares if share.service])
+    return [(share, answers[share.service] if share.service else None) for share in shares]
+
+
+def _serving(status: dict[str, Any] | ZcraqError | None) -> dict[int, bool]:
+    """Whether each replica a node reported serves, by partition."""
+    if not isinstance(status, dict):
+        return {}
+    return {r["partition"]: bool(r.get("serving")) for r in status.get("replicas") or ()
+            if isinstance(r, dict) and isinstance(r.get("partition"), int)}
+
+
+def _partitioned_status(zclient: ZClient, table: PartitionTable, node: str | None) -> Outcome:
+    coordinator_status = zclient.status()
+    rows: list[tuple[str, ...]] = [("NODE", "ZONE", "HEADS", "TAILS", "REPLICAS", "LEARNERS", "ASSIGNED", "DRAINING",
+                                    "SERVING", "SERVICE")]
+    nodes: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for share, status in _shares(zclient, table, node):
+        serving = _serving(status)
+        reachable = isinstance(status, dict)
+        error = status if isinstance(status, ZcraqError) else None
+        nodes.append({"id": share.id, "zone": share.zone, "draining": share.draining, "service": share.service,
+                      "heads": share.heads, "tails": share.tails, "replicas": share.replicas,
+                      "learners": share.learners, "assigned": share.assigned, "reachable": reachable,
+                      "serving": sum(serving.values()) if reachable else None,
+                      "counters": status.get("counters") if isinstance(status, dict) else None,
+                      "error": None if error is None else {"error": exit_codes.error_code_for(error),
+                                                           "message": str(error)}})
+        shown = f"{sum(serving.values())}/{len(serving)}" if reachable else "unreachable" if error else "-"
+        rows.append((share.id, share.zone or "-", str(share.heads), str(share.tails), str(share.replicas),
+                     str(share.learners), str(share.assigned), "yes" if share.draining else "no", shown,
+                     share.service or "-"))
+        if error is not None:
+            notes.append(f"{share.id}: {error}")
+    lines = _columns(rows) + notes
+    lines.append(f"coordinator {zclient.coordinator}: {table.count} partitions, table version {table.version}")
+    coordinator: dict[str, Any] = {"endpoint": zclient.coordinator, "counters": coordinator_status.get("counters")}
+    return Outcome({"coordinator": coordinator, "table_version": table.version, "partitions": table.count,
+                    "nodes": nodes}, "".join(f"{line}\n" for line in lines).encode())
+
+
+def _partitioned_health(zclient: ZClient, table: PartitionTable, node: str | None) -> Outcome:
+    problems = [f"partition {entry.partition} has no members at epoch {entry.topology.epoch}"
+                for entry in table.partitions if not entry.topology.members and node is None]
+    nodes: list[dict[str, Any]] = []
+    for share, status in _shares(zclient, table, node):
+        serving = _serving(status)
+        member_of = [entry.partition for entry in table.partitions if entry.topology.position(share.id) is not None]
+        if isinstance(status, ZcraqError):
+            problem: str | None = f"unreachable: {status}"
+        else:
+            idle = [p for p in member_of if not serving.get(p)]
+            problem = f"not serving partitions {', '.join(map(str, idle))}" if idle else None
+        if problem is not None and (member_of or node is not None):
+            problems.append(f"{share.id} ({share.service or '-'}): {problem}")
+        nodes.append({"id": share.id, "service": share.service, "serving": problem is None, "problem": problem})
+    healthy = not problems
+    lines = problems or [f"healthy: {table.count} partitions served at table version {table.version}"]
+    return Outcome({"healthy": healthy, "table_version": table.version, "problems": problems, "nodes": nodes},
+                   "".join(f"{line}\n" for line in lines).encode(),
+                   exit_codes.SUCCESS if healthy else exit_codes.UNAVAILABLE)
+
+
+__all__ = ["client", "Settings", "Outcome", "partitions", "shared_options", "run_action", "key_argument",
+           "shown_value", "value_json"]

@@ -1,6 +1,7 @@
 """``zcraq client scan``: the keys of a range or with a prefix, with their values, a line per key
 ("KEY: VALUE", values shown as by read), paging through the range with scan requests
-(PROTOCOL.md §8.9). Exit 0 also when no key matched."""
+(PROTOCOL.md §8.9). Exit 0 also when no key matched. In a partitioned cluster every partition is
+paged through and the keys merged in key order."""
 
 from __future__ import annotations
 

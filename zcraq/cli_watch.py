@@ -1,6 +1,7 @@
 """``zcraq client watch``: every committed change of a key or of the keys with a prefix, a line each
 as it happens ("KEY@VERSION: VALUE", "KEY@VERSION deleted"), until --count changes or Ctrl-C.
-Follows a node's change log and moves to another when it fails (PROTOCOL.md §8.10)."""
+Follows a node's change log and moves to another when it fails (PROTOCOL.md §8.10); in a
+partitioned cluster a node of the key's partition, or of every partition for --prefix."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""ZClient: the Python client. Reads spread over every node; writes go to the head.
+"""ZClient: the Python client. Reads spread over every node; writes go to the head. In a
+partitioned cluster each key's requests go to its partition's chain (zcraq/clientroutes.py).
 
 A ZClient is not thread-safe (ZeroMQ sockets are not): use one per thread, or one AsyncZClient
 (zcraq/async_client.py) shared by many asyncio tasks.
@@ -24,11 +25,12 @@ from zmq.utils.monitor import recv_monitor_message
 from zcraq import clientbatches, clientcore, clientscan, clientwatch, sockets, wire
 from zcraq.client_config import client_setup
 from zcraq.clientcore import Answer, ClientState, Pause, Plan, Step, T
+from zcraq.clientroutes import Partition, PartitionTable, single
 from zcraq.errors import (AuthenticationError, BadRequest, BatchFailed, ClientClosed, Forbidden, KeyNotFound,
                           Timeout, Unavailable, WriteOutcomeUnknown, ZcraqError)
 from zcraq.messages import Limits, Reply, Request, StatusRequest, request_type
 from zcraq.security import Curve
-from zcraq.topology import Topology
+from zcraq.topology import EMPTY, Topology
 
 REFUSAL_WAIT_MS = 500  # how long a failed send waits for the monitor to report a refused handshake
 
@@ -55,8 +57,19 @@ class ZClient:
     # ------------------------------------------------------------------ public API
 
     def topology(self) -> Topology:
-        """The chain as the coordinator sees it now."""
+        """The chain as the coordinator sees it now; in a partitioned cluster, partition 0's (see
+        partitions())."""
         return self._run(clientcore.fetch_topology(self._state, self._state.deadline()))
+
+    def partition_table(self) -> PartitionTable | None:
+        """A partitioned cluster's table as the coordinator sees it now; None for a one-chain cluster."""
+        return self._run(clientcore.fetch_table(self._state, self._state.deadline()))
+
+    def partitions(self) -> list[Partition]:
+        """Every partition's chain (and the node assigned to join it, if any), in partition order,
+        as the coordinator sees them now; a one-chain cluster has one, partition 0."""
+        table = self.partition_table()
+        return list((table or single(self._state.topology or EMPTY)).partitions)
 
     def write(self, key: str, value: bytes | str, *, if_version: int | None = None) -> int:
         """Store ``value`` under ``key``; returns the committed version. ``if_version``: only if the
@@ -101,7 +114,9 @@ class ZClient:
                   max_staleness: float | None = None) -> list[bytes | None]:
         """The committed values of ``keys``, in order: None for a key that does not exist (where
         read() raises KeyNotFound). Carried by as few requests as the limits allow (up to 1,000
-        keys each). Raises as read() does when some key cannot be read within the timeout."""
+        keys each; in a partitioned cluster, each of one partition, so keys of different partitions
+        are not read at one moment). Raises as read() does when some key cannot be read within
+        the timeout."""
         found = self.read_many_versioned(keys, node, mode=mode, max_staleness=max_staleness)
         return [item[0] if item else None for item in found]
 
@@ -119,14 +134,16 @@ class ZClient:
         ``limit`` of them. Each value is what a read of its key in ``mode`` (strong by default)
         returned while the scan ran; the scan as a whole is not a snapshot (README, *Scans*). Asks
         one node per page of ``page_keys`` keys, each page with its own deadline, spread over the
-        nodes like reads (or ``node``)."""
+        nodes like reads (or ``node``). In a partitioned cluster each partition is paged through
+        on its own (``node``, if given, is asked for every one) and the items merged in key order."""
         span, how = clientscan.Range(start, end, prefix), clientcore.ReadMode.of(mode, max_staleness)
-        paging = clientscan.Paging(page_keys, limit)
-        while (size := paging.next_size()) is not None:
-            items, after = self._run(clientscan.scan_page(self._state, span, paging.after, size, node, how,
-                                                          self._state.deadline()))
-            paging.advance(items, after)
-            yield from items
+        merge = clientscan.Merge(page_keys, limit)
+        if merge.wanted:
+            merge.place(self._run(clientcore.partitions(self._state, self._state.deadline(), node is None)))
+        while (page := merge.next_page()) is not None:
+            items, after = self._run(clientscan.scan_page(self._state, span, page.after, page.size, node, how,
+                                                          self._state.deadline(), page.partition))
+            yield from merge.take(page.partition, items, after)
 
     def watch(self, key: str | None = None, *, prefix: str | None = None, since_version: int | None = None,
               since_versions: Mapping[str, int] | None = None, node: str | None = None,
@@ -139,21 +156,24 @@ class ZClient:
         fails, delivering nothing twice and skipping nothing; when changes were no longer kept
         anywhere it looked, the key's value after them comes marked ``pruned``. Each poll waits up
         to ``poll_wait`` seconds at the node; raises as a read does when no node answers within the
-        timeout. A prefix watch keeps each key's last version in memory."""
-        return WatchStream(self, clientwatch.Watcher(key, prefix, since_version, since_versions), node, poll_wait)
+        timeout. A prefix watch keeps each key's last version in memory. In a partitioned cluster a
+        key's watch follows its partition; a prefix watch follows every partition, its polls
+        taking turns (each waits a share of ``poll_wait``), and merges their changes."""
+        return WatchStream(self, clientwatch.Watches(key, prefix, since_version, since_versions), node, poll_wait)
 
     def write_many(self, items: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]]) -> list[int]:
         """Write every (key, value) pair; returns each one's committed version, in order. Each key
-        is written as by write(); the batch is not atomic. When some keys failed and others did
-        not, raises BatchFailed with every key's outcome; when the batch failed as a whole, the
-        error write() would raise."""
+        is written as by write(); the batch is not atomic (in a partitioned cluster it is split by
+        partition, and keys of different partitions are written by different chains, one request
+        after the other). When some keys failed and others did not, raises BatchFailed with every
+        key's outcome; when the batch failed as a whole, the error write() would raise."""
         keys, values = clientbatches.values_of(items)
         outcomes = self._run(clientbatches.write_many(self._state, keys, values, self._state.deadline()))
         return [ok.version for ok in clientbatches.settle(outcomes, "write_many")]  # type: ignore[misc]
 
     def delete_many(self, keys: Sequence[str]) -> list[tuple[int, bool]]:
         """Delete every key; returns, in order, each deletion's version and whether the key had a
-        value just before it. Failures as for write_many()."""
+        value just before it. Not atomic, split by partition, and failures as for write_many()."""
         outcomes = self._run(clientbatches.write_many(self._state, list(keys), None, self._state.deadline()))
         return [(ok.version, ok.existed is True)  # type: ignore[misc]
                 for ok in clientbatches.settle(outcomes, "delete_many")]
@@ -300,21 +320,21 @@ class ZClient:
 
 class WatchStream:
     """The changes ZClient.watch() delivers, as an iterator; ``following``: the service endpoint of
-    the node it reads them from now (None between nodes)."""
+    the node it reads them from now (None between nodes; over several partitions, the lowest one's)."""
 
-    def __init__(self, client: ZClient, watcher: clientwatch.Watcher, node: str | None, poll_wait: float) -> None:
-        self._client, self._watcher, self._node, self._poll_wait = client, watcher, node, poll_wait
+    def __init__(self, client: ZClient, watches: clientwatch.Watches, node: str | None, poll_wait: float) -> None:
+        self._client, self._watches, self._node, self._poll_wait = client, watches, node, poll_wait
         self._ready: list[clientwatch.Change] = []
 
     @property
     def following(self) -> str | None:
-        return self._watcher.endpoint
+        return self._watches.endpoint
 
     @property
     def versions(self) -> dict[str, int]:
         """Each key's last version delivered (or known at the start): ``since_versions`` for a watch
         that resumes this one, in another client or process."""
-        return dict(self._watcher.seen)
+        return self._watches.seen
 
     def __iter__(self) -> WatchStream:
         return self
@@ -328,11 +348,18 @@ class WatchStream:
     def poll(self) -> list[clientwatch.Change]:
         """One poll: the changes that came within about ``poll_wait`` seconds, maybe none (for a
         caller that must look up now and then; do not mix with iterating)."""
-        client, watcher = self._client, self._watcher
-        if not watcher.synchronized:
-            client._run(clientwatch.synchronize(client._state, watcher, self._node,  # noqa: SLF001
-                                                client._state.deadline()))  # noqa: SLF001
-        return client._run(clientwatch.poll(client._state, watcher, self._poll_wait))  # noqa: SLF001
+        client, watches = self._client, self._watches
+        state = client._state  # noqa: SLF001
+        if not watches.placed:
+            client._run(clientwatch.place(state, watches, self._node, state.deadline()))  # noqa: SLF001
+        changes: list[clientwatch.Change] = []
+        wait = watches.wait_each(self._poll_wait)
+        for watcher in watches.each():
+            if not watcher.synchronized:
+                client._run(clientwatch.synchronize(state, watcher, self._node, state.deadline()))  # noqa: SLF001
+            # Once some changes are in hand, the other partitions are only looked at, not waited for.
+            changes += client._run(clientwatch.poll(state, watcher, 0.0 if changes else wait))  # noqa: SLF001
+        return changes
 
 
 class _Connection:

@@ -12,6 +12,10 @@ Each key of a batch fares as it would in a single call, and the rules of those c
 
 A call carries at most MAX_BATCH_KEYS keys, a header of at most 64 KiB and values within the
 cluster's batch limit; a longer call is sent as several requests, one after the other.
+
+In a partitioned cluster a batch is split by the keys' partitions (zcraq/clientroutes.py): each
+request carries the keys of one partition, names it, and goes to that partition's chain; the
+results come back in the caller's order. Keys of different partitions are never applied together.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import msgspec
 import orjson
 
 from zcraq import wire
-from zcraq.clientcore import (READ_RETRYABLE, WRITE_RETRYABLE, ClientState, Plan, ReadMode, cached_topology, call,
-                              check_key)
-from zcraq.clientcore import node_endpoint, pause, pick_reader, time_to_resend
+from zcraq.clientcore import (READ_RETRYABLE, WRITE_RETRYABLE, ClientState, Plan, ReadMode, cached_route, call,
+                              check_key, error_of, node_endpoint, partitions, pause, pick_reader,
+                              time_to_resend)
+from zcraq.clientroutes import field_of
 from zcraq.errors import BatchFailed, Timeout, Unavailable, WriteOutcomeUnknown, ZcraqError, error_for
 from zcraq.messages import MAX_BATCH_KEYS, DeleteMany, Ok, ReadMany, WriteMany
 
@@ -74,45 +79,13 @@ def read_many(state: ClientState, keys: Sequence[str], node: str | None, mode: s
     last_error: ZcraqError = Unavailable("no node answered")
     while unread and time.monotonic() < deadline:
         failed: list[int] = []
-        for part in chunks([keys[i] for i in unread], [0] * len(unread), _max_values(state)):
-            asked = [unread[i] for i in part]
-            # Each request to the next node: a long batch is spread over the chain, as reads are.
-            endpoint = (yield from node_endpoint(state, node, deadline)) if node \
-                else (yield from pick_reader(state, deadline))
-            if endpoint is None:
-                if node:
-                    raise Unavailable(f"no node {node!r} in the chain (or the coordinator did not answer)")
-                last_error = Unavailable("no node to read from: the chain is empty or the coordinator did not answer")
-                failed.extend(asked)
-                continue
-            request = ReadMany([keys[i] for i in asked], id=state.next_id(), mode=how.mode,  # type: ignore[arg-type]
-                               max_staleness_ms=how.max_staleness_ms)
-            outcome = yield from call(endpoint, request, state.attempt_deadline(deadline))
-            if isinstance(outcome, Timeout):
-                last_error = Timeout(f"{endpoint} did not answer in time")
-                failed.extend(asked)
-                state.avoid(endpoint)
-                continue
-            reply, values = outcome
-            if not isinstance(reply, Ok):
-                if reply.code not in READ_RETRYABLE:
-                    raise error_for(reply.code, reply.message or reply.code)
-                last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
-                failed.extend(asked)
-                state.avoid(endpoint)
-                continue
-            per_key, found = _read_results(reply, len(asked), values, endpoint)
-            for index, result, value in zip(asked, per_key, found):
-                if type(result) is int:
-                    results[index] = (value, result)
-                elif result == "not_found":
-                    results[index] = None
-                elif result in READ_RETRYABLE:
-                    last_error = error_for(str(result), f"{endpoint} could not read {keys[index]!r}")
-                    failed.append(index)
-                    state.avoid(endpoint)
-                else:
-                    raise error_for(str(result), f"{endpoint} could not read {keys[index]!r}: {result}")
+        groups = yield from _by_partition(state, keys, unread, deadline, wait=node is None)
+        for partition, indices in groups.items():
+            for part in chunks([keys[i] for i in indices], [0] * len(indices), _max_values(state)):
+                asked = [indices[i] for i in part]
+                error = yield from _read_part(state, keys, asked, node, how, partition, results, deadline)
+                if error is not None:
+                    last_error, failed = error[1], failed + error[0]
         unread = sorted(failed)
         if unread:
             state.forget_topology()
@@ -122,6 +95,59 @@ def read_many(state: ClientState, keys: Sequence[str], node: str | None, mode: s
     if unread:
         raise type(last_error)(f"{len(unread)} of {len(keys)} keys could not be read: {last_error}")
     return results
+
+
+def _by_partition(state: ClientState, keys: Sequence[str], indices: Sequence[int], deadline: float,
+                  wait: bool = True) -> Plan[dict[int | None, list[int]]]:
+    """``indices`` of ``keys`` by partition, in order (one group, None, in a one-chain cluster).
+    ``wait``: until the coordinator has told the cluster's shape (else Unavailable at the
+    deadline); without, one group when it did not answer (a node routes each key itself)."""
+    yield from partitions(state, deadline, wait)
+    groups: dict[int | None, list[int]] = {}
+    for index in indices:
+        groups.setdefault(state.partition_of(keys[index]), []).append(index)
+    return groups
+
+
+def _read_part(state: ClientState, keys: Sequence[str], asked: list[int], node: str | None, how: ReadMode,
+               partition: int | None, results: list[Versioned | None],
+               deadline: float) -> Plan[tuple[list[int], ZcraqError] | None]:
+    """Read the keys ``asked`` (indices of ``keys``, all of ``partition``) into ``results``; those
+    to ask again and why, or None when every one was answered."""
+    # Each request to the next node: a long batch is spread over the chain, as reads are.
+    endpoint = (yield from node_endpoint(state, node, deadline)) if node \
+        else (yield from pick_reader(state, deadline, partition))
+    if endpoint is None:
+        if node:
+            raise Unavailable(f"no node {node!r} in the chain (or the coordinator did not answer)")
+        return asked, Unavailable("no node to read from: the chain is empty or the coordinator did not answer")
+    request = ReadMany([keys[i] for i in asked], id=state.next_id(), mode=how.mode,  # type: ignore[arg-type]
+                       max_staleness_ms=how.max_staleness_ms, partition=field_of(partition))
+    outcome = yield from call(endpoint, request, state.attempt_deadline(deadline))
+    if isinstance(outcome, Timeout):
+        state.avoid(endpoint)
+        return asked, Timeout(f"{endpoint} did not answer in time")
+    reply, values = outcome
+    if not isinstance(reply, Ok):
+        if reply.code not in READ_RETRYABLE:
+            raise error_for(reply.code, reply.message or reply.code)
+        state.note_refusal(endpoint, reply.code)
+        return asked, error_of(reply.code, f"{endpoint}: {reply.message}")
+    per_key, found = _read_results(reply, len(asked), values, endpoint)
+    failed: list[int] = []
+    last_error: ZcraqError | None = None
+    for index, result, value in zip(asked, per_key, found):
+        if type(result) is int:
+            results[index] = (value, result)
+        elif result == "not_found":
+            results[index] = None
+        elif result in READ_RETRYABLE:
+            last_error = error_of(str(result), f"{endpoint} could not read {keys[index]!r}")
+            failed.append(index)
+            state.note_refusal(endpoint, str(result))
+        else:
+            raise error_for(str(result), f"{endpoint} could not read {keys[index]!r}: {result}")
+    return (failed, last_error) if last_error is not None else None
 
 
 def _read_results(reply: Ok, keys: int, frames: list[bytes], endpoint: str) -> tuple[list[int | str], list[bytes]]:
@@ -138,38 +164,48 @@ def _read_results(reply: Ok, keys: int, frames: list[bytes], endpoint: str) -> t
 
 def write_many(state: ClientState, keys: Sequence[str], values: Sequence[bytes] | None,
                deadline: float) -> Plan[list[Ok | ZcraqError]]:
-    """Have the head write ``values[i]`` under ``keys[i]`` (delete every key when ``values`` is None);
-    per key, its acknowledgement (version, and for a deletion ``existed``) or the error it met."""
+    """Have the heads (of the keys' partitions) write ``values[i]`` under ``keys[i]`` (delete every
+    key when ``values`` is None); per key, in order, its acknowledgement (version, and for a
+    deletion ``existed``) or the error it met. Keys of different partitions go in different
+    requests, never applied together."""
     sizes = [len(value) for value in values] if values is not None else [0] * len(keys)
     _check(state, keys, sizes)
-    outcomes: list[Ok | ZcraqError] = []
-    for part in chunks(keys, sizes, _max_values(state)):
-        if outcomes and any(isinstance(o, ZcraqError) for o in outcomes):
-            # An earlier part failed: the rest is not sent, so what the caller sees stays simple.
-            outcomes.extend(Unavailable("not sent: an earlier part of the batch failed") for _ in part)
-            continue
-        part_keys = [keys[i] for i in part]
-        part_values = None if values is None else tuple(values[i] for i in part)
-        outcomes.extend((yield from _write_part(state, part_keys, part_values, deadline)))
-    return outcomes
+    outcomes: list[Ok | ZcraqError | None] = [None] * len(keys)
+    failed = False
+    groups = yield from _by_partition(state, keys, range(len(keys)), deadline)
+    for partition, indices in groups.items():
+        for part in chunks([keys[i] for i in indices], [sizes[i] for i in indices], _max_values(state)):
+            asked = [indices[i] for i in part]
+            if failed:
+                # An earlier part failed: the rest is not sent, so what the caller sees stays simple.
+                for index in asked:
+                    outcomes[index] = Unavailable("not sent: an earlier part of the batch failed")
+                continue
+            part_values = None if values is None else tuple(values[i] for i in asked)
+            done = yield from _write_part(state, [keys[i] for i in asked], part_values, partition, deadline)
+            for index, outcome in zip(asked, done):
+                outcomes[index] = outcome
+            failed = any(isinstance(outcome, ZcraqError) for outcome in done)
+    return outcomes  # type: ignore[return-value]  # every key has its outcome
 
 
-def _write_part(state: ClientState, keys: list[str], values: tuple[bytes, ...] | None,
+def _write_part(state: ClientState, keys: list[str], values: tuple[bytes, ...] | None, partition: int | None,
                 deadline: float) -> Plan[list[Ok | ZcraqError]]:
     kind = "delete_many" if values is None else "write_many"
     last_error: ZcraqError = Unavailable("no head available")
     while time.monotonic() < deadline:
-        topology = yield from cached_topology(state, deadline)
-        head = topology.head if topology else None
+        route = yield from cached_route(state, deadline, partition)
+        head = route.topology.head if route.topology else None
         if head is None:
-            last_error = Unavailable("no head known: the chain is empty or the coordinator did not answer")
+            last_error = Unavailable(f"no head known{route.where()}: the chain is empty or the coordinator "
+                                     "did not answer")
             state.forget_topology()
             yield from pause(deadline)
             continue
         endpoint = head.service
         request_id = state.next_id()
-        request = (DeleteMany(keys, id=request_id) if values is None
-                   else WriteMany(keys, values, id=request_id))
+        request = (DeleteMany(keys, id=request_id, partition=route.field) if values is None
+                   else WriteMany(keys, values, id=request_id, partition=route.field))
         sent = time.monotonic()
         outcome = yield from call(endpoint, request, deadline, connect_first=True)
         if isinstance(outcome, Timeout):
@@ -186,7 +222,7 @@ def _write_part(state: ClientState, keys: list[str], values: tuple[bytes, ...] |
             return _acknowledgements(reply, keys, endpoint)
         if reply.code not in WRITE_RETRYABLE:
             return [error_for(reply.code, reply.message or reply.code)] * len(keys)  # nothing was stored
-        last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
+        last_error = error_of(reply.code, f"{endpoint}: {reply.message}")
         state.forget_topology()
         if not time_to_resend(deadline, time.monotonic() - sent):
             break

@@ -12,6 +12,10 @@ Retries follow what is safe. A read can be retried anywhere. A write is retried 
 refused it before doing anything (not the head, not serving) or when it surely never arrived (its
 connection never came up); once a write may have been applied, a missing answer raises
 ``WriteOutcomeUnknown`` instead of writing twice.
+
+In a partitioned cluster (zcraq/clientroutes.py) each key's requests go to its partition's chain
+and name that partition; a ``wrong_partition`` refusal is retried like ``not_head``, after the
+table is asked for again. A one-chain cluster's requests name no partition, as always.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import msgspec
 from msgspec import UnsetType
 
 from zcraq import wire
+from zcraq.clientroutes import PartitionTable, Route, field_of
 from zcraq.endpoints import parse_endpoint
 from zcraq.errors import (BadRequest, ConditionFailed, Timeout, TooLarge, Unavailable, WriteOutcomeUnknown, ZcraqError,
                           error_for)
@@ -35,14 +40,16 @@ from zcraq.messages import (MAX_STALENESS_MS, U64_MAX, Delete, Error, Limits, Ok
 from zcraq.topology import Member, Topology
 
 # Errors after which a write surely did not happen, so sending it again is safe.
-WRITE_RETRYABLE = {"not_head", "unavailable", "busy"}
-READ_RETRYABLE = {"unavailable", "not_tail", "wrong_epoch", "timeout"}
+# wrong_partition: the node has no replica of the partition (the table we hold is stale); it did nothing.
+WRITE_RETRYABLE = {"not_head", "unavailable", "busy", "wrong_partition"}
+READ_RETRYABLE = {"unavailable", "not_tail", "wrong_epoch", "timeout", "wrong_partition"}
 AVOID_SECONDS = 2.0  # a node that just failed a read is skipped this long (it may be dead)
 TOPOLOGY_MAX_AGE = 1.0  # seconds a topology is used before it is asked for again
 PAUSE_SECONDS = 0.05  # between two attempts of one call
 RESEND_MARGIN = 0.1  # seconds a refused write's resend must have left before its deadline, at least
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Request)
 Answer = tuple[Reply, list[bytes]]  # a reply header and its value frames
 
 
@@ -105,8 +112,9 @@ def run_blocking(plan: Plan[T], perform: Callable[[Step], Answer | Timeout | Non
 
 
 class ClientState:
-    """What a client knows of the cluster between calls: the topology and when it was fetched,
-    the limits, which nodes failed lately; and the request ids it hands out."""
+    """What a client knows of the cluster between calls: the topology (a one-chain cluster's) or
+    the partition table (a partitioned cluster's) and when it was fetched, the limits, which nodes
+    failed lately; and the request ids it hands out."""
 
     def __init__(self, coordinator: str, timeout: float, coordinator_key: str | None = None,
                  secured: bool = False) -> None:
@@ -115,7 +123,8 @@ class ClientState:
         self.secured = secured  # CURVE on: every connection needs its server's key
         self.coordinator_key = coordinator_key
         self.ids = count(1)
-        self.topology: Topology | None = None
+        self.topology: Topology | None = None  # a one-chain cluster's chain
+        self.table: PartitionTable | None = None  # a partitioned cluster's table (then topology is None)
         self.topology_at = float("-inf")
         self.limits: Limits | None = None  # the coordinator's, once a topology reply told them
         self.next_node = random.randrange(1 << 16)
@@ -136,13 +145,41 @@ class ClientState:
         self.topology_at = float("-inf")
 
     def adopt(self, ok: Ok) -> None:
-        """Take the topology (and limits) of a topology reply."""
-        if ok.topology is msgspec.UNSET:
+        """Take the topology or table (and limits) of a topology reply. ValueError: a malformed
+        table (nothing is taken)."""
+        if ok.table is not msgspec.UNSET:
+            self.table, self.topology = PartitionTable.parse(ok.table), None
+        elif ok.topology is not msgspec.UNSET:
+            self.topology, self.table = ok.topology, None
+        else:
             return
-        self.topology = ok.topology
         self.topology_at = time.monotonic()
         if ok.limits is not msgspec.UNSET:
             self.limits = ok.limits
+
+    @property
+    def known(self) -> bool:
+        """A topology or table was taken: the cluster's shape is known."""
+        return self.topology is not None or self.table is not None
+
+    def partitions(self) -> list[int | None]:
+        """What a call over every key covers: each partition, or None for a one-chain cluster."""
+        return [None] if self.table is None else list(range(self.table.count))
+
+    def partition_of(self, key: str) -> int | None:
+        """``key``'s partition (None: a one-chain cluster, or the shape is not known yet)."""
+        return None if self.table is None else self.table.partition_of(key)
+
+    def route(self, partition: int | None) -> Route:
+        if partition is None or self.table is None:
+            return Route(partition, self.topology if partition is None else None)
+        return Route(partition, self.table.topology(partition) if partition < self.table.count else None)
+
+    def listed(self) -> tuple[Member, ...]:
+        """Every node the topology or table lists."""
+        if self.table is not None:
+            return self.table.listed()
+        return self.topology.listed() if self.topology else ()
 
     def avoid(self, endpoint: str) -> None:
         self.avoided[endpoint] = time.monotonic() + AVOID_SECONDS
@@ -159,8 +196,17 @@ class ClientState:
             raise TooLarge(f"value is larger than {limits.max_value_bytes} bytes ({value_size:,} bytes)")
 
     def member_at(self, endpoint: str) -> Member | None:
-        listed = self.topology.listed() if self.topology else ()
-        return next((m for m in listed if m.service == endpoint), None)
+        return next((m for m in self.listed() if m.service == endpoint), None)
+
+    def member(self, node_id: str) -> Member | None:
+        return next((m for m in self.listed() if m.id == node_id), None)
+
+    def note_refusal(self, endpoint: str, code: str) -> None:
+        """A read was refused: ask for the topology again; skip the node a while, unless it only
+        lacks the partition (it serves the others)."""
+        self.forget_topology()
+        if code != "wrong_partition":
+            self.avoid(endpoint)
 
 
 # ---------------------------------------------------------------------------------- checks and answers
@@ -185,6 +231,19 @@ def ok(reply: Reply) -> Ok:
     return reply
 
 
+def error_of(code: str, message: str) -> ZcraqError:
+    """The exception a retryable refusal that lasted stands for: a partition no node we asked holds
+    is unavailable."""
+    return Unavailable(message) if code == "wrong_partition" else error_for(code, message)
+
+
+def stamp(request: R, route: Route) -> R:
+    """``request`` naming ``route``'s partition (unchanged in a one-chain cluster)."""
+    if route.partition is None:
+        return request
+    return msgspec.structs.replace(request, partition=route.partition)
+
+
 def report(reply: Reply) -> dict[str, Any]:
     """A status reply as plain JSON types, as on the wire."""
     return msgspec.json.decode(wire.encode_json(ok(reply)))
@@ -193,32 +252,78 @@ def report(reply: Reply) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- plans
 
 
-def fetch_topology(state: ClientState, deadline: float) -> Plan[Topology]:
-    """The chain as the coordinator sees it now."""
+def fetch_table(state: ClientState, deadline: float) -> Plan[PartitionTable | None]:
+    """Ask the coordinator for the cluster's shape now: its partition table, or None for a one-chain
+    cluster (then ``state.topology`` is its chain)."""
     outcome = yield from call(state.coordinator, TopologyRequest(id=state.next_id()), deadline)
     if isinstance(outcome, Timeout):
         raise outcome
     answer = ok(outcome[0])
-    if answer.topology is msgspec.UNSET:
+    if answer.topology is msgspec.UNSET and answer.table is msgspec.UNSET:
         raise ZcraqError(f"{state.coordinator} answered a topology request without a topology")
-    state.adopt(answer)
-    return answer.topology
+    try:
+        state.adopt(answer)
+    except ValueError as error:
+        raise ZcraqError(f"{state.coordinator} answered a topology request with a malformed table: {error}") from None
+    return state.table
 
 
-def cached_topology(state: ClientState, deadline: float) -> Plan[Topology | None]:
-    """The topology held, asked for again once it is older than TOPOLOGY_MAX_AGE; without an
-    answer the last one is kept (the chain may well be fine without the coordinator)."""
-    if state.topology is None or time.monotonic() - state.topology_at > TOPOLOGY_MAX_AGE:
-        outcome = yield from call(state.coordinator, TopologyRequest(id=state.next_id()),
-                                  state.attempt_deadline(deadline), shared=True)
-        if not isinstance(outcome, Timeout) and isinstance(outcome[0], Ok):
-            state.adopt(outcome[0])
+def fetch_topology(state: ClientState, deadline: float) -> Plan[Topology]:
+    """The chain as the coordinator sees it now; in a partitioned cluster, partition 0's."""
+    table = yield from fetch_table(state, deadline)
+    if table is not None:
+        return table.topology(0)
+    assert state.topology is not None
     return state.topology
 
 
-def pick_reader(state: ClientState, deadline: float) -> Plan[str | None]:
-    """The next node to read from, round robin over the members that did not fail lately."""
-    topology = yield from cached_topology(state, deadline)
+def refresh(state: ClientState, deadline: float) -> Plan[None]:
+    """Ask for the topology (or table) again once it is older than TOPOLOGY_MAX_AGE; without an
+    answer the last one is kept (the chain may well be fine without the coordinator)."""
+    if not state.known or time.monotonic() - state.topology_at > TOPOLOGY_MAX_AGE:
+        outcome = yield from call(state.coordinator, TopologyRequest(id=state.next_id()),
+                                  state.attempt_deadline(deadline), shared=True)
+        if not isinstance(outcome, Timeout) and isinstance(outcome[0], Ok):
+            try:
+                state.adopt(outcome[0])
+            except ValueError:
+                pass  # a malformed table: keep what we had
+
+
+def cached_topology(state: ClientState, deadline: float) -> Plan[Topology | None]:
+    """The one-chain topology held (refreshed as ``refresh`` does); None in a partitioned cluster."""
+    yield from refresh(state, deadline)
+    return state.topology
+
+
+def cached_route(state: ClientState, deadline: float, partition: int | None = None, *,
+                 key: str | None = None) -> Plan[Route]:
+    """Where requests for ``partition`` (or for ``key``'s) go, refreshed as ``refresh`` does."""
+    yield from refresh(state, deadline)
+    return state.route(state.partition_of(key) if key is not None else partition)
+
+
+def partitions(state: ClientState, deadline: float, wait: bool = True) -> Plan[list[int | None]]:
+    """The partitions a call over every key covers (``[None]``: a one-chain cluster), once the
+    coordinator has told the cluster's shape (the number of partitions never changes). ``wait``:
+    until it answers (else Unavailable at the deadline); without (a call to a node named by its
+    endpoint, which needs no coordinator), ``[None]`` when its first answer does not come."""
+    while not state.known:
+        yield from refresh(state, deadline)
+        if state.known or not wait:
+            return state.partitions()
+        if time.monotonic() >= deadline:
+            raise Unavailable(f"the coordinator {state.coordinator} did not answer: the cluster's partitions "
+                              "are unknown")
+        yield from pause(deadline)
+    return state.partitions()
+
+
+def pick_reader(state: ClientState, deadline: float, partition: int | None = None, *,
+                key: str | None = None) -> Plan[str | None]:
+    """The next node to read from, round robin over the members (of ``partition``, or of ``key``'s
+    partition) that did not fail lately."""
+    topology = (yield from cached_route(state, deadline, partition, key=key)).topology
     if topology is None or not topology.members:
         return None
     state.next_node += 1
@@ -235,8 +340,8 @@ def node_endpoint(state: ClientState, node: str, deadline: float) -> Plan[str | 
     if node.startswith("tcp://"):
         check_endpoint(node)
         return node
-    topology = yield from cached_topology(state, deadline)
-    member = topology.member(node) if topology else None
+    yield from refresh(state, deadline)
+    member = state.member(node)
     return member.service if member else None
 
 
@@ -250,7 +355,7 @@ def server_key(state: ClientState, endpoint: str) -> Plan[str | None]:
     member = state.member_at(endpoint)
     if member is None:  # not in the topology we hold: perhaps in a newer one
         state.forget_topology()
-        yield from cached_topology(state, state.deadline())
+        yield from refresh(state, state.deadline())
         member = state.member_at(endpoint)
     if member is None or member.key is None:
         raise Unavailable(f"no CURVE key known for {endpoint}: it is not in the chain's topology")
@@ -288,12 +393,13 @@ class ReadMode:
 
 def read(state: ClientState, key: str, node: str | None, mode: str | ReadMode,
          deadline: float) -> Plan[tuple[bytes, int]]:
-    """The committed value of ``key`` and its version, from ``node`` or any member."""
+    """The committed value of ``key`` and its version, from ``node`` or any member (of its partition)."""
     check_key(key)
     how = ReadMode.of(mode)
     last_error: ZcraqError = Unavailable("no node answered")
     while time.monotonic() < deadline:
-        endpoint = (yield from node_endpoint(state, node, deadline)) if node else (yield from pick_reader(state, deadline))
+        endpoint = (yield from node_endpoint(state, node, deadline)) if node \
+            else (yield from pick_reader(state, deadline, key=key))
         if endpoint is None and node:
             raise Unavailable(f"no node {node!r} in the chain (or the coordinator did not answer)")
         if endpoint is None:
@@ -301,8 +407,9 @@ def read(state: ClientState, key: str, node: str | None, mode: str | ReadMode,
                                      "did not answer")
         else:
             state.check_size(key, 0)
+            # Named when the table is known; a node routes a key's read without it too.
             request = Read(key, id=state.next_id(), mode=how.mode,  # type: ignore[arg-type]
-                           max_staleness_ms=how.max_staleness_ms)
+                           max_staleness_ms=how.max_staleness_ms, partition=field_of(state.partition_of(key)))
             outcome = yield from call(endpoint, request, state.attempt_deadline(deadline))
             if isinstance(outcome, Timeout):
                 last_error = Timeout(f"{endpoint} did not answer in time")
@@ -317,9 +424,8 @@ def read(state: ClientState, key: str, node: str | None, mode: str | ReadMode,
                 return (values[0] if values else b""), version
             if reply.code not in READ_RETRYABLE:
                 raise error_for(reply.code, reply.message or reply.code)
-            last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
-            state.forget_topology()
-            state.avoid(endpoint)
+            last_error = error_of(reply.code, f"{endpoint}: {reply.message}")
+            state.note_refusal(endpoint, reply.code)
             if node:
                 break
         yield from pause(deadline)
@@ -328,16 +434,17 @@ def read(state: ClientState, key: str, node: str | None, mode: str | ReadMode,
 
 def write(state: ClientState, key: str, build: Callable[[int], Write | Delete], value_size: int,
           deadline: float) -> Plan[Ok]:
-    """Have the head apply the write ``build(request id)`` makes; its acknowledgement."""
+    """Have the head (of ``key``'s partition) apply the write ``build(request id)`` makes; its
+    acknowledgement."""
     check_key(key)
     last_error: ZcraqError = Unavailable("no head available")
     while time.monotonic() < deadline:
-        topology = yield from cached_topology(state, deadline)
+        route = yield from cached_route(state, deadline, key=key)
         state.check_size(key, value_size)
-        head = topology.head if topology else None
+        head = route.topology.head if route.topology else None
         # Straight to the head; through the coordinator when the head is unknown.
         endpoint = head.service if head else state.coordinator
-        request = build(state.next_id())
+        request = stamp(build(state.next_id()), route)
         sent = time.monotonic()
         outcome = yield from call(endpoint, request, deadline, connect_first=True)
         if isinstance(outcome, Timeout):
@@ -361,7 +468,7 @@ def write(state: ClientState, key: str, build: Callable[[int], Write | Delete], 
             raise ConditionFailed(f"{request_type(request)} of {key!r} not applied: {reply.message}", current)
         if reply.code not in WRITE_RETRYABLE:
             raise error_for(reply.code, reply.message or reply.code)
-        last_error = error_for(reply.code, f"{endpoint}: {reply.message}")
+        last_error = error_of(reply.code, f"{endpoint}: {reply.message}")
         state.forget_topology()
         if not time_to_resend(deadline, time.monotonic() - sent):
             break
@@ -414,6 +521,7 @@ def ask_status(state: ClientState, endpoint: str, deadline: float) -> Plan[dict[
     return report(outcome[0])
 
 
-__all__ = ["Answer", "Call", "ClientState", "Pause", "Plan", "Step", "call", "cached_topology", "check_endpoint",
-           "check_key", "delete_request", "fetch_topology", "node_endpoint", "ok", "pause", "pick_reader", "read",
-           "report", "run_blocking", "server_key", "ask_status", "node_status", "status", "time_to_resend", "write", "write_request"]
+__all__ = ["Answer", "Call", "ClientState", "Pause", "Plan", "Step", "call", "cached_route", "cached_topology",
+           "check_endpoint", "check_key", "delete_request", "error_of", "fetch_table", "fetch_topology",
+           "node_endpoint", "ok", "partitions", "pause", "pick_reader", "read", "refresh", "report", "run_blocking",
+           "server_key", "ask_status", "node_status", "stamp", "status", "time_to_resend", "write", "write_request"]

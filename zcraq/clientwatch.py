@@ -22,6 +22,12 @@ commit in order everywhere. The watcher remembers the last version it delivered 
 - A node whose log lacks versions the watcher needs (it restarted, or rejoined, after they
   committed) may not be the only one: before it delivers anything marked ``pruned``, the watcher
   tries the other members, one each, and takes the gap only when none of them has the versions.
+
+In a partitioned cluster each partition has its own chain and its nodes their own logs: a key's
+watch follows its partition (requests naming it), a prefix watch one ``Watcher`` per partition
+(``Watches``), each exact as above; their changes are merged as they come (a key's changes all come
+from its partition, so each key's stay in version order). Polls take turns over the partitions,
+each waiting a share of ``poll_wait``.
 """
 
 from __future__ import annotations
@@ -32,12 +38,14 @@ from dataclasses import dataclass
 
 import msgspec
 
-from zcraq.clientcore import (READ_RETRYABLE, ClientState, Plan, cached_topology, call, node_endpoint, pause,
-                              pick_reader)
+from zcraq.clientcore import (READ_RETRYABLE, ClientState, Plan, cached_route, call, error_of, node_endpoint,
+                              partitions, pause, pick_reader)
+from zcraq.clientroutes import field_of
 from zcraq.errors import Timeout, Unavailable, ZcraqError, error_for
 from zcraq.messages import MAX_WATCH_ITEMS, MAX_WATCH_WAIT_MS, TOMBSTONE, Error, Ok, Watch, WatchState
 
 DEFAULT_POLL_WAIT = 1.0  # seconds a poll waits at the node for a change
+MIN_SHARED_WAIT = 0.05  # seconds each partition's poll waits at least, when polls take turns
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +79,10 @@ class Watcher:
     """What one watch has delivered, and where it stands in one node's change log."""
 
     def __init__(self, key: str | None = None, prefix: str | None = None, since_version: int | None = None,
-                 since_versions: Mapping[str, int] | None = None) -> None:
+                 since_versions: Mapping[str, int] | None = None, partition: int | None = None) -> None:
         """``since_versions``: resume a watch where another left off: each key's last version
-        delivered (``WatchStream.versions``); a key not in it gets every change."""
+        delivered (``WatchStream.versions``); a key not in it gets every change. ``partition``:
+        the one its requests name (None: a one-chain cluster's, which name none)."""
         if (key is None) == (prefix is None):
             raise ValueError("watch a key or a prefix (one of them)")
         if key is not None and (not isinstance(key, str) or not key):
@@ -85,7 +94,7 @@ class Watcher:
         if since_versions is not None and (since_version is not None or not all(
                 isinstance(k, str) and type(v) is int and v >= 0 for k, v in since_versions.items())):
             raise ValueError("since_versions maps keys to non-negative versions, and excludes since_version")
-        self.key, self.prefix = key, prefix
+        self.key, self.prefix, self.partition = key, prefix, partition
         self.floor = since_version or 0  # versions up to this are not delivered
         # The first synchronization only sets where the watch starts:
         self._baseline = since_version is None and since_versions is None
@@ -194,43 +203,108 @@ class Watcher:
         del self._pending[key]
 
 
+class Watches:
+    """One watch over the partitions it needs: a ``Watcher`` for the key's partition, or for each
+    partition (a prefix); a single one, naming none, in a one-chain cluster. ``place`` them once
+    the cluster's shape is known."""
+
+    def __init__(self, key: str | None = None, prefix: str | None = None, since_version: int | None = None,
+                 since_versions: Mapping[str, int] | None = None) -> None:
+        self.first = Watcher(key, prefix, since_version, since_versions)  # checks the arguments
+        self.since_version, self.since_versions = since_version, since_versions
+        self.watchers: dict[int | None, Watcher] = {}
+
+    @property
+    def placed(self) -> bool:
+        return bool(self.watchers)
+
+    def place(self, state: ClientState) -> None:
+        """One watcher per partition watched (the cluster's shape is known, or taken as one chain)."""
+        key = self.first.key
+        if state.table is None:
+            self.watchers = {None: self.first}
+            return
+        wanted = [state.table.partition_of(key)] if key is not None else list(range(state.table.count))
+        self.watchers = {p: self._watcher(state, p) for p in wanted}
+
+    def _watcher(self, state: ClientState, partition: int) -> Watcher:
+        since = self.since_versions
+        if since is not None:  # each partition remembers its own keys only
+            since = {k: v for k, v in since.items() if state.partition_of(k) == partition}
+        return Watcher(self.first.key, self.first.prefix, self.since_version, since, partition=partition)
+
+    def each(self) -> list[Watcher]:
+        return list(self.watchers.values()) if self.watchers else [self.first]
+
+    def wait_each(self, wait: float) -> float:
+        """How long each watcher's poll waits, when they take turns within about ``wait``."""
+        count = len(self.each())
+        return wait if count == 1 else max(wait / count, min(wait, MIN_SHARED_WAIT))
+
+    @property
+    def endpoint(self) -> str | None:
+        """The node followed (that of the lowest partition watched)."""
+        return self.each()[0].endpoint
+
+    @property
+    def seen(self) -> dict[str, int]:
+        """Each key's last version delivered, over every partition."""
+        seen: dict[str, int] = {}
+        for watcher in self.each():
+            for key, version in watcher.seen.items():
+                seen[key] = max(version, seen.get(key, 0))
+        return seen
+
+
+def place(state: ClientState, watches: Watches, node: str | None, deadline: float) -> Plan[None]:
+    """Learn the cluster's shape (unless known) and place ``watches`` on its partitions."""
+    yield from partitions(state, deadline, wait=node is None)
+    watches.place(state)
+
+
 def synchronize(state: ClientState, watcher: Watcher, node: str | None, deadline: float) -> Plan[None]:
     """Take a node's state pages for the watch (another node's if one fails), then follow it."""
     last_error: ZcraqError = Unavailable("no node answered")
     while time.monotonic() < deadline:
-        topology = yield from cached_topology(state, deadline)
+        route = yield from cached_route(state, deadline, watcher.partition)
+        members = route.topology.members if route.topology else ()
         # One node asked: its gaps are the answer. Else every member had its chance.
-        watcher.accept_gaps = node is not None or watcher.gap_tries >= max(1, len(topology.members if topology else ()))
-        endpoint = (yield from node_endpoint(state, node, deadline)) if node else (yield from pick_reader(state, deadline))
+        watcher.accept_gaps = node is not None or watcher.gap_tries >= max(1, len(members))
+        endpoint = (yield from node_endpoint(state, node, deadline)) if node \
+            else (yield from pick_reader(state, deadline, watcher.partition))
         if endpoint is None:
             last_error = Unavailable(f"no node {node!r} in the chain" if node else "no node to watch: the chain is "
-                                     "empty or the coordinator did not answer")
+                                     f"empty or the coordinator did not answer{route.where()}")
         else:
-            failure = yield from _take_pages(state, watcher, endpoint, deadline)
+            failure = yield from _take_pages(state, watcher, endpoint, deadline, named=node is not None)
             if failure is None:
                 watcher.synchronized_with(endpoint)
                 return
             last_error = failure
-            state.avoid(endpoint)
         state.forget_topology()
         yield from pause(deadline)
     raise last_error
 
 
-def _take_pages(state: ClientState, watcher: Watcher, endpoint: str, deadline: float) -> Plan[ZcraqError | None]:
+def _take_pages(state: ClientState, watcher: Watcher, endpoint: str, deadline: float,
+                named: bool = False) -> Plan[ZcraqError | None]:
+    """Every state page of ``endpoint``; the error that ended it instead (the node is skipped a
+    while, unless it only lacks the partition). ``named``: the caller named this node."""
     watcher.begin_state()
     after: str | None = None
     while True:
         request = WatchState(key=watcher.key, prefix=watcher.prefix, after=after, limit=MAX_WATCH_ITEMS,
-                             values=not watcher.baseline, id=state.next_id())
+                             values=not watcher.baseline, id=state.next_id(), partition=field_of(watcher.partition))
         outcome = yield from call(endpoint, request, state.attempt_deadline(deadline))
         if isinstance(outcome, Timeout):
+            state.avoid(endpoint)
             return Timeout(f"{endpoint} did not answer in time")
         reply, values = outcome
         if isinstance(reply, Error):
-            if reply.code not in READ_RETRYABLE:
-                raise error_for(reply.code, reply.message or reply.code)
-            return error_for(reply.code, f"{endpoint}: {reply.message}")
+            if reply.code not in READ_RETRYABLE or (named and reply.code == "wrong_partition"):
+                raise error_of(reply.code, reply.message or reply.code)
+            state.note_refusal(endpoint, reply.code)
+            return error_of(reply.code, f"{endpoint}: {reply.message}")
         if not watcher.take_state(reply, values, endpoint):
             watcher.begin_state()
             after = None
@@ -247,7 +321,7 @@ def poll(state: ClientState, watcher: Watcher, wait: float) -> Plan[list[Change]
     assert endpoint is not None, "synchronize first"
     wait_ms = max(0, min(MAX_WATCH_WAIT_MS, int(wait * 1000)))
     request = Watch(log=watcher.log, after=watcher.after, key=watcher.key, prefix=watcher.prefix,
-                    limit=MAX_WATCH_ITEMS, wait_ms=wait_ms, id=state.next_id())
+                    limit=MAX_WATCH_ITEMS, wait_ms=wait_ms, id=state.next_id(), partition=field_of(watcher.partition))
     outcome = yield from call(endpoint, request, time.monotonic() + wait_ms / 1000 + max(1.0, state.timeout / 3))
     if isinstance(outcome, Timeout):
         state.avoid(endpoint)
@@ -260,7 +334,10 @@ def poll(state: ClientState, watcher: Watcher, wait: float) -> Plan[list[Change]
             return []
         if reply.code not in READ_RETRYABLE:
             raise error_for(reply.code, reply.message or reply.code)
-        state.avoid(endpoint)
+        if reply.code == "wrong_partition":
+            state.forget_topology()  # the replica moved away: the table says where it went
+        else:
+            state.avoid(endpoint)
         watcher.lose_node()
         return []
     changes = watcher.take_changes(reply, values, endpoint)
@@ -269,4 +346,4 @@ def poll(state: ClientState, watcher: Watcher, wait: float) -> Plan[list[Change]
     return changes
 
 
-__all__ = ["Change", "DEFAULT_POLL_WAIT", "Watcher", "poll", "synchronize"]
+__all__ = ["Change", "DEFAULT_POLL_WAIT", "Watcher", "Watches", "place", "poll", "synchronize"]

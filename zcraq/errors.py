@@ -122,6 +122,8 @@ ERROR_CODES: dict[str, type[ZcraqError]] = {
     "busy": Unavailable,
     "incompatible": BadRequest,
     "unknown_node": Unavailable,
+    "wrong_partition": Unavailable,  # the node has no replica of it (now): ask the table again
+    "not_assigned": Unavailable,
     "forbidden": Forbidden,
     "node_id_taken": BadRequest,
     "unauthenticated": AuthenticationError,
