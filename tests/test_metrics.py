@@ -370,3 +370,15 @@ def test_garbage_http_does_no_harm(make_cluster) -> None:
     client.write("after", "garbage")
     assert client.read("after") == b"garbage"
     cluster.check()
+
+
+def test_a_partitioned_node_counts_its_replicas_by_role(make_cluster) -> None:
+    cluster = make_cluster(3, metrics=True, cluster={"partitions": 4, "formation_grace_ms": 1000})
+    cluster.start_partitioned()
+    for node in cluster.node_ids:
+        wait_for(lambda: probe(cluster, node, "/readyz") == 200, 10, f"{node} to say it serves")
+        page = scrape(cluster, node)
+        roles = {role: page.value("zcraq_node_replicas", role=role) for role in ("head", "middle", "tail")}
+        assert sum(roles.values()) == 4, roles  # every partition has a replica on every one of 3 nodes
+    heads = sum(scrape(cluster, node).value("zcraq_node_replicas", role="head") for node in cluster.node_ids)
+    assert heads == 4

@@ -129,6 +129,28 @@ def _serving_everywhere(endpoint: str) -> bool:
         return False
 
 
+def test_a_partitioned_local_cluster_reports_its_table_and_heals_a_killed_node(tmp_path):
+    layout = Generated(tmp_path, 3, coordinator={"lease_ms": 2000}, cluster={"partitions": 4},
+                       node={"heartbeat_interval_ms": 200, "durability": "async"})
+    configs = layout.coordinator.parent
+    endpoint = layout.coordinator_endpoint
+    with ForegroundRun(configs) as run:
+        run.wait_for_line("zcraq: cluster ready: 4 partitions of 3 replicas over node1, node2, node3", 90)
+        assert re.search(r"zcraq: table \d+: node\d \dh/\dt/4r", run.output()), run.output()
+        with ZClient(endpoint, timeout=10) as client:
+            for i in range(20):
+                client.write(f"k{i}", f"v{i}".encode())
+        pid = pid_running(configs / "node2.toml")
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        run.wait_for_line("zcraq: starting node2 again", 60)
+        run.wait_for_line("zcraq: cluster whole again: 4 partitions", 90)
+        with ZClient(endpoint, timeout=10) as client:
+            assert [client.read(f"k{i}") for i in range(20)] == [f"v{i}".encode() for i in range(20)]
+        assert run.ctrl_c() == 0, run.output()
+    assert "Traceback" not in run.output(), run.output()
+
+
 def test_kill_9_of_zcraq_run_takes_its_children_and_a_new_run_has_the_data(tmp_path):
     configs = local_configs(tmp_path)
     endpoint = Cluster(Layout.directory(configs)).coordinator_endpoint

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from zcraq.client import ZClient
+from zcraq.clientroutes import Partition
 from zcraq.config import NodeConfig, load_coordinator_config, load_node_config
 from zcraq.errors import ZcraqError
 from zcraq.layout import COORDINATOR, Layout
@@ -378,6 +379,50 @@ class Cluster:
             state = self.chain_state()
             return state["members"] == self.node_ids and self.converged(state)
         self.wait(ready, timeout, f"the chain {' -> '.join(self.node_ids)} to serve")
+
+    # ------------------------------------------------------------------ a partitioned cluster
+
+    def partitions(self) -> list[Partition]:
+        with self._probe() as zclient:
+            return zclient.partitions()
+
+    def placed(self, nodes: Sequence[str] | None = None, replication: int = 3) -> bool:
+        """Every partition has ``replication`` members, all among ``nodes`` (default: every node of
+        the layout), no move under way, and every replica serves with nothing uncommitted."""
+        nodes = list(self.node_ids if nodes is None else nodes)
+        partitions = self.partitions()
+        expected: dict[str, set[int]] = {node: set() for node in nodes}
+        services: dict[str, str] = {}
+        for entry in partitions:
+            members = [m.id for m in entry.topology.members]
+            if len(members) != min(replication, len(nodes)) or entry.topology.learner is not None \
+                    or entry.assigned is not None or not set(members) <= set(nodes):
+                return False
+            for member in entry.topology.members:
+                expected[member.id].add(entry.partition)
+                services[member.id] = member.service
+        with self._probe() as zclient:
+            for node, hosted in expected.items():
+                if node not in services:
+                    return False  # holds no replica (yet)
+                replicas = zclient.status(services[node]).get("replicas") or []
+                serving = {r["partition"] for r in replicas if r.get("serving") and r.get("sent") == 0}
+                if serving != hosted or len(replicas) != len(hosted):
+                    return False
+        return True
+
+    def wait_placed(self, nodes: Sequence[str] | None = None, timeout: float = 90.0, replication: int = 3) -> None:
+        """Until every partition's chain is whole over ``nodes`` (see ``placed``)."""
+        self.wait(lambda: self.placed(nodes, replication), timeout,
+                  f"every partition placed over {', '.join(nodes or self.node_ids)}", interval=0.2)
+
+    def start_partitioned(self, timeout: float = 90.0) -> Cluster:
+        """The coordinator, then every node at once; until every partition is placed over them."""
+        self.start(COORDINATOR)
+        for node_id in self.node_ids:
+            self.start(node_id)
+        self.wait_placed(timeout=timeout)
+        return self
 
     def log(self, name: str) -> str:
         path = self.log_path(name)

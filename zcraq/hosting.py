@@ -3,11 +3,14 @@
 The table (zcraq/coordpartitions.py) lists each partition's chain and the node assigned to join
 it, under a version that grows with every change. A node hosts a replica of a partition while
 the newest table it has seen lists it in that partition's chain (as a member or the learner) or
-assigns the partition to it: it starts the replica when that becomes true, and stops it (its
-data dropped) when that stops being true. A stopped replica that is placed here again starts
-afresh and catches up as any learner does. A table older than one already seen is ignored. Each
-hosted partition's topology goes to its replica's core, which keeps the newest epoch it has seen,
-as a one-chain node does.
+assigns the partition to it: it starts the replica when that becomes true, and stops it when that
+stops being true. A stopped replica's data are kept until the partition is *settled* elsewhere:
+its chain has R members (the table's ``replication``), none of them this node. Until then they
+may be the last copy of the partition's acknowledged writes (its other replicas died while this
+one was away), and deleting them would lose those for good. A replica placed here again starts
+from what it kept and catches up as any learner does. A table older than one already seen is
+ignored. Each hosted partition's topology goes to its replica's core, which keeps the newest
+epoch it has seen, as a one-chain node does.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class Changes:
     start: list[int] = field(default_factory=list)
     stop: list[int] = field(default_factory=list)
     topologies: dict[int, Topology] = field(default_factory=dict)
+    settled: frozenset[int] = frozenset()  # partitions whose chain has R members, none of them this node
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +54,11 @@ class Hosting:
         self.version = version
         wanted = {p for p, e in entries.items()
                   if e.assigned == self.node_id or e.topology.member(self.node_id) is not None}
+        replication = table.get("replication")
+        settled = frozenset() if type(replication) is not int or replication < 1 else frozenset(
+            p for p, e in entries.items() if p not in wanted and len(e.topology.members) >= replication)
         changes = Changes(start=sorted(wanted - self.hosted), stop=sorted(self.hosted - wanted),
-                          topologies={p: entries[p].topology for p in sorted(wanted)})
+                          topologies={p: entries[p].topology for p in sorted(wanted)}, settled=settled)
         self.hosted = wanted
         return changes
 

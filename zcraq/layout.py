@@ -120,11 +120,14 @@ class Generated(Layout):
     ``secure``: every process gets a CURVE key pair under ``keys/`` and a ``[security]`` table;
     ``configs/client.toml`` and ``configs/admin.toml`` hold a client's and an administrator's.
 
-    ``metrics``: every process serves /metrics and its probes on METRICS_PORT of its address."""
+    ``metrics``: every process serves /metrics and its probes on METRICS_PORT of its address.
+
+    ``cluster``: the coordinator's ``[cluster]`` table (partitions, replication, ...), if any."""
 
     def __init__(self, root: Path, nodes: int = 3, *, coordinator: Mapping[str, Any] | None = None,
                  node: Mapping[str, Any] | None = None, per_node: Mapping[str, Mapping[str, Any]] | None = None,
-                 hosts: Callable[[str], str] | None = None, secure: bool = False, metrics: bool = False) -> None:
+                 hosts: Callable[[str], str] | None = None, secure: bool = False, metrics: bool = False,
+                 cluster: Mapping[str, Any] | None = None) -> None:
         self.root = root.absolute()
         for sub in ("configs", "data", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -141,7 +144,7 @@ class Generated(Layout):
         path = self._write(COORDINATOR, "coordinator", {
             "bind_host": host, "port": port, "publish_port": publish,
             "state_dir": str(self.root / "data" / COORDINATOR), **self.metrics, **(coordinator or {})},
-            self._security(COORDINATOR, None))
+            self._security(COORDINATOR, None), {"cluster": dict(cluster)} if cluster else None)
         client = admin = None
         if self.keys is not None:
             client, admin = self._client("client", "clients"), self._client("admin", "admins")
@@ -186,11 +189,12 @@ class Generated(Layout):
             "security": {"certificate": str(secret), "coordinator_key": str(self.keys / "coordinator.key")}}))
         return path
 
-    def _write(self, name: str, table: str, values: dict[str, Any], security: dict[str, Any] | None = None) -> Path:
+    def _write(self, name: str, table: str, values: dict[str, Any], security: dict[str, Any] | None = None,
+               extra: dict[str, Any] | None = None) -> Path:
         if not ipaddress.ip_address(values["bind_host"]).is_loopback and security is None:
             values.setdefault("insecure", True)  # zcraq refuses other addresses without it
         path = self.root / "configs" / f"{name}.toml"
-        document: dict[str, Any] = {table: values}
+        document: dict[str, Any] = {table: values, **(extra or {})}
         if security is not None:
             document["security"] = security
         path.write_text(tomli_w.dumps(document))

@@ -2,8 +2,9 @@
 directory, kept running.
 
 It starts the processes with the launcher (zcraq/cluster.py) from the directory's own config files,
-every node at once, and says when the chain serves as a whole (in whatever order the nodes joined).
-It then watches: each change of the chain is printed as it happens, and a child that dies is named
+every node at once, and says when the chain serves as a whole (in whatever order the nodes joined;
+with partitions: when every partition's chain does). It then watches: each change of the chain (of
+the partition table) is printed as it happens, and a child that dies is named
 and started again after a short back-off (zcraq/supervise.py), so a ``kill -9`` of any process
 shows the failover and the rejoin live. A directory whose configs have ``[security]`` tables
 (config/secure/) gets its missing CURVE keys created first (zcraq/provision.py).
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from zcraq.clientroutes import PartitionTable
 from zcraq.cluster import Cluster
 from zcraq.config import ConfigError, load_coordinator_config, load_node_config
 from zcraq.errors import ZcraqError
@@ -59,21 +61,33 @@ def describe(topology: Topology) -> str:
     return f"epoch {topology.epoch}: {chain}{learner}"
 
 
-class ChainWatch:
-    """Asks the coordinator for the topology every WATCH_SECONDS and prints each change; knows
-    whether the chain is whole (every node of the directory a member, none catching up)."""
+class _Asking:
+    """A client of the coordinator that asks at most every WATCH_SECONDS."""
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.client = cluster.client(timeout=WATCH_SECONDS)
-        self.topology: Topology | None = None
         self._next_look = 0.0
 
-    def look(self, now: float) -> bool:
-        """True if the coordinator answered this time (False also when it was not yet time to ask)."""
+    def _due(self, now: float) -> bool:
         if now < self._next_look:
             return False
         self._next_look = now + WATCH_SECONDS
+        return True
+
+
+class ChainWatch(_Asking):
+    """Asks the coordinator for the topology every WATCH_SECONDS and prints each change; knows
+    whether the chain is whole (every node of the directory a member, none catching up)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        super().__init__(cluster)
+        self.topology: Topology | None = None
+
+    def look(self, now: float) -> bool:
+        """True if the coordinator answered this time (False also when it was not yet time to ask)."""
+        if not self._due(now):
+            return False
         try:
             topology = self.client.topology()
         except ZcraqError:
@@ -94,6 +108,93 @@ class ChainWatch:
             return self.whole() and self.cluster.converged()
         except ZcraqError:
             return False
+
+    @property
+    def mark(self) -> int:
+        """What grows with every change: the epoch."""
+        return self.topology.epoch if self.topology else 0
+
+    def up(self) -> list[str]:
+        """The nodes known to have joined since ``mark`` was last taken for them."""
+        return [m.id for m in self.topology.members] if self.topology else []
+
+    def state(self) -> str:
+        return describe(self.topology) if self.topology else "no answer from the coordinator yet"
+
+    def ready(self) -> str:
+        return f"chain ready: {_chain(self.topology)}"
+
+
+class TableWatch(_Asking):
+    """A partitioned cluster's ChainWatch: asks for the partition table, prints each new one in
+    short (each node's heads, tails and replicas, and the moves under way); whole when every
+    partition's chain is over the directory's nodes, none moving."""
+
+    def __init__(self, cluster: Cluster, replication: int) -> None:
+        super().__init__(cluster)
+        self.replication = replication
+        self.table: PartitionTable | None = None
+
+    def look(self, now: float) -> bool:
+        if not self._due(now):
+            return False
+        try:
+            table = self.client.partition_table()
+        except ZcraqError:
+            return False
+        if table is None:
+            return False
+        if self.table is None or table.version != self.table.version:
+            self.table = table
+            say(describe_table(table))
+        return True
+
+    def nodes(self) -> list[str]:
+        """The nodes that should hold replicas: the directory's, and any other registered (started by
+        hand, as in the README's walkthrough), but none draining."""
+        table = self.table
+        registered = {str(n.get("id")): bool(n.get("draining")) for n in table.nodes} if table else {}
+        wanted = [n for n in self.cluster.node_ids if not registered.get(n, False)]
+        return wanted + [n for n, draining in registered.items() if n not in wanted and not draining]
+
+    def whole(self) -> bool:
+        """Every partition's chain whole over the nodes, by the table (no node asked)."""
+        table, nodes = self.table, set(self.nodes())
+        size = min(self.replication, len(nodes))
+        return table is not None and all(
+            len(p.topology.members) == size and p.topology.learner is None and p.assigned is None
+            and {m.id for m in p.topology.members} <= nodes for p in table.partitions)
+
+    def serving(self) -> bool:
+        """Whole, and every replica says it serves."""
+        try:
+            return self.whole() and self.cluster.placed(self.nodes(), replication=self.replication)
+        except ZcraqError:
+            return False
+
+    @property
+    def mark(self) -> int:
+        return self.table.version if self.table else 0
+
+    def up(self) -> list[str]:
+        """Registered nodes: a restarted node registers again, which makes a new table."""
+        return [str(node.get("id")) for node in self.table.nodes] if self.table else []
+
+    def state(self) -> str:
+        return describe_table(self.table) if self.table else "no answer from the coordinator yet"
+
+    def ready(self) -> str:
+        count = self.table.count if self.table else 0
+        return f"cluster ready: {count} partitions of {self.replication} replicas over {', '.join(self.nodes())}"
+
+
+def describe_table(table: PartitionTable) -> str:
+    shares = ", ".join(f"{s.id} {s.heads}h/{s.tails}t/{s.replicas}r" + (" draining" if s.draining else "")
+                       for s in table.shares() if s.replicas or s.learners or s.assigned)
+    moves = [f"p{p.partition}->{p.topology.learner.id if p.topology.learner else p.assigned}"
+             for p in table.partitions if p.topology.learner is not None or p.assigned is not None]
+    return (f"table {table.version}: {shares or '(no replica yet)'} (heads/tails/replicas)" +
+            (f"; moving {' '.join(moves)}" if moves else ""))
 
 
 def run_local(config_dir: str) -> int:
@@ -138,8 +239,10 @@ def _supervise(cluster: Cluster, stop_signals: list[int], hangups: list[int]) ->
         say(f"{node_id} serves on {config.service_endpoint}, data in {config.data_dir}")
         cluster.start(node_id)
         restarts.started(node_id, time.monotonic())
-    watch = ChainWatch(cluster)
-    start_epoch: dict[str, int] = {}  # node -> the newest epoch known when it was last started
+    shape = coordinator.cluster
+    watch: ChainWatch | TableWatch = TableWatch(cluster, shape.replication) if shape.partitioned \
+        else ChainWatch(cluster)
+    start_epoch: dict[str, int] = {}  # node -> the newest epoch (table version) known when it was last started
     ready_said = False  # "chain ready" is said once; later, "whole again" after each recovery
     # After a node died or the chain lost a member: the epoch then. The chain is whole again once it
     # has every node at a later epoch (a restarted node always rejoins through a new epoch, so a
@@ -164,36 +267,34 @@ def _supervise(cluster: Cluster, stop_signals: list[int], hangups: list[int]) ->
                 complain(f"cannot keep {found.name} running; stopping the rest")
                 return EXIT_GAVE_UP
             if found.name != COORDINATOR and ready_said and broken_at is None:
-                broken_at = watch.topology.epoch if watch.topology else 0
+                broken_at = watch.mark
         for name in restarts.due(now):
             say(f"starting {name} again")
             cluster.start(name)
             restarts.started(name, now)
-            start_epoch[name] = watch.topology.epoch if watch.topology else 0
+            start_epoch[name] = watch.mark
         if watch.look(now):
             restarts.up(COORDINATOR)
-            for member in watch.topology.members:  # type: ignore[union-attr]
+            for member in watch.up():
                 # A member in an epoch newer than its start: this incarnation joined (a restarted
-                # node always rejoins through a new epoch).
-                if watch.topology.epoch > start_epoch.get(member.id, 0):  # type: ignore[union-attr]
-                    restarts.up(member.id)
-        topology = watch.topology
+                # node always rejoins through a new epoch, or registers through a new table).
+                if watch.mark > start_epoch.get(member, 0):
+                    restarts.up(member)
         if not ready_said:
             if watch.whole() and watch.serving():
                 ready_said = True
-                say(f"chain ready: {_chain(topology)}")
+                say(watch.ready())
                 say("try `zcraq client write hello world` and `zcraq client read hello`; kill -9 a node to "
                     "watch the failover; Ctrl-C stops everything")
             elif now >= next_waiting_note:
                 next_waiting_note = now + WAITING_NOTE_SECONDS
-                say("waiting for every node to join and serve (" +
-                    (describe(topology) if topology else "no answer from the coordinator yet") + ")")
-        elif topology is not None:
+                say(f"waiting for every node to join and serve ({watch.state()})")
+        elif watch.mark > 0:
             if not watch.whole():
-                broken_at = topology.epoch if broken_at is None else broken_at
-            elif broken_at is not None and topology.epoch > broken_at:
+                broken_at = watch.mark if broken_at is None else broken_at
+            elif broken_at is not None and watch.mark > broken_at:
                 broken_at = None
-                say(f"chain whole again: {_chain(topology)}")
+                say(watch.ready().replace(" ready: ", " whole again: ", 1))
         time.sleep(TICK_SECONDS)
     return EXIT_STOPPED
 

@@ -42,6 +42,8 @@ class NodeView:
     catchup_fraction: float | None
     counters: Mapping[str, int]
     requests: RequestFigures | None
+    # A node of a partitioned cluster: how many of its replicas have each role ("head", "learner", ...)
+    replicas: Mapping[str, int] | None = None
 
     @property
     def ready(self) -> bool:
@@ -100,6 +102,12 @@ def node_metrics(view: NodeView) -> Iterator[Metric]:
                          view.counters)
     if view.requests is not None:
         yield from request_metrics(view.requests)
+    if view.replicas is not None:
+        family = GaugeMetricFamily("zcraq_node_replicas", "Replicas this node hosts (a partitioned cluster), by role",
+                                   labels=["role"])
+        for role in ROLES:
+            family.add_metric([role], float(view.replicas.get(role, 0)))
+        yield family
 
 
 class NodeCollector:
