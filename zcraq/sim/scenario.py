@@ -8,7 +8,8 @@ goes to the linearizability checker; the stores are checked for lost writes and 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import orjson
 
@@ -31,6 +32,23 @@ RETRYABLE_WRITE = {"not_head", "unavailable", "busy"}
 BOUNDED_READ_LIMIT_MS = 300
 
 
+def strike(world: World, kind: str, name: str, process: Any, everyone: frozenset[str], heal_after: float,
+           heal: Callable[[str, Callable[[], None]], None]) -> None:
+    """Crash, pause or cut off (``kind``) the process ``name`` now; ``heal`` undoes it after
+    ``heal_after`` seconds (unless something healed it first)."""
+    if kind == "crash":
+        process.crash()
+        world.after(heal_after, lambda: heal(name, process.start))
+    elif kind == "pause":
+        process.pause()
+        world.after(heal_after, lambda: heal(name, process.resume))
+    else:
+        side = frozenset({name})
+        others = everyone - side
+        world.partitions.append((side, others))
+        world.after(heal_after, lambda: heal(name, lambda: world.partitions.remove((side, others))))
+
+
 @dataclass(slots=True)
 class SimConfig:
     seed: int
@@ -40,6 +58,7 @@ class SimConfig:
     settle: float = 8.0
     nemesis: tuple[str, ...] = NEMESIS_KINDS
     unsafe: frozenset[str] = frozenset()
+    partitions: int = 1  # above 1: a partitioned cluster (zcraq/sim/partitioned.py)
     network: NetworkFaults = field(default_factory=lambda: NetworkFaults(drop_rate=0.002, duplicate_rate=0.01,
                                                                          slow_rate=0.005))
 
@@ -59,10 +78,28 @@ class SimResult:
         return b"".join(orjson.dumps(event) + b"\n" for event in self.history)
 
 
+class Driver(Protocol):
+    """What clients and watchers need of the run that drives them (one chain or partitioned)."""
+
+    config: SimConfig
+    world: World
+    acked: dict[tuple[str, int], str | None]
+
+    @property
+    def cluster(self) -> SimCluster: ...
+
+    def record(self, process: int | str, kind: str, f: str, key: str, value: Any, time: int | None = None,
+               **extra: Any) -> None: ...
+
+    def note_watch(self, watcher: str, change: Change) -> None: ...
+
+
 class SimClient:
     """One process of the workload: one operation at a time, like a Jepsen client."""
 
-    def __init__(self, sim: Simulation, index: int) -> None:
+    keys: tuple[str, ...] = KEYS
+
+    def __init__(self, sim: Driver, index: int) -> None:
         self.sim = sim
         self.name = f"client{index}"
         self.process = index
@@ -92,7 +129,7 @@ class SimClient:
             return
         rng = world.rng
         roll = rng.random()
-        key = rng.choice(KEYS)
+        key = rng.choice(self.keys)
         if roll < 0.05:
             # A scan of every key: recorded as a read of each key over the scan's whole time.
             self.begin("scan", "", None)
@@ -231,7 +268,7 @@ class SimClient:
         assert reply.sizes is not UNSET
         found = dict(zip(reply.keys, zip(reply.results, wire.split_values(values[0], reply.sizes))))
         invoked = int(op["start"] * 1e9)
-        for key in KEYS:
+        for key in self.scanned_keys():
             result, value = found.get(key, (0, b""))
             if type(result) is not int:
                 continue
@@ -241,6 +278,9 @@ class SimClient:
             self.sim.record(process, "invoke", "read", key, None, time=invoked)
             self.sim.record(process, "ok", "read", key, text)
         self._finish("ok", None)
+
+    def scanned_keys(self) -> tuple[str, ...]:
+        return self.keys
 
     def _finish(self, outcome: str, value: Any) -> None:
         op = self.op
@@ -316,19 +356,9 @@ class Simulation:
             world.break_connections_of(rng.choice([*self.nodes, COORDINATOR]))
         elif healthy and kind in ("crash", "pause", "partition"):
             name = rng.choice(healthy)
-            node = self.nodes[name]
             self._faulty.add(name)
-            if kind == "crash":
-                node.crash()
-                world.after(heal_after, lambda: self._heal(name, node.start))
-            elif kind == "pause":
-                node.pause()
-                world.after(heal_after, lambda: self._heal(name, node.resume))
-            else:
-                side = frozenset({name})
-                others = frozenset([*self.nodes, COORDINATOR, *self.clients]) - side
-                world.partitions.append((side, others))
-                world.after(heal_after, lambda: self._heal(name, lambda: world.partitions.remove((side, others))))
+            strike(world, kind, name, self.nodes[name], frozenset([*self.nodes, COORDINATOR, *self.clients]),
+                   heal_after, self._heal)
         self._schedule_nemesis(world.now + rng.uniform(0.3, 2.0))
 
     def _heal(self, name: str, action: Any) -> None:
@@ -415,4 +445,8 @@ class Simulation:
 
 
 def simulate(config: SimConfig) -> SimResult:
+    if config.partitions > 1:
+        from zcraq.sim.partitioned import PartitionedSimulation  # it builds on this module
+
+        return PartitionedSimulation(config).run()
     return Simulation(config).run()

@@ -2,7 +2,8 @@
 network, and the checks of what they delivered.
 
 A watcher follows one member's change log and moves to another when that member fails, or when
-its log lacks versions the watcher needs (until every member was tried), as ZClient.watch does. What it delivers is checked against the acknowledged writes (a delivered
+its log lacks versions the watcher needs (until every member was tried), as ZClient.watch does.
+What it delivers is checked against the acknowledged writes (a delivered
 version of a key carries the value the write of that version was acknowledged with) and against
 itself (a key's versions only grow, and a change not marked ``pruned`` comes right after the one
 before it); after the heal, each watcher must have caught up with the final committed state.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from msgspec import UNSET
 
 from zcraq import wire
@@ -21,15 +23,17 @@ from zcraq.sim.actors import COORDINATOR, service_of
 from zcraq.topology import Topology
 
 if TYPE_CHECKING:
-    from zcraq.sim.scenario import Simulation
+    from zcraq.sim.scenario import Driver
 
 POLL_WAIT_MS = 200
 ANSWER_WITHIN = 0.6  # seconds beyond a poll's wait before the member counts as failed
 
 
 class SimWatcher:
-    def __init__(self, sim: Simulation, name: str, key: str | None = None, prefix: str | None = None) -> None:
+    def __init__(self, sim: Driver, name: str, key: str | None = None, prefix: str | None = None,
+                 partition: int | None = None) -> None:
         self.sim, self.name = sim, name
+        self.partition = partition  # of a partitioned cluster: its requests name it
         self.watcher = Watcher(key, prefix)
         self.topology: Topology | None = None
         self.attempt = 0
@@ -46,6 +50,8 @@ class SimWatcher:
     def _send(self, endpoint: str, request: Request, patience: float) -> None:
         self.attempt += 1
         attempt = self.attempt
+        if self.partition is not None:
+            request = msgspec.structs.replace(request, partition=self.partition)
         frames = wire.encode_request(request)
         cluster = self.sim.cluster
         ref = ("client", self.name, attempt)
