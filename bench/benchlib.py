@@ -97,7 +97,8 @@ class ChainCluster(Cluster):
     def __init__(self, nodes: int, durability: str = "async", root: Path | None = None,
                  keep: bool = False, log_level: str = "warning", profile_dir: Path | None = None,
                  node_cpu: float | None = None, secure: bool = False, metrics: bool = False,
-                 node_settings: dict[str, Any] | None = None) -> None:
+                 node_settings: dict[str, Any] | None = None, partitions: int = 1, replication: int = 3,
+                 max_moves: int = 8) -> None:
         hooks: list[Hook] = []
         if node_cpu is not None:
             # Detected now, so an unusable cgroup setup fails before anything is started.
@@ -110,9 +111,27 @@ class ChainCluster(Cluster):
             self.root, nodes,
             coordinator={"lease_ms": 3000, "republish_interval_ms": 1000, "log_level": log_level},
             node={"durability": durability, "heartbeat_interval_ms": 500, "request_timeout_ms": 2000,
-                  "log_level": log_level, **(node_settings or {})}, secure=secure, metrics=metrics), hooks=hooks)
+                  "log_level": log_level, **(node_settings or {})}, secure=secure, metrics=metrics,
+            cluster={"partitions": partitions, "replication": replication, "max_moves": max_moves,
+                     "formation_grace_ms": 3000} if partitions > 1 else None), hooks=hooks)
+        self.partitioned = partitions > 1
+        self.replication = replication
+
+    def start_cluster(self, timeout: float = 60.0) -> None:
+        """Every node serving: in chain order for one chain; every partition's chain whole otherwise."""
+        if self.partitioned:
+            self.start_partitioned(timeout)
+        else:
+            self.start_all(timeout=timeout)
+
+    def wait_placed(self, nodes: Any = None, timeout: float = 90.0, replication: int | None = None) -> None:
+        super().wait_placed(nodes, timeout, self.replication if replication is None else replication)
 
     def roles(self) -> dict[str, str]:
+        if self.partitioned:  # heads/tails/replicas of each node
+            shares = {s.id: s for s in self.client().partition_table().shares()}  # type: ignore[union-attr]
+            return {n: f"{shares[n].heads}h/{shares[n].tails}t/{shares[n].replicas}r" if n in shares else "-"
+                    for n in self.node_ids}
         return {n: str(self.node_status(n).get("role")) for n in self.node_ids}
 
     def counters(self) -> dict[str, dict[str, int]]:

@@ -58,7 +58,9 @@ WORKLOADS = ("read", "write", "mixed")
 def describe(result: dict[str, Any]) -> str:
     curve = ", CURVE" if result.get("security") == "curve" else ""
     curve += ", metrics scraped every 1 s" if result.get("metrics") else ""
-    system = (f"zcraq, {result['nodes']}-node chain ({result['durability']} durability{curve})"
+    shape = (f"{result['nodes']} nodes, {result['partitions']} partitions of {result['replication']}"
+             if result.get("partitions", 1) > 1 else f"{result['nodes']}-node chain")
+    system = (f"zcraq, {shape} ({result['durability']} durability{curve})"
               if result["system"] == "zcraq" else f"zmq echo baseline, {result['servers']} server(s)")
     workload = result["workload"]
     if workload == "mixed":
@@ -147,6 +149,8 @@ def summary(results: list[dict[str, Any]]) -> benchlib.Table:
             return sum(c["cpu_s"] or 0.0 for n, c in procs.items() if n.startswith(prefix)) * 100 / wall
         if r["system"] == "zcraq":
             name, servers = f"zcraq {r['nodes']} node(s)", pct("node")
+            if r.get("partitions", 1) > 1:
+                name += f", {r['partitions']}p x{r['replication']}"
             name += ", CURVE" if r.get("security") == "curve" else ""
             name += ", metrics" if r.get("metrics") else ""
         else:
@@ -231,13 +235,15 @@ def run_chain(nodes: int, workloads: list[str], common: dict[str, Any], args: ar
     results = []
     cluster = benchlib.ChainCluster(nodes, durability=args.durability, keep=args.keep_dir,
                                     profile_dir=args.profile_dir, node_cpu=args.node_cpu,
-                                    secure=security == "curve", metrics=metrics)
+                                    secure=security == "curve", metrics=metrics, partitions=args.partitions,
+                                    replication=args.replication)
     client_config = cluster.layout.client
     scraper: benchlib.Scraper | None = None
     try:
-        print(f"\nstarting a {nodes}-node chain in {cluster.root} ...", flush=True)
+        shape = f" of {args.partitions} partitions" if args.partitions > 1 else ""
+        print(f"\nstarting a {nodes}-node cluster{shape} in {cluster.root} ...", flush=True)
         started = time.monotonic()
-        cluster.start_all(timeout=60.0)
+        cluster.start_cluster(timeout=120.0)
         roles = cluster.roles()
         print(f"chain up in {time.monotonic() - started:.1f} s: {roles}", flush=True)
         if metrics:
@@ -262,7 +268,8 @@ def run_chain(nodes: int, workloads: list[str], common: dict[str, Any], args: ar
             cluster.check()
             result.update(system="zcraq", nodes=nodes, servers=None, durability=args.durability,
                           read_mode=args.read_mode, roles=roles, node_cpu=args.node_cpu, security=security,
-                          metrics=metrics)
+                          metrics=metrics, partitions=args.partitions,
+                          replication=min(args.replication, nodes) if args.partitions > 1 else nodes)
             window = result.pop("window_probe", {})
             if window.get("start") and window.get("end"):
                 result["node_counters"] = {n: {k: window["end"][n].get(k, 0) - v for k, v in c.items()}
@@ -323,6 +330,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--nodes", type=_int_list, default="3", help="chain size(s), comma-separated, e.g. 1,3")
+    p.add_argument("--partitions", type=int, default=1,
+                   help="partitions of the keyspace (each a chain of --replication replicas over the nodes); "
+                        "1: one chain of every node")
+    p.add_argument("--replication", type=int, default=3,
+                   help="replicas per partition with --partitions > 1 (fewer when there are fewer nodes)")
     p.add_argument("--clients", type=int, default=8, help="concurrent closed-loop clients")
     p.add_argument("--procs", type=int, default=None,
                    help="load-generator processes the clients are spread over (none given: min(clients, 4))")

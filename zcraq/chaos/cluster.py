@@ -58,7 +58,7 @@ def kill_strays(root: Path) -> list[int]:
 class ChaosCluster(Cluster):
     def __init__(self, root: Path, nodes: int, *, network: Network | None = None, lease_ms: int = 2000,
                  heartbeat_ms: int = 200, durability: str = "sync", unsafe: str = "",
-                 log_level: str = "info") -> None:
+                 log_level: str = "info", partitions: int = 1) -> None:
         hooks: list[Hook] = [Environment({UNSAFE_ENV: unsafe})]
         netns = NetnsHook(network) if network is not None else None
         if netns is not None:
@@ -67,7 +67,8 @@ class ChaosCluster(Cluster):
             root, nodes, hosts=netns.host if netns is not None else None,
             coordinator={"lease_ms": lease_ms, "republish_interval_ms": 500, "log_level": log_level},
             node={"durability": durability, "heartbeat_interval_ms": heartbeat_ms, "request_timeout_ms": 1000,
-                  "log_level": log_level})
+                  "log_level": log_level},
+            cluster={"partitions": partitions, "formation_grace_ms": 1000} if partitions > 1 else None)
         super().__init__(layout, hooks=hooks)
         self.root = root
         self.network = network

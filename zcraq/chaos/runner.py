@@ -1,11 +1,14 @@
 """One chaos run against real processes, from start to verdict.
 
-1. Start the coordinator and the nodes (in network namespaces when partitions are wanted).
+1. Start the coordinator and the nodes (in network namespaces when network partitions are wanted);
+   with ``partitions`` > 1, a partitioned cluster (the keyspace in that many chains, placed over
+   the nodes), started once every partition's chain is whole.
 2. Run the workload for ``duration`` seconds while the nemesis carries out its schedule.
 3. Stop the workload, heal everything (resume, restart, reconnect) and wait, with a deadline,
-   until the chain has every node as a serving member and nothing uncommitted.
-4. Read every key at every node; write the history; check linearizability, lost writes and
-   replica agreement; print a one-line verdict.
+   until the chain has every node as a serving member and nothing uncommitted (with partitions:
+   every partition's chain whole over the nodes, every replica serving).
+4. Read every key at every node (with partitions: at every replica of its partition); write the
+   history; check linearizability, lost writes and replica agreement; print a one-line verdict.
 
 Everything goes to the output directory: ``history.jsonl`` (the checker's input; ``zcraq verify``
 re-checks it), ``nemesis.jsonl`` (every fault started and healed), ``summary.json`` (figures),
@@ -37,6 +40,7 @@ from zcraq.chaos.watching import WatchRecorder, check_watch, final_committed
 from zcraq.chaos.workload import Workload, final_reads
 from zcraq.cluster import ProcessExited
 from zcraq.layout import COORDINATOR
+from zcraq.partitioning import partition_of
 
 EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
 
@@ -64,6 +68,7 @@ class ChaosOptions:
     think_ms: float = 0.0
     read_ratio: float = 0.5
     cas_ratio: float = 0.2
+    partitions: int = 1  # of the keyspace, each its own chain (not the network partitions of the nemesis)
 
 
 @dataclass
@@ -128,6 +133,8 @@ def validate(options: ChaosOptions) -> None:
         raise UsageError("--keys must be at least 1")
     if options.duration <= 0:
         raise UsageError("--duration must be positive")
+    if not 1 <= options.partitions <= 4096:
+        raise UsageError("--partitions must be from 1 to 4096")
     if options.heartbeat_ms * 2 > options.lease_ms:
         raise UsageError("the heartbeat must be well under the lease")
     if not 0.0 <= options.read_ratio <= 0.9:
@@ -187,11 +194,15 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
             summary["netns"] = {"prefix": network.prefix, "subnet": str(network.subnet)}
         cluster = ChaosCluster(options.out, options.nodes, network=network, lease_ms=options.lease_ms,
                                heartbeat_ms=options.heartbeat_ms, durability=options.durability,
-                               unsafe=options.unsafe)
-        echo(f"chaos: {options.nodes} nodes over {summary['network']}, {options.clients} clients, "
+                               unsafe=options.unsafe, partitions=options.partitions)
+        shape = f" holding {options.partitions} partitions" if options.partitions > 1 else ""
+        echo(f"chaos: {options.nodes} nodes{shape} over {summary['network']}, {options.clients} clients, "
              f"{options.duration:g}s, nemesis {','.join(options.nemesis) or 'none'} "
              f"({len(faults)} faults planned), seed {options.seed}, out {options.out}")
-        cluster.start_all()
+        if options.partitions > 1:
+            cluster.start_partitioned(timeout=options.converge_timeout)
+        else:
+            cluster.start_all()
         watcher = WatchRecorder(cluster.coordinator_endpoint, options.out / "watch.jsonl", options.client_timeout)
         watcher.start()
         if not watcher.ready.wait(30.0):
@@ -211,8 +222,11 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
         summary["healed"] = cluster.heal()
         heal_started = time.monotonic()
         try:
-            cluster.wait(cluster.converged, options.converge_timeout, "every node to be a serving member",
-                         interval=0.1)
+            if options.partitions > 1:
+                cluster.wait_placed(timeout=options.converge_timeout)
+            else:
+                cluster.wait(cluster.converged, options.converge_timeout, "every node to be a serving member",
+                             interval=0.1)
             summary["converged_after"] = round(time.monotonic() - heal_started, 3)
         except (TimeoutError, ProcessExited) as error:
             try:
@@ -220,8 +234,7 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
             except Exception as inner:  # the coordinator itself may be the problem
                 state = {"error": str(inner)}
             problems.append(f"the chain did not converge after healing: {error}; state: {json.dumps(state)}")
-        states = final_reads(cluster.coordinator_endpoint, history, keys,
-                             {n: cluster.service(n) for n in node_ids})
+        states = _final_reads(cluster, history, keys, options.partitions)
         final = final_committed(states)
         deadline = time.monotonic() + 30.0
         while time.monotonic() < deadline and watcher.is_alive() and \
@@ -285,6 +298,21 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
         echo(problem)
     echo(report.verdict)
     return report
+
+
+def _final_reads(cluster: ChaosCluster, history: HistoryWriter, keys: list[str],
+                 partitions: int) -> dict[str, dict[str, Any]]:
+    """Every key read at every node; with partitions, at every replica of the key's partition."""
+    if partitions == 1:
+        services = {n: cluster.service(n) for n in cluster.node_ids}
+        return final_reads(cluster.coordinator_endpoint, history, keys, services)
+    chains = {p.partition: [m.id for m in p.topology.members] for p in cluster.partitions()}
+    states: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        members = chains[partition_of(key, partitions)]
+        states.update(final_reads(cluster.coordinator_endpoint, history, [key],
+                                  {n: cluster.service(n) for n in members}))
+    return states
 
 
 def _figures(history: HistoryWriter, analysis: Analysis, workload: Workload | None,
