@@ -159,7 +159,8 @@ class NodeProcess:
             now = time.monotonic()
             if now - asked_at >= ASK_EVERY:
                 asked_at, asked = now, asked + 1
-                self.peers.send("coordinator", wire.encode_request(TopologyRequest(id=asked)))
+                # A text id: a late answer, once the replicas run, matches none of their calls.
+                self.peers.send("coordinator", wire.encode_request(TopologyRequest(id=f"shape {asked}")))
                 if asked == 3 and not said_waiting:
                     said_waiting = True
                     log.info("waiting for the coordinator at %s to answer", self.config.coordinator)
@@ -197,7 +198,7 @@ class NodeProcess:
         if isinstance(reply, Ok) and reply.topology is not UNSET:
             from zcraq.node_chain import OneChain
             return OneChain(self, self.db)
-        if isinstance(reply, (Error, Malformed)) and reply.id == asked:
+        if isinstance(reply, (Error, Malformed)) and reply.id == f"shape {asked}":
             log.error("the coordinator did not say the cluster's shape: %s", reply.message)
         return None
 
