@@ -121,15 +121,33 @@ class ChainCluster(Cluster):
         """Every node serving: in chain order for one chain; every partition's chain whole otherwise."""
         if self.partitioned:
             self.start_partitioned(timeout)
+            self.wait_table_still(timeout)
         else:
             self.start_all(timeout=timeout)
+
+    def wait_table_still(self, timeout: float, still: float = 3.0) -> None:
+        """Until the partition table has not changed for ``still`` seconds: placement's rotations (which
+        even out heads and tails after the chains are whole) are over before anything is measured."""
+        deadline = time.monotonic() + timeout
+        version, since = None, time.monotonic()
+        while time.monotonic() < deadline:
+            with self._probe() as zclient:
+                table = zclient.partition_table()
+            now = time.monotonic()
+            if table is not None and table.version != version:
+                version, since = table.version, now
+            elif now - since >= still:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"the partition table still changed after {timeout:g} s")
 
     def wait_placed(self, nodes: Any = None, timeout: float = 90.0, replication: int | None = None) -> None:
         super().wait_placed(nodes, timeout, self.replication if replication is None else replication)
 
     def roles(self) -> dict[str, str]:
         if self.partitioned:  # heads/tails/replicas of each node
-            shares = {s.id: s for s in self.client().partition_table().shares()}  # type: ignore[union-attr]
+            with self._probe() as zclient:
+                shares = {s.id: s for s in zclient.partition_table().shares()}  # type: ignore[union-attr]
             return {n: f"{shares[n].heads}h/{shares[n].tails}t/{shares[n].replicas}r" if n in shares else "-"
                     for n in self.node_ids}
         return {n: str(self.node_status(n).get("role")) for n in self.node_ids}
