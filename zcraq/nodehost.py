@@ -36,7 +36,7 @@ from zcraq.hosting import Hosting
 from zcraq.loglimit import LogLimiter
 from zcraq.logs import for_partition
 from zcraq.messages import (PROTOCOL_VERSION, CatchupRequest, ChainFrame, CommitFrame, Confirm, Delete, DeleteMany,
-                            Error, Heartbeat, Join, Leave, Malformed, NodeRequest, Ok, Read, ReadMany, Reply,
+                            Error, Heartbeat, Join, Malformed, NodeRequest, Ok, Read, ReadMany, Reply,
                             ResyncFrame, Scan, StatusRequest, TopologyRequest, VersionQuery, Watch, WatchState,
                             Write, WriteFrame, WriteMany)
 from zcraq.nodecore import NodeCore, NodeTimings
@@ -150,10 +150,6 @@ class PartitionHost:
 
     def next_deadline(self, now: float) -> float:
         return now + min(0.05, self.timings.heartbeat_interval)
-
-    def leave_request(self) -> Leave:
-        """What to send the coordinator when the process stops (id 0): out of every chain at once."""
-        return Leave(self.me.id, id=0)
 
     def tick(self, now: float) -> None:
         """Every replica's timers every REPLICA_TICK; a replica with a catch-up page waiting at every
