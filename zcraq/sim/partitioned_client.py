@@ -1,5 +1,5 @@
 """The workload's client of a partitioned cluster: the one-chain client's operations and checks,
-routed as the contract says a client routes them.
+routed as PROTOCOL.md §13.5 says a client routes them.
 
 It asks the coordinator for the partition table, sends each key's operation (naming the key's
 partition) to the head (writes) or any member (reads) of the key's partition per the newest table
