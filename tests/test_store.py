@@ -322,7 +322,8 @@ def test_shared_database_lists_drops_and_reopens_partitions(tmp_path: Path) -> N
         shared.store(5)
     with pytest.raises(StoreError, match="close partition 5"):
         shared.drop(5)
-    held.close()
+    shared.release(5)  # closes the open store, keeps its data
+    assert held.closed and shared.partitions() == [0, 5, 300, 4095]
     assert shared.drop(300) == 25_000 and shared.drop(300) == 0
     assert shared.partitions() == [0, 5, 4095]
     shared.close()

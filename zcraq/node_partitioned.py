@@ -25,7 +25,6 @@ from zcraq.effects import PeerRequest, Respond, Subscribe
 from zcraq.monitoring.node import NodeView
 from zcraq.nodehost import HostEffect, PartitionHost, Push, PushTargets
 from zcraq.store.base import ReplicaStore
-from zcraq.store.leveldb import LevelDBStore
 from zcraq.store.shared import SharedLevelDB
 
 if TYPE_CHECKING:
@@ -37,30 +36,23 @@ TOPIC = b"table"
 
 
 class _Stores:
-    """Each partition's store in the node's one database; a dropped partition's store closed first."""
+    """Each partition's store in the node's one database, with the node's share of the index each."""
 
     def __init__(self, shared: SharedLevelDB, index_max_keys: int) -> None:
         self.shared = shared
         self.index_max_keys = index_max_keys
-        self.open: dict[int, LevelDBStore] = {}
 
     def store(self, partition: int) -> ReplicaStore:
-        store = self.shared.store(partition, self.index_max_keys)
-        self.open[partition] = store
-        return store
+        return self.shared.store(partition, self.index_max_keys)
 
     def partitions(self) -> list[int]:
         return self.shared.partitions()
 
     def release(self, partition: int) -> None:
-        store = self.open.pop(partition, None)
-        if store is not None:
-            store.close()
+        self.shared.release(partition)
 
     def drop(self, partition: int) -> None:
-        store = self.open.pop(partition, None)
-        if store is not None:
-            store.close()
+        self.shared.release(partition)
         self.shared.drop(partition)
 
     def commit(self) -> None:

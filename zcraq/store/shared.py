@@ -77,6 +77,12 @@ class SharedLevelDB:
         self._open[partition] = store
         return store
 
+    def release(self, partition: int) -> None:
+        """Close ``partition``'s store if it is open (flushed), keeping what it holds."""
+        held = self._open.pop(partition, None)
+        if held is not None:
+            held.close()
+
     def partitions(self) -> list[int]:
         """The partitions that hold anything, in order: one seek per partition found."""
         db = self._check_open()
