@@ -27,6 +27,7 @@ from cluster import wait_for
 from zcraq import KeyNotFound
 from zcraq.cluster import Cluster
 from zcraq.messages import PROTOCOL_VERSION
+from zcraq.wire import MAX_CHAIN_MESSAGE_FRAMES
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -584,10 +585,12 @@ def test_chain_endpoints_drop_malformed_and_foreign_frames(make_cluster, ctx):
                 write_in.send(frame)
             for frame in ack_bad + ack_stale:
                 ack_in.send(frame)
-            # A chain message is exactly one frame: multipart messages are dropped whole.
-            write_in.send_multipart([chain({"t": "w", "from": pred or "x", "epoch": epoch, "seq": 0}), b"more"])
+            # A chain message is 1 to MAX_CHAIN_MESSAGE_FRAMES chain frames, each judged alone;
+            # a longer one is dropped whole.
+            write_in.send_multipart([b"a", b"b"])
             ack_in.send_multipart([b"a", b"b", b"c"])
-            bad = len(write_bad) + len(ack_bad) + 2
+            ack_in.send_multipart([b"x"] * (MAX_CHAIN_MESSAGE_FRAMES + 1))
+            bad = len(write_bad) + len(ack_bad) + 2 + 3 + 1
             stale = len(write_stale) + len(ack_stale)
             expected[node] = (before["bad_messages"] + bad, before["stale_chain_frames"] + stale)
 

@@ -269,9 +269,11 @@ class NodeProcess:
         if sock is self.service:
             self._on_service(frames, now, caller)
         elif sock is self.write_in:
-            core.on_write_frame(self._chain_frame(frames), now, caller)
+            for frame in self._chain_frames(frames):
+                core.on_write_frame(frame, now, caller)
         elif sock is self.ack_in:
-            core.on_ack_frame(self._chain_frame(frames), now, caller)
+            for frame in self._chain_frames(frames):
+                core.on_ack_frame(frame, now, caller)
         elif sock is self.sub:
             self._on_published(frames, now)
         elif frames and frames[0] == b"":  # a DEALER: a reply from a peer or the coordinator
@@ -280,10 +282,12 @@ class NodeProcess:
         else:
             core.counters["bad_messages"] += 1
 
-    def _chain_frame(self, frames: list[bytes]) -> ChainFrame | Malformed:
-        if len(frames) != 1:
-            return Malformed("bad_request", f"a chain message has exactly one frame, not {len(frames)}")
-        return wire.read_chain(frames[0], self.limits)
+    def _chain_frames(self, frames: list[bytes]) -> list[ChainFrame | Malformed]:
+        """A chain message's frames, each decoded alone: one bad frame spoils only itself."""
+        if len(frames) > wire.MAX_CHAIN_MESSAGE_FRAMES:
+            return [Malformed("bad_request", f"a chain message has at most {wire.MAX_CHAIN_MESSAGE_FRAMES} frames, "
+                                             f"not {len(frames)}")]
+        return [wire.read_chain(frame, self.limits) for frame in frames]
 
     def _on_service(self, frames: list[bytes], now: float, caller: Caller) -> None:
         split = sockets.split_or_reject(self.service, frames)

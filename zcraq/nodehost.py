@@ -13,10 +13,12 @@ holds per partition. This module adds what the node does as a whole:
   the partition here, and stops when it no longer does; its data are deleted only once the
   partition is whole on other nodes (they may be the last copy until then).
 - Requests are routed by their ``partition`` field, or by their key's partition; chain frames by
-  theirs. Everything a core sends is stamped with its partition; requests it sends to peers go
-  out under ids unique over the whole node, and their replies are routed back under the core's own.
+  theirs (each core names its partition in the frames it makes). Requests a core sends to peers
+  are stamped with its partition and go out under ids unique over the whole node; their replies
+  are routed back under the core's own.
 - Chain frames travel over one PUSH socket per peer endpoint, shared by every partition: frames
-  name their partition and epoch, so a frame a peer no longer expects is dropped there.
+  name their partition and epoch, so a frame a peer no longer expects is dropped there. (The
+  shell sends a turn's frames for one endpoint as one message.)
 """
 
 from __future__ import annotations
@@ -437,10 +439,7 @@ class PartitionHost:
             elif type(effect) is SendDown or type(effect) is SendUp:
                 target = links.down if type(effect) is SendDown else links.up
                 if target is not None:
-                    frame = effect.frame
-                    if frame.partition != partition:
-                        frame = msgspec.structs.replace(frame, partition=partition)
-                    out.append(Push(target[0], target[1], frame))
+                    out.append(Push(target[0], target[1], effect.frame))  # the core named the partition
             elif type(effect) is PeerRequest:
                 call_id = self._take_id()
                 self._outgoing[call_id] = _Outgoing(partition, effect.request.id, now)

@@ -225,7 +225,11 @@ class PushLink:
                 log.error("%s; the link stays down", error)
 
     def send(self, frame: bytes) -> bool:
-        if self._sock is None or not send_nowait(self._sock, [frame]):
+        return self.send_frames([frame])
+
+    def send_frames(self, frames: list[bytes]) -> bool:
+        """One message of ``frames`` (chain frames bundled): all of them go, or none."""
+        if self._sock is None or not send_nowait(self._sock, frames):
             self.dropped += 1
             return False
         return True

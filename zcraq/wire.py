@@ -6,7 +6,8 @@ a message is one JSON header frame, optionally followed by raw value frames. Val
 inside JSON, so any bytes travel untouched.
 
 Chain frames (PUSH/PULL between neighbours) carry many records in one ZeroMQ frame, because
-per-message multipart costs more than the records themselves:
+per-message multipart costs more than the records themselves; a chain message is one or more such
+frames (a partitioned node sends one message per peer endpoint and loop turn):
 
     frame   := u32 header_len, header (JSON object: t, from, epoch, seq, and for "c" commits)
     t = "w" := header, then records until the end:
@@ -462,6 +463,10 @@ def decode_topology(data: bytes) -> Topology:
 
 # ---------------------------------------------------------------------------------------------
 # Chain frames
+
+# A chain message carries 1 to this many chain frames (a partitioned node bundles a loop turn's
+# frames for one peer endpoint); the sender splits a longer bundle.
+MAX_CHAIN_MESSAGE_FRAMES = 1024
 
 
 class _WriteFrameHeader(msgspec.Struct, frozen=True, tag_field="t", tag="w", omit_defaults=True):

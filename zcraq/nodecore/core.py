@@ -108,7 +108,7 @@ class NodeCore:
         self.logs = LogLimiter(log)
         self._out: list[Effect] = []
         self.leases = Leases(timings.peer_lease)
-        self.links = Links(me.id, timings.resend_interval, self._out, self.counters)
+        self.links = Links(me.id, timings.resend_interval, self._out, self.counters, partition)
         self.calls = Calls(timings.request_timeout, self._out)
         self.catchup = CatchUp(me.id, store, self.calls, self.counters, timings.catchup_page_items,
                                timings.heartbeat_interval)

@@ -124,8 +124,10 @@ class LinkState(Enum):
 
 
 class Links:
-    def __init__(self, me: str, resend_interval: float, out: list[Effect], counters: dict[str, int]) -> None:
+    def __init__(self, me: str, resend_interval: float, out: list[Effect], counters: dict[str, int],
+                 partition: int = 0) -> None:
         self.me = me
+        self.partition = partition  # every frame names it (PROTOCOL.md §10.1)
         self.resend_interval = resend_interval
         self._out = out
         self._counters = counters
@@ -201,7 +203,7 @@ class Links:
             return
         self._last_resync_request = now
         self._flush_up()
-        self._out.append(SendUp(ResyncFrame(self.me, self.epoch, self._next_up_seq())))
+        self._out.append(SendUp(ResyncFrame(self.me, self.epoch, self._next_up_seq(), self.partition)))
 
     def resend_stale(self, now: float) -> None:
         """Records uncommitted ``resend_interval`` after they were sent go again (a last resort)."""
@@ -217,7 +219,7 @@ class Links:
         return seq
 
     def _emit_down(self, records: list[WriteRecord]) -> None:
-        frame = WriteFrame(self.me, self.epoch, self._down_seq, tuple(records))
+        frame = WriteFrame(self.me, self.epoch, self._down_seq, tuple(records), self.partition)
         self._down_seq += 1
         self._out.append(SendDown(frame))
 
@@ -231,7 +233,8 @@ class Links:
         if self._up:
             commits, self._up = self._up, []
             if self.predecessor is not None and self.open:
-                self._out.append(SendUp(CommitFrame(self.me, self.epoch, self._next_up_seq(), tuple(commits))))
+                self._out.append(SendUp(CommitFrame(self.me, self.epoch, self._next_up_seq(), tuple(commits),
+                                                    self.partition)))
 
     # ------------------------------------------------------------------ incoming
 
