@@ -11,9 +11,9 @@ import pytest
 
 from zcraq.callers import Caller, Role
 from zcraq.effects import PeerRequest, Relink, Respond, SendDown, SendUp, Subscribe
-from zcraq.messages import (PROTOCOL_VERSION, TOMBSTONE, CatchupRequest, CommitFrame, Confirm, Delete, DeleteMany, Error,
-                            Malformed, Ok, Read, ReadMany, ResyncFrame, VersionQuery, Write, WriteFrame, WriteMany,
-                            WriteRecord)
+from zcraq.messages import (PROTOCOL_VERSION, TOMBSTONE, CatchupRequest, CommitFrame, Confirm, ConfirmMany, Delete,
+                            DeleteMany, Error, Malformed, Ok, Read, ReadMany, ResyncFrame, VersionQuery, Write,
+                            WriteFrame, WriteMany, WriteRecord)
 from zcraq.nodecore import NodeCore, NodeTimings
 from zcraq.store import MemoryStore
 from zcraq.topology import Member, Topology
@@ -1154,3 +1154,20 @@ def test_chain_frames_count_only_from_the_key_of_the_node_they_name():
     assert middle.store.versions("k") == [] and middle.counters["forbidden"] == 2
     middle.on_write_frame(wframe("a", 1, 0, rec("k", 1)), 0.1, caller("node", key=ka.key))
     assert middle.store.versions("k") == [1]
+
+
+def test_confirm_rounds_keep_to_quarters_of_the_clock_so_replicas_of_one_node_ask_together():
+    from zcraq.nodecore.leases import Leases
+
+    early, late = Leases(1.0), Leases(1.0)
+    assert early.confirm_round_due(0.01) and late.confirm_round_due(0.2)
+    assert not early.confirm_round_due(0.2) and not late.confirm_round_due(0.24)
+    assert early.confirm_round_due(0.25) and late.confirm_round_due(0.25)  # the next quarter: both
+    assert not early.confirm_round_due(0.49) and early.confirm_round_due(0.5)
+
+
+def test_a_one_chain_node_refuses_confirm_many_clearly():
+    core = NodeCore(Member("n1", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3"), MemoryStore())
+    core.on_request("c", ConfirmMany("n2", [(0, 1)], id=4), 0.0)
+    [reply] = [e.reply for e in core.ready() if isinstance(e, Respond)]
+    assert isinstance(reply, Error) and reply.code == "bad_request" and "partitioned" in reply.message

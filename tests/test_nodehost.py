@@ -9,8 +9,8 @@ import pytest
 from msgspec import UNSET
 
 from zcraq.effects import PeerRequest, Respond, Subscribe
-from zcraq.messages import (PROTOCOL_VERSION, CommitFrame, Error, Heartbeat, Join, Malformed, Ok, Read, ReadMany,
-                            Scan, StatusRequest, TopologyRequest, Write)
+from zcraq.messages import (PROTOCOL_VERSION, CommitFrame, Confirm, ConfirmMany, Error, Heartbeat, Join, Malformed, Ok,
+                            Read, ReadMany, Scan, StatusRequest, TopologyRequest, Write)
 from zcraq.nodehost import PartitionHost, Push, PushTargets
 from zcraq.partitioning import partition_of
 from zcraq.store.memory import MemoryStore
@@ -194,3 +194,70 @@ def test_join_of_the_node_as_a_whole_names_no_partition_but_its_replicas_do():
     joins = [e.request for e in h.ready(0.0) if isinstance(e, PeerRequest) and isinstance(e.request, Join)]
     assert sorted((j.partition is UNSET, j.protocol) for j in joins) == [
         (False, PROTOCOL_VERSION), (True, PROTOCOL_VERSION)]
+
+
+def joined_host(chain: tuple[int, ...], partitions: tuple[int, ...], epoch: int = 1) -> PartitionHost:
+    """A host whose replicas of ``partitions`` all joined ``chain`` in ``epoch``, fences over."""
+    h = host()
+    h.on_table(table(1, {p: list(chain) for p in partitions}), 0.0)
+    topology = Topology(epoch, tuple(member(i) for i in chain))
+    for effect in h.ready(0.0):
+        if isinstance(effect, PeerRequest) and isinstance(effect.request, Join):
+            h.on_peer_reply(Ok(effect.request.id, topology=topology, publish="tcp://127.0.0.1:5",
+                               lease_ms=60000), [], 0.0)
+    assert all(core.joined for core in h.cores.values())
+    h.ready(0.0)
+    return h
+
+
+def test_the_replicas_confirm_rounds_go_to_each_peer_as_one_confirm_many():
+    h = joined_host((1, 2, 3), (0, 1, 2))
+    h.tick(10.0)
+    asked = [e for e in h.ready(10.0) if isinstance(e, PeerRequest) and isinstance(e.request, (Confirm, ConfirmMany))]
+    assert sorted(e.endpoint for e in asked) == [member(2).service, member(3).service]
+    assert all(isinstance(e.request, ConfirmMany) and e.request.node_id == "node1"
+               and e.request.partition is UNSET and sorted(e.request.epochs) == [(0, 1), (1, 1), (2, 1)]
+               for e in asked)
+    to2, to3 = sorted(asked, key=lambda e: e.endpoint)
+    order = [p for p, _epoch in to2.request.epochs]
+    h.on_peer_reply(Ok(to2.request.id, results=["ok" if p != 2 else "wrong_epoch" for p in order],
+                       epochs=[1 if p != 2 else 7 for p in order], lease_ms=1000), [], 10.05)
+    h.on_peer_reply(Ok(to3.request.id, results=["ok"] * 3, epochs=[1] * 3, lease_ms=1000), [], 10.05)
+    peers = (member(2), member(3))
+    assert h.cores[0].leases.peers_confirm(10.5, peers) and h.cores[1].leases.peers_confirm(10.5, peers)
+    assert not h.cores[2].leases.peers_confirm(10.5, peers)  # node2 is in a newer epoch of partition 2
+    assert not h.cores[0].leases.peers_confirm(11.1, peers)  # counted from when it was asked: 10.0 + 1 s
+    effects = h.ready(10.05)
+    asks = [e.request for e in effects if isinstance(e, PeerRequest) and isinstance(e.request, TopologyRequest)]
+    assert [a.partition for a in asks] == [2]  # told of a newer epoch, the replica asks for it
+
+
+def test_a_confirm_many_the_peer_refuses_whole_confirms_nothing():
+    h = joined_host((1, 2), (0, 1))
+    h.tick(10.0)
+    [ask] = [e.request for e in h.ready(10.0) if isinstance(e, PeerRequest) and isinstance(e.request, ConfirmMany)]
+    h.on_peer_reply(Error(ask.id, "bad_request", "unknown request type"), [], 10.05)
+    h.on_peer_reply(Ok(ask.id, results=["ok"], epochs=[1], lease_ms=1000), [], 10.05)  # late, and short
+    assert not any(core.leases.peers_confirm(10.5, (member(2),)) for core in h.cores.values())
+
+
+def test_a_confirm_many_is_answered_pair_by_pair_as_each_replica_answers_confirm():
+    h = joined_host((2, 1, 3), (0, 1))
+    h.on_request("c", ConfirmMany("node2", [(0, 1), (1, 5), (3, 1), (1, 1)], id=7), 1.0)
+    h.on_request("d", ConfirmMany("node9", [(0, 1)], id=8), 1.0)  # not a member of that epoch
+    got = {r.id: r for r in replies(h.ready(1.0))}
+    assert got[7] == Ok(7, results=["ok", "wrong_epoch", "wrong_partition", "ok"], epochs=[1, 1, 0, 1], lease_ms=1000)
+    assert got[8].results == ["wrong_epoch"]
+
+
+def test_a_confirm_many_needs_a_node_key_and_each_pair_the_askers_own():
+    from zcraq.callers import Caller, Role
+
+    h = joined_host((2, 1, 3), (0,))
+    client = Caller("client-key", frozenset({Role.CLIENT}))
+    h.on_request("c", ConfirmMany("node2", [(0, 1)], id=1), 1.0, client)
+    other_node = Caller("node3-key", frozenset({Role.NODE}))  # node2's members carry no such key
+    h.on_request("c", ConfirmMany("node2", [(0, 1)], id=2), 1.0, other_node)
+    got = {r.id: r for r in replies(h.ready(1.0))}
+    assert isinstance(got[1], Error) and got[1].code == "forbidden"
+    assert got[2].results == ["forbidden"] and h.cores[0].counters["forbidden"] == 1

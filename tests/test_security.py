@@ -181,7 +181,8 @@ def test_a_client_key_may_not_make_node_requests(make_cluster, ctx):
     service = curve_socket(ctx, zmq.DEALER, middle, client_key, public(cluster, "node2"))
     for header in ({"type": "version", "id": 1, "key": "k", "epoch": 1},
                    {"type": "catchup", "id": 2, "limit": 10, "epoch": 1},
-                   {"type": "confirm", "id": 3, "node_id": "node1", "epoch": 1}):
+                   {"type": "confirm", "id": 3, "node_id": "node1", "epoch": 1},
+                   {"type": "confirm_many", "id": 5, "node_id": "node1", "epochs": [[0, 1]]}):
         reply = ask(service, header)
         assert reply is not None and reply["code"] == "forbidden", (header, reply)
     assert ask(service, {"type": "status", "id": 4})["type"] == "ok"  # status: any role

@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from zcraq import wire
-from zcraq.messages import (UNSET, CatchupRequest, CommitFrame, Delete, Error, Malformed, Ok, Read, ResyncFrame,
-                            StatusRequest, Write, WriteFrame, WriteRecord, request_type)
+from zcraq.messages import (UNSET, CatchupRequest, CommitFrame, ConfirmMany, Delete, Error, Malformed, Ok, Read,
+                            ResyncFrame, StatusRequest, Write, WriteFrame, WriteRecord, request_type)
 from zcraq.topology import Member, Topology
 
 pytestmark = pytest.mark.timeout(120)
@@ -324,3 +324,57 @@ def test_drain_decoding_agrees_with_the_rules():
         accepted += 1
         assert (request.node_id, request.draining) == (header["node_id"], header.get("draining", True))
     assert accepted > 500
+
+
+# ---------------------------------------------------------------------------------- confirm_many
+
+
+def test_confirm_many_carries_partition_epoch_pairs_and_its_reply_one_answer_each():
+    body = [b'{"type":"confirm_many","id":5,"node_id":"node1","epochs":[[0,3],[4095,0]]}']
+    request = wire.decode_request(body, LIMITS, wire.NODE_REQUESTS)
+    assert request == ConfirmMany("node1", [(0, 3), (4095, 0)], id=5)
+    assert wire.encode_request(request) == [
+        b'{"type":"confirm_many","node_id":"node1","epochs":[[0,3],[4095,0]],"id":5}']
+    reply = Ok(5, results=["ok", "wrong_epoch"], epochs=[3, 4], lease_ms=1000)
+    assert wire.encode_reply(reply) == [b'{"type":"ok","id":5,"results":["ok","wrong_epoch"],"epochs":[3,4],'
+                                        b'"lease_ms":1000}']
+    assert wire.decode_reply(wire.encode_reply(reply)) == (reply, [])
+    with pytest.raises(wire.WireError, match="unknown request type 'confirm_many'"):
+        wire.decode_request(body, LIMITS, wire.COORDINATOR_REQUESTS)
+
+
+def test_confirm_many_decoding_agrees_with_the_rules():
+    rng = random.Random(11)
+    odd_pairs: list[Any] = [[0, 1], [4095, 2**64 - 1], [4096, 1], [-1, 1], [1, -1], [1, 2**64], [1], [1, 2, 3],
+                            [1.0, 2], [True, 1], "x", None, {}, [1, "2"]]
+    accepted = 0
+    for _ in range(4000):
+        pairs = [rng.choice(odd_pairs) if rng.random() < 0.1 else [rng.randrange(0, 4096), rng.randrange(0, 9)]
+                 for _ in range(rng.choice([0, 1, 2, 5]))]
+        header: dict[str, Any] = {"type": "confirm_many", "id": rng.choice([1, "r", None]), "node_id": "node1",
+                                  "epochs": pairs}
+        for _ in range(rng.choice([0, 0, 1, 2])):
+            name = rng.choice(["node_id", "epochs", "id", "partition"])
+            if rng.random() < 0.75:
+                header[name] = rng.choice(ODD_VALUES)
+            else:
+                header.pop(name, None)
+        body = [dumps(header)]
+        try:
+            wire._explain_request(body, LIMITS, wire.NODE_REQUESTS)  # noqa: SLF001 - the reference
+            expected: wire.WireError | None = None
+        except wire.WireError as error:
+            expected = error
+        try:
+            request = wire.decode_request(body, LIMITS, wire.NODE_REQUESTS)
+        except wire.WireError as error:
+            assert expected is not None and (error.code, error.request_id, str(error)) == (
+                expected.code, expected.request_id, str(expected)), (body, error)
+            continue
+        assert expected is None, (body, expected)
+        accepted += 1
+        assert [list(pair) for pair in request.epochs] == header["epochs"]
+    assert accepted > 1000
+    too_many = dumps({"type": "confirm_many", "id": 1, "node_id": "n", "epochs": [[0, 1]] * 4097})
+    with pytest.raises(wire.WireError, match="1 to 4096"):
+        wire.decode_request([too_many], LIMITS, wire.NODE_REQUESTS)

@@ -20,8 +20,8 @@ A refusal is a sentence saying why, for the ``forbidden`` error; None lets the m
 from __future__ import annotations
 
 from zcraq.callers import TRUSTED, Caller, Role
-from zcraq.messages import (CatchupRequest, CaughtUp, ChainFrame, Confirm, CoordinatorRequest, Delete, DeleteMany,
-                            Drain, Heartbeat, Join, Leave, NodeRequest, Read, ReadMany, Scan, StatusRequest,
+from zcraq.messages import (CatchupRequest, CaughtUp, ChainFrame, Confirm, ConfirmMany, CoordinatorRequest, Delete,
+                            DeleteMany, Drain, Heartbeat, Join, Leave, NodeRequest, Read, ReadMany, Scan, StatusRequest,
                             TopologyRequest, VersionQuery, Watch, WatchState, Write, WriteMany)
 from zcraq.topology import Topology
 
@@ -37,6 +37,8 @@ def node_request_refusal(request: NodeRequest, caller: Caller, topology: Topolog
         case StatusRequest():
             return None if caller.roles else _needs("a key with a role", caller)
         case VersionQuery() | CatchupRequest():
+            return None if caller.is_(Role.NODE) else _needs("a node key", caller)
+        case ConfirmMany():  # each pair is judged as a confirm by its partition's replica
             return None if caller.is_(Role.NODE) else _needs("a node key", caller)
         case Confirm():
             if not caller.is_(Role.NODE):

@@ -208,6 +208,15 @@ class Confirm(_Request, frozen=True, tag="confirm"):
     id: RequestId = None
 
 
+class ConfirmMany(_Request, frozen=True, tag="confirm_many"):
+    """A peer of a partitioned cluster asks ``confirm`` for many partitions at once: ``epochs``
+    holds ``[partition, epoch]`` pairs, each answered exactly as a ``confirm`` naming that partition."""
+
+    node_id: NodeId
+    epochs: Annotated[list[tuple[PartitionNo, Epoch]], msgspec.Meta(min_length=1, max_length=MAX_PARTITION + 1)]
+    id: RequestId = None
+
+
 # ---------------------------------------------------------------------------------------------
 # Requests the coordinator accepts (besides status, write and delete)
 
@@ -259,7 +268,7 @@ def request_type(request: Request) -> str:
 
 
 NodeRequest = (Read | Write | Delete | ReadMany | WriteMany | DeleteMany | Scan | Watch | WatchState | VersionQuery
-               | CatchupRequest | StatusRequest | Confirm)
+               | CatchupRequest | StatusRequest | Confirm | ConfirmMany)
 CoordinatorRequest = TopologyRequest | StatusRequest | Write | Delete | Join | Heartbeat | CaughtUp | Leave | Drain
 Request = NodeRequest | CoordinatorRequest
 
@@ -277,6 +286,8 @@ class Ok(msgspec.Struct, frozen=True, tag_field="type", tag="ok"):
     existed: bool | list[bool | None] | UnsetType = UNSET  # delete: the key had a value just before this
     # deletion; delete_many: that for each key (null for a key whose deletion failed)
     results: list[U64 | str] | UnsetType = UNSET  # read_many, write_many, delete_many, scan: per key, a version or an error code
+    # (confirm_many: per pair, "ok" or an error code)
+    epochs: list[Epoch] | UnsetType = UNSET  # confirm_many: per pair, the responder's epoch of that partition
     keys: list[str] | UnsetType = UNSET  # scan: the keys of this page that have a value (or an error)
     sizes: list[U64] | UnsetType = UNSET  # read_many: each key's value length in the one value frame
     items: list[tuple[Key, Version, Flags]] | UnsetType = UNSET  # catchup, watch, watch_state: [key, version, flags]

@@ -16,6 +16,9 @@ holds per partition. This module adds what the node does as a whole:
   theirs (each core names its partition in the frames it makes). Requests a core sends to peers
   are stamped with its partition and go out under ids unique over the whole node; their replies
   are routed back under the core's own.
+- The replicas' confirm rounds with one peer node in one turn (their rounds are aligned to one
+  clock, zcraq/nodecore/leases.py) go as one ``confirm_many``, answered pair by pair by the
+  peer's replicas: a node's background traffic does not grow with the partitions it hosts.
 - Chain frames travel over one PUSH socket per peer endpoint, shared by every partition: frames
   name their partition and epoch, so a frame a peer no longer expects is dropped there. (The
   shell sends a turn's frames for one endpoint as one message.)
@@ -37,7 +40,8 @@ from zcraq.effects import PeerRequest, Relink, Respond, SendDown, SendUp, Subscr
 from zcraq.hosting import Hosting
 from zcraq.loglimit import LogLimiter
 from zcraq.logs import for_partition
-from zcraq.messages import (PROTOCOL_VERSION, CatchupRequest, ChainFrame, CommitFrame, Confirm, Delete, DeleteMany,
+from zcraq.messages import (PROTOCOL_VERSION, CatchupRequest, ChainFrame, CommitFrame, Confirm, ConfirmMany, Delete,
+                            DeleteMany,
                             Error, Heartbeat, Join, Malformed, NodeRequest, Ok, Read, ReadMany, Reply,
                             ResyncFrame, Scan, StatusRequest, TopologyRequest, VersionQuery, Watch, WatchState,
                             Write, WriteFrame, WriteMany)
@@ -95,7 +99,8 @@ class _Outgoing:
     partition: int | None  # None: the host's own call
     call_id: Any
     sent_at: float
-    kind: str = ""  # the host's own calls: "register", "heartbeat" or "table"
+    kind: str = ""  # the host's own calls: "register", "heartbeat", "table" or "confirm_many"
+    confirms: tuple[tuple[int, Any], ...] = ()  # confirm_many: each pair's partition and its core's call id
 
 
 @dataclass(slots=True)
@@ -132,6 +137,7 @@ class PartitionHost:
         self._table_asked = False
         self.kept: set[int] = set()  # partitions not hosted whose data are kept (see zcraq/hosting.py)
         self._touched: set[int] = set()  # replicas called this turn: their ready() is due
+        self._confirms: dict[tuple[str, str | None], list[tuple[int, Confirm]]] = {}  # this turn's, per peer
         self._pages: set[int] = set()  # replicas with a catch-up page waiting to be stored
         self._next_replica_tick = float("-inf")
         self._looked_at_stored = False
@@ -267,6 +273,9 @@ class PartitionHost:
             self.counters["bad_messages"] += 1
             self._reply(client, Error(request.id, request.code, request.message))
             return
+        if type(request) is ConfirmMany:
+            self._confirm_many(client, request, caller)
+            return
         partition = request.partition
         if partition is UNSET:
             if isinstance(request, StatusRequest):
@@ -286,6 +295,26 @@ class PartitionHost:
         with for_partition(partition):
             core.on_request(client, request, now, caller)
         self._touched.add(partition)
+
+    def _confirm_many(self, client: Any, request: ConfirmMany, caller: Caller) -> None:
+        """Each pair answered by that partition's replica as it answers a ``confirm``."""
+        refusal = node_request_refusal(request, caller, Topology(0, ()))
+        if refusal is not None:
+            self._reply(client, Error(request.id, "forbidden", refusal))
+            return
+        results: list[int | str] = []
+        epochs: list[int] = []
+        for partition, epoch in request.epochs:
+            core = self.cores.get(partition)
+            if core is None:
+                results.append("wrong_partition")
+                epochs.append(0)
+                continue
+            answer = core.answer_confirm(Confirm(request.node_id, epoch, partition=partition), caller)
+            results.append("ok" if isinstance(answer, Ok) else answer.code)
+            epochs.append(core.topology.epoch)
+        self._reply(client, Ok(request.id, results=results, epochs=epochs,
+                               lease_ms=int(self.timings.peer_lease * 1000)))
 
     def _route(self, request: NodeRequest) -> int | str:
         """The partition of a request that names none: its key's; else why it must name one."""
@@ -390,6 +419,28 @@ class PartitionHost:
                 self._table_asked = False
                 if isinstance(reply, Ok) and reply.table is not UNSET:
                     self.on_table(reply.table, now)
+            case "confirm_many":
+                self._confirms_answered(outgoing.confirms, reply, now)
+
+    def _confirms_answered(self, asked: tuple[tuple[int, Any], ...], reply: Reply, now: float) -> None:
+        """Each replica gets the answer to its own confirm, as if it had asked alone."""
+        answers: list[Reply]
+        if isinstance(reply, Ok) and reply.results is not UNSET and reply.epochs is not UNSET \
+                and len(reply.results) == len(reply.epochs) == len(asked):
+            lease = reply.lease_ms
+            answers = [Ok(call_id, epoch=epoch, lease_ms=lease) if result == "ok" else
+                       Error(call_id, str(result), "not confirmed", epoch=epoch)
+                       for (_p, call_id), result, epoch in zip(asked, reply.results, reply.epochs)]
+        else:
+            code = reply.code if isinstance(reply, Error) else "bad_reply"
+            answers = [Error(call_id, code, "the peer did not answer confirm_many pair by pair")
+                       for _p, call_id in asked]
+        for (partition, _call_id), answer in zip(asked, answers):
+            core = self.cores.get(partition)
+            if core is not None:
+                with for_partition(partition):
+                    core.on_peer_reply(answer, [], now)
+                self._touched.add(partition)
 
     def _registered(self, reply: Reply, now: float) -> None:
         if isinstance(reply, Error):
@@ -423,6 +474,8 @@ class PartitionHost:
             if core is not None:
                 self._collect(partition, core, now)
         touched.clear()
+        if self._confirms:
+            self._send_confirms(now)
         self.stores.commit()  # before any effect leaves: nothing is sent that is not durable
         out = self._out
         self._out = []
@@ -441,15 +494,38 @@ class PartitionHost:
                 if target is not None:
                     out.append(Push(target[0], target[1], effect.frame))  # the core named the partition
             elif type(effect) is PeerRequest:
-                call_id = self._take_id()
-                self._outgoing[call_id] = _Outgoing(partition, effect.request.id, now)
-                request = msgspec.structs.replace(effect.request, id=call_id, partition=partition)
-                out.append(PeerRequest(effect.endpoint, request, effect.key))
+                request = effect.request
+                if type(request) is Confirm:
+                    target = (effect.endpoint, effect.key)
+                    self._confirms.setdefault(target, []).append((partition, request))
+                else:
+                    self._peer_request(partition, effect.endpoint, effect.key, request, now)
             elif type(effect) is Relink:
                 links.down = (effect.down, effect.down_key) if effect.down else None
                 links.up = (effect.up, effect.up_key) if effect.up else None
                 self._push_targets()
             # Subscribe: the node as a whole follows the table, not each replica its topology
+
+    def _peer_request(self, partition: int, endpoint: str, key: str | None, request: NodeRequest | Any,
+                      now: float) -> None:
+        call_id = self._take_id()
+        self._outgoing[call_id] = _Outgoing(partition, request.id, now)
+        stamped = msgspec.structs.replace(request, id=call_id, partition=partition)
+        self._out.append(PeerRequest(endpoint, stamped, key))
+
+    def _send_confirms(self, now: float) -> None:
+        """The turn's confirms, one request per peer endpoint."""
+        for (endpoint, key), asks in self._confirms.items():
+            if len(asks) == 1:
+                partition, request = asks[0]
+                self._peer_request(partition, endpoint, key, request, now)
+                continue
+            call_id = self._take_id()
+            self._outgoing[call_id] = _Outgoing(None, None, now, "confirm_many",
+                                                tuple((partition, request.id) for partition, request in asks))
+            pairs = [(partition, request.epoch) for partition, request in asks]
+            self._out.append(PeerRequest(endpoint, ConfirmMany(self.me.id, pairs, id=call_id), key))
+        self._confirms.clear()
 
     def _push_targets(self) -> None:
         targets = {t for links in self.links.values() for t in (links.down, links.up) if t is not None}

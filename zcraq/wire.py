@@ -35,7 +35,8 @@ from zcraq.messages import Limits
 from zcraq.messages import (COMMITTED, MAX_BATCH_KEYS, MAX_ID_CHARS, MAX_NODE_ID_CHARS, MAX_PARTITION, MAX_SCAN_KEYS,
                             MAX_STALENESS_MS, MAX_ZONE_CHARS, PartitionNo, TOMBSTONE,
                             CatchupRequest, CaughtUp, CoordinatorRequest, NodeRequest, Drain,
-                            ChainFrame, CommitFrame, Confirm, Delete, DeleteMany, Flags, Heartbeat, Join, Key, Keys,
+                            ChainFrame, CommitFrame, Confirm, ConfirmMany, Delete, DeleteMany, Flags, Heartbeat, Join,
+                            Key, Keys,
                             Leave, Malformed, NodeId, Read, ReadMany, Reply, Request, RequestId, request_type,
                             MAX_WATCH_ITEMS, MAX_WATCH_WAIT_MS, Watch, WatchState,
                             ResyncFrame, Scan, StatusRequest, TopologyRequest, U64, U64_MAX, Version, VersionQuery,
@@ -90,11 +91,11 @@ _HEADER_TYPES: dict[str, type[Any]] = {
     "read": Read, "write": _WriteHeader, "delete": Delete, "read_many": ReadMany, "write_many": _WriteManyHeader,
     "delete_many": DeleteMany, "scan": Scan, "watch": Watch, "watch_state": WatchState, "version": VersionQuery,
     "catchup": CatchupRequest,
-    "status": StatusRequest, "confirm": Confirm, "topology": TopologyRequest, "join": Join,
+    "status": StatusRequest, "confirm": Confirm, "confirm_many": ConfirmMany, "topology": TopologyRequest, "join": Join,
     "heartbeat": Heartbeat, "caught_up": CaughtUp, "leave": Leave, "drain": Drain,
 }
 NODE_REQUESTS = frozenset({"read", "write", "delete", "read_many", "write_many", "delete_many", "scan", "watch",
-                           "watch_state", "version", "catchup", "status", "confirm"})
+                           "watch_state", "version", "catchup", "status", "confirm", "confirm_many"})
 COORDINATOR_REQUESTS = frozenset({"topology", "status", "write", "delete", "join", "heartbeat", "caught_up",
                                   "leave", "drain"})
 _KEYED = frozenset({"read", "write", "delete", "version"})
@@ -222,6 +223,8 @@ def _out_of_range(header: Any) -> bool:
         return header.after > U64_MAX
     if type(header) in (Read, StatusRequest, TopologyRequest, Leave, Drain, *_BATCH_HEADERS):
         return False
+    if type(header) is ConfirmMany:
+        return any(epoch > U64_MAX for _partition, epoch in header.epochs)
     return getattr(header, "epoch", 0) > U64_MAX or getattr(header, "protocol", 0) > U64_MAX
 
 
@@ -269,6 +272,7 @@ _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {  # each takes "
     "leave": {"node_id": (_STR, True)},
     "drain": {"node_id": (_STR, True), "draining": ((bool,), False)},
     "confirm": {"node_id": (_STR, True), "epoch": (_INT, True)},
+    "confirm_many": {"node_id": (_STR, True), "epochs": ((list,), True)},
 }
 for _fields in _FIELDS.values():
     _fields["partition"] = (_INT, False)
@@ -356,6 +360,8 @@ def _explain_request(frames: list[bytes], limits: Limits, accepted: frozenset[st
         raise WireError(f"limit must be from 1 to {MAX_SCAN_KEYS}", request_id=request_id)
     if kind in ("watch", "watch_state"):
         _explain_watch(kind, fields, limits, request_id)
+    if kind == "confirm_many":
+        _explain_epochs(fields["epochs"], request_id)
     if kind == "write_many":
         sizes = fields["sizes"]
         if not all(_is_wire_int(size) and size >= 0 for size in sizes):
@@ -382,6 +388,17 @@ def _explain_watch(kind: str, fields: dict[str, Any], limits: Limits, request_id
         raise WireError("after must be non-negative", request_id=request_id)
     if "log" in fields and not 0 < len(fields["log"]) <= MAX_ID_CHARS:
         raise WireError(f"log must be 1 to {MAX_ID_CHARS} characters", request_id=request_id)
+
+
+def _explain_epochs(epochs: list[Any], request_id: Any) -> None:
+    if not 0 < len(epochs) <= MAX_PARTITION + 1:
+        raise WireError(f"epochs must be an array of 1 to {MAX_PARTITION + 1} [partition, epoch] pairs",
+                        request_id=request_id)
+    for pair in epochs:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(_is_wire_int(n) for n in pair)
+                and 0 <= pair[0] <= MAX_PARTITION and pair[1] >= 0):
+            raise WireError(f"every item of epochs must be [partition, epoch]: a partition from 0 to "
+                            f"{MAX_PARTITION} and an epoch >= 0", request_id=request_id)
 
 
 def _explain_keys(keys: Any, limits: Limits, request_id: Any) -> None:

@@ -56,9 +56,9 @@ from zcraq.access import chain_frame_refusal, node_request_refusal
 from zcraq.callers import TRUSTED, Caller
 from zcraq.effects import Effect, Respond
 from zcraq.loglimit import LogLimiter
-from zcraq.messages import (CatchupRequest, ChainFrame, CommitFrame, Confirm, Delete, DeleteMany, Error, Malformed,
-                            NodeRequest, Ok, Read, ReadMany, Reply, ResyncFrame, Scan, StatusRequest, VersionQuery, Watch,
-                            WatchState, Write, WriteFrame, WriteMany, request_type)
+from zcraq.messages import (CatchupRequest, ChainFrame, CommitFrame, Confirm, ConfirmMany, Delete, DeleteMany, Error,
+                            Malformed, NodeRequest, Ok, Read, ReadMany, Reply, ResyncFrame, Scan, StatusRequest,
+                            VersionQuery, Watch, WatchState, Write, WriteFrame, WriteMany, request_type)
 from zcraq.nodecore.arrivals import Arrivals
 from zcraq.nodecore.batches import Batches
 from zcraq.nodecore.calls import CallKind, Calls
@@ -277,11 +277,23 @@ class NodeCore:
                 self._status(client, request, now)
             case Confirm():
                 self.membership.confirm(client, request)
+            case ConfirmMany():
+                self._error(client, request.id, "bad_request", "confirm_many is for nodes of a partitioned cluster")
             case Malformed():
                 self.counters["bad_messages"] += 1
                 self._error(client, request.id, request.code, request.message)
             case _:
                 assert_never(request)
+
+    def answer_confirm(self, request: Confirm, caller: Caller = TRUSTED) -> Reply:
+        """The answer ``on_request`` would send to a confirm (PROTOCOL.md §8.7), given back instead:
+        a partitioned node answers a ``confirm_many`` with one per partition."""
+        if caller is not TRUSTED:
+            refusal = node_request_refusal(request, caller, self.topology)
+            if refusal is not None:
+                self.counters["forbidden"] += 1
+                return Error(request.id, "forbidden", refusal)
+        return self.membership.answer_confirm(request)
 
     def _read(self, client: Any, request: Read, now: float) -> None:
         if self.serving(now):

@@ -13,6 +13,7 @@ Owns every timestamp that decides it:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from zcraq.topology import Member
@@ -26,7 +27,7 @@ class Leases:
         self.coordinator_until = NEVER
         self.fenced_until = NEVER
         self._confirmed_until: dict[str, float] = {}  # peer -> its confirmation of our epoch ends
-        self._last_confirm_round = NEVER
+        self._last_confirm_slot: int | None = None
 
     def held(self, now: float, peers: Iterable[Member]) -> bool:
         return now < self.coordinator_until or self.peers_confirm(now, peers)
@@ -52,10 +53,13 @@ class Leases:
         self.coordinator_until = NEVER
 
     def confirm_round_due(self, now: float) -> bool:
-        """Time to ask every peer again (four times per peer lease)."""
-        if now - self._last_confirm_round < self.peer_lease / 4:
+        """Time to ask every peer again: once per quarter of a peer lease, counted in quarters of
+        the clock rather than from the last round, so the replicas a partitioned node hosts ask in
+        the same turn and their confirms travel together (zcraq/nodehost.py)."""
+        slot = math.floor(now / (self.peer_lease / 4))
+        if slot == self._last_confirm_slot:
             return False
-        self._last_confirm_round = now
+        self._last_confirm_slot = slot
         return True
 
     # ------------------------------------------------------------------ the fence

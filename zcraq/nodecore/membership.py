@@ -193,15 +193,16 @@ class Membership:
     # ------------------------------------------------------------------ peers' confirmations
 
     def confirm(self, client: Any, request: Confirm) -> None:
+        self._out.append(Respond(client, self.answer_confirm(request)))
+
+    def answer_confirm(self, request: Confirm) -> Reply:
         """A peer asks whether we are still in its epoch. Saying yes binds us: should we later
         adopt an epoch that removes it, we take part in no commit for a peer lease (the fence)."""
         topology = self.topology
         if (not self.joined or request.epoch != topology.epoch or topology.member(request.node_id) is None
                 or topology.member(self.me.id) is None):
-            reply: Reply = Error(request.id, "wrong_epoch", "not in that epoch with you", epoch=topology.epoch)
-        else:
-            reply = Ok(request.id, epoch=topology.epoch, lease_ms=int(self.timings.peer_lease * 1000))
-        self._out.append(Respond(client, reply))
+            return Error(request.id, "wrong_epoch", "not in that epoch with you", epoch=topology.epoch)
+        return Ok(request.id, epoch=topology.epoch, lease_ms=int(self.timings.peer_lease * 1000))
 
     def confirm_answered(self, call: Call, reply: Reply, now: float) -> None:
         if isinstance(reply, Error):
