@@ -208,6 +208,40 @@ def test_silent_member_is_removed_only_after_removal_after():
     assert core.counters["removals"] == 1
 
 
+def test_a_retired_member_loses_its_lease_and_goes_once_it_has_surely_run_out():
+    """Placement takes replicas off live nodes: removed at once, one that missed its removal could
+    serve reads on its lease while the others commit."""
+    core = chain(A, B, C, now=0.0)
+    heard = 1.0
+    for node in "abc":
+        heartbeat(core, node, heard)
+    core.retire("b", "moved by placement")
+    core.retire("b", "asked again")  # idempotent
+    assert "lease_ms" not in heartbeat(core, "b", heard + 0.5).header  # no lease, not a sign of life
+    assert heartbeat(core, "b", heard + 0.5).header["status"] == "member"
+    heartbeat(core, "a", heard + REMOVAL)
+    heartbeat(core, "c", heard + REMOVAL)
+    core.tick(heard + REMOVAL)  # its last lease, granted at `heard`, may still run
+    assert ids(core.topology.members) == ["a", "b", "c"] and set(core.retiring) == {"b"}
+    core.tick(heard + REMOVAL + 0.01)
+    assert ids(core.topology.members) == ["a", "c"] and core.retiring == {}
+    join(core, D, heard + REMOVAL + 0.1)
+    core.retire("d", "moved by placement")  # a learner serves nothing: out at once
+    assert core.topology.learner is None and core.retiring == {}
+
+
+def test_a_retiring_member_stays_when_the_chain_loses_another_meanwhile():
+    core = chain(A, B, C, now=0.0)
+    core.retire("b", "moved by placement", keep=2)  # goes only if two others stay
+    heartbeat(core, "a", REMOVAL)  # c falls silent
+    core.tick(REMOVAL + 0.01)
+    assert ids(core.topology.members) == ["a", "b"] and core.retiring == {}  # c out, b kept
+    assert heartbeat(core, "b", REMOVAL + 0.02).header["lease_ms"] == 3000  # leased again
+    heartbeat(core, "a", 2 * REMOVAL)
+    core.tick(2 * REMOVAL)
+    assert ids(core.topology.members) == ["a", "b"]
+
+
 def test_last_member_is_never_removed():
     core = chain(A)
     core.tick(1000.0)

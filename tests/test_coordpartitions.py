@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from msgspec import UNSET
 
 from zcraq import coordpartitions
 from zcraq.coordcore import CoordinatorTimings
@@ -62,6 +63,8 @@ class Sim:
         self.forwarded: list[PeerRequest] = []
         self.replies: dict[Any, Any] = {}
         self.most_in_flight = 0
+        self.leased: dict[tuple[str, int], float] = {}  # (node, partition) -> when last granted a lease
+        self.early_removals: list[str] = []  # members taken out while a lease they were granted ran
 
     def _start(self) -> PartitionedCoordinator:
         return PartitionedCoordinator("tcp://127.0.0.1:19999", self.store, self.now, self.shape, self.timings)
@@ -74,6 +77,7 @@ class Sim:
 
     def turn(self) -> None:
         c = self.coordinator
+        before = self.topologies()
         for node in self.nodes:
             if not node.alive:
                 continue
@@ -111,10 +115,24 @@ class Sim:
         in_flight = sum(1 for t in self.topologies() if t.learner) + sum(
             1 for p, a in c.assigned.items() if self.topologies()[p].learner is None)
         self.most_in_flight = max(self.most_in_flight, in_flight)
+        self._check_removals(before)
         self.now += STEP
+
+    def _check_removals(self, before: list[Topology]) -> None:
+        """A member taken out of a chain must hold no lease any more (counted generously, from
+        when the coordinator granted it): else, had it missed its removal, it could serve stale
+        reads while the others commit."""
+        for p, (old, new) in enumerate(zip(before, self.topologies())):
+            for gone in {m.id for m in old.members} - {m.id for m in new.members}:
+                granted = self.leased.get((gone, p), float("-inf"))
+                if self.now - granted <= self.timings.lease:
+                    self.early_removals.append(f"{gone} out of p{p} at {self.now:.2f}, leased at {granted:.2f}")
 
     def _reply(self, client: Any, reply: Any) -> None:
         self.replies[client] = reply
+        if isinstance(client, tuple) and len(client) == 3 and client[1] == "beat" and client[2] is not None \
+                and isinstance(reply, Ok) and reply.lease_ms is not UNSET:
+            self.leased[(client[0], client[2])] = self.now
         if not isinstance(client, tuple) or len(client) != 3:
             return
         node = next((n for n in self.nodes if n.id == client[0]), None)
@@ -184,6 +202,9 @@ def test_joining_nodes_get_an_even_share_with_at_most_two_moves_at_once() -> Non
     load, _, _ = sim.per_node()
     assert sorted(load.values()) == [4, 5, 5, 5, 5]
     assert sim.most_in_flight <= 2
+    counters = sim.coordinator.counters
+    assert counters["placement_removals"] + counters["rotations"] > 0
+    assert sim.early_removals == []  # every replica moved off a live node was retired first
 
 
 def test_a_dead_nodes_replicas_are_recreated_on_the_others() -> None:
@@ -201,6 +222,7 @@ def test_a_drained_node_ends_with_no_replica() -> None:
     sim.coordinator.drain(("admin", "drain", None), 9, "node3")
     sim.run_until(lambda: sim.settled() and sim.per_node()[0]["node3"] == 0)
     assert sim.replies[("admin", "drain", None)] == Ok(9)
+    assert sim.early_removals == []
 
 
 def test_a_drained_node_that_goes_away_and_comes_back_is_still_draining() -> None:

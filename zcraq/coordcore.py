@@ -23,6 +23,10 @@ learner catching up behind the tail. Every change bumps the epoch and is publish
 - after a restart the coordinator cannot know which leases its previous run granted, so it removes
   nobody until a full lease has passed.
 - leave: a node going away cleanly is removed at once.
+- retire (a partitioned cluster's placement taking a replica off a live node): the member's
+  heartbeats stop renewing its lease and stop counting as signs of life, so it is removed like a
+  silent member, once the lease it holds has surely run out. Removing it at once would let it go
+  on serving reads on that lease, should it not learn of its removal, while the others commit.
 - write/delete from clients are forwarded to the head and answered when the head answers.
 """
 
@@ -144,6 +148,8 @@ class CoordinatorCore:
         self._out: list[Effect] = []
         self._last_publish = float("-inf")
         self._kept_last: set[str] = set()  # warned about once
+        # Members whose lease is no longer renewed (retire()), each with how many others must stay.
+        self.retiring: dict[str, int] = {}
         self.counters = {"bad_messages": 0, "forwarded_writes": 0, "removals": 0, "internal_errors": 0,
                          "forbidden": 0, "refused_joins": 0}
         self.logs = LogLimiter(log)
@@ -161,6 +167,8 @@ class CoordinatorCore:
 
     def _change(self, members: list[Member], learner: Member | None, why: str) -> None:
         self.topology = Topology(self.topology.epoch + 1, tuple(members), learner)
+        listed = {m.id for m in members}
+        self.retiring = {node: keep for node, keep in self.retiring.items() if node in listed}
         log.info("epoch %d: %s; chain %s%s", self.topology.epoch, why,
                  " -> ".join(m.id for m in members) or "(empty)",
                  f", learner {learner.id}" if learner else "")
@@ -177,6 +185,26 @@ class CoordinatorCore:
         """Take a member or the learner out, as a leave does (never the last member)."""
         if self.topology.member(node_id) is not None:
             self._remove(node_id, why)
+
+    def retire(self, node_id: str, why: str, keep: int = 1) -> None:
+        """Take a live member out once its lease has surely run out; a learner (it serves
+        nothing) at once. Should fewer than ``keep`` other members be left by then (one died
+        meanwhile), the member stays: its lease is renewed again."""
+        learner = self.topology.learner
+        if learner is not None and learner.id == node_id:
+            self._remove(node_id, why)
+        elif self.topology.position(node_id) is not None and node_id not in self.retiring:
+            log.info("%s retiring (%s): removed once its lease has run out", node_id, why)
+            self.retiring[node_id] = keep
+
+    def _retirement_due(self, node_id: str, now: float) -> bool:
+        """Remove a retiring member now? Not if the chain would be left too short: kept instead."""
+        if len(self.topology.members) - 1 >= self.retiring[node_id]:
+            return True
+        log.warning("%s kept: the chain lost another member while it was retiring", node_id)
+        del self.retiring[node_id]
+        self.last_seen[node_id] = now  # its heartbeats renew its lease again from the next one
+        return False
 
     def _remove(self, node_id: str, why: str) -> None:
         members = [m for m in self.topology.members if m.id != node_id]
@@ -312,6 +340,9 @@ class CoordinatorCore:
         else:
             self._error(client, request.id, "unknown_node", f"{node_id} is not in the chain; join again")
             return
+        if node_id in self.retiring:  # no lease, and silent as far as removal goes
+            self._ok(client, Ok(request.id, epoch=self.topology.epoch, status=status))
+            return
         self.last_seen[node_id] = now
         self._ok(client, Ok(request.id, epoch=self.topology.epoch, status=status, lease_ms=self._lease_ms))
 
@@ -356,10 +387,14 @@ class CoordinatorCore:
             self._error(forward.client, forward.request_id, "unknown_outcome",
                         "the head did not answer in time; the write may still commit")
         if now >= self.removals_allowed_at:
-            for node in self.topology.listed():
+            for node in self.topology.listed():  # the silent first: a retiring member may be needed
                 silent_for = now - self.last_seen.get(node.id, now)
-                if silent_for > self.timings.removal_after:
+                if silent_for > self.timings.removal_after and node.id not in self.retiring:
                     self._remove(node.id, f"silent for {silent_for:.1f}s")
+            for node_id in list(self.retiring):
+                if now - self.last_seen.get(node_id, now) > self.timings.removal_after \
+                        and self._retirement_due(node_id, now):
+                    self._remove(node_id, "retired")
         if now - self._last_publish >= self.timings.republish_interval:
             self._last_publish = now
             self._publish()

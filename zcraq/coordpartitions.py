@@ -371,7 +371,9 @@ class PartitionedCoordinator:
                 del self.nodes[node_id]
                 self._registry_changed = True
         for partition, assignment in list(self.assigned.items()):
-            if assignment.node not in self.nodes or now > assignment.deadline:
+            chain = self.chains[partition]
+            kept = chain.topology.member(assignment.node) is not None and assignment.node not in chain.retiring
+            if assignment.node not in self.nodes or now > assignment.deadline or kept:  # kept: a rotation undone
                 del self.assigned[partition]
                 self._table_changed = True
 
@@ -381,13 +383,15 @@ class PartitionedCoordinator:
         forming = any(not core.topology.listed() for core in self.chains)
         if forming and len(serving) < self.shape.replication and now - self.created_at < self.shape.formation_grace:
             return  # a new cluster: wait a little for R nodes, so that chains form over them
+        want = min(self.shape.replication, len(serving))
         table = []
         for partition, core in enumerate(self.chains):
             topology = core.topology
             learner = topology.learner.id if topology.learner else None
             if learner is None and partition in self.assigned:
                 learner = self.assigned[partition].node
-            table.append(Replicas(tuple(m.id for m in topology.members), learner))
+            # A retiring member is as good as gone: placement plans without it.
+            table.append(Replicas(tuple(m.id for m in topology.members if m.id not in core.retiring), learner))
         for step in plan(specs, table, self.shape.replication, self.shape.max_moves):
             match step:
                 case Form():
@@ -397,13 +401,15 @@ class PartitionedCoordinator:
                 case AddLearner():
                     self._assign(step.partition, step.node, now)
                     self.counters["moves"] += 1
-                case RemoveReplica():
+                case RemoveReplica() | Rotate() if self.chains[step.partition].retiring:
+                    pass  # one member of a chain retiring at a time: the chain never drops two at once
+                case RemoveReplica():  # surplus: the others are enough
                     with for_partition(step.partition):
-                        self.chains[step.partition].remove(step.node, "moved by placement")
+                        self.chains[step.partition].retire(step.node, "moved by placement", keep=want)
                     self.counters["placement_removals"] += 1
-                case Rotate():
+                case Rotate():  # out once its lease has run out, then back in as the learner
                     with for_partition(step.partition):
-                        self.chains[step.partition].remove(step.node, "rotated by placement")
+                        self.chains[step.partition].retire(step.node, "rotated by placement", keep=want - 1)
                     self._assign(step.partition, step.node, now)
                     self.counters["rotations"] += 1
 
