@@ -384,6 +384,7 @@ class PartitionedCoordinator:
         if forming and len(serving) < self.shape.replication and now - self.created_at < self.shape.formation_grace:
             return  # a new cluster: wait a little for R nodes, so that chains form over them
         want = min(self.shape.replication, len(serving))
+        rotation_keeps = max(want - 1, 2)  # members left while a rotated one is away: never one alone
         table = []
         for partition, core in enumerate(self.chains):
             topology = core.topology
@@ -403,13 +404,15 @@ class PartitionedCoordinator:
                     self.counters["moves"] += 1
                 case RemoveReplica() | Rotate() if self.chains[step.partition].retiring:
                     pass  # one member of a chain retiring at a time: the chain never drops two at once
+                case Rotate() if len(self.chains[step.partition].topology.members) <= rotation_keeps:
+                    pass  # a rotation would leave a single copy until the rotated replica caught up
                 case RemoveReplica():  # surplus: the others are enough
                     with for_partition(step.partition):
                         self.chains[step.partition].retire(step.node, "moved by placement", keep=want)
                     self.counters["placement_removals"] += 1
                 case Rotate():  # out once its lease has run out, then back in as the learner
                     with for_partition(step.partition):
-                        self.chains[step.partition].retire(step.node, "rotated by placement", keep=want - 1)
+                        self.chains[step.partition].retire(step.node, "rotated by placement", keep=rotation_keeps)
                     self._assign(step.partition, step.node, now)
                     self.counters["rotations"] += 1
 
