@@ -369,3 +369,40 @@ def test_a_watch_resumes_in_another_client_where_the_first_left_off(make_cluster
         again: list[Change] = []
         cluster.wait(lambda: again.extend(resumed.poll()) or len(again) == 2, 20, "the changes missed")
         assert again == [Change("p/b", 2, b"2"), Change("p/c", 1, b"1")]
+
+
+class _FailingSecondCall:
+    """Stands for ZClient in WatchStream.poll: the first partition's poll takes changes, the next
+    call fails (that partition's nodes are out of reach)."""
+
+    _state: Any = None
+
+    def __init__(self, taken: list[Change]) -> None:
+        self.taken, self.calls = taken, 0
+
+    def _run(self, plan: Any) -> list[Change]:
+        plan.close()
+        self.calls += 1
+        if self.calls == 1:
+            return self.taken
+        from zcraq.errors import Unavailable
+
+        raise Unavailable("no node of partition 1 answered")
+
+
+def test_a_poll_over_partitions_delivers_what_it_took_when_a_later_partition_fails():
+    """The first partition's watcher counts its changes delivered as it takes them: dropping them
+    because another partition failed would skip them for good, unmarked."""
+    from zcraq.client import WatchStream
+    from zcraq.clientwatch import Watches
+    from zcraq.errors import Unavailable
+
+    watches = Watches(prefix="")
+    watches.watchers = {p: Watcher(prefix="", partition=p) for p in (0, 1)}
+    for watcher in watches.watchers.values():
+        watcher.endpoint = "tcp://127.0.0.1:1"  # synchronized: each poll is one call
+    taken = [Change("a", 4, b"v")]
+    stream = WatchStream(_FailingSecondCall(taken), watches, None, 1.0)  # type: ignore[arg-type]
+    assert stream.poll() == taken
+    with pytest.raises(Unavailable):  # nothing in hand: the failure is the caller's to see
+        stream.poll()

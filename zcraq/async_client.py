@@ -187,13 +187,18 @@ class AsyncZClient:
         wait = watches.wait_each(poll_wait)
         while True:
             changes: list[clientwatch.Change] = []
-            for watcher in watches.each():
-                if not watcher.synchronized:
-                    deadline = self._state.deadline()
-                    await self._run(clientwatch.synchronize(self._state, watcher, node, deadline), deadline)
-                waited = 0.0 if changes else wait  # changes in hand: the other partitions are only looked at
-                deadline = self._state.deadline() + waited
-                changes += await self._run(clientwatch.poll(self._state, watcher, waited), deadline)
+            try:
+                for watcher in watches.each():
+                    if not watcher.synchronized:
+                        deadline = self._state.deadline()
+                        await self._run(clientwatch.synchronize(self._state, watcher, node, deadline), deadline)
+                    waited = 0.0 if changes else wait  # changes in hand: the other partitions are only looked at
+                    deadline = self._state.deadline() + waited
+                    changes += await self._run(clientwatch.poll(self._state, watcher, waited), deadline)
+            except ZcraqError:
+                for change in changes:  # other partitions' watchers count them delivered: deliver them first
+                    yield change
+                raise
             for change in changes:
                 yield change
 

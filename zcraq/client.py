@@ -355,10 +355,15 @@ class WatchStream:
         changes: list[clientwatch.Change] = []
         wait = watches.wait_each(self._poll_wait)
         for watcher in watches.each():
-            if not watcher.synchronized:
-                client._run(clientwatch.synchronize(state, watcher, self._node, state.deadline()))  # noqa: SLF001
-            # Once some changes are in hand, the other partitions are only looked at, not waited for.
-            changes += client._run(clientwatch.poll(state, watcher, 0.0 if changes else wait))  # noqa: SLF001
+            try:
+                if not watcher.synchronized:
+                    client._run(clientwatch.synchronize(state, watcher, self._node, state.deadline()))  # noqa: SLF001
+                # Once some changes are in hand, the other partitions are only looked at, not waited for.
+                changes += client._run(clientwatch.poll(state, watcher, 0.0 if changes else wait))  # noqa: SLF001
+            except ZcraqError:
+                if changes:  # taken from other partitions' watchers, which count them delivered: deliver them
+                    return changes  # the watcher that failed tries again at the next poll
+                raise
         return changes
 
 
