@@ -21,6 +21,7 @@ from zcraq.client import ZClient
 from zcraq.clientcore import Answer, Call, ClientState, Pause, Step
 from zcraq.clientroutes import PartitionTable
 from zcraq.errors import BatchFailed, Unavailable
+from zcraq.local import describe_table
 from zcraq.messages import (Delete, DeleteMany, Error, Limits, Ok, Read, ReadMany, Scan, StatusRequest,
                             TopologyRequest, Watch, WatchState, Write, WriteMany)
 from zcraq.partitioning import partition_of
@@ -43,9 +44,12 @@ def chains() -> list[Topology]:
 
 
 def table_json(topologies: list[Topology], version: int = 5) -> dict[str, Any]:
-    return {"version": version,
-            "partitions": [{"partition": p, "topology": t.to_dict(), "assigned": "node1" if p == 1 else None}
-                           for p, t in enumerate(topologies)],
+    """Partition 1 has node1 assigned, node4 retires from partition 2; partition 0's entry has no
+    "retiring" (as from a coordinator that does not send it)."""
+    partitions = [{"partition": p, "topology": t.to_dict(), "assigned": "node1" if p == 1 else None,
+                   "retiring": ["node4"] if p == 2 else []} for p, t in enumerate(topologies)]
+    del partitions[0]["retiring"]
+    return {"version": version, "partitions": partitions,
             "nodes": [{"id": f"node{n}", "zone": "abcd"[n - 1], "draining": n == 4} for n in range(1, 5)]}
 
 
@@ -196,13 +200,28 @@ def test_the_table_parses_and_routes_each_key_to_its_partition():
     assert [m.id for m in table.listed()] == ["node1", "node2", "node3", "node4"]
     assert table.partitions[1].assigned == "node1"
     assert table.partitions[3].to_json() == {"partition": 3, "chain": ["node4", "node1", "node2"], "epoch": 4,
-                                             "learner": "node3", "assigned": None}
+                                             "learner": "node3", "assigned": None, "retiring": []}
+    assert table.partitions[2].retiring == ("node4",) and table.partitions[0].retiring == ()
+
+
+def test_zcraq_run_describes_the_moves_under_way():
+    described = describe_table(PartitionTable.parse(table_json(chains())))
+    assert described.startswith("table 5: node1 1h/1t/3r, node2 1h/1t/3r, node3 1h/1t/3r, node4 1h/1t/3r draining ")
+    assert described.endswith("; moving p1->node1 p3->node3; retiring p2:node4")
+
+
+@pytest.mark.parametrize("retiring", ["node4", [4], None])
+def test_a_table_with_a_malformed_retiring_list_is_refused(retiring):
+    data = table_json(chains())
+    data["partitions"][2]["retiring"] = retiring
+    with pytest.raises(ValueError, match="partition 2: retiring must be a list of node ids"):
+        PartitionTable.parse(data)
 
 
 def test_each_nodes_share_of_the_table():
     shares = {s.id: s for s in PartitionTable.parse(table_json(chains())).shares()}
-    assert [(s.heads, s.tails, s.replicas, s.learners, s.assigned) for s in shares.values()] == [
-        (1, 1, 3, 0, 1), (1, 1, 3, 0, 0), (1, 1, 3, 1, 0), (1, 1, 3, 0, 0)]
+    assert [(s.heads, s.tails, s.replicas, s.learners, s.assigned, s.retiring) for s in shares.values()] == [
+        (1, 1, 3, 0, 1, 0), (1, 1, 3, 0, 0, 0), (1, 1, 3, 1, 0, 0), (1, 1, 3, 0, 0, 1)]
     assert shares["node4"].draining and shares["node2"].zone == "b" and shares["node1"].service == member(1).service
 
 
@@ -398,7 +417,8 @@ def test_a_one_chain_cluster_names_no_partition(monkeypatch):
         assert [c.key for c in zclient.watch(prefix="", since_version=0).poll()] == ["a", "b", "c"]
         assert zclient.partition_table() is None
         assert [p.to_json() for p in zclient.partitions()] == [
-            {"partition": 0, "chain": ["node1", "node2", "node3"], "epoch": 1, "learner": None, "assigned": None}]
+            {"partition": 0, "chain": ["node1", "node2", "node3"], "epoch": 1, "learner": None, "assigned": None,
+             "retiring": []}]
     assert [c.request.limit for c in cluster.calls(Scan)] == [1, 1, 1]
     assert {c.endpoint for c in cluster.calls(Write) + cluster.calls(WriteMany)} == {member(1).service}
 
@@ -429,17 +449,18 @@ def test_partitions_lists_every_chain(monkeypatch):
     rows = json.loads(result.output)
     assert [(r["partition"], r["chain"][0], r["epoch"]) for r in rows] == [
         (p, cluster.topologies[p].members[0].id, p + 1) for p in range(P)]
-    assert rows[3]["learner"] == "node3" and rows[1]["assigned"] == "node1"
+    assert rows[3]["learner"] == "node3" and rows[1]["assigned"] == "node1" and rows[2]["retiring"] == ["node4"]
     text = invoke(monkeypatch, cluster, partitions).output.splitlines()
-    assert text[0].split() == ["PARTITION", "EPOCH", "CHAIN", "LEARNER", "ASSIGNED"]
-    assert text[4].split() == ["3", "4", "node4,node1,node2", "node3", "-"]
+    assert text[0].split() == ["PARTITION", "EPOCH", "CHAIN", "LEARNER", "ASSIGNED", "RETIRING"]
+    assert text[3].split() == ["2", "3", "node3,node4,node1", "-", "-", "node4"]
+    assert text[4].split() == ["3", "4", "node4,node1,node2", "node3", "-", "-"]
     assert text[-1] == "4 partitions, table version 5"
 
 
 def test_partitions_of_a_one_chain_cluster_is_partition_0(monkeypatch):
     result = invoke(monkeypatch, FakeCluster(one_chain=True), partitions, "--json")
     assert json.loads(result.output) == [{"partition": 0, "chain": ["node1", "node2", "node3"], "epoch": 1,
-                                          "learner": None, "assigned": None}]
+                                          "learner": None, "assigned": None, "retiring": []}]
 
 
 def test_status_and_health_of_a_partitioned_cluster_per_node(monkeypatch):
@@ -450,8 +471,10 @@ def test_status_and_health_of_a_partitioned_cluster_per_node(monkeypatch):
     assert status["table_version"] == 5 and status["partitions"] == P
     node3 = next(n for n in status["nodes"] if n["id"] == "node3")
     assert (node3["heads"], node3["replicas"], node3["learners"], node3["serving"]) == (1, 3, 1, 4)
+    assert [n["retiring"] for n in status["nodes"]] == [0, 0, 0, 1]
     text = invoke(monkeypatch, cluster, client_group, "status").output.splitlines()
-    assert text[0].split()[:5] == ["NODE", "ZONE", "HEADS", "TAILS", "REPLICAS"]
+    assert text[0].split()[:8] == ["NODE", "ZONE", "HEADS", "TAILS", "REPLICAS", "LEARNERS", "ASSIGNED", "RETIRING"]
+    assert text[4].split()[:8] == ["node4", "d", "1", "1", "3", "0", "0", "1"]
     assert text[-1] == f"coordinator {COORDINATOR}: 4 partitions, table version 5"
 
     result = invoke(monkeypatch, cluster, client_group, "health", "--json")

@@ -215,7 +215,9 @@ def test_a_retired_member_loses_its_lease_and_goes_once_it_has_surely_run_out():
     heard = 1.0
     for node in "abc":
         heartbeat(core, node, heard)
+    drain(core)
     core.retire("b", "moved by placement")
+    assert kinds(drain(core)) == ["Publish"]  # a partition table shows who is retiring
     core.retire("b", "asked again")  # idempotent
     assert "lease_ms" not in heartbeat(core, "b", heard + 0.5).header  # no lease, not a sign of life
     assert heartbeat(core, "b", heard + 0.5).header["status"] == "member"
@@ -240,6 +242,20 @@ def test_a_retiring_member_stays_when_the_chain_loses_another_meanwhile():
     heartbeat(core, "a", 2 * REMOVAL)
     core.tick(2 * REMOVAL)
     assert ids(core.topology.members) == ["a", "b"]
+
+
+def test_a_member_kept_after_the_chain_shrank_earlier_is_published():
+    """Kept in a later tick than the other member's removal: the table must still say so."""
+    core = chain(A, B, C, now=0.0)
+    heartbeat(core, "b", 0.5)  # its removal falls due after c's
+    core.retire("b", "moved by placement", keep=2)
+    heartbeat(core, "a", REMOVAL)
+    core.tick(REMOVAL + 0.01)
+    assert ids(core.topology.members) == ["a", "b"] and set(core.retiring) == {"b"}
+    drain(core)
+    heartbeat(core, "a", 0.5 + REMOVAL)
+    core.tick(0.5 + REMOVAL + 0.01)
+    assert core.retiring == {} and kinds(drain(core)) == ["Publish"]
 
 
 def test_last_member_is_never_removed():

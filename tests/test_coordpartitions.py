@@ -65,6 +65,8 @@ class Sim:
         self.most_in_flight = 0
         self.leased: dict[tuple[str, int], float] = {}  # (node, partition) -> when last granted a lease
         self.early_removals: list[str] = []  # members taken out while a lease they were granted ran
+        self.shown_retiring: set[tuple[str, int]] = set()  # (node, partition) a published table showed retiring
+        self.unshown_retiring: list[str] = []  # retiring members the last published table did not show
 
     def _start(self) -> PartitionedCoordinator:
         return PartitionedCoordinator("tcp://127.0.0.1:19999", self.store, self.now, self.shape, self.timings)
@@ -108,6 +110,8 @@ class Sim:
             match effect:
                 case PublishTable():
                     self.table = effect.table
+                    self.shown_retiring |= {(node_id, entry["partition"]) for entry in effect.table["partitions"]
+                                            for node_id in entry["retiring"]}
                 case Respond():
                     self._reply(effect.client, effect.reply)
                 case PeerRequest():
@@ -116,6 +120,10 @@ class Sim:
             1 for p, a in c.assigned.items() if self.topologies()[p].learner is None)
         self.most_in_flight = max(self.most_in_flight, in_flight)
         self._check_removals(before)
+        if self.table is not None:
+            self.unshown_retiring += [f"{node_id} in p{p} at {self.now:.2f}" for p, core in enumerate(c.chains)
+                                      for node_id in core.retiring
+                                      if node_id not in self.table["partitions"][p]["retiring"]]
         self.now += STEP
 
     def _check_removals(self, before: list[Topology]) -> None:
@@ -205,6 +213,8 @@ def test_joining_nodes_get_an_even_share_with_at_most_two_moves_at_once() -> Non
     counters = sim.coordinator.counters
     assert counters["placement_removals"] + counters["rotations"] > 0
     assert sim.early_removals == []  # every replica moved off a live node was retired first
+    assert sim.unshown_retiring == []  # and the table showed it retiring from the start
+    assert sim.shown_retiring
 
 
 def test_a_dead_nodes_replicas_are_recreated_on_the_others() -> None:

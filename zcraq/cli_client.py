@@ -361,7 +361,8 @@ def status(settings: Settings) -> None:
     answer. JSON: {"coordinator": {...}, "epoch": N, "nodes": [...]} (README: Command line).
 
     A partitioned cluster: a row per node of its share of the partitions (heads, tails, replicas,
-    learners: moves under way, assigned), zone, draining, and how many of its replicas serve.
+    learners and retiring: the two ends of moves under way, assigned), zone, draining, and how many
+    of its replicas serve.
     JSON: {"coordinator": {...}, "table_version": N, "partitions": P, "nodes": [...]}.
     """
     def action(zclient: ZClient) -> Outcome:
@@ -405,18 +406,18 @@ def health(settings: Settings) -> None:
 def partitions(settings: Settings) -> None:
     """List every partition's chain, head first, as the coordinator sees it.
 
-    A row per partition: its number, epoch, chain (head first), learner (a replica being added)
-    and the node assigned to join it. A one-chain cluster has one, partition 0. JSON: a list,
-    [{"partition": N, "chain": [NODE, ...], "epoch": E, "learner": NODE or null, "assigned": NODE
-    or null}, ...].
+    A row per partition: its number, epoch, chain (head first), learner (a replica being added),
+    the node assigned to join it and the members retiring from it (on their way out). A one-chain
+    cluster has one, partition 0. JSON: a list, [{"partition": N, "chain": [NODE, ...], "epoch": E,
+    "learner": NODE or null, "assigned": NODE or null, "retiring": [NODE, ...]}, ...].
     """
     def action(zclient: ZClient) -> Outcome:
         table = zclient.partition_table()
         shown = table or single(zclient.topology())
         rows = [entry.to_json() for entry in shown.partitions]
-        lines = _columns([("PARTITION", "EPOCH", "CHAIN", "LEARNER", "ASSIGNED")] + [
+        lines = _columns([("PARTITION", "EPOCH", "CHAIN", "LEARNER", "ASSIGNED", "RETIRING")] + [
             (str(row["partition"]), str(row["epoch"]), ",".join(row["chain"]) or "-", row["learner"] or "-",
-             row["assigned"] or "-") for row in rows])
+             row["assigned"] or "-", ",".join(row["retiring"]) or "-") for row in rows])
         if table is not None:
             lines.append(f"{table.count} partitions, table version {table.version}")
         return Outcome(rows, "".join(f"{line}\n" for line in lines).encode())
@@ -455,8 +456,8 @@ def _serving(status: dict[str, Any] | ZcraqError | None) -> dict[int, bool]:
 
 def _partitioned_status(zclient: ZClient, table: PartitionTable, node: str | None) -> Outcome:
     coordinator_status = zclient.status()
-    rows: list[tuple[str, ...]] = [("NODE", "ZONE", "HEADS", "TAILS", "REPLICAS", "LEARNERS", "ASSIGNED", "DRAINING",
-                                    "SERVING", "SERVICE")]
+    rows: list[tuple[str, ...]] = [("NODE", "ZONE", "HEADS", "TAILS", "REPLICAS", "LEARNERS", "ASSIGNED", "RETIRING",
+                                    "DRAINING", "SERVING", "SERVICE")]
     nodes: list[dict[str, Any]] = []
     notes: list[str] = []
     for share, status in _shares(zclient, table, node):
@@ -465,14 +466,16 @@ def _partitioned_status(zclient: ZClient, table: PartitionTable, node: str | Non
         error = status if isinstance(status, ZcraqError) else None
         nodes.append({"id": share.id, "zone": share.zone, "draining": share.draining, "service": share.service,
                       "heads": share.heads, "tails": share.tails, "replicas": share.replicas,
-                      "learners": share.learners, "assigned": share.assigned, "reachable": reachable,
+                      "learners": share.learners, "assigned": share.assigned, "retiring": share.retiring,
+                      "reachable": reachable,
                       "serving": sum(serving.values()) if reachable else None,
                       "counters": status.get("counters") if isinstance(status, dict) else None,
                       "error": None if error is None else {"error": exit_codes.error_code_for(error),
                                                            "message": str(error)}})
         shown = f"{sum(serving.values())}/{len(serving)}" if reachable else "unreachable" if error else "-"
         rows.append((share.id, share.zone or "-", str(share.heads), str(share.tails), str(share.replicas),
-                     str(share.learners), str(share.assigned), "yes" if share.draining else "no", shown,
+                     str(share.learners), str(share.assigned), str(share.retiring), "yes" if share.draining else "no",
+                     shown,
                      share.service or "-"))
         if error is not None:
             notes.append(f"{share.id}: {error}")

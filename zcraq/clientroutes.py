@@ -1,7 +1,7 @@
 """Where a client sends a key's requests: the partition table of a partitioned cluster (pure).
 
 A one-chain cluster answers a ``topology`` request with its chain; a partitioned one with its
-table (``{"version", "partitions": [{"partition", "topology", "assigned"}], "nodes"}``). A key
+table (``{"version", "partitions": [{"partition", "topology", "assigned", "retiring"}], "nodes"}``). A key
 belongs to partition ``partition_of(key, P)`` (zcraq/partitioning.py), P the number of partitions,
 fixed for the cluster's life: a stale table still names the right partition, only perhaps not the
 right nodes. A write goes to the head of its partition's chain, a read to any member of it, and
@@ -26,23 +26,27 @@ from zcraq.topology import Member, Topology
 
 @dataclass(frozen=True, slots=True)
 class Partition:
-    """One partition's chain, and the node assigned to join it (a move under way), if any."""
+    """One partition's chain, the node assigned to join it and the members retiring from it (the
+    two ends of a move under way)."""
 
     partition: int
     topology: Topology
     assigned: str | None = None
+    retiring: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """As ``zcraq client partitions --json`` prints it."""
         learner = self.topology.learner
         return {"partition": self.partition, "chain": [m.id for m in self.topology.members],
-                "epoch": self.topology.epoch, "learner": learner.id if learner else None, "assigned": self.assigned}
+                "epoch": self.topology.epoch, "learner": learner.id if learner else None, "assigned": self.assigned,
+                "retiring": list(self.retiring)}
 
 
 @dataclass(frozen=True, slots=True)
 class NodeShare:
     """What one node holds of a partitioned cluster, from the table: how many partitions it heads
-    and tails, in how many chains it is a member, as a learner (a move in progress), or assigned."""
+    and tails, in how many chains it is a member, as a learner (a move in progress), assigned, or
+    retiring (a member on its way out)."""
 
     id: str
     zone: str | None
@@ -53,6 +57,7 @@ class NodeShare:
     replicas: int = 0
     learners: int = 0
     assigned: int = 0
+    retiring: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +123,9 @@ class PartitionTable:
             if entry.assigned is not None:
                 count = counts.setdefault(entry.assigned, {})
                 count["assigned"] = count.get("assigned", 0) + 1
+            for node_id in entry.retiring:
+                count = counts.setdefault(node_id, {})
+                count["retiring"] = count.get("retiring", 0) + 1
         registered = {str(node.get("id")): node for node in self.nodes}
         listed = {m.id: m for m in self.listed()}
         ids = list(registered) + sorted(set(counts) - set(registered))
@@ -132,7 +140,10 @@ def _partition(index: int, entry: Any) -> Partition:
     assigned = entry.get("assigned")
     if assigned is not None and not isinstance(assigned, str):
         raise ValueError(f"partition {index}: assigned must be a node id or null")
-    return Partition(index, Topology.from_dict(entry.get("topology")), assigned)
+    retiring = entry.get("retiring", [])  # absent from tables of older coordinators
+    if not isinstance(retiring, list) or not all(isinstance(node_id, str) for node_id in retiring):
+        raise ValueError(f"partition {index}: retiring must be a list of node ids")
+    return Partition(index, Topology.from_dict(entry.get("topology")), assigned, tuple(retiring))
 
 
 def _zone(node: dict[str, Any] | None) -> str | None:

@@ -396,7 +396,7 @@ class Cluster:
         for entry in partitions:
             members = [m.id for m in entry.topology.members]
             if len(members) != min(replication, len(nodes)) or entry.topology.learner is not None \
-                    or entry.assigned is not None or not set(members) <= set(nodes):
+                    or entry.assigned is not None or entry.retiring or not set(members) <= set(nodes):
                 return False
             for member in entry.topology.members:
                 expected[member.id].add(entry.partition)

@@ -196,6 +196,7 @@ class CoordinatorCore:
         elif self.topology.position(node_id) is not None and node_id not in self.retiring:
             log.info("%s retiring (%s): removed once its lease has run out", node_id, why)
             self.retiring[node_id] = keep
+            self._publish()  # a partition table shows who is retiring
 
     def _retirement_due(self, node_id: str, now: float) -> bool:
         """Remove a retiring member now? Not if the chain would be left too short: kept instead."""
@@ -204,6 +205,7 @@ class CoordinatorCore:
         log.warning("%s kept: the chain lost another member while it was retiring", node_id)
         del self.retiring[node_id]
         self.last_seen[node_id] = now  # its heartbeats renew its lease again from the next one
+        self._publish()
         return False
 
     def _remove(self, node_id: str, why: str) -> None:

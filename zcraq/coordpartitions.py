@@ -172,7 +172,8 @@ class PartitionedCoordinator:
         return {
             "replication": self.shape.replication,
             "partitions": [{"partition": p, "topology": core.topology.to_dict(),
-                            "assigned": self.assigned[p].node if p in self.assigned else None}
+                            "assigned": self.assigned[p].node if p in self.assigned else None,
+                            "retiring": sorted(core.retiring)}
                            for p, core in enumerate(self.chains)],
             "nodes": [{"id": n.member.id, "zone": n.zone, "draining": n.draining} for n in self.nodes.values()],
         }

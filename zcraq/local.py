@@ -162,7 +162,7 @@ class TableWatch(_Asking):
         table, nodes = self.table, set(self.nodes())
         size = min(self.replication, len(nodes))
         return table is not None and all(
-            len(p.topology.members) == size and p.topology.learner is None and p.assigned is None
+            len(p.topology.members) == size and p.topology.learner is None and p.assigned is None and not p.retiring
             and {m.id for m in p.topology.members} <= nodes for p in table.partitions)
 
     def serving(self) -> bool:
@@ -193,8 +193,9 @@ def describe_table(table: PartitionTable) -> str:
                        for s in table.shares() if s.replicas or s.learners or s.assigned)
     moves = [f"p{p.partition}->{p.topology.learner.id if p.topology.learner else p.assigned}"
              for p in table.partitions if p.topology.learner is not None or p.assigned is not None]
+    retiring = [f"p{p.partition}:{node_id}" for p in table.partitions for node_id in p.retiring]
     return (f"table {table.version}: {shares or '(no replica yet)'} (heads/tails/replicas)" +
-            (f"; moving {' '.join(moves)}" if moves else ""))
+            (f"; moving {' '.join(moves)}" if moves else "") + (f"; retiring {' '.join(retiring)}" if retiring else ""))
 
 
 def run_local(config_dir: str) -> int:
