@@ -170,3 +170,44 @@ def test_the_engine_binary_is_the_one_documented(tmp_path: Path):
 
     out = subprocess.run([etcd_binary(), "--version"], capture_output=True, text=True, timeout=30).stdout
     assert "etcd Version: 3.5." in out
+
+
+def test_only_the_leader_extends_the_state_and_only_from_the_newest(client: EtcdClient, engine: LocalEtcd,
+                                                                    request: pytest.FixtureRequest):
+    from zcraq.engine.state import EngineState, StateConflict
+
+    leader_key, state_key = (f"{request.node.name}/{name}".encode() for name in ("leader", "state"))
+    with EtcdClient(engine.endpoints) as other_client:
+        a, b = Leadership(client, leader_key, "a", ttl=2), Leadership(other_client, leader_key, "b", ttl=2)
+        assert a.step() and not b.step()
+        mine, theirs = EngineState(client, state_key, a), EngineState(other_client, state_key, b)
+        assert mine.read() is None
+        mine.write({"version": 1})
+        mine.write({"version": 2})
+        assert theirs.read() == {"version": 2}
+        with pytest.raises(StateConflict, match="leadership has run out"):
+            theirs.write({"version": 3, "by": "b"})  # b does not lead
+        a.resign()
+        assert b.step()
+        theirs.write({"version": 3, "by": "b"})
+        with pytest.raises(StateConflict):  # a, had it gone on: no longer leads
+            mine.write({"version": 3, "by": "a"})
+        stale = EngineState(other_client, state_key, b)
+        stale.revision = theirs.revision - 1  # computed from an older state than the newest
+        with pytest.raises(StateConflict, match="not written: the state is at revision"):
+            stale.write({"version": 4})
+        assert EngineState(client, state_key, a).read() == {"version": 3, "by": "b"}
+        b.resign()
+
+
+def test_a_state_that_is_not_a_json_object_is_refused_clearly(client: EtcdClient, request: pytest.FixtureRequest):
+    from zcraq.engine.state import EngineState
+
+    key = f"{request.node.name}/state".encode()
+    state = EngineState(client, key, Leadership(client, f"{request.node.name}/leader".encode(), "a"))
+    client.put(key, b"not json")
+    with pytest.raises(ValueError, match="is not JSON"):
+        state.read()
+    client.put(key, b"[1]")
+    with pytest.raises(ValueError, match="is not a JSON object"):
+        state.read()
