@@ -8,15 +8,13 @@ deciding before another candidate can start.
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from zcraq.engine.etcd import (EngineError, EngineUnavailable, EtcdClient, delete_op, get_op, mod_revision_is,
-                               put_op)
+from zcraq.engine.etcd import (EngineError, EngineUnavailable, EtcdClient, _answer, delete_op, get_op,
+                               mod_revision_is, put_op)
 from zcraq.engine.leadership import DRIFT, Leadership
 from zcraq.engine.local import LocalEtcd
 from zcraq.layout import free_ports
@@ -79,7 +77,7 @@ def test_the_client_goes_on_with_the_other_members_when_one_is_killed(engine: Lo
         etcd.put(b"failover", b"before")
         asked = etcd.endpoint
         index = engine.endpoints.index(asked)
-        engine.kill_member(index, signal.SIGKILL)
+        engine.kill_member(index)
         try:
             wait_until(lambda: etcd.put(b"failover", b"after"), 20, "a write with one member down",
                        retry_on=(EngineError,))
@@ -98,6 +96,15 @@ def test_no_member_answering_is_unavailable():
     with EtcdClient([f"http://127.0.0.1:{port}" for port in free_ports(2)], timeout=0.5) as etcd:
         with pytest.raises(EngineUnavailable, match="no etcd member answered"):
             etcd.get(b"k")
+
+
+@pytest.mark.parametrize("status, body, message", [
+    (200, b"<html>", "not JSON"), (200, b"[1]", "list, not an object"),
+    (400, b'{"error": "etcdserver: mvcc: required revision has been compacted", "code": 11}', "refused: etcdserver"),
+])
+def test_an_answer_that_is_not_the_api_is_an_engine_error(status: int, body: bytes, message: str):
+    with pytest.raises(EngineError, match=message):
+        _answer("http://127.0.0.1:1", status, body)
 
 
 @pytest.mark.parametrize("url", ["", "https://127.0.0.1:2379", "127.0.0.1", "http://:2379"])
@@ -142,6 +149,23 @@ def test_a_leader_cut_off_stops_deciding_before_another_can_lead(client: EtcdCli
         b.resign()
 
 
+def test_a_leader_that_loses_the_engine_leads_until_its_lease_would_end_and_no_longer(
+        client: EtcdClient, request: pytest.FixtureRequest):
+    """Engine errors do not escape step(): the claim runs out by this process's clock."""
+    now = [1000.0]
+    a = Leadership(client, f"{request.node.name}/leader".encode(), "a", ttl=2, clock=lambda: now[0])
+    assert a.step()
+    lease = a.lease
+    with EtcdClient([f"http://127.0.0.1:{port}" for port in free_ports(1)], timeout=0.5) as unreachable:
+        a.client = unreachable
+        now[0] += 1.0
+        assert a.step() and a.leading  # still within the lease it last renewed
+        now[0] += 1.0
+        assert not a.step() and not a.leading  # 2 s x (1 - DRIFT) after the renewal: over
+    a.client = client
+    client.revoke(lease)
+
+
 def test_an_expired_leader_lease_is_noticed_and_campaigned_for_again(client: EtcdClient,
                                                                      request: pytest.FixtureRequest):
     key = f"{request.node.name}/leader".encode()
@@ -163,7 +187,7 @@ def test_a_leader_whose_key_was_deleted_stops_leading(client: EtcdClient, reques
     a.resign()
 
 
-def test_the_engine_binary_is_the_one_documented(tmp_path: Path):
+def test_the_engine_binary_is_the_one_documented():
     import subprocess
 
     from zcraq.engine.local import etcd_binary

@@ -168,10 +168,6 @@ class EtcdClient:
             if "not found" not in str(error):
                 raise
 
-    def status(self) -> dict[str, Any]:
-        """The member's status (version, leader, raft indexes)."""
-        return self._call("/v3/maintenance/status", {}, write=False)
-
     # ------------------------------------------------------------------ transport
 
     def _call(self, path: str, body: dict[str, Any], write: bool) -> dict[str, Any]:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from zcraq.engine.etcd import EngineError, EtcdClient
 from zcraq.layout import free_ports
+from zcraq.processes import kill, spawn, terminate
+from zcraq.waiting import wait_until
 
 
 def etcd_binary() -> str:
@@ -80,54 +80,42 @@ class LocalEtcd:
         self.wait_ready(timeout)
 
     def start_member(self, index: int) -> None:
+        """Start (or start again, on its data) one member; it dies with this process."""
         member = self.members[index]
         member.data_dir.mkdir(parents=True, exist_ok=True)
         cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
-        log = open(self.directory / f"{member.name}.log", "ab")
-        member.process = subprocess.Popen([
+        member.process = spawn([
             self.binary, "--name", member.name, "--data-dir", str(member.data_dir),
             "--listen-client-urls", member.client_url, "--advertise-client-urls", member.client_url,
             "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
             "--initial-cluster", cluster, "--initial-cluster-state", "new",
             "--initial-cluster-token", f"zcraq-{self.directory.name}", "--log-level", "warn",
-        ], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        ], log=self.directory / f"{member.name}.log")
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        """Until the cluster applies a write; OSError at once if every member has exited."""
         with EtcdClient(self.endpoints, timeout=1.0) as client:
-            while True:
-                try:
-                    client.put(b"zcraq/engine-ready", b"")
-                    return
-                except EngineError as error:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"the local etcd cluster did not answer in {timeout:g}s: {error}") from None
-                dead = [m.name for m in self.members if m.process is not None and m.process.poll() is not None]
-                if len(dead) == len(self.members):
+            def applied() -> bool:
+                if all(m.process is not None and m.process.poll() is not None for m in self.members):
                     raise OSError(f"every etcd member exited; see {self.directory}/etcd*.log")
-                time.sleep(0.1)
+                client.put(b"zcraq/engine-ready", b"")
+                return True
 
-    def kill_member(self, index: int, sig: int = signal.SIGKILL) -> None:
+            wait_until(applied, timeout, "the local etcd cluster to apply a write", interval=0.1,
+                       retry_on=(EngineError,))
+
+    def kill_member(self, index: int) -> None:
+        """kill -9 one member (a crash); start_member starts it again."""
         member = self.members[index]
         if member.process is not None:
-            member.process.send_signal(sig)
-            member.process.wait(timeout=30)
+            kill(member.process)
             member.process = None
 
     def stop(self) -> None:
-        for index in range(len(self.members)):
-            member = self.members[index]
-            if member.process is not None and member.process.poll() is None:
-                member.process.terminate()
+        """Every member: SIGTERM, then SIGKILL after 10 s."""
+        terminate([m.process for m in self.members if m.process is not None])
         for member in self.members:
-            if member.process is not None:
-                try:
-                    member.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    member.process.kill()
-                    member.process.wait()
-                member.process = None
+            member.process = None
 
     def __enter__(self) -> LocalEtcd:
         return self
