@@ -75,12 +75,12 @@ class AsyncZClient:
             raise ValueError(f"max_in_flight must be from 1 to {sockets.HWM}, got {max_in_flight}")
         setup = client_setup(coordinator, timeout, config)
         clientcore.check_endpoint(setup.coordinator)
-        self.coordinator = setup.coordinator
         self.timeout = setup.timeout
         self.max_in_flight = max_in_flight
         self._curve = setup.curve
-        self._state = ClientState(self.coordinator, self.timeout,
-                                  setup.curve.coordinator_key if setup.curve else None, setup.curve is not None)
+        self._state = ClientState(setup.coordinator, self.timeout,
+                                  setup.curve.coordinator_key if setup.curve else None, setup.curve is not None,
+                                  setup.coordinators)
         self._ctx = zmq.Context()
         self._connections: dict[str, _Connection] = {}
         self._retired: set[_Connection] = set()  # replaced, still serving the calls they carry
@@ -90,6 +90,12 @@ class AsyncZClient:
         self._closed = False
 
     # ------------------------------------------------------------------ public API
+
+    @property
+    def coordinator(self) -> str:
+        """The coordinator's request endpoint asked now (of several configured: the one that
+        answered last)."""
+        return self._state.coordinator
 
     async def topology(self) -> Topology:
         """The chain as the coordinator sees it now; in a partitioned cluster, partition 0's."""
@@ -126,6 +132,7 @@ class AsyncZClient:
         deadline = self._state.deadline()
         ok = await self._run(clientcore.write(self._state, key, build, 0, deadline), deadline)
         return ok.version, ok.existed is True  # type: ignore[return-value]
+
 
     @property
     def limits(self) -> Limits | None:

@@ -36,8 +36,7 @@ def _node_argument(_ctx: click.Context, _param: click.Parameter, node_id: str) -
 
 def ask_drain(state: ClientState, node_id: str, draining: bool) -> Plan[None]:
     """Ask the coordinator to mark ``node_id`` draining (or serving again); raises its refusal."""
-    request = Drain(node_id, draining, id=state.next_id())
-    outcome = yield from clientcore.call(state.coordinator, request, state.deadline())
+    outcome = yield from clientcore.ask_coordinator(state, lambda i: Drain(node_id, draining, id=i), state.deadline())
     if isinstance(outcome, Timeout):
         raise outcome
     clientcore.ok(outcome[0])

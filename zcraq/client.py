@@ -45,16 +45,22 @@ class ZClient:
         keys. Raises ConfigError for a config file or key that cannot be used."""
         setup = client_setup(coordinator, timeout, config)
         clientcore.check_endpoint(setup.coordinator)
-        self.coordinator = setup.coordinator
         self.timeout = setup.timeout
         self._curve = setup.curve
-        self._state = ClientState(self.coordinator, self.timeout,
-                                  setup.curve.coordinator_key if setup.curve else None, setup.curve is not None)
+        self._state = ClientState(setup.coordinator, self.timeout,
+                                  setup.curve.coordinator_key if setup.curve else None, setup.curve is not None,
+                                  setup.coordinators)
         self._ctx = zmq.Context()
         self._sockets: dict[str, _Connection] = {}
         self._closed = False
 
     # ------------------------------------------------------------------ public API
+
+    @property
+    def coordinator(self) -> str:
+        """The coordinator's request endpoint asked now (of several configured: the one that
+        answered last)."""
+        return self._state.coordinator
 
     def topology(self) -> Topology:
         """The chain as the coordinator sees it now; in a partitioned cluster, partition 0's (see

@@ -2,7 +2,7 @@
 coordinator to talk to, how long a call may take, and the CURVE keys of a secured cluster.
 
     [client]
-    coordinator = "tcp://127.0.0.1:7500"   # required
+    coordinator = "tcp://127.0.0.1:7500"   # required; or a list of every coordinator's endpoint
     timeout_ms = 5000                      # optional
 
     [security]                             # optional: the cluster's [security] is on
@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zcraq.config import MAX_MS, default_coordinator_endpoint
-from zcraq.endpoints import parse_endpoint
+from zcraq.config import MAX_MS, coordinator_endpoints, default_coordinator_endpoint
 from zcraq.security import Curve, KeyFileError, load_certificate, load_public_key
 from zcraq.toml_tables import ConfigError, Table, base_dir, check_top_level, read_toml
 
@@ -31,7 +30,7 @@ DEFAULT_TIMEOUT = 5.0  # seconds a client call may take, retries included
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     path: Path
-    coordinator: str
+    coordinators: tuple[str, ...]  # every coordinator's request endpoint
     timeout: float | None  # seconds; None: the caller's default
     certificate: Path | None
     coordinator_key: Path | None
@@ -43,18 +42,14 @@ def load_client_config(path: str | os.PathLike[str]) -> ClientConfig:
     where = str(path)
     check_top_level(where, data, "client", "node", ("security",))
     t = Table(where, "client", data["client"], ("coordinator", "timeout_ms"))
-    coordinator = t.get_str("coordinator")
-    try:
-        parse_endpoint(coordinator)
-    except ValueError as exc:
-        raise t.error("coordinator", str(exc)) from None
+    coordinators = coordinator_endpoints(t)
     timeout_ms = t.get_int("timeout_ms", 1, MAX_MS, None)
     certificate = coordinator_key = None
     if "security" in data:
         s = Table(where, "security", data["security"], ("certificate", "coordinator_key"))
         certificate = s.get_path("certificate", base_dir(path))
         coordinator_key = s.get_path("coordinator_key", base_dir(path))
-    return ClientConfig(Path(path), coordinator, timeout_ms / 1000 if timeout_ms else None, certificate,
+    return ClientConfig(Path(path), coordinators, timeout_ms / 1000 if timeout_ms else None, certificate,
                         coordinator_key)
 
 
@@ -62,9 +57,10 @@ def load_client_config(path: str | os.PathLike[str]) -> ClientConfig:
 class ClientSetup:
     """What a client runs with, from its arguments and its config file."""
 
-    coordinator: str
+    coordinator: str  # the one asked first
     timeout: float
     curve: Curve | None
+    coordinators: tuple[str, ...]  # every one the client may ask, ``coordinator`` among them
 
 
 def client_setup(coordinator: str | None, timeout: float | None,
@@ -73,9 +69,13 @@ def client_setup(coordinator: str | None, timeout: float | None,
     the coordinator of config/coordinator.toml (or $ZCRAQ_COORDINATOR) and DEFAULT_TIMEOUT.
     Raises ConfigError for a config file or key that cannot be used."""
     settings = load_client_config(config) if config is not None else None
-    return ClientSetup(coordinator or (settings.coordinator if settings else default_coordinator_endpoint()),
+    if coordinator is not None:
+        coordinators: tuple[str, ...] = (coordinator,)
+    else:
+        coordinators = settings.coordinators if settings else (default_coordinator_endpoint(),)
+    return ClientSetup(coordinators[0],
                        timeout or (settings.timeout if settings and settings.timeout else DEFAULT_TIMEOUT),
-                       client_curve(settings) if settings is not None else None)
+                       client_curve(settings) if settings is not None else None, coordinators)
 
 
 def client_curve(settings: ClientConfig) -> Curve | None:

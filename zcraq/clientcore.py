@@ -41,12 +41,14 @@ from zcraq.topology import Member, Topology
 
 # Errors after which a write surely did not happen, so sending it again is safe.
 # wrong_partition: the node has no replica of the partition (the table we hold is stale); it did nothing.
-WRITE_RETRYABLE = {"not_head", "unavailable", "busy", "wrong_partition"}
+# not_leader: a standby coordinator forwards nothing.
+WRITE_RETRYABLE = {"not_head", "unavailable", "busy", "wrong_partition", "not_leader"}
 READ_RETRYABLE = {"unavailable", "not_tail", "wrong_epoch", "timeout", "wrong_partition"}
 AVOID_SECONDS = 2.0  # a node that just failed a read is skipped this long (it may be dead)
 TOPOLOGY_MAX_AGE = 1.0  # seconds a topology is used before it is asked for again
 PAUSE_SECONDS = 0.05  # between two attempts of one call
 RESEND_MARGIN = 0.1  # seconds a refused write's resend must have left before its deadline, at least
+COORDINATOR_ATTEMPT = 1.0  # seconds one of several coordinators has to answer before the next is asked
 
 T = TypeVar("T")
 R = TypeVar("R", bound=Request)
@@ -117,8 +119,9 @@ class ClientState:
     failed lately; and the request ids it hands out."""
 
     def __init__(self, coordinator: str, timeout: float, coordinator_key: str | None = None,
-                 secured: bool = False) -> None:
-        self.coordinator = coordinator
+                 secured: bool = False, coordinators: tuple[str, ...] = ()) -> None:
+        self.coordinator = coordinator  # the one asked: the one that answered last
+        self.coordinators = coordinators or (coordinator,)  # every one configured (they share one key)
         self.timeout = timeout
         self.secured = secured  # CURVE on: every connection needs its server's key
         self.coordinator_key = coordinator_key
@@ -132,6 +135,18 @@ class ClientState:
 
     def next_id(self) -> int:
         return next(self.ids)
+
+    def move_on(self, endpoint: str, refusal: Error | None) -> None:
+        """The coordinator at ``endpoint`` does not lead (``refusal``: its not_leader) or did not
+        answer (None): ask the leader it names from now on, if the config lists it, else the next
+        one configured."""
+        if endpoint != self.coordinator or len(self.coordinators) < 2:
+            return
+        leader = refusal.leader if refusal is not None else None
+        if isinstance(leader, str) and leader in self.coordinators and leader != endpoint:
+            self.coordinator = leader
+        else:
+            self.coordinator = self.coordinators[(self.coordinators.index(endpoint) + 1) % len(self.coordinators)]
 
     def deadline(self) -> float:
         return time.monotonic() + self.timeout
@@ -255,7 +270,7 @@ def report(reply: Reply) -> dict[str, Any]:
 def fetch_table(state: ClientState, deadline: float) -> Plan[PartitionTable | None]:
     """Ask the coordinator for the cluster's shape now: its partition table, or None for a one-chain
     cluster (then ``state.topology`` is its chain)."""
-    outcome = yield from call(state.coordinator, TopologyRequest(id=state.next_id()), deadline)
+    outcome = yield from ask_coordinator(state, lambda i: TopologyRequest(id=i), deadline)
     if isinstance(outcome, Timeout):
         raise outcome
     answer = ok(outcome[0])
@@ -281,8 +296,8 @@ def refresh(state: ClientState, deadline: float) -> Plan[None]:
     """Ask for the topology (or table) again once it is older than TOPOLOGY_MAX_AGE; without an
     answer the last one is kept (the chain may well be fine without the coordinator)."""
     if not state.known or time.monotonic() - state.topology_at > TOPOLOGY_MAX_AGE:
-        outcome = yield from call(state.coordinator, TopologyRequest(id=state.next_id()),
-                                  state.attempt_deadline(deadline), shared=True)
+        outcome = yield from ask_coordinator(state, lambda i: TopologyRequest(id=i), state.attempt_deadline(deadline),
+                                             shared=True)
         if not isinstance(outcome, Timeout) and isinstance(outcome[0], Ok):
             try:
                 state.adopt(outcome[0])
@@ -350,7 +365,7 @@ def server_key(state: ClientState, endpoint: str) -> Plan[str | None]:
     from the topology (None without security)."""
     if not state.secured:
         return None
-    if endpoint == state.coordinator:
+    if endpoint in state.coordinators:
         return state.coordinator_key
     member = state.member_at(endpoint)
     if member is None:  # not in the topology we hold: perhaps in a newer one
@@ -456,6 +471,7 @@ def write(state: ClientState, key: str, build: Callable[[int], Write | Delete], 
             # send again (to whatever head a fresh topology names).
             last_error = Unavailable(f"{endpoint} could not be reached; the {request_type(request)} was not sent")
             state.forget_topology()
+            state.move_on(endpoint, None)
             yield from pause(deadline)
             continue
         reply, _values = outcome
@@ -470,6 +486,8 @@ def write(state: ClientState, key: str, build: Callable[[int], Write | Delete], 
             raise error_for(reply.code, reply.message or reply.code)
         last_error = error_of(reply.code, f"{endpoint}: {reply.message}")
         state.forget_topology()
+        if reply.code == "not_leader":
+            state.move_on(endpoint, reply)
         if not time_to_resend(deadline, time.monotonic() - sent):
             break
         yield from pause(deadline)
@@ -511,7 +529,10 @@ def status(state: ClientState, node: str | None, deadline: float) -> Plan[dict[s
     """A node's own report, or the coordinator's when ``node`` is None."""
     if node:
         return (yield from node_status(state, node, deadline))
-    return (yield from ask_status(state, state.coordinator, deadline))
+    outcome = yield from ask_coordinator(state, lambda i: StatusRequest(id=i), deadline)
+    if isinstance(outcome, Timeout):
+        raise outcome
+    return report(outcome[0])
 
 
 def ask_status(state: ClientState, endpoint: str, deadline: float) -> Plan[dict[str, Any]]:
@@ -521,7 +542,27 @@ def ask_status(state: ClientState, endpoint: str, deadline: float) -> Plan[dict[
     return report(outcome[0])
 
 
+def ask_coordinator(state: ClientState, build: Callable[[int], Request], deadline: float, *,
+                    shared: bool = False) -> Plan[Answer | Timeout]:
+    """Ask the coordinator that leads a request that may be asked twice (topology, status, drain):
+    the one that answered last; of several configured, one that answers ``not_leader`` or nothing
+    within COORDINATOR_ATTEMPT seconds is followed by the leader it names or the next one, until
+    ``deadline``. The last outcome, whatever it is."""
+    while True:
+        endpoint = state.coordinator
+        several = len(state.coordinators) > 1
+        attempt = min(deadline, time.monotonic() + COORDINATOR_ATTEMPT) if several else deadline
+        outcome = yield from call(endpoint, build(state.next_id()), attempt, shared=shared)
+        refused = not isinstance(outcome, Timeout) and isinstance(outcome[0], Error) \
+            and outcome[0].code == "not_leader"
+        if not several or not (refused or isinstance(outcome, Timeout)) or time.monotonic() >= deadline:
+            return outcome
+        state.move_on(endpoint, None if isinstance(outcome, Timeout) else outcome[0])  # type: ignore[arg-type]
+        if refused:
+            yield from pause(deadline)  # no leader yet, perhaps: not a busy loop over the standbys
+
+
 __all__ = ["Answer", "Call", "ClientState", "Pause", "Plan", "Step", "call", "cached_route", "cached_topology",
-           "check_endpoint", "check_key", "delete_request", "error_of", "fetch_table", "fetch_topology",
+           "ask_coordinator", "check_endpoint", "check_key", "delete_request", "error_of", "fetch_table", "fetch_topology",
            "node_endpoint", "ok", "partitions", "pause", "pick_reader", "read", "refresh", "report", "run_blocking",
            "server_key", "ask_status", "node_status", "stamp", "status", "time_to_resend", "write", "write_request"]

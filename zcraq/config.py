@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zcraq.engine.etcd import EtcdClient
 from zcraq.endpoints import (check_bind_host, check_connect_host, format_endpoint, is_loopback, is_unspecified,
                              parse_endpoint, show)
 from zcraq.toml_tables import ConfigError, Table, base_dir, check_top_level, read_toml
@@ -33,6 +34,7 @@ __all__ = [
     "NodeConfig",
     "SecurityConfig",
     "ClusterConfig",
+    "EngineConfig",
     "CoordinatorConfig",
     "load_node_config",
     "load_coordinator_config",
@@ -67,6 +69,8 @@ MAX_WATCH_LOG_MIB = 1 << 20
 MAX_ZONE_CHARS = 64
 MAX_PARTITIONS = 4096
 MAX_REPLICATION = 16
+MAX_COORDINATORS = 9
+MAX_ENGINE_MEMBERS = 9
 
 _ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -98,7 +102,7 @@ class NodeConfig:
 
     path: Path
     id: str
-    coordinator: str
+    coordinator: str  # the first of ``coordinators``
     bind_host: str
     advertise_host: str
     service_port: int
@@ -120,6 +124,7 @@ class NodeConfig:
     watch_log_entries: int = DEFAULT_WATCH_LOG_ENTRIES  # committed changes kept for watchers; 0: none
     watch_log_mib: int = DEFAULT_WATCH_LOG_MIB  # and their bytes, at most
     zone: str = ""  # the failure zone: placement in a partitioned cluster spreads replicas over zones
+    coordinators: tuple[str, ...] = ()  # every coordinator's request endpoint, ``coordinator`` first
 
     @property
     def service_endpoint(self) -> str:
@@ -170,6 +175,24 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """A coordinator's ``[engine]`` table: its state and leadership in etcd, shared with the other
+    coordinators of the cluster (zcraq/coordinator_engine.py)."""
+
+    endpoints: tuple[str, ...]  # etcd members' client URLs, http://HOST:PORT
+    prefix: str = "/zcraq/"  # every key of this cluster starts with it
+    lease_seconds: int = 2  # the leadership lease: a dead leader is replaced within about this
+
+    @property
+    def leader_key(self) -> bytes:
+        return (self.prefix + "leader").encode()
+
+    @property
+    def state_key(self) -> bytes:
+        return (self.prefix + "state").encode()
+
+
+@dataclass(frozen=True, slots=True)
 class CoordinatorConfig:
     """A validated coordinator config. ``endpoint``/``publish_endpoint`` are advertised;
     ``*_bind_endpoint`` are what the coordinator binds."""
@@ -190,6 +213,7 @@ class CoordinatorConfig:
     security: SecurityConfig | None = None
     metrics_port: int = 0  # HTTP /metrics, /healthz and /readyz; 0: none
     cluster: ClusterConfig = ClusterConfig()
+    engine: EngineConfig | None = None  # None: the state on disk, one coordinator
 
     @property
     def endpoint(self) -> str:
@@ -357,11 +381,7 @@ def node_config_from_dict(data: Mapping[str, Any], path: str | os.PathLike[str])
     node_id = t.get_str("id")
     if not _ID_RE.fullmatch(node_id):
         raise t.error("id", f"expected 1 to 64 characters of A-Z a-z 0-9 _ . -, got {show(node_id)}")
-    coordinator = t.get_str("coordinator")
-    try:
-        parse_endpoint(coordinator)
-    except ValueError as exc:
-        raise t.error("coordinator", str(exc)) from None
+    coordinators = coordinator_endpoints(t)
     insecure = t.get_bool("insecure", False)
     bind_host, advertise_host = _hosts(t, insecure, security is not None)
     ports = {k: t.get_int(k, 1, 65535) for k in ("service_port", "write_port", "ack_port")}
@@ -370,7 +390,8 @@ def node_config_from_dict(data: Mapping[str, Any], path: str | os.PathLike[str])
     return NodeConfig(
         path=Path(path),
         id=node_id,
-        coordinator=coordinator,
+        coordinator=coordinators[0],
+        coordinators=coordinators,
         bind_host=bind_host,
         advertise_host=advertise_host,
         data_dir=t.get_path("data_dir", base_dir(path)),
@@ -398,7 +419,7 @@ def coordinator_config_from_dict(
 ) -> CoordinatorConfig:
     """Validate a parsed coordinator file. ``path`` names it in errors and anchors relative paths."""
     where = str(path)
-    check_top_level(where, data, "coordinator", "node", ("limits", "security", "cluster"))
+    check_top_level(where, data, "coordinator", "node", ("limits", "security", "cluster", "engine"))
     t = Table(where, "coordinator", data["coordinator"], _COORDINATOR_KEYS)
     security = security_from_dict(path, data, needs_coordinator_key=False)
 
@@ -425,8 +446,30 @@ def coordinator_config_from_dict(
         security=security,
         metrics_port=metrics_port,
         cluster=_cluster(where, data),
+        engine=_engine(where, data),
         **ports,
     )
+
+
+def coordinator_endpoints(table: Table) -> tuple[str, ...]:
+    """``coordinator``: one request endpoint, or a list of every coordinator's (a cluster whose
+    coordinators stand in for one another, through ``[engine]``)."""
+    value = table.data.get("coordinator")
+    if isinstance(value, list):
+        if not 1 <= len(value) <= MAX_COORDINATORS or not all(isinstance(v, str) for v in value):
+            raise table.error("coordinator", f"expected an endpoint or a list of 1 to {MAX_COORDINATORS} endpoints, "
+                                             f"got {show(value)}")
+        endpoints = tuple(value)
+    else:
+        endpoints = (table.get_str("coordinator"),)
+    for endpoint in endpoints:
+        try:
+            parse_endpoint(endpoint)
+        except ValueError as exc:
+            raise table.error("coordinator", str(exc)) from None
+    if len(set(endpoints)) != len(endpoints):
+        raise table.error("coordinator", "lists an endpoint twice")
+    return endpoints
 
 
 def _zone(table: Table) -> str:
@@ -451,6 +494,32 @@ def _cluster(path: str, data: Mapping[str, Any]) -> ClusterConfig:
         max_moves=t.get_int("max_moves", 1, MAX_PARTITIONS, 2),
         formation_grace_ms=t.get_int("formation_grace_ms", 0, MAX_MS, 5000),
     )
+
+
+_ENGINE_KEYS = ("endpoints", "prefix", "lease_seconds")
+_PREFIX_RE = re.compile(r"/[A-Za-z0-9_./-]{0,200}/")
+
+
+def _engine(path: str, data: Mapping[str, Any]) -> EngineConfig | None:
+    """The optional ``[engine]`` table; without it, the state on disk (``state_dir``)."""
+    if "engine" not in data:
+        return None
+    t = Table(path, "engine", data["engine"], _ENGINE_KEYS)
+    endpoints = t.data.get("endpoints")
+    if not isinstance(endpoints, list) or not 1 <= len(endpoints) <= MAX_ENGINE_MEMBERS \
+            or not all(isinstance(e, str) for e in endpoints):
+        raise t.error("endpoints", f"expected a list of 1 to {MAX_ENGINE_MEMBERS} etcd client URLs "
+                                   f"(\"http://HOST:PORT\"), got {show(endpoints)}")
+    for endpoint in endpoints:
+        try:
+            EtcdClient([endpoint])
+        except ValueError as error:
+            raise t.error("endpoints", str(error)) from None
+    prefix = t.get_str("prefix", "/zcraq/")
+    if not _PREFIX_RE.fullmatch(prefix):
+        raise t.error("prefix", f"expected a key path starting and ending with \"/\" (A-Z a-z 0-9 _ . - /), "
+                                f"got {show(prefix)}")
+    return EngineConfig(tuple(endpoints), prefix, t.get_int("lease_seconds", 2, 60, 2))
 
 
 def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:

@@ -343,10 +343,11 @@ class CoordinatorCore:
             self._error(client, request.id, "unknown_node", f"{node_id} is not in the chain; join again")
             return
         if node_id in self.retiring:  # no lease, and silent as far as removal goes
-            self._ok(client, Ok(request.id, epoch=self.topology.epoch, status=status))
+            self._ok(client, Ok(request.id, epoch=self.topology.epoch, status=status, publish=self.publish_endpoint))
             return
         self.last_seen[node_id] = now
-        self._ok(client, Ok(request.id, epoch=self.topology.epoch, status=status, lease_ms=self._lease_ms))
+        self._ok(client, Ok(request.id, epoch=self.topology.epoch, status=status, lease_ms=self._lease_ms,
+                            publish=self.publish_endpoint))
 
     def _caught_up(self, client: Any, request: CaughtUp) -> None:
         node_id = request.node_id

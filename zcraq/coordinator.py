@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import zmq
 from zcraq import sockets, wire
 from zcraq.callers import TRUSTED, Caller
 from zcraq.config import ConfigError, CoordinatorConfig
-from zcraq.coordcore import CoordinatorCore, CoordinatorTimings
+from zcraq.coordcore import CoordinatorCore, CoordinatorTimings, StateStore
 from zcraq.effects import Effect, PeerRequest, Publish, Relink, Respond, SendDown, SendUp, Subscribe
 from zcraq.loglimit import LogLimiter
 from zcraq.messages import CoordinatorRequest, Malformed, Reply
@@ -66,15 +67,26 @@ def read_state(state_dir: Path) -> dict[str, Any] | None:
 
 def load_state(state_dir: Path) -> dict[str, Any] | None:
     data = read_state(state_dir)
-    if data is None:
-        return None
-    path = state_dir / STATE_FILE
-    if "partitions" in data:
-        raise StateError(f"coordinator state {path} is of a cluster of {data['partitions']} partitions, and this "
-                         f"config has no [cluster] partitions: a cluster's shape is fixed when it is created")
+    return None if data is None else check_chain_state(data, str(state_dir / STATE_FILE))
+
+
+def check_chain_state(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data``, if it is a one-chain cluster's saved state; ``where`` names it in errors."""
+    if "partitions" in data or "topologies" in data:
+        raise StateError(f"coordinator state {where} is of a partitioned cluster, and this config has no [cluster] "
+                         f"partitions: a cluster's shape is fixed when it is created")
     if "topology" not in data:
-        raise StateError(f"coordinator state {path} has no topology")
+        raise StateError(f"coordinator state {where} has no topology")
     return data
+
+
+def topology_of_state(state: dict[str, Any] | None, where: str) -> Topology | None:
+    if state is None:
+        return None
+    try:
+        return Topology.from_dict(state["topology"])
+    except ValueError as error:
+        raise StateError(f"coordinator state in {where}: {error}") from None
 
 
 def save_state(state_dir: Path, state: dict[str, Any]) -> None:
@@ -100,13 +112,7 @@ class FileState:
         self.state_dir = state_dir
 
     def load(self) -> Topology | None:
-        state = load_state(self.state_dir)
-        if state is None:
-            return None
-        try:
-            return Topology.from_dict(state["topology"])
-        except ValueError as error:
-            raise StateError(f"coordinator state in {self.state_dir}: {error}") from None
+        return topology_of_state(load_state(self.state_dir), str(self.state_dir))
 
     def save(self, topology: Topology) -> None:
         save_state(self.state_dir, {"topology": topology.to_dict()})
@@ -163,6 +169,10 @@ class CoordinatorShell:
         if self.security is not None:
             self.poller.register(self.security.zap.sock, zmq.POLLIN)
         self.peers = sockets.DealerPool(self.ctx, self.poller, curve=curve)
+        # With the state in an engine, whether this process still leads (checked before each turn
+        # decides anything); alone, it always may.
+        self.may_decide: Callable[[], bool] = lambda: True
+        self.deposed = False
 
     # ------------------------------------------------------------------ what a subclass provides
 
@@ -191,19 +201,26 @@ class CoordinatorShell:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> None:
-        while not self._stopping:
-            ready = dict(self.poller.poll(50))
-            now = time.monotonic()
-            for sock in ready:
-                self._dispatch(sock, now)
-            self._turn(now)
-            self._flush_logs(now)
-            self.publisher.turn(now)
-            if self._reload and self.security is not None:
-                self._reload = False
-                self.security.reload()
-        self.publisher.stopping()
-        self.close()
+        """Until stopped, or until ``may_decide`` says no (then ``deposed``); the sockets close
+        however it ends."""
+        try:
+            while not self._stopping:
+                ready = dict(self.poller.poll(50))
+                now = time.monotonic()
+                for sock in ready:
+                    self._dispatch(sock, now)
+                if not self.may_decide():
+                    self.deposed = True
+                    break
+                self._turn(now)
+                self._flush_logs(now)
+                self.publisher.turn(now)
+                if self._reload and self.security is not None:
+                    self._reload = False
+                    self.security.reload()
+        finally:
+            self.publisher.stopping()
+            self.close()
 
     def _flush_logs(self, now: float) -> None:
         """Counts of repeated lines left out come out once their interval is over."""
@@ -274,13 +291,14 @@ class CoordinatorShell:
 class CoordinatorProcess(CoordinatorShell):
     """The coordinator of a one-chain cluster."""
 
-    def __init__(self, config: CoordinatorConfig) -> None:
+    def __init__(self, config: CoordinatorConfig, store: StateStore | None = None) -> None:
+        """``store``: where the state is kept (default: ``state_dir``, zcraq/coordinator_engine.py: the engine)."""
         timings = timings_of(config)
-        self.core = CoordinatorCore(config.publish_endpoint, FileState(config.state_dir), time.monotonic(), timings,
-                                    limits=limits_of(config))
+        self.core = CoordinatorCore(config.publish_endpoint, store or FileState(config.state_dir), time.monotonic(),
+                                    timings, limits=limits_of(config))
         if self.core.topology.epoch > 0:
             log.info("restored epoch %d from %s; no removals for %.1fs (leases of the previous run)",
-                     self.core.topology.epoch, config.state_dir, timings.removal_after)
+                     self.core.topology.epoch, "the engine" if store else config.state_dir, timings.removal_after)
         super().__init__(config)
 
     @property
@@ -328,6 +346,11 @@ class CoordinatorProcess(CoordinatorShell):
 
 def run_coordinator(config: CoordinatorConfig) -> None:
     """Run until SIGINT or SIGTERM: one chain, or with ``[cluster] partitions`` above 1, partitions."""
+    if config.engine is not None:
+        from zcraq.coordinator_engine import run_engine_coordinator  # it builds on this module
+
+        run_engine_coordinator(config)
+        return
     process: CoordinatorShell
     if config.cluster.partitioned:
         from zcraq.coordinator_partitioned import PartitionedProcess  # it builds on this module

@@ -32,7 +32,7 @@ from zcraq.access import coordinator_request_refusal
 from zcraq.callers import TRUSTED, Caller
 from zcraq.config import CoordinatorConfig
 from zcraq.coordinator import STATE_FILE, CoordinatorShell, StateError, limits_of, read_state, save_state, timings_of
-from zcraq.coordpartitions import PartitionedCoordinator, PublishTable, Shape
+from zcraq.coordpartitions import PartitionedCoordinator, PublishTable, Shape, TableStore
 from zcraq.effects import Effect, PeerRequest, Publish, Relink, Respond, SendDown, SendUp, Subscribe
 from zcraq.loglimit import LogLimiter
 from zcraq.messages import (CaughtUp, CoordinatorRequest, Delete, Drain, Error, Heartbeat, Join, Leave, Malformed, Ok,
@@ -55,18 +55,20 @@ class TableFile:
 
     def load(self) -> dict[str, Any] | None:
         state = read_state(self.state_dir)
-        if state is None:
-            return None
-        path = self.state_dir / STATE_FILE
-        if "topology" in state:
-            raise StateError(f"coordinator state {path} is of a one-chain cluster, and this config has [cluster] "
-                             f"partitions = {self.partitions}: a cluster's shape is fixed when it is created")
-        if not isinstance(state.get("topologies"), list) or not isinstance(state.get("nodes"), list):
-            raise StateError(f"coordinator state {path} is not a partitioned cluster's")
-        return state
+        return None if state is None else check_table_state(state, self.partitions, str(self.state_dir / STATE_FILE))
 
     def save(self, state: dict[str, Any]) -> None:
         save_state(self.state_dir, state)
+
+
+def check_table_state(state: dict[str, Any], partitions: int, where: str) -> dict[str, Any]:
+    """``state``, if it is a partitioned cluster's saved state; ``where`` names it in errors."""
+    if "topology" in state:
+        raise StateError(f"coordinator state {where} is of a one-chain cluster, and this config has [cluster] "
+                         f"partitions = {partitions}: a cluster's shape is fixed when it is created")
+    if not isinstance(state.get("topologies"), list) or not isinstance(state.get("nodes"), list):
+        raise StateError(f"coordinator state {where} is not a partitioned cluster's")
+    return state
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,17 +87,19 @@ def shape_of(config: CoordinatorConfig) -> Shape:
 class PartitionedProcess(CoordinatorShell):
     """The coordinator of a partitioned cluster."""
 
-    def __init__(self, config: CoordinatorConfig) -> None:
+    def __init__(self, config: CoordinatorConfig, store: TableStore | None = None) -> None:
+        """``store``: where the state is kept (default: ``state_dir``, zcraq/coordinator_engine.py: the engine)."""
         shape = shape_of(config)
+        where = "the engine" if store else config.state_dir
         try:
-            self.core = PartitionedCoordinator(config.publish_endpoint, TableFile(config.state_dir, shape.partitions),
+            self.core = PartitionedCoordinator(config.publish_endpoint,
+                                               store or TableFile(config.state_dir, shape.partitions),
                                                time.monotonic(), shape, timings_of(config), limits=limits_of(config))
         except (ValueError, KeyError, TypeError) as error:  # a saved state of another shape, or damaged
-            raise StateError(f"coordinator state in {config.state_dir}: {error}") from None
+            raise StateError(f"coordinator state in {where}: {error}") from None
         self.core.counters.setdefault("internal_errors", 0)
         if self.core.version > 0:
-            log.info("restored table version %d (%d nodes) from %s", self.core.version, len(self.core.nodes),
-                     config.state_dir)
+            log.info("restored table version %d (%d nodes) from %s", self.core.version, len(self.core.nodes), where)
         self._logs = LogLimiter(log)
         self._deferred: list[_Deferred] = []
         super().__init__(config)

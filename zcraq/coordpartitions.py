@@ -267,7 +267,8 @@ class PartitionedCoordinator:
             self._error(client, request.id, "unknown_node", f"{request.node_id} is not registered; join again")
             return
         node.last_seen = now
-        self._out.append(Respond(client, Ok(request.id, lease_ms=self._lease_ms, table_version=self.version)))
+        self._out.append(Respond(client, Ok(request.id, lease_ms=self._lease_ms, table_version=self.version,
+                                            publish=self.publish_endpoint)))
 
     def on_partition_request(self, client: Any, partition: int, request: Join | Heartbeat | CaughtUp | Leave,
                              now: float, caller: Caller = TRUSTED) -> None:

@@ -301,7 +301,7 @@ class Ok(msgspec.Struct, frozen=True, tag_field="type", tag="ok"):
     status: Literal["member", "learner"] | UnsetType = UNSET  # heartbeat
     topology: Topology | UnsetType = UNSET  # topology, join, coordinator status
     limits: Limits | UnsetType = UNSET  # topology: the coordinator's [limits]
-    publish: str | UnsetType = UNSET  # join
+    publish: str | UnsetType = UNSET  # join, heartbeat: the coordinator's publisher
     node: str | UnsetType = UNSET  # node status: its id
     role: str | UnsetType = UNSET  # node status
     serving: bool | UnsetType = UNSET  # node status
@@ -325,6 +325,7 @@ class Error(msgspec.Struct, frozen=True, tag_field="type", tag="error"):
     epoch: Epoch | UnsetType = UNSET  # not_tail, wrong_epoch: the responder's epoch
     head: str | None | UnsetType = UNSET  # not_head: the head's service endpoint, if known
     version: U64 | UnsetType = UNSET  # condition_failed: the key's current version (0: no value)
+    leader: str | None | UnsetType = UNSET  # not_leader: the leading coordinator's request endpoint, if known
 
 
 Reply = Ok | Error

@@ -27,9 +27,10 @@ from msgspec import UNSET
 from zcraq import sockets, wire
 from zcraq.callers import TRUSTED, Caller
 from zcraq.config import ConfigError, NodeConfig
+from zcraq.coordinator_finder import CoordinatorFinder
 from zcraq.effects import Respond
 from zcraq.hosting import parse_table
-from zcraq.messages import ChainFrame, Error, Leave, Malformed, Ok, TopologyRequest
+from zcraq.messages import ChainFrame, Error, Leave, Malformed, Ok, Reply, TopologyRequest
 from zcraq.monitoring.http import ProbeServer
 from zcraq.monitoring.node import NodeCollector, NodeView, node_request_stats
 from zcraq.monitoring.views import Publisher, ViewSlot
@@ -47,6 +48,7 @@ BATCH = 256  # messages taken from one socket per loop turn: fairness between so
 # The core's timers (heartbeats, time-outs, resends) count in tens of milliseconds or more; under
 # load a loop turn takes far less, and a tick in every turn walks the pending writes for nothing.
 TICK_INTERVAL = 0.005
+COORDINATOR_SILENCE = 1.0  # seconds
 ASK_EVERY = 1.0  # seconds between questions to a coordinator that has not said the cluster's shape
 
 
@@ -138,8 +140,12 @@ class NodeProcess:
             self.poller.register(sock, zmq.POLLIN)
         if self.security is not None:
             self.poller.register(self.security.zap.sock, zmq.POLLIN)
+        # Several coordinators (one leads): one that leaves a request unanswered this long is
+        # taken for gone (a heartbeat is answered in milliseconds).
+        self.finder = CoordinatorFinder(config.coordinators or (config.coordinator,), COORDINATOR_SILENCE)
         self.peers = sockets.DealerPool(self.ctx, self.poller, {
-            "coordinator": (config.coordinator, curve.coordinator_key if curve else None)}, curve)
+            "coordinator": (config.coordinator, curve.coordinator_key if curve else None)}, curve,
+            on_alias_send=lambda _alias: self.finder.sent(time.monotonic()))
 
     def _view(self, now: float) -> NodeView:
         if self.replicas is not None:
@@ -178,6 +184,7 @@ class NodeProcess:
                     shape = self._shape_of(frames, asked)
                     if shape is not None:
                         return shape
+            self._find_coordinator(time.monotonic())
             self.publisher.turn(time.monotonic())
             self._reload_if_asked()
         return None
@@ -186,6 +193,7 @@ class NodeProcess:
         if not frames or frames[0] != b"":
             return None
         reply, _values = wire.read_reply(frames[1:])
+        self._coordinator_answered(reply, time.monotonic())
         if isinstance(reply, Ok) and isinstance(reply.table, dict):
             try:
                 parse_table(reply.table)
@@ -229,11 +237,22 @@ class NodeProcess:
                 self.core.tick(now)
                 next_tick = now + TICK_INTERVAL
             replicas.turn(now)
+            self._find_coordinator(now)
             self._flush_logs(now)
             self.publisher.turn(now)
             self._reload_if_asked()
         self.publisher.stopping()
         self._leave()
+
+    def _coordinator_answered(self, reply: Reply | Malformed, now: float) -> None:
+        moved = self.finder.answered(reply, now)
+        if moved is not None:
+            self.peers.retarget("coordinator", moved)
+
+    def _find_coordinator(self, now: float) -> None:
+        moved = self.finder.check(now)
+        if moved is not None:
+            self.peers.retarget("coordinator", moved)
 
     def _reload_if_asked(self) -> None:
         if self._reload and self.security is not None:
@@ -278,6 +297,8 @@ class NodeProcess:
             self._on_published(frames, now)
         elif frames and frames[0] == b"":  # a DEALER: a reply from a peer or the coordinator
             reply, values = wire.read_reply(frames[1:])
+            if sock is self.peers.socket_of("coordinator"):
+                self._coordinator_answered(reply, now)
             core.on_peer_reply(reply, values, now)
         else:
             core.counters["bad_messages"] += 1

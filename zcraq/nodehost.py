@@ -414,6 +414,8 @@ class PartitionHost:
                                                                "registering again")
                         self.registered = False
                     return
+                if reply.publish is not UNSET:  # another coordinator may lead now: follow its publisher
+                    self._out.append(Subscribe(reply.publish))
                 self._table_version_seen(reply, now)
             case "table":
                 self._table_asked = False
@@ -444,7 +446,7 @@ class PartitionHost:
 
     def _registered(self, reply: Reply, now: float) -> None:
         if isinstance(reply, Error):
-            level = logging.INFO if reply.code == "busy" else logging.ERROR
+            level = logging.INFO if reply.code in ("busy", "not_leader") else logging.ERROR
             self.logs.log(level, f"register {reply.code}", now, "the coordinator did not register this node yet: %s",
                           reply.message)
             return

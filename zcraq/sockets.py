@@ -249,8 +249,10 @@ class DealerPool:
     """
 
     def __init__(self, ctx: zmq.Context, poller: zmq.Poller, aliases: dict[str, tuple[str, str | None]] | None = None,
-                 curve: Curve | None = None) -> None:
-        """``aliases``: name -> (endpoint, CURVE key), e.g. "coordinator"."""
+                 curve: Curve | None = None, on_alias_send: Callable[[str], None] | None = None) -> None:
+        """``aliases``: name -> (endpoint, CURVE key), e.g. "coordinator"; ``on_alias_send`` is
+        told each alias a request goes to."""
+        self._on_alias_send = on_alias_send
         self._ctx = ctx
         self._poller = poller
         self._aliases = aliases or {}
@@ -263,6 +265,8 @@ class DealerPool:
     def send(self, endpoint: str, frames: list[bytes], key: str | None = None) -> bool:
         """Send to ``endpoint`` (or an alias), whose CURVE key is ``key``; a new key reconnects."""
         if endpoint in self._aliases:
+            if self._on_alias_send is not None:
+                self._on_alias_send(endpoint)
             endpoint, key = self._aliases[endpoint]
         sock = self.sockets.get(endpoint)
         if sock is not None and self._keys.get(endpoint) != key:
@@ -278,6 +282,16 @@ class DealerPool:
             self._keys[endpoint] = key
             self._poller.register(sock, zmq.POLLIN)
         return send_nowait(sock, [b"", *frames])
+
+    def retarget(self, alias: str, endpoint: str) -> None:
+        """Send what goes to ``alias`` to ``endpoint`` from now on (its CURVE key unchanged); the
+        DEALER to the old endpoint closes, and a late reply on it is dropped."""
+        old, key = self._aliases[alias]
+        if old == endpoint:
+            return
+        self._aliases[alias] = (endpoint, key)
+        if old in self.sockets and old not in {e for e, _k in self._aliases.values()}:
+            self._drop(old)
 
     def socket_of(self, name: str) -> zmq.Socket | None:
         """The DEALER to an alias or endpoint, if one is open."""

@@ -76,7 +76,7 @@ class Membership:
         if isinstance(reply, Error):
             # "busy" is routine (another node is catching up); anything else needs an operator,
             # and is repeated with every join until one acts: loudly, but not at every attempt.
-            level = logging.INFO if reply.code == "busy" else logging.ERROR
+            level = logging.INFO if reply.code in ("busy", "not_leader") else logging.ERROR
             self.logs.log(level, f"join {reply.code}", now, "the coordinator did not register this node yet: %s",
                           reply.message)
             return
@@ -185,6 +185,8 @@ class Membership:
                 self.logs.error("incompatible", now, "the coordinator refuses this node's heartbeats: %s",
                                 reply.message)
             return
+        if reply.publish is not UNSET:  # another coordinator may lead now: follow its publisher
+            self._out.append(Subscribe(reply.publish))
         self.newer_epoch_seen(reply, now)
         if reply.status == "member" and reply.lease_ms is not UNSET and reply.epoch == call.epoch:
             # Measured from when the heartbeat was sent: the coordinator's clock started later.
