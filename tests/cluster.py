@@ -17,16 +17,19 @@ T = TypeVar("T")
 def new_cluster(root: Path, nodes: int = 3, *, lease_ms: int = 2000, heartbeat_ms: int = 200,
                 durability: str = "async", node: dict[str, Any] | None = None,
                 coordinator: dict[str, Any] | None = None, secure: bool = False,
-                metrics: bool = False, hooks: Sequence[Hook] = (), cluster: dict[str, Any] | None = None) -> Cluster:
+                metrics: bool = False, hooks: Sequence[Hook] = (), cluster: dict[str, Any] | None = None,
+                engine: Sequence[str] | None = None) -> Cluster:
     """A cluster of ``nodes`` nodes (not started) with its files under ``root``; ``node`` and
     ``coordinator`` set more keys of every node's and the coordinator's config; ``secure``: CURVE
     keys on every connection; ``metrics``: every process serves /metrics (``Cluster.metrics_url``);
-    ``hooks``: see zcraq/cluster.py; ``cluster``: the coordinator's [cluster] table (partitions)."""
+    ``hooks``: see zcraq/cluster.py; ``cluster``: the coordinator's [cluster] table (partitions);
+    ``engine``: etcd client URLs, for three coordinators keeping the state there."""
     return Cluster(Generated(
         root, nodes,
         coordinator={"lease_ms": lease_ms, "republish_interval_ms": 500, "log_level": "debug", **(coordinator or {})},
         node={"durability": durability, "heartbeat_interval_ms": heartbeat_ms, "request_timeout_ms": 1000,
-              "log_level": "debug", **(node or {})}, secure=secure, metrics=metrics, cluster=cluster), hooks=hooks)
+              "log_level": "debug", **(node or {})}, secure=secure, metrics=metrics, cluster=cluster, engine=engine),
+        hooks=hooks)
 
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:

@@ -546,23 +546,28 @@ def ask_coordinator(state: ClientState, build: Callable[[int], Request], deadlin
                     shared: bool = False) -> Plan[Answer | Timeout]:
     """Ask the coordinator that leads a request that may be asked twice (topology, status, drain):
     the one that answered last; of several configured, one that answers ``not_leader`` or nothing
-    within COORDINATOR_ATTEMPT seconds is followed by the leader it names or the next one, until
+    within its share of the time is followed by the leader it names or the next one, until
     ``deadline``. The last outcome, whatever it is."""
     while True:
         endpoint = state.coordinator
         several = len(state.coordinators) > 1
-        attempt = min(deadline, time.monotonic() + COORDINATOR_ATTEMPT) if several else deadline
+        # Each gets a share of the call's time, so that a short call still reaches the last one.
+        share = min(COORDINATOR_ATTEMPT, state.timeout / (len(state.coordinators) + 1))
+        attempt = min(deadline, time.monotonic() + share) if several else deadline
         outcome = yield from call(endpoint, build(state.next_id()), attempt, shared=shared)
         refused = not isinstance(outcome, Timeout) and isinstance(outcome[0], Error) \
             and outcome[0].code == "not_leader"
         if not several or not (refused or isinstance(outcome, Timeout)) or time.monotonic() >= deadline:
             return outcome
-        state.move_on(endpoint, None if isinstance(outcome, Timeout) else outcome[0])  # type: ignore[arg-type]
+        if isinstance(outcome, Timeout):
+            state.move_on(endpoint, None)
+        else:
+            state.move_on(endpoint, outcome[0] if isinstance(outcome[0], Error) else None)
         if refused:
             yield from pause(deadline)  # no leader yet, perhaps: not a busy loop over the standbys
 
 
 __all__ = ["Answer", "Call", "ClientState", "Pause", "Plan", "Step", "call", "cached_route", "cached_topology",
-           "ask_coordinator", "check_endpoint", "check_key", "delete_request", "error_of", "fetch_table", "fetch_topology",
-           "node_endpoint", "ok", "partitions", "pause", "pick_reader", "read", "refresh", "report", "run_blocking",
+           "ask_coordinator", "check_endpoint", "check_key", "delete_request", "error_of", "fetch_table",
+           "fetch_topology", "node_endpoint", "ok", "partitions", "pause", "pick_reader", "read", "refresh", "report", "run_blocking",
            "server_key", "ask_status", "node_status", "stamp", "status", "time_to_resend", "write", "write_request"]

@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 
 from zcraq.client import ZClient
 from zcraq.clientroutes import Partition
-from zcraq.config import NodeConfig, load_coordinator_config, load_node_config
+from zcraq.config import CoordinatorConfig, NodeConfig, load_coordinator_config, load_node_config
 from zcraq.errors import ZcraqError
-from zcraq.layout import COORDINATOR, Layout
+from zcraq.layout import Layout, is_coordinator
 from zcraq.processes import kill, spawn, terminate
 from zcraq.waiting import wait_until
 
@@ -70,7 +70,7 @@ class Environment(Hook):
     def environment(self, name: str, env: dict[str, str]) -> None:
         for key, value in self.values.items():
             env.pop(key, None)
-            if name != COORDINATOR:
+            if not is_coordinator(name):
                 env[key] = value
 
 
@@ -121,7 +121,10 @@ class Cluster:
     def __init__(self, layout: Layout, *, hooks: Sequence[Hook] = ()) -> None:
         self.layout = layout
         self.hooks = list(hooks)
-        self.coordinator_config = load_coordinator_config(layout.coordinator)
+        # "coordinator", or coordinator1, coordinator2, ... (on an engine), by their files' names
+        self.coordinator_configs: dict[str, CoordinatorConfig] = {
+            path.stem: load_coordinator_config(path) for path in layout.coordinators}
+        self.coordinator_config = next(iter(self.coordinator_configs.values()))
         self.node_configs: dict[str, NodeConfig] = {}
         for path in layout.nodes:
             self._load_node(path)
@@ -152,15 +155,28 @@ class Cluster:
         return list(self.node_configs)
 
     @property
+    def coordinator_names(self) -> list[str]:
+        return list(self.coordinator_configs)
+
+    @property
     def coordinator_endpoint(self) -> str:
+        """The (first) coordinator's request endpoint; clients of several use ``client_config``."""
         return self.coordinator_config.endpoint
+
+    @property
+    def client_config(self) -> Path | None:
+        """The client config file the layout names, if any (it lists every coordinator)."""
+        return self.layout.client
 
     @property
     def publish_endpoint(self) -> str:
         return self.coordinator_config.publish_endpoint
 
     def config_path(self, name: str) -> Path:
-        return (self.coordinator_config if name == COORDINATOR else self.node_configs[name]).path
+        return self._config(name).path
+
+    def _config(self, name: str) -> CoordinatorConfig | NodeConfig:
+        return self.coordinator_configs[name] if name in self.coordinator_configs else self.node_configs[name]
 
     def log_path(self, name: str) -> Path | None:
         return None if self.layout.logs is None else self.layout.logs / f"{name}.log"
@@ -170,7 +186,7 @@ class Cluster:
 
     def metrics_url(self, name: str) -> str | None:
         """``http://HOST:PORT`` of the process's /metrics and probes; None when it serves none."""
-        config = self.coordinator_config if name == COORDINATOR else self.node_configs[name]
+        config = self._config(name)
         if not config.metrics_port:
             return None
         host = config.advertise_host
@@ -190,7 +206,7 @@ class Cluster:
             self._notice(name)
             program = next((p for h in self.hooks if (p := h.program(name)) is not None),
                            [sys.executable, "-m", "zcraq"])
-            kind = COORDINATOR if name == COORDINATOR else "node"
+            kind = "coordinator" if name in self.coordinator_configs else "node"
             argv = [*(w for h in self.hooks for w in h.prefix(name)), *program,
                     kind, "--config", str(self.config_path(name).absolute())]
             env = dict(os.environ)
@@ -211,7 +227,8 @@ class Cluster:
     def start_all(self, timeout: float = 60.0) -> Cluster:
         """The coordinator, then the nodes one at a time, each waited for until it serves (so the
         chain is node1 -> node2 -> ...), then until the whole chain serves."""
-        self.start(COORDINATOR)
+        for name in self.coordinator_names:
+            self.start(name)
         for node_id in self.node_ids:
             self.start(node_id)
             self.wait_member(node_id, timeout)
@@ -266,7 +283,7 @@ class Cluster:
             self.exits()
             self._running.clear()
             nodes = [self.processes[n] for n in self.node_ids if n in self.processes]
-            coordinator = [self.processes[COORDINATOR]] if COORDINATOR in self.processes else []
+            coordinator = [self.processes[n] for n in self.coordinator_names if n in self.processes]
             try:
                 for group in (nodes[1:], nodes[:1], coordinator):
                     terminate(group, grace)
@@ -319,12 +336,13 @@ class Cluster:
 
     def client(self, timeout: float = 5.0) -> ZClient:
         """A client of this cluster, closed with it."""
-        zclient = ZClient(self.coordinator_endpoint, timeout=timeout, config=self.layout.client)
+        zclient = self._probe(timeout)
         self._clients.append(zclient)
         return zclient
 
     def _probe(self, timeout: float = 1.0) -> ZClient:
-        return ZClient(self.coordinator_endpoint, timeout=timeout, config=self.layout.client)
+        several = len(self.coordinator_configs) > 1
+        return ZClient(None if several else self.coordinator_endpoint, timeout=timeout, config=self.layout.client)
 
     def members(self) -> list[str]:
         with self._probe() as zclient:
@@ -418,7 +436,8 @@ class Cluster:
 
     def start_partitioned(self, timeout: float = 90.0) -> Cluster:
         """The coordinator, then every node at once; until every partition is placed over them."""
-        self.start(COORDINATOR)
+        for name in self.coordinator_names:
+            self.start(name)
         for node_id in self.node_ids:
             self.start(node_id)
         self.wait_placed(timeout=timeout)

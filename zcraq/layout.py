@@ -20,10 +20,15 @@ import tomli_w
 
 from zcraq.security import create_certificate
 
-COORDINATOR = "coordinator"
+COORDINATOR = "coordinator"  # the one coordinator; coordinator1, coordinator2, ... when they stand in for one another
 COORDINATOR_PORTS = (7000, 7001)  # requests, topology
 NODE_PORTS = (7100, 7101, 7102)  # service, writes in, acks in
 METRICS_PORT = 9100  # HTTP /metrics and probes, of every process, when asked for
+
+
+def is_coordinator(name: str) -> bool:
+    """Is the process ``name`` a coordinator ("coordinator", or "coordinator1", ...)?"""
+    return name == COORDINATOR or (name.startswith(COORDINATOR) and name[len(COORDINATOR):].isdigit())
 
 
 def _bind_all(addresses: Sequence[tuple[str, int]]) -> list[int] | None:
@@ -67,6 +72,8 @@ class LoopbackHosts:
         self.hosts: dict[str, str] = {COORDINATOR: f"{self.prefix}.1"}
 
     def __call__(self, name: str) -> str:
+        if name not in self.hosts and is_coordinator(name):  # coordinatorK: .K (at most 9 of them)
+            self.hosts[name] = f"{self.prefix}.{name[len(COORDINATOR):]}"
         if name not in self.hosts:
             self.hosts[name] = f"{self.prefix}.{10 + len(self.hosts)}"
         return self.hosts[name]
@@ -82,13 +89,16 @@ def free_ports(count: int) -> list[int]:
 
 
 class Layout:
-    """Where a cluster's files are: the coordinator's config, the nodes' configs in chain order,
-    the directory for one log per process (None: the processes write to the terminal), and the
-    client config that tools use to watch the cluster (needed when it runs with CURVE keys)."""
+    """Where a cluster's files are: the coordinator's config (of several coordinators, each one's:
+    ``coordinators``, ``coordinator`` the first), the nodes' configs in chain order, the directory
+    for one log per process (None: the processes write to the terminal), and the client config
+    that tools use to watch the cluster (needed with CURVE keys, and with several coordinators)."""
 
     def __init__(self, coordinator: Path, nodes: Sequence[Path], logs: Path | None = None,
-                 client: Path | None = None, clients: Sequence[Path] = (), admins: Sequence[Path] = ()) -> None:
+                 client: Path | None = None, clients: Sequence[Path] = (), admins: Sequence[Path] = (),
+                 coordinators: Sequence[Path] = ()) -> None:
         self.coordinator = coordinator
+        self.coordinators = list(coordinators) or [coordinator]
         self.nodes = list(nodes)
         self.logs = logs
         self.client = client
@@ -97,12 +107,16 @@ class Layout:
 
     @classmethod
     def directory(cls, directory: Path) -> Layout:
-        """coordinator.toml, node*.toml (sorted by name), client*.toml and admin*.toml of a config
-        directory, as ``zcraq run`` uses them; client.toml, if there is one, watches the cluster."""
+        """coordinator.toml (or coordinator1.toml, coordinator2.toml, ...: coordinators on an
+        engine), node*.toml (sorted by name), client*.toml and admin*.toml of a config directory,
+        as ``zcraq run`` uses them; client.toml, if there is one, watches the cluster."""
         client = directory / "client.toml"
-        return cls(directory / "coordinator.toml", sorted(directory.glob("node*.toml")),
+        single = directory / "coordinator.toml"
+        several = sorted(p for p in directory.glob("coordinator*.toml") if is_coordinator(p.stem) and p != single)
+        coordinators = [single] if single.exists() or not several else several
+        return cls(coordinators[0], sorted(directory.glob("node*.toml")),
                    client=client if client.exists() else None, clients=sorted(directory.glob("client*.toml")),
-                   admins=sorted(directory.glob("admin*.toml")))
+                   admins=sorted(directory.glob("admin*.toml")), coordinators=coordinators)
 
     def add_node(self, node_id: str) -> Path:
         raise ValueError(f"cannot add {node_id}: this cluster runs existing config files")
@@ -122,12 +136,16 @@ class Generated(Layout):
 
     ``metrics``: every process serves /metrics and its probes on METRICS_PORT of its address.
 
-    ``cluster``: the coordinator's ``[cluster]`` table (partitions, replication, ...), if any."""
+    ``cluster``: the coordinator's ``[cluster]`` table (partitions, replication, ...), if any.
+
+    ``engine``: etcd client URLs; then ``coordinators`` coordinators (coordinator1, ...) keep the
+    state there under a prefix of this layout's own, and ``configs/client.toml`` lists them all."""
 
     def __init__(self, root: Path, nodes: int = 3, *, coordinator: Mapping[str, Any] | None = None,
                  node: Mapping[str, Any] | None = None, per_node: Mapping[str, Mapping[str, Any]] | None = None,
                  hosts: Callable[[str], str] | None = None, secure: bool = False, metrics: bool = False,
-                 cluster: Mapping[str, Any] | None = None) -> None:
+                 cluster: Mapping[str, Any] | None = None, engine: Sequence[str] | None = None,
+                 coordinators: int = 3) -> None:
         self.root = root.absolute()
         for sub in ("configs", "data", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -138,17 +156,27 @@ class Generated(Layout):
         self.hosts = hosts or LoopbackHosts(nodes)
         self.node_settings, self.per_node = dict(node or {}), per_node or {}
         self.metrics: dict[str, int] = {"metrics_port": METRICS_PORT} if metrics else {}
-        host = self.hosts(COORDINATOR)
+        names = [COORDINATOR] if engine is None else [f"{COORDINATOR}{i}" for i in range(1, coordinators + 1)]
         port, publish = COORDINATOR_PORTS
-        self.coordinator_endpoint = f"tcp://{host}:{port}"
-        path = self._write(COORDINATOR, "coordinator", {
-            "bind_host": host, "port": port, "publish_port": publish,
-            "state_dir": str(self.root / "data" / COORDINATOR), **self.metrics, **(coordinator or {})},
-            self._security(COORDINATOR, None), {"cluster": dict(cluster)} if cluster else None)
+        self.coordinator_endpoints = [f"tcp://{self.hosts(name)}:{port}" for name in names]
+        self.coordinator_endpoint = self.coordinator_endpoints[0]
+        extra: dict[str, Any] = {"cluster": dict(cluster)} if cluster else {}
+        if engine is not None:
+            token = random.SystemRandom().randrange(1 << 32)
+            extra["engine"] = {"endpoints": list(engine), "prefix": f"/zcraq-{token:08x}/"}
+        security = self._security(COORDINATOR, None)  # one key pair, which every coordinator holds
+        paths = [self._write(name, "coordinator", {
+            "bind_host": self.hosts(name), "port": port, "publish_port": publish,
+            "state_dir": str(self.root / "data" / name), **self.metrics, **(coordinator or {})},
+            security, extra or None) for name in names]
         client = admin = None
         if self.keys is not None:
             client, admin = self._client("client", "clients"), self._client("admin", "admins")
-        super().__init__(path, [], self.root / "logs", client=client, admins=[admin] if admin else [])
+        elif engine is not None:
+            client = self.root / "configs" / "client.toml"
+            client.write_text(tomli_w.dumps({"client": {"coordinator": self._coordinator_setting}}))
+        super().__init__(paths[0], [], self.root / "logs", client=client, admins=[admin] if admin else [],
+                         coordinators=paths)
         for index in range(1, nodes + 1):
             self.nodes.append(self.add_node(f"node{index}"))
 
@@ -156,11 +184,17 @@ class Generated(Layout):
         host = self.hosts(node_id)
         service, write, ack = NODE_PORTS
         return self._write(node_id, "node", {
-            "id": node_id, "coordinator": self.coordinator_endpoint, "bind_host": host,
+            "id": node_id, "coordinator": self._coordinator_setting, "bind_host": host,
             "service_port": service, "write_port": write, "ack_port": ack,
             "data_dir": str(self.root / "data" / node_id), **self.metrics,
             **self.node_settings, **self.per_node.get(node_id, {})},
             self._security(node_id, "nodes"))
+
+    @property
+    def _coordinator_setting(self) -> str | list[str]:
+        """What nodes and clients are told: the coordinator's endpoint, or every coordinator's."""
+        endpoints = self.coordinator_endpoints
+        return endpoints[0] if len(endpoints) == 1 else list(endpoints)
 
     @property
     def secure(self) -> bool:
@@ -185,7 +219,7 @@ class Generated(Layout):
         shutil.copyfile(secret.with_suffix(".key"), self.keys / role / f"{name}.key")
         path = self.root / "configs" / f"{name}.toml"
         path.write_text(tomli_w.dumps({
-            "client": {"coordinator": self.coordinator_endpoint},
+            "client": {"coordinator": self._coordinator_setting},
             "security": {"certificate": str(secret), "coordinator_key": str(self.keys / "coordinator.key")}}))
         return path
 

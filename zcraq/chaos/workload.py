@@ -38,6 +38,7 @@ import random
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from zcraq.chaos.history import HistoryWriter
@@ -82,7 +83,7 @@ class Worker(threading.Thread):
 
     def run(self) -> None:
         w = self.workload
-        with ZClient(w.endpoint, timeout=w.timeout) as client:
+        with ZClient(w.endpoint, timeout=w.timeout, config=w.config) as client:
             while not w.stopping.is_set():
                 self.one(client)
                 if w.think > 0:
@@ -162,10 +163,13 @@ class Worker(threading.Thread):
 
 
 class Workload:
-    def __init__(self, endpoint: str, history: HistoryWriter, *, clients: int, keys: list[str], seed: int,
+    def __init__(self, endpoint: str | None, history: HistoryWriter, *, clients: int, keys: list[str], seed: int,
                  timeout: float = 3.0, think: float = 0.0, read_ratio: float = 0.5,
-                 cas_ratio: float = 0.2, delete_ratio: float = 0.1) -> None:
+                 cas_ratio: float = 0.2, delete_ratio: float = 0.1, config: Path | None = None) -> None:
+        """``endpoint``: the coordinator's; or None, and ``config`` a client config (which may
+        list several coordinators)."""
         self.endpoint = endpoint
+        self.config = config
         self.history = history
         self.keys = keys
         self.seed = seed
@@ -196,8 +200,8 @@ class Workload:
         return total
 
 
-def final_reads(endpoint: str, history: HistoryWriter, keys: list[str], services: dict[str, str],
-                timeout: float = 5.0) -> dict[str, dict[str, Any]]:
+def final_reads(endpoint: str | None, history: HistoryWriter, keys: list[str], services: dict[str, str],
+                timeout: float = 5.0, config: Path | None = None) -> dict[str, dict[str, Any]]:
     """Read every key at every node, once linearizably (recorded in the history as process
     ``final``) and once as the node's own newest committed version (not recorded: not
     linearizable by design, but after convergence every replica must hold the same one).
@@ -205,7 +209,7 @@ def final_reads(endpoint: str, history: HistoryWriter, keys: list[str], services
     Returns ``{key: {node: {"strong": value or None or "error: ...", "committed": [value, version]
     or None or "error: ..."}}}``."""
     states: dict[str, dict[str, Any]] = {}
-    with ZClient(endpoint, timeout=timeout) as client:
+    with ZClient(endpoint, timeout=timeout, config=config) as client:
         for key in keys:
             states[key] = {}
             for node, service in services.items():
