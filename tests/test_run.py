@@ -20,7 +20,7 @@ from commands import ForegroundRun, assert_exit, pid_running, zcraq
 from zcraq.client import ZClient
 from zcraq.cluster import Cluster
 from zcraq.errors import ZcraqError
-from zcraq.layout import Generated, Layout
+from zcraq.layout import Generated, Layout, free_ports
 from zcraq.supervise import GiveUp, LeaveStopped, Restart, RestartPolicy, Restarts
 
 pytestmark = pytest.mark.timeout(300)
@@ -194,6 +194,71 @@ def test_sigterm_stops_the_run_like_ctrl_c(tmp_path):
         run.process.send_signal(signal.SIGTERM)
         assert run.wait() == 0, run.output()
     assert run.output().count("received SIGTERM") == 4, run.output()
+
+
+def _free_pairs(count: int) -> list[int]:
+    """``count`` ports P, each with P + 1 free too, on 127.0.0.1 (an etcd member's client and peer)."""
+    found: list[int] = []
+    while len(found) < count:
+        port = free_ports(1)[0]
+        if port + 1 < 65536 and port not in found and port + 1 not in found and _free(port + 1):
+            found.append(port)
+    return found
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_coordinators_on_a_local_etcd_are_started_and_a_killed_leader_is_replaced_and_started_again(tmp_path):
+    """As ``zcraq run --config-dir config/ha``: a local etcd from etcd.toml, three coordinators on it,
+    the nodes; the leading coordinator is killed, another leads, writes go on, the killed one is
+    started again."""
+    engine = [f"http://127.0.0.1:{port}" for port in _free_pairs(3)]
+    layout = Generated(tmp_path, 3, coordinator={"lease_ms": 2000}, cluster={"partitions": 4}, engine=engine,
+                       node={"heartbeat_interval_ms": 200, "durability": "async"})
+    configs = layout.coordinator.parent
+    (configs / "etcd.toml").write_text(f'[etcd]\ndata_dir = "{tmp_path / "etcd"}"\n')
+    client_config = configs / "client.toml"
+    with ForegroundRun(configs) as run:
+        run.wait_for_line("zcraq: cluster ready: 4 partitions of 3 replicas over node1, node2, node3", 120)
+        assert f"--config {client_config}" in run.output()
+        with ZClient(config=client_config, timeout=10) as client:
+            client.write("before", b"kill")
+            leader = client.coordinator
+        name = next(n for n, e in zip(("coordinator1", "coordinator2", "coordinator3"), layout.coordinator_endpoints)
+                    if e == leader)
+        pid = pid_running(configs / f"{name}.toml")
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        run.wait_for_line(f"zcraq: {name} (pid {pid}) exited with signal SIGKILL; starting it again in", 30)
+        with ZClient(config=client_config, timeout=15) as client:
+            client.write("after", b"kill")
+            wait_for(lambda: client.partitions() and client.coordinator, 30, "a coordinator that leads")
+            assert client.read("before") == b"kill" and client.read("after") == b"kill"
+        run.wait_for_line(f"zcraq: starting {name} again", 30)
+        wait_for(lambda: pid_running(configs / f"{name}.toml"), 30, f"{name} to run again")
+        assert run.ctrl_c() == 0, run.output()
+    assert "Traceback" not in run.output(), run.output()
+    assert _etcd_processes(tmp_path) == [], "an etcd member was left running"
+
+
+def _etcd_processes(root: Path) -> list[str]:
+    """The command lines of running processes whose data is under ``root`` (none once stopped)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(root / "etcd") in command and "--data-dir" in command:
+            found.append(command)
+    return found
 
 
 # ------------------------------------------------------------------------------ restart policy

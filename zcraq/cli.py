@@ -58,7 +58,8 @@ def coordinator(config_path: str) -> None:
 
     try:
         config = load_coordinator_config(config_path)
-        setup_logging("coordinator", config.log_level, config.log_format)
+        # Several coordinators (coordinator1.toml, ...) are told apart by their files' names.
+        setup_logging(config.path.stem if config.engine else "coordinator", config.log_level, config.log_format)
         run_coordinator(config)
     except (ConfigError, StateError) as error:
         _config_failure(error)

@@ -9,6 +9,10 @@ and started again after a short back-off (zcraq/supervise.py), so a ``kill -9`` 
 shows the failover and the rejoin live. A directory whose configs have ``[security]`` tables
 (config/secure/) gets its missing CURVE keys created first (zcraq/provision.py).
 
+Coordinators on an engine (config/ha/: coordinator1.toml, coordinator2.toml, ... with an
+``[engine]`` table) are all started; one leads. A directory with an ``etcd.toml`` also gets a local
+etcd cluster, started first and kept running the same way (zcraq/local_engine.py).
+
 Each child runs in a session of its own, so a Ctrl-C reaches only ``zcraq run``, which then stops
 the nodes (each leaves the chain cleanly while the coordinator is still there) and then the
 coordinator; SIGTERM does the same; SIGHUP is passed on to every child (they reread their
@@ -32,7 +36,9 @@ from zcraq.clientroutes import PartitionTable
 from zcraq.cluster import Cluster
 from zcraq.config import ConfigError, load_coordinator_config, load_node_config
 from zcraq.errors import ZcraqError
-from zcraq.layout import COORDINATOR, Layout
+from zcraq.engine.local import LocalEtcd
+from zcraq.layout import Layout, is_coordinator
+from zcraq.local_engine import local_engine
 from zcraq.provision import provision
 from zcraq.security import KeyFileError
 from zcraq.supervise import GiveUp, LeaveStopped, Restart, Restarts
@@ -205,7 +211,8 @@ def run_local(config_dir: str) -> int:
         created = provision(load_coordinator_config(layout.coordinator), [load_node_config(p) for p in layout.nodes],
                             layout.clients, layout.admins)
         cluster = Cluster(layout)
-    except (ConfigError, KeyFileError, ValueError) as error:
+        engine = local_engine(directory, cluster.coordinator_config)
+    except (ConfigError, KeyFileError, ValueError, OSError) as error:
         complain(str(error))
         return EXIT_USAGE
     for secret in created:
@@ -224,18 +231,27 @@ def run_local(config_dir: str) -> int:
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGHUP, lambda signum, _frame: hangups.append(signum))
     try:
-        return _supervise(cluster, stop_signals, hangups)
+        if engine is not None:
+            say(f"etcd on {', '.join(engine.endpoints)}, data in {engine.directory}")
+            engine.start(timeout=60)
+        return _supervise(cluster, stop_signals, hangups, engine)
+    except OSError as error:  # the local etcd did not come up
+        complain(str(error))
+        return EXIT_GAVE_UP
     finally:
         say("stopping: the nodes leave the chain, then the coordinator stops")
         cluster.close()
+        if engine is not None:
+            engine.stop()
 
 
-def _supervise(cluster: Cluster, stop_signals: list[int], hangups: list[int]) -> int:
+def _supervise(cluster: Cluster, stop_signals: list[int], hangups: list[int], engine: LocalEtcd | None) -> int:
     coordinator = cluster.coordinator_config
     restarts = Restarts()
-    say(f"coordinator on {coordinator.endpoint} (topology on {coordinator.publish_endpoint})")
-    cluster.start(COORDINATOR)
-    restarts.started(COORDINATOR, time.monotonic())
+    for name, settings in cluster.coordinator_configs.items():
+        say(f"{name} on {settings.endpoint} (topology on {settings.publish_endpoint})")
+        cluster.start(name)
+        restarts.started(name, time.monotonic())
     for node_id, config in cluster.node_configs.items():
         say(f"{node_id} serves on {config.service_endpoint}, data in {config.data_dir}")
         cluster.start(node_id)
@@ -253,7 +269,7 @@ def _supervise(cluster: Cluster, stop_signals: list[int], hangups: list[int]) ->
     while not stop_signals:
         while hangups:
             hangups.pop()
-            for name in [COORDINATOR, *cluster.node_ids]:
+            for name in [*cluster.coordinator_names, *cluster.node_ids]:
                 if cluster.alive(name):
                     cluster.signal(name, signal.SIGHUP)
         now = time.monotonic()
@@ -267,15 +283,20 @@ def _supervise(cluster: Cluster, stop_signals: list[int], hangups: list[int]) ->
             if isinstance(decision, GiveUp):
                 complain(f"cannot keep {found.name} running; stopping the rest")
                 return EXIT_GAVE_UP
-            if found.name != COORDINATOR and ready_said and broken_at is None:
+            if not is_coordinator(found.name) and ready_said and broken_at is None:
                 broken_at = watch.mark
         for name in restarts.due(now):
             say(f"starting {name} again")
             cluster.start(name)
             restarts.started(name, now)
             start_epoch[name] = watch.mark
+        if engine is not None:
+            for member in engine.restart_exited():
+                complain(f"{member} exited; started it again")
         if watch.look(now):
-            restarts.up(COORDINATOR)
+            for name in cluster.coordinator_names:  # the cluster answers: the coordinators run
+                if cluster.alive(name):
+                    restarts.up(name)
             for member in watch.up():
                 # A member in an epoch newer than its start: this incarnation joined (a restarted
                 # node always rejoins through a new epoch, or registers through a new table).
@@ -285,8 +306,7 @@ def _supervise(cluster: Cluster, stop_signals: list[int], hangups: list[int]) ->
             if watch.whole() and watch.serving():
                 ready_said = True
                 say(watch.ready())
-                say("try `zcraq client write hello world` and `zcraq client read hello`; kill -9 a node to "
-                    "watch the failover; Ctrl-C stops everything")
+                say(try_hint(cluster))
             elif now >= next_waiting_note:
                 next_waiting_note = now + WAITING_NOTE_SECONDS
                 say(f"waiting for every node to join and serve ({watch.state()})")
@@ -298,6 +318,15 @@ def _supervise(cluster: Cluster, stop_signals: list[int], hangups: list[int]) ->
                 say(watch.ready().replace(" ready: ", " whole again: ", 1))
         time.sleep(TICK_SECONDS)
     return EXIT_STOPPED
+
+
+def try_hint(cluster: Cluster) -> str:
+    """What to try once the cluster serves."""
+    client = f"zcraq client --config {cluster.client_config}" if len(cluster.coordinator_configs) > 1 \
+        and cluster.client_config is not None else "zcraq client"
+    what = "a node or the leading coordinator" if len(cluster.coordinator_configs) > 1 else "a node"
+    return (f"try `{client} write hello world` and `{client} read hello`; kill -9 {what} to watch the failover; "
+            "Ctrl-C stops everything")
 
 
 def _chain(topology: Topology | None) -> str:

@@ -206,7 +206,7 @@ class NodeProcess:
         if isinstance(reply, Ok) and reply.topology is not UNSET:
             from zcraq.node_chain import OneChain
             return OneChain(self, self.db)
-        if isinstance(reply, (Error, Malformed)) and reply.id == f"shape {asked}":
+        if isinstance(reply, (Error, Malformed)) and reply.id == f"shape {asked}" and reply.code != "not_leader":
             log.error("the coordinator did not say the cluster's shape: %s", reply.message)
         return None
 

@@ -111,6 +111,13 @@ class LocalEtcd:
             kill(member.process)
             member.process = None
 
+    def restart_exited(self) -> list[str]:
+        """Start again every member that exited although no one stopped it; their names."""
+        exited = [i for i, m in enumerate(self.members) if m.process is not None and m.process.poll() is not None]
+        for index in exited:
+            self.start_member(index)
+        return [self.members[i].name for i in exited]
+
     def stop(self) -> None:
         """Every member: SIGTERM, then SIGKILL after 10 s."""
         terminate([m.process for m in self.members if m.process is not None])
