@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run run-ha test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 ## run: start a local coordinator and the 3-node chain from config/ in the foreground (Ctrl-C stops)
 run: $(STAMP)
 	$(BIN)/zcraq run --config-dir config
+
+## run-ha: the same with three coordinators on a local 3-member etcd, from config/ha/
+run-ha: $(STAMP)
+	$(BIN)/zcraq run --config-dir config/ha
 
 ## test: run the whole test suite
 test: $(STAMP)

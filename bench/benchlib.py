@@ -92,13 +92,14 @@ class ChainCluster(Cluster):
     its own cgroup (see CpuQuota). ``profile_dir``: run each node under the profiler. ``secure``:
     CURVE keys on every connection (the load generators then use the layout's client config).
     ``metrics``: every process serves /metrics (see Scraper). ``node_settings``: more keys of every
-    node's ``[node]`` table (e.g. catchup_page_items)."""
+    node's ``[node]`` table (e.g. catchup_page_items). ``engine``: etcd client URLs; then three
+    coordinators keep the state there (clients use the layout's client config, listing them all)."""
 
     def __init__(self, nodes: int, durability: str = "async", root: Path | None = None,
                  keep: bool = False, log_level: str = "warning", profile_dir: Path | None = None,
                  node_cpu: float | None = None, secure: bool = False, metrics: bool = False,
                  node_settings: dict[str, Any] | None = None, partitions: int = 1, replication: int = 3,
-                 max_moves: int = 8) -> None:
+                 max_moves: int = 8, engine: list[str] | None = None) -> None:
         hooks: list[Hook] = []
         if node_cpu is not None:
             # Detected now, so an unusable cgroup setup fails before anything is started.
@@ -113,7 +114,7 @@ class ChainCluster(Cluster):
             node={"durability": durability, "heartbeat_interval_ms": 500, "request_timeout_ms": 2000,
                   "log_level": log_level, **(node_settings or {})}, secure=secure, metrics=metrics,
             cluster={"partitions": partitions, "replication": replication, "max_moves": max_moves,
-                     "formation_grace_ms": 3000} if partitions > 1 else None), hooks=hooks)
+                     "formation_grace_ms": 3000} if partitions > 1 else None, engine=engine), hooks=hooks)
         self.partitioned = partitions > 1
         self.replication = replication
 

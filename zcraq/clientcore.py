@@ -46,6 +46,7 @@ WRITE_RETRYABLE = {"not_head", "unavailable", "busy", "wrong_partition", "not_le
 READ_RETRYABLE = {"unavailable", "not_tail", "wrong_epoch", "timeout", "wrong_partition"}
 AVOID_SECONDS = 2.0  # a node that just failed a read is skipped this long (it may be dead)
 TOPOLOGY_MAX_AGE = 1.0  # seconds a topology is used before it is asked for again
+ROUTINE_REFRESH_WAIT = 0.25  # seconds a call waits for a refresh asked only because of age
 PAUSE_SECONDS = 0.05  # between two attempts of one call
 RESEND_MARGIN = 0.1  # seconds a refused write's resend must have left before its deadline, at least
 COORDINATOR_ATTEMPT = 1.0  # seconds one of several coordinators has to answer before the next is asked
@@ -294,15 +295,27 @@ def fetch_topology(state: ClientState, deadline: float) -> Plan[Topology]:
 
 def refresh(state: ClientState, deadline: float) -> Plan[None]:
     """Ask for the topology (or table) again once it is older than TOPOLOGY_MAX_AGE; without an
-    answer the last one is kept (the chain may well be fine without the coordinator)."""
-    if not state.known or time.monotonic() - state.topology_at > TOPOLOGY_MAX_AGE:
-        outcome = yield from ask_coordinator(state, lambda i: TopologyRequest(id=i), state.attempt_deadline(deadline),
-                                             shared=True)
-        if not isinstance(outcome, Timeout) and isinstance(outcome[0], Ok):
-            try:
-                state.adopt(outcome[0])
-            except ValueError:
-                pass  # a malformed table: keep what we had
+    answer the last one is kept (the chain may well be fine without the coordinator).
+
+    A refresh only because of age waits ROUTINE_REFRESH_WAIT at most, and without an answer the
+    topology held counts as fresh for another TOPOLOGY_MAX_AGE: a coordinator that is down (or
+    being replaced) then slows a call by that at most once a second, where the chain serves on. A
+    topology forgotten after a refusal is asked for with the call's attempt time."""
+    now = time.monotonic()
+    if state.known and now - state.topology_at <= TOPOLOGY_MAX_AGE:
+        return
+    routine = state.known and state.topology_at != float("-inf")
+    wait = state.attempt_deadline(deadline)
+    if routine:
+        wait = min(wait, now + ROUTINE_REFRESH_WAIT)
+    outcome = yield from ask_coordinator(state, lambda i: TopologyRequest(id=i), wait, shared=True)
+    if not isinstance(outcome, Timeout) and isinstance(outcome[0], Ok):
+        try:
+            state.adopt(outcome[0])
+        except ValueError:
+            pass  # a malformed table: keep what we had
+    elif routine:
+        state.topology_at = time.monotonic()
 
 
 def cached_topology(state: ClientState, deadline: float) -> Plan[Topology | None]:

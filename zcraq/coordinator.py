@@ -219,7 +219,8 @@ class CoordinatorShell:
                     self._reload = False
                     self.security.reload()
         finally:
-            self.publisher.stopping()
+            if self._stopping:  # not when it goes on as a standby (coordinator_engine.py)
+                self.publisher.stopping()
             self.close()
 
     def _flush_logs(self, now: float) -> None:

@@ -32,6 +32,7 @@ from zcraq.engine.etcd import EngineError, EtcdClient
 from zcraq.engine.leadership import Leadership
 from zcraq.engine.state import EngineState, StateConflict
 from zcraq.messages import Error
+from zcraq.notify import Notifier
 from zcraq.security import ProcessSecurity
 from zcraq.signals import run_until_signalled
 from zcraq.topology import Topology
@@ -122,6 +123,7 @@ class Standby:
     def __init__(self, config: CoordinatorConfig, leader: Callable[[], str | None]) -> None:
         self.limits = limits_of(config)
         self.leader = leader
+        self.notifier = Notifier()  # under systemd: ready, and alive, while it stands by
         self.ctx = zmq.Context()
         self.security: ProcessSecurity | None = None
         try:
@@ -141,6 +143,9 @@ class Standby:
     def serve(self, until: Callable[[], bool]) -> None:
         """Answer requests until ``until()`` is true (checked every 50 ms)."""
         while not until():
+            leader = self.leader()
+            self.notifier.report(f"standing by; {leader} leads" if leader else "standing by; no leader yet", True)
+            self.notifier.watchdog(time.monotonic())
             for sock, _ in self.poller.poll(50):
                 if self.security is not None and sock is self.security.zap.sock:
                     self.security.zap.handle()
@@ -161,6 +166,7 @@ class Standby:
         sockets.send_nowait(self.service, [*envelope, *wire.encode_reply(reply)])
 
     def close(self) -> None:
+        self.notifier.close()
         if self.security is not None:
             self.security.close()
         self.ctx.destroy(linger=0)
