@@ -114,7 +114,8 @@ def verify(history: str) -> None:
 @click.option("--duration", default=60.0, show_default=True, type=click.FloatRange(min=1.0),
               help="Seconds of workload under faults (healing, final reads and checking come after).")
 @click.option("--nemesis", "nemesis_kinds", default="all", show_default=True, metavar="KINDS",
-              help="Comma list of kill, pause, partition, coordinator; or all, or none.")
+              help="Comma list of kill, pause, partition, coordinator (and with --engine: leader, etcd); or all, "
+                   "or none.")
 @click.option("--clients", default=5, show_default=True, type=click.IntRange(min=1),
               help="Concurrent client threads (Jepsen processes).")
 @click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 20), help="Chain nodes.")
@@ -145,10 +146,12 @@ def verify(history: str) -> None:
               help="Seconds each client operation may take, retries included.")
 @click.option("--converge-timeout", default=90.0, show_default=True, type=click.FloatRange(min=1.0),
               help="Seconds the healed chain may take to have every node serving.")
+@click.option("--engine", is_flag=True,
+              help="Three coordinators keeping their state in a local 3-member etcd (over loopback).")
 def chaos(duration: float, nemesis_kinds: str, clients: int, nodes: int, partitions: int, seed: int | None,
           out_dir: str | None,
           unsafe: str, keys: int, read_ratio: float, cas_ratio: float, think_ms: float, network: str, durability: str,
-          lease_ms: int, heartbeat_ms: int, client_timeout: float, converge_timeout: float) -> None:
+          lease_ms: int, heartbeat_ms: int, client_timeout: float, converge_timeout: float, engine: bool) -> None:
     """Jepsen-style test against real processes: a workload under faults, then the checker.
 
     Exit 0 when the history is linearizable, no acknowledged write was lost and the replicas agree;
@@ -165,7 +168,7 @@ def chaos(duration: float, nemesis_kinds: str, clients: int, nodes: int, partiti
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     try:
-        kinds, note = parse_nemesis(nemesis_kinds)
+        kinds, note = parse_nemesis(nemesis_kinds, engine)
     except UsageError as error:
         click.echo(f"zcraq chaos: {error}", err=True)
         sys.exit(EXIT_USAGE)
@@ -177,7 +180,7 @@ def chaos(duration: float, nemesis_kinds: str, clients: int, nodes: int, partiti
         seed=random.randrange(1 << 31) if seed is None else seed, unsafe=unsafe, keys=keys, network=network,
         lease_ms=lease_ms, heartbeat_ms=heartbeat_ms, client_timeout=client_timeout,
         converge_timeout=converge_timeout, durability=durability, think_ms=think_ms, read_ratio=read_ratio,
-        cas_ratio=cas_ratio)
+        cas_ratio=cas_ratio, engine=engine)
     signal.signal(signal.SIGTERM, interrupted)
     try:
         report = run_chaos(options, echo=click.echo)

@@ -5,7 +5,8 @@ the coordinator's state) and ``logs/`` (one file per process, appended across re
 marked). With a :class:`~zcraq.chaos.netns.Network` every process runs inside a namespace of its
 own and binds that namespace's address (:class:`NetnsHook`); otherwise a loopback address of its
 own. The nodes get the deliberate faults asked for (``ZCRAQ_UNSAFE_TEST_FAULTS``), the coordinator
-never. ``heal`` undoes every fault at once; ``close`` is meant for a ``finally``.
+never. ``heal`` undoes every fault at once; ``close`` is meant for a ``finally``. With an engine
+(a local etcd the runner started), three coordinators keep their state in it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import signal
 from pathlib import Path
 
 from zcraq.chaos.netns import Network
+from zcraq.client import ZClient
 from zcraq.cluster import Cluster, Environment, Hook
-from zcraq.layout import COORDINATOR, Generated
+from zcraq.engine.local import LocalEtcd
+from zcraq.errors import ZcraqError
+from zcraq.layout import Generated
 
 UNSAFE_ENV = "ZCRAQ_UNSAFE_TEST_FAULTS"
 
@@ -58,7 +62,7 @@ def kill_strays(root: Path) -> list[int]:
 class ChaosCluster(Cluster):
     def __init__(self, root: Path, nodes: int, *, network: Network | None = None, lease_ms: int = 2000,
                  heartbeat_ms: int = 200, durability: str = "sync", unsafe: str = "",
-                 log_level: str = "info", partitions: int = 1) -> None:
+                 log_level: str = "info", partitions: int = 1, engine: LocalEtcd | None = None) -> None:
         hooks: list[Hook] = [Environment({UNSAFE_ENV: unsafe})]
         netns = NetnsHook(network) if network is not None else None
         if netns is not None:
@@ -68,10 +72,39 @@ class ChaosCluster(Cluster):
             coordinator={"lease_ms": lease_ms, "republish_interval_ms": 500, "log_level": log_level},
             node={"durability": durability, "heartbeat_interval_ms": heartbeat_ms, "request_timeout_ms": 1000,
                   "log_level": log_level},
-            cluster={"partitions": partitions, "formation_grace_ms": 1000} if partitions > 1 else None)
+            cluster={"partitions": partitions, "formation_grace_ms": 1000} if partitions > 1 else None,
+            engine=engine.endpoints if engine is not None else None)
         super().__init__(layout, hooks=hooks)
         self.root = root
         self.network = network
+        self.engine = engine  # the local etcd of coordinators on an engine (started and stopped by the runner)
+
+    # ------------------------------------------------------------------ coordinators on an engine
+
+    def leader(self) -> str:
+        """The coordinator that leads now (ValueError: none does)."""
+        for name in self.coordinator_names:
+            if not self.alive(name) or name in self.paused:
+                continue
+            try:
+                with ZClient(self.coordinator_configs[name].endpoint, timeout=0.5) as client:
+                    client.topology()
+                return name
+            except ZcraqError:
+                continue
+        raise ValueError("no coordinator leads now")
+
+    def kill_engine_member(self, name: str) -> None:
+        assert self.engine is not None, "an etcd fault needs coordinators on an engine"
+        self.engine.kill_member(self._member(name))
+
+    def start_engine_member(self, name: str) -> None:
+        assert self.engine is not None
+        self.engine.start_member(self._member(name))
+
+    def _member(self, name: str) -> int:
+        assert self.engine is not None
+        return [m.name for m in self.engine.members].index(name)
 
     def heal(self) -> list[str]:
         """Reconnect isolated processes, resume paused ones, restart dead ones; returns what it did."""
@@ -84,7 +117,12 @@ class ChaosCluster(Cluster):
             for name in sorted(self.paused):
                 self.resume(name)
                 done.append(f"resumed {name}")
-            for name in (COORDINATOR, *self.node_ids):
+            if self.engine is not None:
+                for index, member in enumerate(self.engine.members):
+                    if member.process is None or member.process.poll() is not None:
+                        self.engine.start_member(index)
+                        done.append(f"restarted {member.name}")
+            for name in (*self.coordinator_names, *self.node_ids):
                 if not self.alive(name):
                     self.start(name)
                     done.append(f"restarted {name}")

@@ -11,6 +11,13 @@ Kinds and what they do to a real process (each fault has a start and a heal):
 - ``partition``: cut one node off from the coordinator, the other nodes and the clients (its
   bridge port in the namespace network goes down), then reconnect it.
 
+With coordinators on an engine (a local etcd, three coordinators), ``coordinator`` kills any of
+them (a standby as often as not), and two more kinds exist:
+
+- ``leader``: SIGKILL whichever coordinator leads when the fault starts, restart it later (it
+  comes back as a standby): another must take over and go on repairing;
+- ``etcd``: SIGKILL one etcd member, restart it later on its data (the engine keeps a majority).
+
 The first faults go through every requested kind once, in a seeded random order, so that a short
 run still exercises each of them. Faults may overlap (a new one can start while the previous one
 is still in effect) but never two on the same process. The schedule is fixed before the run
@@ -34,6 +41,8 @@ from zcraq.chaos.cluster import ChaosCluster
 from zcraq.layout import COORDINATOR
 
 KINDS = ("kill", "pause", "partition", "coordinator")
+ENGINE_KINDS = ("leader", "etcd")  # only with coordinators on an engine
+LEADER = "leader"  # the target of a leader fault until it starts: whichever coordinator leads then
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +54,7 @@ class Fault:
 
 
 def _length(rng: random.Random, kind: str, lease: float) -> float:
-    if kind == "kill":
+    if kind in ("kill", "etcd"):
         return rng.uniform(0.3, 4.0)
     if kind == "partition":
         return rng.uniform(0.5, 3.0 * lease)
@@ -56,9 +65,11 @@ def _length(rng: random.Random, kind: str, lease: float) -> float:
 
 
 def plan(seed: int, kinds: tuple[str, ...], nodes: list[str], duration: float, *, lease: float,
-         warmup: float = 2.0, quiet_end: float = 1.0) -> list[Fault]:
+         warmup: float = 2.0, quiet_end: float = 1.0, coordinators: tuple[str, ...] = (COORDINATOR,),
+         engine_members: tuple[str, ...] = ()) -> list[Fault]:
     """The fault schedule: faults start after ``warmup`` and are healed ``quiet_end`` before the
-    end of the workload."""
+    end of the workload. ``coordinators``: the coordinator processes' names; ``engine_members``:
+    the etcd members' (with coordinators on an engine)."""
     if not kinds:
         return []
     rng = random.Random(f"{seed}/nemesis")
@@ -76,7 +87,12 @@ def plan(seed: int, kinds: tuple[str, ...], nodes: list[str], duration: float, *
             if length < 0.3:
                 break
         if kind == "coordinator":
-            candidates = [COORDINATOR] if busy_until.get(COORDINATOR, 0.0) <= t else []
+            candidates = [c for c in coordinators if busy_until.get(c, 0.0) <= t]
+        elif kind == "leader":  # one leader fault at a time, and none while a coordinator is down
+            candidates = [LEADER] if all(busy_until.get(c, 0.0) <= t for c in (*coordinators, LEADER)) else []
+        elif kind == "etcd":  # one member down at most: the engine keeps its majority
+            candidates = [m for m in engine_members if busy_until.get(m, 0.0) <= t] \
+                if all(busy_until.get(m, 0.0) <= t for m in engine_members) else []
         else:
             candidates = [n for n in nodes if busy_until.get(n, 0.0) <= t]
         if candidates:
@@ -101,6 +117,7 @@ class Nemesis(threading.Thread):
         self.counts: Counter[str] = Counter()
         self.events: list[dict[str, Any]] = []
         self.errors: list[str] = []
+        self.targets: dict[Fault, str] = {}  # a leader fault's coordinator, once it started
         self.origin = time.monotonic()
         self._log = open(log_path, "wb")
 
@@ -138,8 +155,12 @@ class Nemesis(threading.Thread):
     def _start(self, fault: Fault) -> None:
         c, target = self.cluster, fault.target
         try:
-            if fault.kind in ("kill", "coordinator"):
+            if fault.kind == "leader":
+                target = self.targets[fault] = c.leader()
+            if fault.kind in ("kill", "coordinator", "leader"):
                 c.kill(target)
+            elif fault.kind == "etcd":
+                c.kill_engine_member(target)
             elif fault.kind == "pause":
                 c.pause(target)
             elif fault.kind == "partition":
@@ -153,14 +174,16 @@ class Nemesis(threading.Thread):
             return
         self.active[fault] = time.monotonic()
         self.counts[fault.kind] += 1
-        self._note("start", fault)
+        self._note("start", fault, **({"coordinator": target} if fault.kind == "leader" else {}))
 
     def _heal(self, fault: Fault) -> None:
-        c, target = self.cluster, fault.target
+        c, target = self.cluster, self.targets.get(fault, fault.target)
         began = self.active.pop(fault)
         try:
-            if fault.kind in ("kill", "coordinator"):
+            if fault.kind in ("kill", "coordinator", "leader"):
                 c.start(target)
+            elif fault.kind == "etcd":
+                c.start_engine_member(target)
             elif fault.kind == "pause":
                 c.resume(target)
             else:

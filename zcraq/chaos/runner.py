@@ -2,7 +2,8 @@
 
 1. Start the coordinator and the nodes (in network namespaces when network partitions are wanted);
    with ``partitions`` > 1, a partitioned cluster (the keyspace in that many chains, placed over
-   the nodes), started once every partition's chain is whole.
+   the nodes), started once every partition's chain is whole. With ``engine``, a local 3-member
+   etcd first, and three coordinators keeping their state in it (loopback only, for now).
 2. Run the workload for ``duration`` seconds while the nemesis carries out its schedule.
 3. Stop the workload, heal everything (resume, restart, reconnect) and wait, with a deadline,
    until the chain has every node as a serving member and nothing uncommitted (with partitions:
@@ -34,11 +35,12 @@ import zcraq
 from zcraq.chaos.analysis import Analysis, analyse
 from zcraq.chaos.cluster import ChaosCluster
 from zcraq.chaos.history import HistoryWriter
-from zcraq.chaos.nemesis import KINDS, Nemesis, plan
+from zcraq.chaos.nemesis import ENGINE_KINDS, KINDS, Nemesis, plan
 from zcraq.chaos.netns import Network, unavailable_reason
 from zcraq.chaos.watching import WatchRecorder, check_watch, final_committed
 from zcraq.chaos.workload import Workload, final_reads
 from zcraq.cluster import ProcessExited
+from zcraq.engine.local import LocalEtcd
 from zcraq.layout import COORDINATOR
 from zcraq.partitioning import partition_of
 
@@ -69,6 +71,7 @@ class ChaosOptions:
     read_ratio: float = 0.5
     cas_ratio: float = 0.2
     partitions: int = 1  # of the keyspace, each its own chain (not the network partitions of the nemesis)
+    engine: bool = False  # three coordinators on a local etcd
 
 
 @dataclass
@@ -82,6 +85,11 @@ class ChaosReport:
 
 def resolve_network(options: ChaosOptions) -> bool:
     """True to use namespaces. Partitions need them; UsageError when they are needed and missing."""
+    if options.engine:
+        if "partition" in options.nemesis or options.network == "netns":
+            raise UsageError("coordinators on an engine run over loopback only: no --network netns, no partition "
+                             "nemesis")
+        return False
     if options.network == "loopback":
         if "partition" in options.nemesis:
             raise UsageError("the partition nemesis needs --network netns (or auto)")
@@ -96,29 +104,36 @@ def resolve_network(options: ChaosOptions) -> bool:
     return True
 
 
-def parse_nemesis(text: str) -> tuple[tuple[str, ...], str | None]:
-    """Nemesis kinds from a comma list; ``all`` means every kind this machine can do, ``none`` (or
-    an empty list) no faults. Returns (kinds, a note on what ``all`` had to leave out)."""
+def parse_nemesis(text: str, engine: bool = False) -> tuple[tuple[str, ...], str | None]:
+    """Nemesis kinds from a comma list; ``all`` means every kind this machine can do (with
+    ``engine``: over loopback, so no partitions, and the engine's kinds too), ``none`` (or an
+    empty list) no faults. Returns (kinds, a note on what ``all`` had to leave out)."""
     names = [n.strip() for n in text.split(",") if n.strip()]
+    known = (*KINDS, *ENGINE_KINDS) if engine else KINDS
     if names in ([], ["none"]):
         return (), None
     if names == ["all"]:
+        if engine:
+            return tuple(k for k in known if k != "partition"), "no partitions: coordinators on an engine run " \
+                                                                "over loopback"
         reason = unavailable_reason()
         if reason is None:
             return KINDS, None
         return tuple(k for k in KINDS if k != "partition"), f"no partitions: {reason}"
-    unknown = [n for n in names if n not in KINDS]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise UsageError(f"unknown nemesis kind {unknown[0]!r}; choose from {', '.join(KINDS)}, all or none")
+        raise UsageError(f"unknown nemesis kind {unknown[0]!r}; choose from {', '.join(known)}, all or none"
+                         + ("" if engine else f" ({', '.join(ENGINE_KINDS)}: with --engine)"))
     return tuple(dict.fromkeys(names)), None
 
 
 def validate(options: ChaosOptions) -> None:
     from zcraq.nodecore import UNSAFE_FAULTS
 
-    unknown = [k for k in options.nemesis if k not in KINDS]
+    known = (*KINDS, *ENGINE_KINDS) if options.engine else KINDS
+    unknown = [k for k in options.nemesis if k not in known]
     if unknown:
-        raise UsageError(f"unknown nemesis kind {unknown[0]!r}; choose from {', '.join(KINDS)}")
+        raise UsageError(f"unknown nemesis kind {unknown[0]!r}; choose from {', '.join(known)}")
     faults = [f for f in options.unsafe.split(",") if f]
     bad = [f for f in faults if f not in UNSAFE_FAULTS]
     if bad:
@@ -171,7 +186,10 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
     started = time.monotonic()
     node_ids = [f"node{i}" for i in range(1, options.nodes + 1)]
     keys = [f"k{i}" for i in range(options.keys)]
-    faults = plan(options.seed, options.nemesis, node_ids, options.duration, lease=options.lease_ms / 1000)
+    coordinators = tuple(f"{COORDINATOR}{i}" for i in (1, 2, 3)) if options.engine else (COORDINATOR,)
+    members = ("etcd1", "etcd2", "etcd3") if options.engine else ()
+    faults = plan(options.seed, options.nemesis, node_ids, options.duration, lease=options.lease_ms / 1000,
+                  coordinators=coordinators, engine_members=members)
     summary: dict[str, Any] = {
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
         "network": "netns" if use_netns else "loopback",
@@ -180,6 +198,7 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
         "source": source_fingerprint(),
     }
     problems: list[str] = []
+    engine: LocalEtcd | None = None
     network: Network | None = None
     cluster: ChaosCluster | None = None
     nemesis: Nemesis | None = None
@@ -192,10 +211,14 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
             network = Network([COORDINATOR, *node_ids])
             network.create()
             summary["netns"] = {"prefix": network.prefix, "subnet": str(network.subnet)}
+        if options.engine:
+            engine = LocalEtcd(options.out / "etcd")
+            engine.start(timeout=60)
         cluster = ChaosCluster(options.out, options.nodes, network=network, lease_ms=options.lease_ms,
                                heartbeat_ms=options.heartbeat_ms, durability=options.durability,
-                               unsafe=options.unsafe, partitions=options.partitions)
+                               unsafe=options.unsafe, partitions=options.partitions, engine=engine)
         shape = f" holding {options.partitions} partitions" if options.partitions > 1 else ""
+        shape += ", 3 coordinators on etcd" if engine is not None else ""
         echo(f"chaos: {options.nodes} nodes{shape} over {summary['network']}, {options.clients} clients, "
              f"{options.duration:g}s, nemesis {','.join(options.nemesis) or 'none'} "
              f"({len(faults)} faults planned), seed {options.seed}, out {options.out}")
@@ -203,13 +226,14 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
             cluster.start_partitioned(timeout=options.converge_timeout)
         else:
             cluster.start_all()
-        watcher = WatchRecorder(cluster.coordinator_endpoint, options.out / "watch.jsonl", options.client_timeout)
+        endpoint, config = _client_of(cluster)
+        watcher = WatchRecorder(endpoint, options.out / "watch.jsonl", options.client_timeout, config)
         watcher.start()
         if not watcher.ready.wait(30.0):
             problems.append("the watcher did not start within 30 s")
-        workload = Workload(cluster.coordinator_endpoint, history, clients=options.clients, keys=keys,
+        workload = Workload(endpoint, history, clients=options.clients, keys=keys,
                             seed=options.seed, timeout=options.client_timeout, think=options.think_ms / 1000,
-                            read_ratio=options.read_ratio, cas_ratio=options.cas_ratio)
+                            read_ratio=options.read_ratio, cas_ratio=options.cas_ratio, config=config)
         nemesis = Nemesis(cluster, faults, options.out / "nemesis.jsonl")
         run_started = time.monotonic()
         workload.start()
@@ -265,6 +289,8 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
         history.close()
         if cluster is not None:
             cluster.close()
+        if engine is not None:
+            engine.stop()
         if network is not None:
             network.destroy()
             if network.leftovers():
@@ -303,16 +329,23 @@ def run_chaos(options: ChaosOptions, echo: Callable[[str], None] = print) -> Cha
 def _final_reads(cluster: ChaosCluster, history: HistoryWriter, keys: list[str],
                  partitions: int) -> dict[str, dict[str, Any]]:
     """Every key read at every node; with partitions, at every replica of the key's partition."""
+    endpoint, config = _client_of(cluster)
     if partitions == 1:
         services = {n: cluster.service(n) for n in cluster.node_ids}
-        return final_reads(cluster.coordinator_endpoint, history, keys, services)
+        return final_reads(endpoint, history, keys, services, config=config)
     chains = {p.partition: [m.id for m in p.topology.members] for p in cluster.partitions()}
     states: dict[str, dict[str, Any]] = {}
     for key in keys:
         members = chains[partition_of(key, partitions)]
-        states.update(final_reads(cluster.coordinator_endpoint, history, [key],
-                                  {n: cluster.service(n) for n in members}))
+        states.update(final_reads(endpoint, history, [key], {n: cluster.service(n) for n in members},
+                                  config=config))
     return states
+
+
+def _client_of(cluster: ChaosCluster) -> tuple[str | None, Path | None]:
+    """How the run's clients find the cluster: the coordinator's endpoint, or (coordinators on an
+    engine) the client config listing them all."""
+    return (None, cluster.client_config) if cluster.engine is not None else (cluster.coordinator_endpoint, None)
 
 
 def _figures(history: HistoryWriter, analysis: Analysis, workload: Workload | None,

@@ -30,11 +30,12 @@ GIVE_UP_AFTER = 120.0  # seconds of failed polls in a row after which the watche
 
 
 class WatchRecorder(threading.Thread):
-    def __init__(self, endpoint: str, out: Path, timeout: float) -> None:
+    def __init__(self, endpoint: str | None, out: Path, timeout: float, config: Path | None = None) -> None:
         """``timeout``: the client's, as the workload's clients have: a poll to a node that died
         gives up after about a third of it and the watch moves to another node."""
         super().__init__(name="chaos-watcher", daemon=True)
         self.endpoint = endpoint
+        self.config = config  # a client config (several coordinators), with endpoint None
         self.timeout = timeout
         self.path = out
         self.changes: list[Change] = []
@@ -44,7 +45,8 @@ class WatchRecorder(threading.Thread):
         self.ready = threading.Event()  # the watch has its starting point
 
     def run(self) -> None:
-        with ZClient(self.endpoint, timeout=self.timeout) as client, self.path.open("wb") as out:
+        with ZClient(self.endpoint, timeout=self.timeout, config=self.config) as client, \
+                self.path.open("wb") as out:
             stream = client.watch(prefix="", poll_wait=0.5)
             failing_since: float | None = None
             while not self.stopping.is_set():
