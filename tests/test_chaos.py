@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from zcraq.chaos import UsageError, parse_nemesis
 from zcraq.chaos.analysis import lost_writes
 from zcraq.chaos.history import HistoryWriter
 from zcraq.chaos.watching import check_watch
@@ -144,12 +145,49 @@ def test_conditions_decided_on_committed_versions_alone_are_caught(tmp_path: Pat
     assert not _summary(out)["linearizable"]
 
 
+@pytest.mark.timeout(240)
+def test_a_run_with_coordinators_on_an_engine_under_leader_etcd_and_node_faults_passes(tmp_path: Path) -> None:
+    """Three coordinators on a local etcd: the leader killed, etcd members killed, nodes killed
+    and paused, coordinators (leader or standby) killed; the history is checked as ever."""
+    kinds = ("leader", "etcd", "kill", "pause", "coordinator")
+    code, output, out = run_chaos(tmp_path, "--engine", "--duration", "40", "--nemesis", ",".join(kinds),
+                                  "--seed", "3", "--clients", "4", timeout=200)
+    assert code == 0, output
+    assert output.strip().splitlines()[-1].startswith("chaos PASS"), output
+    summary = _summary(out)
+    assert summary["linearizable"] and summary["lost_writes"] == 0
+    assert all(summary["nemesis"].get(kind, 0) >= 1 for kind in kinds), summary["nemesis"]
+    events = [json.loads(line) for line in (out / "nemesis.jsonl").read_text().splitlines()]
+    killed = [e["coordinator"] for e in events if e["kind"] == "leader" and e["action"] == "start"]
+    assert killed and all(name.startswith("coordinator") for name in killed), events
+    assert summary["ok"] > 500, summary
+
+
+def test_engine_faults_are_planned_only_with_an_engine_and_one_etcd_member_at_a_time() -> None:
+    coordinators = ("coordinator1", "coordinator2", "coordinator3")
+    members = ("etcd1", "etcd2", "etcd3")
+    for seed in range(30):
+        faults = plan(seed, (*KINDS[:2], "coordinator", "leader", "etcd"), ["node1", "node2", "node3"], 60.0,
+                      lease=2.0, coordinators=coordinators, engine_members=members)
+        etcd = [f for f in faults if f.kind == "etcd"]
+        assert etcd and all(f.target in members for f in etcd)
+        for a in etcd:  # never two members down at once: the engine keeps its majority
+            assert all(a is b or a.start + a.length <= b.start or b.start + b.length <= a.start for b in etcd)
+        assert all(f.target in coordinators for f in faults if f.kind == "coordinator")
+        for a in (f for f in faults if f.kind == "leader"):  # no leader fault while a coordinator is down
+            assert all(b.start + b.length <= a.start or a.start + a.length <= b.start
+                       for b in faults if b.kind in ("coordinator", "leader") and b is not a)
+    with pytest.raises(UsageError, match="with --engine"):
+        parse_nemesis("leader")
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("args, message", [
     (["--nemesis", "kill,explode"], "unknown nemesis kind 'explode'"),
     (["--unsafe", "no_such_fault"], "unknown unsafe fault"),
     (["--nemesis", "partition", "--network", "loopback"], "partition nemesis needs"),
     (["--nodes", "0"], "--nodes"),
+    (["--engine", "--nemesis", "partition"], "loopback only"),
     (["--read-ratio", "0.8", "--cas-ratio", "0.2"], "together must be at most 0.9"),
 ])
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:

@@ -86,8 +86,9 @@ def plan(seed: int, kinds: tuple[str, ...], nodes: list[str], duration: float, *
             length = end - t
             if length < 0.3:
                 break
-        if kind == "coordinator":
-            candidates = [c for c in coordinators if busy_until.get(c, 0.0) <= t]
+        if kind == "coordinator":  # not while a leader fault lasts: its target is known only then
+            candidates = [c for c in coordinators if busy_until.get(c, 0.0) <= t] \
+                if busy_until.get(LEADER, 0.0) <= t else []
         elif kind == "leader":  # one leader fault at a time, and none while a coordinator is down
             candidates = [LEADER] if all(busy_until.get(c, 0.0) <= t for c in (*coordinators, LEADER)) else []
         elif kind == "etcd":  # one member down at most: the engine keeps its majority
