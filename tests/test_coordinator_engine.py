@@ -170,3 +170,36 @@ def test_a_leader_that_loses_a_state_write_stands_by(make_cluster, engine):
     with cluster.client() as zclient:
         zclient.write("after", "the conflict")
         assert zclient.read("after") == b"the conflict"
+
+
+def test_an_etcd_member_lost_under_load_then_a_node_failure_is_still_repaired(make_cluster, tmp_path):
+    """An etcd member killed (the engine keeps its majority): the coordinators go on with the others,
+    the chain is repaired as before, and the member rejoins. Its own etcd: killing a member of the
+    shared one would disturb the other tests."""
+    engine = LocalEtcd(tmp_path / "etcd")
+    try:
+        engine.start(timeout=60)
+        cluster = make_cluster(3, engine=engine.endpoints).start_all()
+        first = wait_for(lambda: leader(cluster), 20, "one leader")
+        history = HistoryWriter(tmp_path / "history.jsonl")
+        workload = Workload(None, history, clients=4, keys=KEYS, seed=11, timeout=3.0, config=cluster.client_config)
+        workload.start()
+        try:
+            wait_for(lambda: completed(history) >= 200, 30, "operations before the fault")
+            engine.kill_member(0)  # the member every coordinator asks first
+            victim = wait_for(lambda: cluster.members()[-1], 10, "the chain")
+            cluster.kill(victim)
+            wait_for(lambda: victim not in cluster.members(), 30, f"{victim} to be removed with an etcd member down")
+            assert leader(cluster) is not None
+            after = completed(history)
+            wait_for(lambda: completed(history) >= after + 200, 60, "operations after the repair")
+            engine.start_member(0)
+            engine.wait_ready(30)
+            cluster.start(victim)
+            wait_for(lambda: victim in cluster.members(), 60, f"{victim} to rejoin")
+        finally:
+            assert workload.stop(), "a client is stuck past its deadline"
+        print(f"{first} led first; {leader(cluster)} leads at the end")
+        checked(cluster, history, tmp_path / "history.jsonl", members=3)
+    finally:
+        engine.stop()

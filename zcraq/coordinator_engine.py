@@ -207,7 +207,9 @@ class EngineCoordinator:
         engine = self.config.engine
         assert engine is not None
         log.info("coordinator %s stands by (engine %s)", self.config.endpoint, ", ".join(engine.endpoints))
-        standby = Standby(self.config, lambda: campaign.leader)
+        me = self.config.endpoint
+        # Itself, as last seen, only while its claim had not run out: then it knows of no leader.
+        standby = Standby(self.config, lambda: None if campaign.leader == me else campaign.leader)
         try:
             standby.serve(lambda: self._stopping or campaign.leading)
         finally:
